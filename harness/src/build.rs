@@ -1,0 +1,1 @@
+//! Builds wasm artifacts of workspace packages.

@@ -1,0 +1,1 @@
+//! Runs a real Envoy for end-to-end tests.
