@@ -1,0 +1,428 @@
+//! The `wasmesh run` file formats: the exchange to run (input) and what happened (output).
+//!
+//! Both carry `"format": 1`. The input format rejects unknown fields, so a typo is an error that
+//! names its JSON path instead of a silently ignored setting. The README documents both formats
+//! with an example; any change that is not backward compatible bumps the format number.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use anyhow::{bail, Result};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+/// The only format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// An exchange to run (`--request R.json`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeInput {
+    /// Format version; must be [`FORMAT_VERSION`] when present.
+    #[serde(default)]
+    pub format: Option<u32>,
+    /// Virtual time to let pass after the plugin started and before the request (fires ticks).
+    #[serde(default)]
+    pub advance_clock_ms: u64,
+    /// Plugin-wide properties (node metadata, ...).
+    #[serde(default)]
+    pub plugin_properties: Vec<PropertyInput>,
+    /// Properties of this stream (`source.address`, `connection.mtls`, ...).
+    #[serde(default)]
+    pub properties: Vec<PropertyInput>,
+    /// What the client sends.
+    pub request: MessageInput,
+    /// What the upstream answers if the request reaches it (default: `:status 200`, no body).
+    #[serde(default)]
+    pub response: Option<MessageInput>,
+    /// Answers to HTTP callouts the filter dispatches.
+    #[serde(default)]
+    pub callouts: Vec<CalloutMock>,
+}
+
+impl ExchangeInput {
+    /// Checks what the types alone cannot: the format version and the one-of fields.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(format) = self.format {
+            if format != FORMAT_VERSION {
+                bail!("format: this wasmesh reads format {FORMAT_VERSION}, the file is format {format}");
+            }
+        }
+        for (index, mock) in self.callouts.iter().enumerate() {
+            match (&mock.response, &mock.fail) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => bail!("callouts[{index}]: give exactly one of `response` or `fail`"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Headers, an optional body and optional trailers of one direction.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageInput {
+    /// Headers, pseudo-headers (`:method`, `:path`, `:authority`, `:status`) included.
+    pub headers: Headers,
+    /// Body (UTF-8 text). Omitted: the headers end the stream.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Trailers. Omitted: no trailers.
+    #[serde(default)]
+    pub trailers: Option<Headers>,
+}
+
+/// A header list, written either as `[["name", "value"], ...]` (keeps order and repeated names)
+/// or as `{"name": "value", ...}` (document order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<(String, String)>);
+
+impl Headers {
+    /// The pairs as borrowed strings, the shape the harness takes.
+    pub fn as_pairs(&self) -> Vec<(&str, &str)> {
+        self.0
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect()
+    }
+}
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct HeadersVisitor;
+
+        impl<'de> Visitor<'de> for HeadersVisitor {
+            type Value = Headers;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(r#"a list of ["name", "value"] pairs or an object of strings"#)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Headers, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = seq.next_element::<(String, String)>()? {
+                    pairs.push(pair);
+                }
+                Ok(Headers(pairs))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Headers, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = map.next_entry::<String, String>()? {
+                    pairs.push(pair);
+                }
+                Ok(Headers(pairs))
+            }
+        }
+
+        deserializer.deserialize_any(HeadersVisitor)
+    }
+}
+
+/// A property set before the exchange: `{"path": ["source", "address"], "value": "10.0.0.1:443"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PropertyInput {
+    /// Property path segments, as a filter passes them to `proxy_get_property`.
+    pub path: Vec<String>,
+    /// The value, with the encoding Envoy uses for that JSON type.
+    pub value: PropertyValueInput,
+}
+
+/// A property value: a string, an integer, a boolean, a number, or an object of strings (a map,
+/// such as `request.headers`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PropertyValueInput {
+    /// A JSON string.
+    String(String),
+    /// A JSON integer that fits `i64`.
+    Int(i64),
+    /// A JSON integer above `i64::MAX`.
+    Uint(u64),
+    /// A JSON number with a fraction.
+    Double(f64),
+    /// A JSON boolean.
+    Bool(bool),
+    /// A JSON object of strings.
+    Map(Vec<(String, String)>),
+}
+
+impl<'de> Deserialize<'de> for PropertyValueInput {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+
+        impl<'de> Visitor<'de> for ValueVisitor {
+            type Value = PropertyValueInput;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a string, number, boolean or object of strings")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(PropertyValueInput::String(value.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+                Ok(PropertyValueInput::Int(value))
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(value)
+                    .map(PropertyValueInput::Int)
+                    .unwrap_or(PropertyValueInput::Uint(value)))
+            }
+
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+                Ok(PropertyValueInput::Double(value))
+            }
+
+            fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+                Ok(PropertyValueInput::Bool(value))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = map.next_entry::<String, String>()? {
+                    pairs.push(pair);
+                }
+                Ok(PropertyValueInput::Map(pairs))
+            }
+        }
+
+        deserializer.deserialize_any(ValueVisitor)
+    }
+}
+
+/// The answer to the HTTP callouts to `cluster` (and, when given, with this `:path`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalloutMock {
+    /// The upstream (Envoy cluster) the filter calls.
+    pub cluster: String,
+    /// Only callouts with this `:path` header (query included) match.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The response to deliver.
+    #[serde(default)]
+    pub response: Option<MessageInput>,
+    /// Instead of a response, fail the callout.
+    #[serde(default)]
+    pub fail: Option<CalloutFailure>,
+}
+
+impl CalloutMock {
+    /// Whether this mock answers a callout to `cluster` with these headers.
+    pub fn matches(&self, cluster: &str, headers: &[(String, String)]) -> bool {
+        self.cluster == cluster
+            && self.path.as_ref().is_none_or(|wanted| {
+                headers
+                    .iter()
+                    .any(|(name, value)| name == ":path" && value == wanted)
+            })
+    }
+}
+
+/// How a mocked callout fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CalloutFailure {
+    /// The upstream resets the connection.
+    Reset,
+    /// No answer: the callout times out when its timeout elapses in virtual time.
+    Timeout,
+}
+
+/// What happened (printed on stdout).
+#[derive(Debug, Serialize)]
+pub struct ExchangeOutput {
+    /// Always [`FORMAT_VERSION`].
+    pub format: u32,
+    /// Each callback the exchange drove, in order.
+    pub phases: Vec<PhaseOutput>,
+    /// The local reply, when the filter (or Envoy, for a failed VM) answered itself.
+    pub local_reply: Option<LocalReplyOutput>,
+    /// The request as the filter left it: what the upstream receives.
+    pub request: MessageOutput,
+    /// The response as the filter left it: what the client receives. For a local reply, the
+    /// reply; when the request never reached the upstream and no reply was sent, empty.
+    pub response: MessageOutput,
+    /// Every HTTP callout the filter dispatched, in order.
+    pub callouts: Vec<CalloutOutput>,
+    /// Every metric the filter defined, by name.
+    pub metrics: BTreeMap<String, MetricOutput>,
+    /// Every log line of the module, in order.
+    pub logs: Vec<LogOutput>,
+}
+
+/// One callback and what it returned.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct PhaseOutput {
+    /// `request_headers`, `request_body`, `request_trailers`, `response_headers`, ...
+    pub phase: &'static str,
+    /// What the module returned, snake_case (`continue`, `pause`, `stop_iteration_no_buffer`, ...).
+    pub action: String,
+    /// Whether the module's callback ran (false once the VM failed or the stream ended).
+    pub invoked: bool,
+}
+
+/// A local reply.
+#[derive(Debug, Serialize)]
+pub struct LocalReplyOutput {
+    /// HTTP status.
+    pub status: u32,
+    /// Headers the client receives.
+    pub headers: Vec<(String, String)>,
+    /// Body (UTF-8, invalid bytes replaced).
+    pub body: String,
+    /// Response code details.
+    pub details: String,
+    /// gRPC status, for gRPC replies.
+    pub grpc_status: Option<i32>,
+}
+
+/// Headers and body of one direction.
+#[derive(Debug, Serialize, Default)]
+pub struct MessageOutput {
+    /// Headers in order.
+    pub headers: Vec<(String, String)>,
+    /// Body (UTF-8, invalid bytes replaced).
+    pub body: String,
+}
+
+/// One HTTP callout.
+#[derive(Debug, Serialize, Clone)]
+pub struct CalloutOutput {
+    /// Target cluster.
+    pub cluster: String,
+    /// Request headers of the callout.
+    pub headers: Vec<(String, String)>,
+    /// Request body of the callout (UTF-8, invalid bytes replaced).
+    pub body: String,
+    /// Timeout the filter set.
+    pub timeout_ms: u128,
+    /// How it was answered: `response`, `reset`, `timeout`, or `unmatched` (no mock matched;
+    /// answered with a reset, as Envoy does for an unknown cluster's failed connection).
+    pub answer: &'static str,
+}
+
+/// A metric value.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MetricOutput {
+    /// A counter.
+    Counter {
+        /// Its value.
+        value: u64,
+    },
+    /// A gauge.
+    Gauge {
+        /// Its value.
+        value: u64,
+    },
+    /// A histogram.
+    Histogram {
+        /// Every recorded value.
+        values: Vec<u64>,
+    },
+}
+
+/// One log line.
+#[derive(Debug, Serialize)]
+pub struct LogOutput {
+    /// `trace`, `debug`, `info`, `warn`, `error` or `critical`.
+    pub level: String,
+    /// The message.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<ExchangeInput, String> {
+        let mut deserializer = serde_json::Deserializer::from_str(json);
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn headers_accept_pairs_and_objects_in_document_order() {
+        let pairs = parse(r#"{"request": {"headers": [["b", "1"], ["a", "2"], ["b", "3"]]}}"#).unwrap();
+        let object = parse(r#"{"request": {"headers": {"b": "1", "a": "2"}}}"#).unwrap();
+
+        assert_eq!(
+            pairs.request.headers.as_pairs(),
+            [("b", "1"), ("a", "2"), ("b", "3")]
+        );
+        assert_eq!(object.request.headers.as_pairs(), [("b", "1"), ("a", "2")]);
+    }
+
+    #[test]
+    fn errors_name_the_json_path() {
+        let error = parse(r#"{"request": {"headers": [["a", "1"], ["b", 2]]}}"#).unwrap_err();
+        assert!(error.starts_with("request.headers[1]"), "{error}");
+
+        let error = parse(r#"{"request": {"headers": {}, "bdy": "x"}}"#).unwrap_err();
+        assert!(error.starts_with("request"), "{error}");
+        assert!(error.contains("unknown field `bdy`"), "{error}");
+
+        let error = parse(r#"{"request": {"headers": {}}, "callouts": [{"cluster": "c", "fail": "boom"}]}"#)
+            .unwrap_err();
+        assert!(error.starts_with("callouts[0].fail"), "{error}");
+    }
+
+    #[test]
+    fn property_values_keep_their_json_type() {
+        let input = parse(
+            r#"{"request": {"headers": {}}, "properties": [
+                {"path": ["a"], "value": "text"}, {"path": ["b"], "value": -3},
+                {"path": ["c"], "value": 18446744073709551615}, {"path": ["d"], "value": 1.5},
+                {"path": ["e"], "value": true}, {"path": ["f"], "value": {"k": "v"}}]}"#,
+        )
+        .unwrap();
+
+        let values: Vec<_> = input.properties.into_iter().map(|p| p.value).collect();
+        assert_eq!(
+            values,
+            [
+                PropertyValueInput::String("text".into()),
+                PropertyValueInput::Int(-3),
+                PropertyValueInput::Uint(u64::MAX),
+                PropertyValueInput::Double(1.5),
+                PropertyValueInput::Bool(true),
+                PropertyValueInput::Map(vec![("k".into(), "v".into())]),
+            ]
+        );
+    }
+
+    #[test]
+    fn validation_checks_format_and_callout_answers() {
+        let wrong_format = parse(r#"{"format": 2, "request": {"headers": {}}}"#).unwrap();
+        let error = wrong_format.validate().unwrap_err().to_string();
+        assert!(error.contains("format 2"), "{error}");
+
+        let both = parse(
+            r#"{"request": {"headers": {}}, "callouts": [
+                {"cluster": "c", "fail": "reset"},
+                {"cluster": "c", "fail": "reset", "response": {"headers": {}}}]}"#,
+        )
+        .unwrap();
+        let error = both.validate().unwrap_err().to_string();
+        assert!(error.starts_with("callouts[1]:"), "{error}");
+    }
+
+    #[test]
+    fn mocks_match_cluster_and_optional_path() {
+        let input = parse(
+            r#"{"request": {"headers": {}}, "callouts": [
+                {"cluster": "jwks", "path": "/keys", "fail": "reset"}, {"cluster": "authz", "fail": "timeout"}]}"#,
+        )
+        .unwrap();
+        let keys = vec![(":path".to_string(), "/keys".to_string())];
+        let other = vec![(":path".to_string(), "/other".to_string())];
+
+        assert!(input.callouts[0].matches("jwks", &keys));
+        assert!(!input.callouts[0].matches("jwks", &other));
+        assert!(!input.callouts[0].matches("authz", &keys));
+        assert!(input.callouts[1].matches("authz", &other));
+    }
+}

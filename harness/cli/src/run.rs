@@ -1,0 +1,385 @@
+//! `wasmesh run`: one HTTP exchange through a filter in the harness, reported as JSON.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use wasmesh_harness::{
+    Action, CalloutReply, Harness, HarnessError, HttpCallout, HttpStream, LogLevel, MetricValue,
+    Outcome, Plugin, PropertyValue, StreamState,
+};
+
+use crate::exchange::{
+    CalloutFailure, CalloutMock, CalloutOutput, ExchangeInput, ExchangeOutput, Headers,
+    LocalReplyOutput, LogOutput, MessageInput, MessageOutput, MetricOutput, PhaseOutput,
+    PropertyValueInput, FORMAT_VERSION,
+};
+
+/// Callouts answered "timeout" only fire when virtual time passes; a filter that keeps
+/// re-dispatching on timeout would otherwise make the run loop forever.
+const MAX_TIMEOUT_ROUNDS: usize = 16;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The filter module (.wasm, or .wat text).
+    #[arg(long)]
+    wasm: PathBuf,
+
+    /// Plugin configuration file, handed to the filter's on_configure as is.
+    #[arg(long)]
+    config: Option<PathBuf>,
+
+    /// The exchange to run (JSON, format 1; see the README).
+    #[arg(long)]
+    request: PathBuf,
+
+    /// Root id selecting the root context inside the module.
+    #[arg(long, default_value = "")]
+    root_id: String,
+
+    /// Number of workers (VMs); the exchange runs on the first.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let exchange = read_exchange(&args.request)?;
+    let config = match &args.config {
+        Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        None => Vec::new(),
+    };
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+
+    let answered: Rc<RefCell<Vec<CalloutOutput>>> = Rc::default();
+    let plugin = start_plugin(args, &exchange, config, Rc::clone(&answered))?;
+    if exchange.advance_clock_ms > 0 {
+        plugin
+            .advance_clock(Duration::from_millis(exchange.advance_clock_ms))
+            .context("advancing the clock before the exchange")?;
+    }
+
+    let mut stream = plugin.http_stream_on(0);
+    for property in &exchange.properties {
+        let path: Vec<&str> = property.path.iter().map(String::as_str).collect();
+        stream.property(&path, property_value(&property.value));
+    }
+    let mut phases = Vec::new();
+    let default_response = MessageInput {
+        headers: Headers(vec![(":status".to_string(), "200".to_string())]),
+        body: None,
+        trailers: None,
+    };
+    let response = exchange.response.as_ref().unwrap_or(&default_response);
+
+    let mut driver = Driver {
+        plugin: &plugin,
+        stream: &mut stream,
+        phases: &mut phases,
+    };
+    driver.send(Direction::Request, &exchange.request)?;
+    // The upstream only answers a request the filter let through.
+    if driver.stream.request_state() == StreamState::Continued {
+        driver.send(Direction::Response, response)?;
+    }
+
+    let request_headers = stream.request_headers_now();
+    let request_body = stream.request_body_now();
+    let local_reply = stream.local_reply();
+    let response_message = match &local_reply {
+        Some(reply) => MessageOutput {
+            headers: reply.headers.clone(),
+            body: String::from_utf8_lossy(&reply.body).into_owned(),
+        },
+        None => MessageOutput {
+            headers: stream.response_headers_now(),
+            body: String::from_utf8_lossy(&stream.response_body_now()).into_owned(),
+        },
+    };
+    stream.complete().context("completing the stream")?;
+
+    let output = ExchangeOutput {
+        format: FORMAT_VERSION,
+        phases,
+        local_reply: local_reply.map(|reply| LocalReplyOutput {
+            status: reply.status,
+            headers: reply.headers,
+            body: String::from_utf8_lossy(&reply.body).into_owned(),
+            details: reply.details,
+            grpc_status: reply.grpc_status,
+        }),
+        request: MessageOutput {
+            headers: request_headers,
+            body: String::from_utf8_lossy(&request_body).into_owned(),
+        },
+        response: response_message,
+        callouts: answered.borrow().clone(),
+        metrics: metrics(&plugin),
+        logs: plugin
+            .logs()
+            .into_iter()
+            .map(|entry| LogOutput {
+                level: level_name(entry.level).to_string(),
+                message: entry.message,
+            })
+            .collect(),
+    };
+    let json = serde_json::to_string_pretty(&output).context("serializing the result")?;
+    println!("{json}");
+    Ok(())
+}
+
+/// Reads and validates the exchange file; errors name the file and the JSON path.
+fn read_exchange(path: &Path) -> Result<ExchangeInput> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut deserializer = serde_json::Deserializer::from_str(&text);
+    let exchange: ExchangeInput = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|error| anyhow!("{}: {error}", path.display()))?;
+    exchange
+        .validate()
+        .with_context(|| path.display().to_string())?;
+    Ok(exchange)
+}
+
+fn start_plugin(
+    args: &Args,
+    exchange: &ExchangeInput,
+    config: Vec<u8>,
+    answered: Rc<RefCell<Vec<CalloutOutput>>>,
+) -> Result<Plugin> {
+    let mut builder = Harness::load(&args.wasm)
+        .with_context(|| format!("loading {}", args.wasm.display()))?
+        .config(config)
+        .root_id(&args.root_id)
+        .workers(args.workers);
+    for property in &exchange.plugin_properties {
+        let path: Vec<&str> = property.path.iter().map(String::as_str).collect();
+        builder = builder.property(&path, property_value(&property.value));
+    }
+    let mocks: Vec<(CalloutMock, CalloutReplyTemplate)> = exchange
+        .callouts
+        .iter()
+        .map(|mock| (mock.clone(), CalloutReplyTemplate::of(mock)))
+        .collect();
+    builder = builder.http_callout_handler(move |callout: &HttpCallout| {
+        let matched = mocks
+            .iter()
+            .find(|(mock, _)| mock.matches(&callout.upstream, &callout.headers));
+        let (reply, answer) = match matched {
+            Some((_, template)) => (template.reply(), template.answer()),
+            None => (CalloutReply::Failure, "unmatched"),
+        };
+        answered.borrow_mut().push(CalloutOutput {
+            cluster: callout.upstream.clone(),
+            headers: callout.headers.clone(),
+            body: String::from_utf8_lossy(&callout.body).into_owned(),
+            timeout_ms: callout.timeout.as_millis(),
+            answer,
+        });
+        reply
+    });
+    builder.start().map_err(|error| match error {
+        HarnessError::ConfigRejected { logs } => anyhow!(
+            "the filter rejected its configuration{}",
+            logs.iter()
+                .map(|entry| format!("\n  [{}] {}", level_name(entry.level), entry.message))
+                .collect::<String>()
+        ),
+        other => anyhow::Error::new(other).context("starting the plugin"),
+    })
+}
+
+/// A mock's answer, kept in owned form so the handler can hand out a fresh reply per callout.
+#[derive(Debug, Clone)]
+enum CalloutReplyTemplate {
+    Response {
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        trailers: Vec<(String, String)>,
+    },
+    Reset,
+    Timeout,
+}
+
+impl CalloutReplyTemplate {
+    fn of(mock: &CalloutMock) -> Self {
+        match (&mock.response, mock.fail) {
+            (_, Some(CalloutFailure::Reset)) => Self::Reset,
+            (_, Some(CalloutFailure::Timeout)) => Self::Timeout,
+            (Some(response), None) => Self::Response {
+                headers: response.headers.0.clone(),
+                body: response.body.clone().unwrap_or_default().into_bytes(),
+                trailers: response.trailers.clone().unwrap_or_default().0,
+            },
+            // `ExchangeInput::validate` guarantees exactly one of the two.
+            (None, None) => Self::Reset,
+        }
+    }
+
+    fn reply(&self) -> CalloutReply {
+        match self {
+            Self::Response {
+                headers,
+                body,
+                trailers,
+            } => CalloutReply::Response {
+                headers: headers.clone(),
+                body: body.clone(),
+                trailers: trailers.clone(),
+            },
+            Self::Reset => CalloutReply::Failure,
+            Self::Timeout => CalloutReply::Timeout,
+        }
+    }
+
+    fn answer(&self) -> &'static str {
+        match self {
+            Self::Response { .. } => "response",
+            Self::Reset => "reset",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Request,
+    Response,
+}
+
+/// Feeds one direction of the exchange to the stream, recording each callback's action.
+struct Driver<'a> {
+    plugin: &'a Plugin,
+    stream: &'a mut HttpStream,
+    phases: &'a mut Vec<PhaseOutput>,
+}
+
+impl Driver<'_> {
+    fn send(&mut self, direction: Direction, message: &MessageInput) -> Result<()> {
+        let (headers_phase, body_phase, trailers_phase) = match direction {
+            Direction::Request => ("request_headers", "request_body", "request_trailers"),
+            Direction::Response => ("response_headers", "response_body", "response_trailers"),
+        };
+        let has_body = message.body.is_some();
+        let has_trailers = message.trailers.is_some();
+
+        let headers = message.headers.as_pairs();
+        let end_of_stream = !has_body && !has_trailers;
+        let outcome = match direction {
+            Direction::Request => self.stream.request_headers(&headers, end_of_stream),
+            Direction::Response => self.stream.response_headers(&headers, end_of_stream),
+        };
+        if !self.record(headers_phase, outcome)? {
+            return Ok(());
+        }
+
+        if let Some(body) = &message.body {
+            let outcome = match direction {
+                Direction::Request => self.stream.request_body(body.as_bytes(), !has_trailers),
+                Direction::Response => self.stream.response_body(body.as_bytes(), !has_trailers),
+            };
+            if !self.record(body_phase, outcome)? {
+                return Ok(());
+            }
+        }
+
+        if let Some(trailers) = &message.trailers {
+            let trailers = trailers.as_pairs();
+            let outcome = match direction {
+                Direction::Request => self.stream.request_trailers(&trailers),
+                Direction::Response => self.stream.response_trailers(&trailers),
+            };
+            self.record(trailers_phase, outcome)?;
+        }
+        Ok(())
+    }
+
+    /// Records a callback's outcome, lets mocked timeouts expire, and tells whether the exchange
+    /// goes on (false once the stream was answered locally or reset).
+    fn record(
+        &mut self,
+        phase: &'static str,
+        outcome: Result<Outcome, HarnessError>,
+    ) -> Result<bool> {
+        let outcome = outcome.with_context(|| format!("running {phase}"))?;
+        self.phases.push(PhaseOutput {
+            phase,
+            action: action_name(outcome.action()).to_string(),
+            invoked: outcome.invoked,
+        });
+        self.expire_timed_out_callouts()?;
+        Ok(outcome.local_reply().is_none()
+            && self.stream.local_reply().is_none()
+            && !matches!(
+                (self.stream.request_state(), self.stream.response_state()),
+                (StreamState::Reset, _) | (_, StreamState::Reset)
+            ))
+    }
+
+    /// Callouts mocked as timeouts stay pending until their timeout elapses in virtual time.
+    fn expire_timed_out_callouts(&mut self) -> Result<()> {
+        for _ in 0..MAX_TIMEOUT_ROUNDS {
+            let pending = self.plugin.pending_http_callouts();
+            let Some(longest) = pending.iter().map(|callout| callout.timeout).max() else {
+                return Ok(());
+            };
+            self.plugin
+                .advance_clock(longest)
+                .context("letting mocked callout timeouts expire")?;
+        }
+        bail!("the filter kept dispatching callouts that time out ({MAX_TIMEOUT_ROUNDS} rounds)")
+    }
+}
+
+fn property_value(value: &PropertyValueInput) -> PropertyValue {
+    match value {
+        PropertyValueInput::String(text) => PropertyValue::String(text.clone()),
+        PropertyValueInput::Int(number) => PropertyValue::Int(*number),
+        PropertyValueInput::Uint(number) => PropertyValue::Uint(*number),
+        PropertyValueInput::Double(number) => PropertyValue::Double(*number),
+        PropertyValueInput::Bool(flag) => PropertyValue::Bool(*flag),
+        PropertyValueInput::Map(pairs) => PropertyValue::Map(pairs.clone()),
+    }
+}
+
+fn metrics(plugin: &Plugin) -> BTreeMap<String, MetricOutput> {
+    plugin
+        .metrics()
+        .into_iter()
+        .map(|(name, value)| {
+            let value = match value {
+                MetricValue::Counter(value) => MetricOutput::Counter { value },
+                MetricValue::Gauge(value) => MetricOutput::Gauge { value },
+                MetricValue::Histogram(values) => MetricOutput::Histogram { values },
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::Continue => "continue",
+        Action::Pause => "pause",
+        Action::ContinueAndEndStream => "continue_and_end_stream",
+        Action::StopAllIterationAndBuffer => "stop_all_iteration_and_buffer",
+        Action::StopAllIterationAndWatermark => "stop_all_iteration_and_watermark",
+        Action::StopIterationAndWatermark => "stop_iteration_and_watermark",
+        Action::StopIterationNoBuffer => "stop_iteration_no_buffer",
+    }
+}
+
+fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+        LogLevel::Critical => "critical",
+    }
+}

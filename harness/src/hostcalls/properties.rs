@@ -1,0 +1,292 @@
+//! `proxy_get_property`: Envoy's attribute paths and encodings.
+//!
+//! Lookup order follows Envoy's `Context::findValue`: values a test set for the stream, then
+//! values set for the plugin, then the attributes Envoy derives from the exchange (`request.*`,
+//! `response.*`, `source.*`, `destination.*`, `connection.*`, `plugin_*`), then filter state
+//! written by `proxy_set_property`.
+//!
+//! Request-derived attributes read the request headers the way Envoy does: only while the filter
+//! holds them (during `proxy_on_request_headers` and until it continues) or during
+//! `proxy_on_log`. In `proxy_on_response_headers` of a request that continued, `request.path`
+//! is `NotFound` in Envoy too.
+
+use std::time::Duration;
+
+use crate::error::Status;
+use crate::property::PropertyValue;
+use crate::shared::SharedState;
+use crate::vm::{HttpExchange, VmState};
+
+use super::maps::header_value;
+
+/// Default downstream peer (Envoy's `source.address`).
+pub(crate) const DEFAULT_SOURCE_ADDRESS: &str = "127.0.0.1:40000";
+/// Default listener address (Envoy's `destination.address`).
+pub(crate) const DEFAULT_DESTINATION_ADDRESS: &str = "127.0.0.1:10000";
+
+/// Resolves a NUL-separated property path for `context`.
+pub(crate) fn resolve(
+    state: &VmState,
+    shared: &SharedState,
+    context: u32,
+    path: &[u8],
+) -> Result<Vec<u8>, Status> {
+    let parts: Vec<String> = path
+        .split(|b| *b == 0)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    // Envoy stops at the end of the buffer; a trailing NUL adds no empty segment.
+    let parts: Vec<String> = match parts.split_last() {
+        Some((last, rest)) if last.is_empty() && !rest.is_empty() => rest.to_vec(),
+        _ => parts,
+    };
+    if parts.is_empty() || parts.iter().all(String::is_empty) {
+        return Err(Status::NotFound);
+    }
+    let exchange = state.exchange(context);
+    if let Some(exchange) = exchange {
+        if let Some(found) = lookup_override(&exchange.properties, &parts) {
+            return found;
+        }
+    }
+    if let Some(found) = lookup_override(&shared.settings.properties, &parts) {
+        return found;
+    }
+    if let Some(value) = derived(state, shared, exchange, &parts)? {
+        return Ok(value.encode());
+    }
+    // Filter state written by proxy_set_property is keyed by the whole path it was written
+    // with, but looked up by the first segment only (Envoy's `wasm.<name>` CelState).
+    if let (Some(exchange), [name]) = (exchange, parts.as_slice()) {
+        if let Some(value) = exchange.filter_state.get(name.as_bytes()) {
+            return Ok(value.clone());
+        }
+    }
+    Err(Status::NotFound)
+}
+
+fn lookup_override(
+    values: &std::collections::BTreeMap<Vec<String>, PropertyValue>,
+    parts: &[String],
+) -> Option<Result<Vec<u8>, Status>> {
+    for prefix_len in (1..=parts.len()).rev() {
+        let Some(value) = parts.get(..prefix_len).and_then(|p| values.get(p)) else {
+            continue;
+        };
+        let rest = parts.get(prefix_len..).unwrap_or_default();
+        return Some(match (value, rest) {
+            (value, []) => Ok(value.encode()),
+            (PropertyValue::Map(pairs), [key]) => pairs
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_bytes().to_vec())
+                .ok_or(Status::NotFound),
+            _ => Err(Status::NotFound),
+        });
+    }
+    None
+}
+
+fn derived(
+    state: &VmState,
+    shared: &SharedState,
+    exchange: Option<&HttpExchange>,
+    parts: &[String],
+) -> Result<Option<PropertyValue>, Status> {
+    let Some((top, rest)) = parts.split_first() else {
+        return Ok(None);
+    };
+    let field = rest.first().map(String::as_str);
+    if rest.len() > 1 && top != "request" && top != "response" {
+        return Ok(None);
+    }
+    Ok(match (top.as_str(), field) {
+        ("plugin_name", None) => Some(shared.settings.plugin_name.clone().into()),
+        ("plugin_root_id", None) => Some(shared.settings.root_id.clone().into()),
+        ("plugin_vm_id", None) => Some(shared.settings.vm_id.clone().into()),
+        ("request" | "response" | "source" | "destination" | "connection", None) => {
+            // Envoy's wrappers for these attribute groups cannot be serialized as a whole.
+            if exchange.is_some() {
+                return Err(Status::SerializationFailure);
+            }
+            None
+        }
+        ("request", Some(field)) => match exchange {
+            Some(e) => request_attribute(state, shared, e, field, rest.get(1)),
+            None => None,
+        },
+        ("response", Some(field)) => match exchange {
+            Some(e) => response_attribute(e, field, rest.get(1)),
+            None => None,
+        },
+        ("source", Some(field)) => exchange.and_then(|e| address_attribute(e, "source", field)),
+        ("destination", Some(field)) => {
+            exchange.and_then(|e| address_attribute(e, "destination", field))
+        }
+        ("connection", Some(field)) => exchange.and_then(|e| connection_attribute(e, field)),
+        _ => None,
+    })
+}
+
+/// The request headers Envoy's attribute lookup sees right now.
+fn request_headers(exchange: &HttpExchange) -> Option<&Vec<(String, String)>> {
+    let request = &exchange.request;
+    if request.headers_available || (exchange.access_log_phase && request.headers_received) {
+        Some(&request.headers)
+    } else {
+        None
+    }
+}
+
+fn response_headers(exchange: &HttpExchange) -> Option<&Vec<(String, String)>> {
+    let response = &exchange.response;
+    if response.headers_available || (exchange.access_log_phase && response.headers_received) {
+        Some(&response.headers)
+    } else {
+        None
+    }
+}
+
+fn as_map(headers: &[(String, String)]) -> PropertyValue {
+    // A CEL map has one entry per key; Envoy joins repeated headers with a comma.
+    let mut joined: Vec<(String, String)> = Vec::new();
+    for (k, v) in headers {
+        match joined.iter_mut().find(|(jk, _)| jk == k) {
+            Some((_, existing)) => {
+                existing.push(',');
+                existing.push_str(v);
+            }
+            None => joined.push((k.clone(), v.clone())),
+        }
+    }
+    PropertyValue::Map(joined)
+}
+
+fn map_entry(headers: &[(String, String)], key: Option<&String>) -> Option<PropertyValue> {
+    let map = as_map(headers);
+    match key {
+        None => Some(map),
+        Some(key) => match map {
+            PropertyValue::Map(pairs) => pairs
+                .into_iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| PropertyValue::String(v)),
+            _ => None,
+        },
+    }
+}
+
+fn request_attribute(
+    state: &VmState,
+    shared: &SharedState,
+    exchange: &HttpExchange,
+    field: &str,
+    key: Option<&String>,
+) -> Option<PropertyValue> {
+    let _ = state;
+    let headers = request_headers(exchange);
+    let header = |name: &str| headers.and_then(|h| header_value(h, name)).map(str::to_string);
+    match field {
+        "path" => header(":path").map(Into::into),
+        "url_path" => header(":path").map(|p| p.split('?').next().unwrap_or_default().to_string().into()),
+        "query" => header(":path").map(|p| p.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default().into()),
+        "host" => header(":authority").map(Into::into),
+        "scheme" => header(":scheme").map(Into::into),
+        "method" => header(":method").map(Into::into),
+        "referer" => header("referer").map(Into::into),
+        "useragent" => header("user-agent").map(Into::into),
+        "id" => header("x-request-id").map(Into::into),
+        "headers" => headers.and_then(|h| map_entry(h, key)),
+        "time" => Some(PropertyValue::Timestamp(
+            shared.clock.now() - shared.clock.elapsed() + exchange.start,
+        )),
+        "duration" => exchange
+            .request_complete_at
+            .map(|done| PropertyValue::Duration(done.saturating_sub(exchange.start))),
+        "size" => {
+            let from_header = header("content-length").and_then(|v| v.parse::<i64>().ok());
+            Some(PropertyValue::Int(from_header.unwrap_or_else(|| {
+                i64::try_from(exchange.request.body_bytes_received).unwrap_or(i64::MAX)
+            })))
+        }
+        "total_size" => {
+            let header_bytes = headers.map(|h| u64::from(super::maps::byte_size(h))).unwrap_or(0);
+            Some(PropertyValue::Int(
+                i64::try_from(exchange.request.body_bytes_received + header_bytes).unwrap_or(i64::MAX),
+            ))
+        }
+        "protocol" => Some(PropertyValue::String("HTTP/1.1".into())),
+        _ => None,
+    }
+}
+
+fn response_attribute(
+    exchange: &HttpExchange,
+    field: &str,
+    key: Option<&String>,
+) -> Option<PropertyValue> {
+    let headers = response_headers(exchange);
+    match field {
+        "code" => exchange.response_code.map(|c| PropertyValue::Int(i64::from(c))),
+        "code_details" => exchange.response_code_details.clone().map(Into::into),
+        "flags" => Some(PropertyValue::Uint(0)),
+        "grpc_status" => {
+            let trailers = exchange.response.trailers.as_deref().unwrap_or_default();
+            header_value(trailers, "grpc-status")
+                .or_else(|| headers.and_then(|h| header_value(h, "grpc-status")))
+                .and_then(|v| v.parse::<i64>().ok())
+                .map(PropertyValue::Int)
+        }
+        "headers" => headers.and_then(|h| map_entry(h, key)),
+        "trailers" => exchange
+            .response
+            .trailers
+            .as_ref()
+            .and_then(|t| map_entry(t, key)),
+        "size" => Some(PropertyValue::Int(
+            i64::try_from(exchange.response.forwarded_body.len()).unwrap_or(i64::MAX),
+        )),
+        "total_size" => {
+            let header_bytes = headers.map(|h| u64::from(super::maps::byte_size(h))).unwrap_or(0);
+            let body = u64::try_from(exchange.response.forwarded_body.len()).unwrap_or(u64::MAX);
+            Some(PropertyValue::Int(i64::try_from(body + header_bytes).unwrap_or(i64::MAX)))
+        }
+        _ => None,
+    }
+}
+
+fn address_attribute(exchange: &HttpExchange, side: &str, field: &str) -> Option<PropertyValue> {
+    let default = if side == "source" {
+        DEFAULT_SOURCE_ADDRESS
+    } else {
+        DEFAULT_DESTINATION_ADDRESS
+    };
+    // The port derives from the address, like Envoy's single `Address` object.
+    let address = match exchange.properties.get(&vec![side.to_string(), "address".to_string()]) {
+        Some(PropertyValue::String(a)) => a.clone(),
+        _ => default.to_string(),
+    };
+    match field {
+        "address" => Some(address.into()),
+        "port" => address
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<i64>().ok())
+            .map(PropertyValue::Int),
+        _ => None,
+    }
+}
+
+fn connection_attribute(exchange: &HttpExchange, field: &str) -> Option<PropertyValue> {
+    match field {
+        "id" => Some(PropertyValue::Uint(exchange.connection_id)),
+        "mtls" => Some(PropertyValue::Bool(false)),
+        "requested_server_name" => Some(PropertyValue::String(String::new())),
+        _ => None,
+    }
+}
+
+/// Nanoseconds of a duration as Envoy encodes it (used by tests of this module).
+#[allow(dead_code)]
+pub(crate) fn nanos(d: Duration) -> i64 {
+    crate::property::duration_nanos(d)
+}

@@ -1,0 +1,69 @@
+//! The stats store shared by every VM of a plugin.
+//!
+//! Envoy keeps one stats scope per plugin configuration; every worker VM that defines a metric
+//! with the same name gets the same underlying counter, gauge or histogram. Metric ids, on the
+//! other hand, are allocated per VM and per `proxy_define_metric` call (defining a name twice
+//! returns a new id bound to the same stat, exactly as Envoy's `Context::defineMetric` does).
+
+use std::collections::BTreeMap;
+
+use crate::types::MetricValue;
+
+/// `proxy_metric_type_t`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum MetricKind {
+    Counter = 0,
+    Gauge = 1,
+    Histogram = 2,
+}
+
+impl MetricKind {
+    pub(crate) fn from_code(code: u32) -> Option<MetricKind> {
+        match code {
+            0 => Some(MetricKind::Counter),
+            1 => Some(MetricKind::Gauge),
+            2 => Some(MetricKind::Histogram),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct MetricsStore {
+    values: BTreeMap<(String, MetricKind), MetricValue>,
+}
+
+impl MetricsStore {
+    pub(crate) fn define(&mut self, kind: MetricKind, name: &str) {
+        self.values
+            .entry((name.to_string(), kind))
+            .or_insert_with(|| match kind {
+                MetricKind::Counter => MetricValue::Counter(0),
+                MetricKind::Gauge => MetricValue::Gauge(0),
+                MetricKind::Histogram => MetricValue::Histogram(Vec::new()),
+            });
+    }
+
+    pub(crate) fn get_mut(&mut self, kind: MetricKind, name: &str) -> Option<&mut MetricValue> {
+        self.values.get_mut(&(name.to_string(), kind))
+    }
+
+    pub(crate) fn get(&self, kind: MetricKind, name: &str) -> Option<&MetricValue> {
+        self.values.get(&(name.to_string(), kind))
+    }
+
+    /// The metric with this name (counter first, then gauge, then histogram if several kinds
+    /// share the name).
+    pub(crate) fn by_name(&self, name: &str) -> Option<MetricValue> {
+        [MetricKind::Counter, MetricKind::Gauge, MetricKind::Histogram]
+            .iter()
+            .find_map(|kind| self.get(*kind, name).cloned())
+    }
+
+    pub(crate) fn all(&self) -> Vec<(String, MetricValue)> {
+        self.values
+            .iter()
+            .map(|((name, _), value)| (name.clone(), value.clone()))
+            .collect()
+    }
+}

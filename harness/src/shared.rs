@@ -1,0 +1,227 @@
+//! State shared by every VM of a plugin (what Envoy keeps process-wide): the clock, logs, the
+//! stats store, shared data, shared queues, callout records and the event queue.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::rc::Rc;
+
+use crate::callouts::{GrpcCalloutRecord, HttpCalloutRecord};
+use crate::clock::VirtualClock;
+use crate::error::Status;
+use crate::metrics::MetricsStore;
+use crate::property::PropertyValue;
+use crate::types::{LogEntry, LogLevel};
+
+/// A foreign function registered by a test.
+pub(crate) type ForeignFn = dyn Fn(&[u8]) -> Result<Vec<u8>, Status>;
+
+/// Plugin-wide configuration, fixed at start.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) vm_id: String,
+    pub(crate) root_id: String,
+    pub(crate) plugin_name: String,
+    pub(crate) log_level: LogLevel,
+    pub(crate) plugin_config: Vec<u8>,
+    pub(crate) vm_config: Vec<u8>,
+    pub(crate) envs: Vec<(String, String)>,
+    /// Clusters that exist; `None` accepts any name.
+    pub(crate) clusters: Option<BTreeSet<String>>,
+    pub(crate) properties: BTreeMap<Vec<String>, PropertyValue>,
+}
+
+/// Something that happens asynchronously, after the current callback has returned.
+#[derive(Debug, Clone)]
+pub(crate) enum Event {
+    /// A new HTTP callout: ask the test's mock handler, if any.
+    HttpCalloutDispatched { worker: usize, token: u32 },
+    /// A new unary gRPC call: ask the test's mock handler, if any.
+    GrpcCallDispatched { worker: usize, token: u32 },
+    /// Data was enqueued: Envoy posts `onQueueReady` to the registering VM.
+    QueueReady {
+        worker: usize,
+        generation: u64,
+        context_id: u32,
+        token: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SharedQueue {
+    pub(crate) worker: usize,
+    pub(crate) generation: u64,
+    pub(crate) context_id: u32,
+    pub(crate) items: VecDeque<Vec<u8>>,
+}
+
+pub(crate) struct SharedState {
+    pub(crate) settings: Settings,
+    pub(crate) clock: VirtualClock,
+    pub(crate) logs: Vec<LogEntry>,
+    pub(crate) metrics: MetricsStore,
+    /// vm_id -> key -> (value, cas)
+    pub(crate) shared_data: HashMap<String, HashMap<Vec<u8>, (Vec<u8>, u32)>>,
+    next_cas: u32,
+    /// (vm_id, queue name) -> token
+    pub(crate) queue_names: HashMap<(String, String), u32>,
+    pub(crate) queues: HashMap<u32, SharedQueue>,
+    next_queue_token: u32,
+    pub(crate) http_callouts: Vec<HttpCalloutRecord>,
+    pub(crate) grpc_callouts: Vec<GrpcCalloutRecord>,
+    pub(crate) events: VecDeque<Event>,
+    pub(crate) foreign_functions: HashMap<String, Rc<ForeignFn>>,
+    rng_state: u64,
+    next_connection_id: u64,
+    /// Current VM generation per worker (bumped on reload).
+    pub(crate) generations: Vec<u64>,
+}
+
+impl SharedState {
+    pub(crate) fn new(settings: Settings, workers: usize, seed: u64) -> Self {
+        SharedState {
+            settings,
+            clock: VirtualClock::new(),
+            logs: Vec::new(),
+            metrics: MetricsStore::default(),
+            shared_data: HashMap::new(),
+            next_cas: 1,
+            queue_names: HashMap::new(),
+            queues: HashMap::new(),
+            next_queue_token: 1,
+            http_callouts: Vec::new(),
+            grpc_callouts: Vec::new(),
+            events: VecDeque::new(),
+            foreign_functions: HashMap::new(),
+            rng_state: seed,
+            next_connection_id: 1,
+            generations: vec![0; workers],
+        }
+    }
+
+    /// Records a log line if the host's log level lets it through (as Envoy's logger does).
+    pub(crate) fn log(&mut self, level: LogLevel, message: String, worker: usize) {
+        if level >= self.settings.log_level {
+            self.logs.push(LogEntry {
+                level,
+                message,
+                worker,
+            });
+        }
+    }
+
+    /// `SharedData::get`: NotFound for unknown keys.
+    pub(crate) fn get_shared_data(&self, key: &[u8]) -> Result<(Vec<u8>, u32), Status> {
+        self.shared_data
+            .get(&self.settings.vm_id)
+            .and_then(|map| map.get(key))
+            .cloned()
+            .ok_or(Status::NotFound)
+    }
+
+    /// `SharedData::set`: a non-zero `cas` must match the stored one for existing keys; every
+    /// write gets the next value of one process-wide CAS counter (starting at 1, skipping 0).
+    pub(crate) fn set_shared_data(&mut self, key: &[u8], value: &[u8], cas: u32) -> Status {
+        let next = self.next_cas;
+        let map = self
+            .shared_data
+            .entry(self.settings.vm_id.clone())
+            .or_default();
+        if let Some(existing) = map.get_mut(key) {
+            if cas != 0 && cas != existing.1 {
+                return Status::CasMismatch;
+            }
+            *existing = (value.to_vec(), next);
+        } else {
+            map.insert(key.to_vec(), (value.to_vec(), next));
+        }
+        self.next_cas = self.next_cas.wrapping_add(1);
+        if self.next_cas == 0 {
+            self.next_cas = 1;
+        }
+        Status::Ok
+    }
+
+    /// `SharedQueue::registerQueue`: one token per (vm_id, name); re-registering moves delivery
+    /// of `on_queue_ready` to the latest registrant.
+    pub(crate) fn register_queue(
+        &mut self,
+        name: &str,
+        worker: usize,
+        generation: u64,
+        context_id: u32,
+    ) -> u32 {
+        let key = (self.settings.vm_id.clone(), name.to_string());
+        if let Some(token) = self.queue_names.get(&key).copied() {
+            if let Some(queue) = self.queues.get_mut(&token) {
+                queue.worker = worker;
+                queue.generation = generation;
+                queue.context_id = context_id;
+            }
+            return token;
+        }
+        let token = self.next_queue_token;
+        self.next_queue_token = self.next_queue_token.wrapping_add(1).max(1);
+        self.queue_names.insert(key, token);
+        self.queues.insert(
+            token,
+            SharedQueue {
+                worker,
+                generation,
+                context_id,
+                items: VecDeque::new(),
+            },
+        );
+        token
+    }
+
+    pub(crate) fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
+        let vm_id = if vm_id.is_empty() {
+            self.settings.vm_id.as_str()
+        } else {
+            vm_id
+        };
+        self.queue_names
+            .get(&(vm_id.to_string(), name.to_string()))
+            .copied()
+    }
+
+    pub(crate) fn enqueue(&mut self, token: u32, data: &[u8]) -> Status {
+        let Some(queue) = self.queues.get_mut(&token) else {
+            return Status::NotFound;
+        };
+        queue.items.push_back(data.to_vec());
+        let event = Event::QueueReady {
+            worker: queue.worker,
+            generation: queue.generation,
+            context_id: queue.context_id,
+            token,
+        };
+        self.events.push_back(event);
+        Status::Ok
+    }
+
+    pub(crate) fn dequeue(&mut self, token: u32) -> Result<Vec<u8>, Status> {
+        let queue = self.queues.get_mut(&token).ok_or(Status::NotFound)?;
+        queue.items.pop_front().ok_or(Status::Empty)
+    }
+
+    /// Deterministic randomness for `random_get` (splitmix64), so tests are reproducible.
+    pub(crate) fn fill_random(&mut self, out: &mut [u8]) {
+        for chunk in out.chunks_mut(8) {
+            self.rng_state = self.rng_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.rng_state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let bytes = z.to_le_bytes();
+            for (dst, src) in chunk.iter_mut().zip(bytes.iter()) {
+                *dst = *src;
+            }
+        }
+    }
+
+    pub(crate) fn next_connection_id(&mut self) -> u64 {
+        let id = self.next_connection_id;
+        self.next_connection_id += 1;
+        id
+    }
+}

@@ -1,0 +1,203 @@
+//! Small public value types shared by the harness API.
+
+use std::time::Duration;
+
+/// Log level (`proxy_log_level_t`); numeric values are the ABI's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    /// 0
+    Trace = 0,
+    /// 1
+    Debug = 1,
+    /// 2
+    Info = 2,
+    /// 3
+    Warn = 3,
+    /// 4
+    Error = 4,
+    /// 5
+    Critical = 5,
+}
+
+impl LogLevel {
+    /// The level for an ABI value, if valid.
+    pub fn from_code(code: u32) -> Option<LogLevel> {
+        Some(match code {
+            0 => LogLevel::Trace,
+            1 => LogLevel::Debug,
+            2 => LogLevel::Info,
+            3 => LogLevel::Warn,
+            4 => LogLevel::Error,
+            5 => LogLevel::Critical,
+            _ => return None,
+        })
+    }
+}
+
+/// One line logged by a module (`proxy_log`, or stdout/stderr through WASI `fd_write`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The level it was logged at (stdout is `Info`, stderr is `Error`, as in Envoy).
+    pub level: LogLevel,
+    /// The message, without Envoy's `wasm log <plugin>:` prefix.
+    pub message: String,
+    /// The worker (VM) that logged it.
+    pub worker: usize,
+}
+
+/// What Envoy does with requests once a VM has crashed
+/// (`envoy.extensions.wasm.v3.PluginConfig.failure_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// `FAIL_CLOSED` (Envoy's default): the failing request and every later request of that VM get
+    /// a 503 local reply with details `wasm_fail_stream`.
+    #[default]
+    FailClosed,
+    /// `FAIL_OPEN`: requests pass through as if the filter were absent.
+    FailOpen,
+    /// `FAIL_RELOAD`: the failing request gets the 503 of `FAIL_CLOSED`; the next request on that
+    /// worker recreates the VM (rate-limited by [`Limits::reload_backoff`], like Envoy's
+    /// `reload_config.backoff`).
+    FailReload,
+}
+
+/// Resource limits applied to every VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Cap on each VM's linear memory. Default 64 MiB: four times what a typical Rust filter
+    /// uses at peak, and small enough that a leak or a memory bomb is caught in a test run.
+    pub max_memory_bytes: u64,
+    /// Fuel (roughly, wasm instructions) allowed per callback; `None` means unlimited. Default
+    /// 1e9: a few hundred milliseconds of straight-line code, orders of magnitude above what a
+    /// filter callback needs, and deterministic unlike a wall-clock timeout.
+    pub fuel_per_callback: Option<u64>,
+    /// Minimum virtual time between two VM reloads under [`FailurePolicy::FailReload`]
+    /// (Envoy's default base interval is 1s). The first reload after a crash is immediate.
+    pub reload_backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_memory_bytes: 64 * 1024 * 1024,
+            fuel_per_callback: Some(1_000_000_000),
+            reload_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The value of a metric as the stats store holds it. Counters and gauges with the same name are
+/// shared by every worker (Envoy's stats store is process-wide), so their values are sums.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricValue {
+    /// A counter.
+    Counter(u64),
+    /// A gauge.
+    Gauge(u64),
+    /// A histogram: every recorded value, in recording order.
+    Histogram(Vec<u64>),
+}
+
+impl MetricValue {
+    /// The counter or gauge value; `None` for histograms.
+    pub fn value(&self) -> Option<u64> {
+        match self {
+            MetricValue::Counter(v) | MetricValue::Gauge(v) => Some(*v),
+            MetricValue::Histogram(_) => None,
+        }
+    }
+}
+
+/// What a filter callback returned, decoded for the callback kind.
+///
+/// Raw value `1` is [`Action::Pause`] for every callback (the SDKs' `Action::Pause`); the other
+/// values keep Envoy's names for the headers and body statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// 0: continue iteration.
+    Continue,
+    /// 1: headers/trailers `StopIteration`, body `StopIterationAndBuffer`.
+    Pause,
+    /// Headers 2: `ContinueAndEndStream` (Envoy treats it as `Continue`).
+    ContinueAndEndStream,
+    /// Headers 3: `StopAllIterationAndBuffer`.
+    StopAllIterationAndBuffer,
+    /// Headers 4 (or any larger value): `StopAllIterationAndWatermark`.
+    StopAllIterationAndWatermark,
+    /// Body 2: `StopIterationAndWatermark`.
+    StopIterationAndWatermark,
+    /// Body 3 (or any larger value): `StopIterationNoBuffer`.
+    StopIterationNoBuffer,
+}
+
+impl Action {
+    /// Whether this status stops the filter chain.
+    pub fn stops_iteration(self) -> bool {
+        !matches!(self, Action::Continue | Action::ContinueAndEndStream)
+    }
+}
+
+/// Where one direction (request or response) of an HTTP stream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamState {
+    /// Nothing was sent in this direction yet.
+    Idle,
+    /// The filter let everything received so far through.
+    Continued,
+    /// The filter stopped iteration and has not resumed it.
+    Paused,
+    /// A local reply ended the stream (sent by the filter, or by Envoy on VM failure).
+    Replied,
+    /// The stream was reset (`proxy_close_stream`, or the client went away).
+    Reset,
+}
+
+/// A response generated by the proxy instead of the upstream (`proxy_send_local_response`, or
+/// Envoy's 503 when a VM fails).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    /// HTTP status code.
+    pub status: u32,
+    /// Response headers as the client receives them (`:status` first, then the module's
+    /// additional headers, `content-length`/`content-type` when there is a body; gRPC replies get
+    /// `grpc-status`/`grpc-message`), after the filter's own `on_http_response_headers` ran on them.
+    pub headers: Vec<(String, String)>,
+    /// Response body.
+    pub body: Vec<u8>,
+    /// Response code details (Envoy replaces whitespace with `_`).
+    pub details: String,
+    /// The gRPC status the module asked for, when it is a known code (Envoy ignores others).
+    pub grpc_status: Option<i32>,
+}
+
+/// The result of feeding one piece of an HTTP exchange to the filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// What the module's callback returned (decoded). When the callback was not invoked (failed
+    /// VM, stream already ended) this is the status Envoy used instead.
+    pub action: Action,
+    /// The status Envoy acts on after its conversions (a local reply or `StopIteration` from
+    /// headers become `StopAllIterationAndWatermark`, `ContinueAndEndStream` becomes `Continue`).
+    pub effective_action: Action,
+    /// The local reply of the stream, if one was sent by now.
+    pub local_reply: Option<LocalReply>,
+    /// Whether the module callback actually ran.
+    pub invoked: bool,
+}
+
+impl Outcome {
+    /// The action the module returned.
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// The local reply, if the stream was answered locally.
+    pub fn local_reply(&self) -> Option<&LocalReply> {
+        self.local_reply.as_ref()
+    }
+
+    /// Whether Envoy stops the filter chain after this callback.
+    pub fn stopped(&self) -> bool {
+        self.effective_action.stops_iteration()
+    }
+}

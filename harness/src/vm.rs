@@ -1,0 +1,666 @@
+//! One VM (one wasmtime instance, Envoy's per-worker `Wasm`), its host-side state, and the
+//! wrapper every call into the module goes through.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use wasmtime::{
+    Instance, Memory, ResourceLimiter, Store, Trap, TypedFunc, WasmBacktrace, WasmParams,
+    WasmResults,
+};
+
+use crate::engine::CompiledModule;
+use crate::error::HarnessError;
+use crate::metrics::MetricKind;
+use crate::property::PropertyValue;
+use crate::shared::SharedState;
+use crate::types::{LocalReply, LogLevel, StreamState};
+
+/// Caps linear memory growth and remembers a denied growth so that the resulting crash can be
+/// reported as [`HarnessError::MemoryLimit`] rather than as the allocator's abort.
+#[derive(Debug, Clone)]
+pub(crate) struct MemoryLimiter {
+    pub(crate) max_bytes: u64,
+    pub(crate) denied_request: Option<u64>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let desired = u64::try_from(desired).unwrap_or(u64::MAX);
+        if desired > self.max_bytes {
+            // Deny like an exhausted host would: `memory.grow` returns -1 and the module's
+            // allocator decides what to do (Rust aborts, which traps).
+            self.denied_request = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; 100k entries is far beyond any real filter.
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The stream direction a hostcall refers to (`proxy_stream_type_t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamKind {
+    Request,
+    Response,
+}
+
+/// A local reply requested by the module, sent after the callback returns (Envoy defers it with
+/// `addAfterVmCallAction`).
+#[derive(Debug, Clone)]
+pub(crate) struct PendingLocalReply {
+    pub(crate) status: u32,
+    pub(crate) body: Vec<u8>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) grpc_status: u32,
+    pub(crate) details: String,
+}
+
+/// Actions Envoy runs once the current call into the VM has returned.
+#[derive(Debug, Clone)]
+pub(crate) enum Deferred {
+    LocalReply {
+        context: u32,
+        reply: PendingLocalReply,
+    },
+    Continue {
+        context: u32,
+        stream: StreamKind,
+    },
+    /// Either direction: Envoy resets the whole stream.
+    Close { context: u32 },
+}
+
+/// One direction of an HTTP exchange, as the filter and the rest of the proxy see it.
+#[derive(Debug, Clone)]
+pub(crate) struct Direction {
+    /// The headers as the filter left them (what the next hop gets).
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) headers_received: bool,
+    /// Envoy's `request_headers_` pointer is set: the filter may read and modify them.
+    pub(crate) headers_available: bool,
+    pub(crate) trailers: Option<Vec<(String, String)>>,
+    pub(crate) trailers_available: bool,
+    /// The body chunk of the current `decodeData` call (Envoy's `request_body_buffer_`).
+    pub(crate) chunk: Vec<u8>,
+    pub(crate) chunk_available: bool,
+    /// Data the filter manager holds back because the filter stopped iteration.
+    pub(crate) buffered: Vec<u8>,
+    /// The filter returned `StopIterationAndBuffer` last time (Envoy's `buffering_request_body_`):
+    /// the next chunk is appended to `buffered` and the filter sees the whole buffer.
+    pub(crate) buffering: bool,
+    /// Body bytes that went past the filter.
+    pub(crate) forwarded_body: Vec<u8>,
+    pub(crate) state: StreamState,
+    pub(crate) end_stream_received: bool,
+    pub(crate) body_bytes_received: u64,
+    /// The headers went past the filter.
+    pub(crate) headers_forwarded: bool,
+    /// The filter stopped all iteration at headers: later data is held for it.
+    pub(crate) stopped_all: bool,
+    /// Body data arrived while iteration was stopped at headers.
+    pub(crate) held_data: bool,
+    /// Trailers arrived while iteration was stopped at headers.
+    pub(crate) trailers_pending: bool,
+}
+
+impl Direction {
+    fn new() -> Self {
+        Direction {
+            headers: Vec::new(),
+            headers_received: false,
+            headers_available: false,
+            trailers: None,
+            trailers_available: false,
+            chunk: Vec::new(),
+            chunk_available: false,
+            buffered: Vec::new(),
+            buffering: false,
+            forwarded_body: Vec::new(),
+            state: StreamState::Idle,
+            end_stream_received: false,
+            body_bytes_received: 0,
+            headers_forwarded: false,
+            stopped_all: false,
+            held_data: false,
+            trailers_pending: false,
+        }
+    }
+
+    /// The body the filter sees through `HTTP_REQUEST_BODY`/`HTTP_RESPONSE_BODY`.
+    pub(crate) fn visible_body(&self) -> Option<&Vec<u8>> {
+        if self.buffering {
+            Some(&self.buffered)
+        } else if self.chunk_available {
+            Some(&self.chunk)
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn visible_body_mut(&mut self) -> Option<&mut Vec<u8>> {
+        if self.buffering {
+            Some(&mut self.buffered)
+        } else if self.chunk_available {
+            Some(&mut self.chunk)
+        } else {
+            None
+        }
+    }
+
+    /// Everything the filter has been handed but not yet let through leaves the filter.
+    pub(crate) fn release_held_body(&mut self) {
+        let chunk = std::mem::take(&mut self.chunk);
+        self.buffered.extend_from_slice(&chunk);
+        let held = std::mem::take(&mut self.buffered);
+        self.forwarded_body.extend_from_slice(&held);
+        self.buffering = false;
+    }
+}
+
+/// Per-stream HTTP state (Envoy's `Context` fields for an HTTP filter).
+#[derive(Debug, Clone)]
+pub(crate) struct HttpExchange {
+    pub(crate) properties: BTreeMap<Vec<String>, PropertyValue>,
+    /// Values stored with `proxy_set_property` (Envoy's `wasm.<path>` filter state).
+    pub(crate) filter_state: HashMap<Vec<u8>, Vec<u8>>,
+    pub(crate) request: Direction,
+    pub(crate) response: Direction,
+    /// Envoy keeps one `end_of_stream_` flag for both directions.
+    pub(crate) end_of_stream: bool,
+    pub(crate) access_log_phase: bool,
+    pub(crate) local_reply: Option<LocalReply>,
+    pub(crate) failure_local_reply_sent: bool,
+    pub(crate) stream_failed: bool,
+    pub(crate) response_code: Option<u32>,
+    pub(crate) response_code_details: Option<String>,
+    pub(crate) start: Duration,
+    pub(crate) request_complete_at: Option<Duration>,
+    pub(crate) connection_id: u64,
+    pub(crate) finished: bool,
+}
+
+impl HttpExchange {
+    pub(crate) fn new(start: Duration, connection_id: u64) -> Self {
+        HttpExchange {
+            properties: BTreeMap::new(),
+            filter_state: HashMap::new(),
+            request: Direction::new(),
+            response: Direction::new(),
+            end_of_stream: false,
+            access_log_phase: false,
+            local_reply: None,
+            failure_local_reply_sent: false,
+            stream_failed: false,
+            response_code: None,
+            response_code_details: None,
+            start,
+            request_complete_at: None,
+            connection_id,
+            finished: false,
+        }
+    }
+
+    pub(crate) fn direction_mut(&mut self, kind: StreamKind) -> &mut Direction {
+        match kind {
+            StreamKind::Request => &mut self.request,
+            StreamKind::Response => &mut self.response,
+        }
+    }
+
+    pub(crate) fn direction(&self, kind: StreamKind) -> &Direction {
+        match kind {
+            StreamKind::Request => &self.request,
+            StreamKind::Response => &self.response,
+        }
+    }
+}
+
+/// A context known to the VM (root or stream).
+#[derive(Debug, Clone)]
+pub(crate) struct ContextState {
+    pub(crate) parent: u32,
+    pub(crate) created_in_vm: bool,
+    /// `proxy_on_delete` ran: the context no longer exists for the host.
+    pub(crate) deleted: bool,
+    pub(crate) http: Option<HttpExchange>,
+}
+
+/// Response data of the HTTP callout being delivered (held on the root context, as in Envoy).
+#[derive(Debug, Clone)]
+pub(crate) struct CalloutResponseData {
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+    pub(crate) trailers: Vec<(String, String)>,
+}
+
+/// Outstanding gRPC call or stream of this VM.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GrpcTokenState {
+    pub(crate) local_closed: bool,
+    pub(crate) remote_closed: bool,
+}
+
+/// Host-side state of one VM: what the hostcalls read and write. Lives inside the wasmtime store.
+pub(crate) struct VmState {
+    pub(crate) shared: Rc<RefCell<SharedState>>,
+    pub(crate) worker: usize,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) memory: Option<Memory>,
+    pub(crate) malloc: Option<TypedFunc<u32, u32>>,
+    pub(crate) root_context_id: u32,
+    pub(crate) next_context_id: u32,
+    pub(crate) contexts: BTreeMap<u32, ContextState>,
+    pub(crate) current_context: u32,
+    pub(crate) effective_context: u32,
+    /// Set by `proxy_send_local_response`: Envoy then ignores the status the callback returns.
+    pub(crate) stop_iteration: bool,
+    pub(crate) deferred: VecDeque<Deferred>,
+    /// True while `_initialize`/`_start` run: Envoy only allows logging, clocks, randomness,
+    /// args and environment there.
+    pub(crate) restricted: bool,
+    /// The plugin configuration is visible (Envoy's `temp_plugin_` is set).
+    pub(crate) plugin_config_visible: bool,
+    pub(crate) call_data: Vec<u8>,
+    pub(crate) http_call_response: Option<CalloutResponseData>,
+    pub(crate) grpc_receive_buffer: Option<Vec<u8>>,
+    pub(crate) grpc_initial_metadata: Option<Vec<(String, String)>>,
+    pub(crate) grpc_trailing_metadata: Option<Vec<(String, String)>>,
+    pub(crate) status: (u32, String),
+    pub(crate) next_http_call_id: u32,
+    pub(crate) next_grpc_call_id: u32,
+    pub(crate) next_grpc_stream_id: u32,
+    pub(crate) http_calls: HashSet<u32>,
+    pub(crate) grpc_tokens: HashMap<u32, GrpcTokenState>,
+    pub(crate) metric_ids: HashMap<u32, (MetricKind, String)>,
+    pub(crate) next_counter_id: u32,
+    pub(crate) next_gauge_id: u32,
+    pub(crate) next_histogram_id: u32,
+    pub(crate) tick_period: Duration,
+    /// Elapsed virtual time at which the next tick fires.
+    pub(crate) next_tick: Option<Duration>,
+    pub(crate) pending_done: HashSet<u32>,
+    pub(crate) failed: Option<HarnessError>,
+    /// Number of log lines before the current callback started (to quote the module's own
+    /// explanation of a panic in the trap error).
+    pub(crate) log_mark: usize,
+}
+
+impl VmState {
+    /// The context hostcalls act on: the effective context if one was set and still exists,
+    /// else the context of the running callback (`contextOrEffectiveContext`).
+    pub(crate) fn active_context(&self) -> u32 {
+        if self.effective_context != 0 {
+            if let Some(ctx) = self.contexts.get(&self.effective_context) {
+                if !ctx.deleted {
+                    return self.effective_context;
+                }
+            }
+        }
+        self.current_context
+    }
+
+    pub(crate) fn exchange(&self, context: u32) -> Option<&HttpExchange> {
+        self.contexts.get(&context).and_then(|c| c.http.as_ref())
+    }
+
+    pub(crate) fn exchange_mut(&mut self, context: u32) -> Option<&mut HttpExchange> {
+        self.contexts.get_mut(&context).and_then(|c| c.http.as_mut())
+    }
+
+    pub(crate) fn is_root(&self, context: u32) -> bool {
+        self.contexts.get(&context).is_some_and(|c| c.parent == 0)
+    }
+
+    pub(crate) fn log(&self, level: LogLevel, message: String) {
+        if let Ok(mut shared) = self.shared.try_borrow_mut() {
+            shared.log(level, message, self.worker);
+        }
+    }
+}
+
+type F<P, R> = Option<TypedFunc<P, R>>;
+
+/// The callbacks a module may export. Absent callbacks are skipped, as in Envoy.
+#[derive(Clone, Default)]
+pub(crate) struct Exports {
+    pub(crate) initialize: F<(), ()>,
+    pub(crate) main: F<(u32, u32), u32>,
+    pub(crate) start: F<(), ()>,
+    pub(crate) on_context_create: F<(u32, u32), ()>,
+    pub(crate) on_vm_start: F<(u32, u32), u32>,
+    pub(crate) on_configure: F<(u32, u32), u32>,
+    pub(crate) on_tick: F<u32, ()>,
+    pub(crate) on_request_headers: F<(u32, u32, u32), u32>,
+    pub(crate) on_request_body: F<(u32, u32, u32), u32>,
+    pub(crate) on_request_trailers: F<(u32, u32), u32>,
+    pub(crate) on_response_headers: F<(u32, u32, u32), u32>,
+    pub(crate) on_response_body: F<(u32, u32, u32), u32>,
+    pub(crate) on_response_trailers: F<(u32, u32), u32>,
+    pub(crate) on_http_call_response: F<(u32, u32, u32, u32, u32), ()>,
+    pub(crate) on_grpc_receive_initial_metadata: F<(u32, u32, u32), ()>,
+    pub(crate) on_grpc_receive: F<(u32, u32, u32), ()>,
+    pub(crate) on_grpc_receive_trailing_metadata: F<(u32, u32, u32), ()>,
+    pub(crate) on_grpc_close: F<(u32, u32, u32), ()>,
+    pub(crate) on_queue_ready: F<(u32, u32), ()>,
+    pub(crate) on_foreign_function: F<(u32, u32, u32), ()>,
+    pub(crate) on_done: F<u32, u32>,
+    pub(crate) on_log: F<u32, ()>,
+    pub(crate) on_delete: F<u32, ()>,
+}
+
+/// Static settings a VM is created with.
+#[derive(Debug, Clone)]
+pub(crate) struct VmSettings {
+    pub(crate) worker: usize,
+    pub(crate) max_memory_bytes: u64,
+    pub(crate) fuel_per_callback: Option<u64>,
+}
+
+/// A live VM.
+pub(crate) struct Vm {
+    pub(crate) store: Store<VmState>,
+    pub(crate) exports: Exports,
+    pub(crate) fuel_per_callback: Option<u64>,
+    /// Bumped on every reload so streams started on a previous VM are recognised.
+    pub(crate) generation: u64,
+}
+
+impl Vm {
+    /// Instantiates the module. Does not run any code of the module except its start section.
+    pub(crate) fn instantiate(
+        compiled: &CompiledModule,
+        shared: Rc<RefCell<SharedState>>,
+        settings: &VmSettings,
+        generation: u64,
+    ) -> Result<Vm, HarnessError> {
+        let engine = compiled.module.engine();
+        let state = VmState {
+            shared,
+            worker: settings.worker,
+            limiter: MemoryLimiter {
+                max_bytes: settings.max_memory_bytes,
+                denied_request: None,
+            },
+            memory: None,
+            malloc: None,
+            root_context_id: 0,
+            next_context_id: 1, // 0 is Envoy's VM context; the root context gets 1.
+            contexts: BTreeMap::new(),
+            current_context: 0,
+            effective_context: 0,
+            stop_iteration: false,
+            deferred: VecDeque::new(),
+            restricted: false,
+            plugin_config_visible: false,
+            call_data: Vec::new(),
+            http_call_response: None,
+            grpc_receive_buffer: None,
+            grpc_initial_metadata: None,
+            grpc_trailing_metadata: None,
+            status: (0, String::new()),
+            // proxy-wasm-cpp-host numbers callouts by type in the low two bits (HTTP 0,
+            // gRPC call 1, gRPC stream 2) and increments by 4 before use: 4, 8, ... / 5, 9, ...
+            next_http_call_id: 0,
+            next_grpc_call_id: 1,
+            next_grpc_stream_id: 2,
+            http_calls: HashSet::new(),
+            grpc_tokens: HashMap::new(),
+            metric_ids: HashMap::new(),
+            // Same scheme for metrics: counters 4, 8, ...; gauges 5, 9, ...; histograms 6, 10, ...
+            next_counter_id: 0,
+            next_gauge_id: 1,
+            next_histogram_id: 2,
+            tick_period: Duration::ZERO,
+            next_tick: None,
+            pending_done: HashSet::new(),
+            failed: None,
+            log_mark: 0,
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|state| &mut state.limiter);
+        set_fuel(&mut store, settings.fuel_per_callback)?;
+        let instance: Instance = compiled
+            .instance_pre
+            .instantiate(&mut store)
+            .map_err(|e| classify_error(e, "instantiate", &store, settings.fuel_per_callback))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| HarnessError::Abi("the module exports no memory named `memory`".into()))?;
+        // Envoy prefers `malloc` and falls back to `proxy_on_memory_allocate`.
+        let malloc = match typed::<u32, u32>(&instance, &mut store, "malloc")? {
+            Some(f) => Some(f),
+            None => typed::<u32, u32>(&instance, &mut store, "proxy_on_memory_allocate")?,
+        };
+        if malloc.is_none() {
+            return Err(HarnessError::Abi("Wasm module is missing malloc function.".into()));
+        }
+        store.data_mut().memory = Some(memory);
+        store.data_mut().malloc = malloc;
+        let exports = Exports {
+            initialize: typed(&instance, &mut store, "_initialize")?,
+            main: typed(&instance, &mut store, "main")?,
+            start: typed(&instance, &mut store, "_start")?,
+            on_context_create: typed(&instance, &mut store, "proxy_on_context_create")?,
+            on_vm_start: typed(&instance, &mut store, "proxy_on_vm_start")?,
+            on_configure: typed(&instance, &mut store, "proxy_on_configure")?,
+            on_tick: typed(&instance, &mut store, "proxy_on_tick")?,
+            on_request_headers: typed(&instance, &mut store, "proxy_on_request_headers")?,
+            on_request_body: typed(&instance, &mut store, "proxy_on_request_body")?,
+            on_request_trailers: typed(&instance, &mut store, "proxy_on_request_trailers")?,
+            on_response_headers: typed(&instance, &mut store, "proxy_on_response_headers")?,
+            on_response_body: typed(&instance, &mut store, "proxy_on_response_body")?,
+            on_response_trailers: typed(&instance, &mut store, "proxy_on_response_trailers")?,
+            on_http_call_response: typed(&instance, &mut store, "proxy_on_http_call_response")?,
+            on_grpc_receive_initial_metadata: typed(
+                &instance,
+                &mut store,
+                "proxy_on_grpc_receive_initial_metadata",
+            )?,
+            on_grpc_receive: typed(&instance, &mut store, "proxy_on_grpc_receive")?,
+            on_grpc_receive_trailing_metadata: typed(
+                &instance,
+                &mut store,
+                "proxy_on_grpc_receive_trailing_metadata",
+            )?,
+            on_grpc_close: typed(&instance, &mut store, "proxy_on_grpc_close")?,
+            on_queue_ready: typed(&instance, &mut store, "proxy_on_queue_ready")?,
+            on_foreign_function: typed(&instance, &mut store, "proxy_on_foreign_function")?,
+            on_done: typed(&instance, &mut store, "proxy_on_done")?,
+            on_log: typed(&instance, &mut store, "proxy_on_log")?,
+            on_delete: typed(&instance, &mut store, "proxy_on_delete")?,
+        };
+        Ok(Vm {
+            store,
+            exports,
+            fuel_per_callback: settings.fuel_per_callback,
+            generation,
+        })
+    }
+
+    pub(crate) fn state(&self) -> &VmState {
+        self.store.data()
+    }
+
+    pub(crate) fn state_mut(&mut self) -> &mut VmState {
+        self.store.data_mut()
+    }
+
+    pub(crate) fn is_failed(&self) -> bool {
+        self.store.data().failed.is_some()
+    }
+
+    /// Calls `func` as callback `callback` on behalf of `context`, with a fresh fuel budget.
+    /// A crash marks the VM failed and is returned as a typed error.
+    pub(crate) fn invoke<P: WasmParams, R: WasmResults>(
+        &mut self,
+        callback: &'static str,
+        func: TypedFunc<P, R>,
+        context: u32,
+        params: P,
+    ) -> Result<R, HarnessError> {
+        if let Some(failure) = &self.store.data().failed {
+            return Err(HarnessError::VmFailed {
+                worker: self.store.data().worker,
+                reason: failure.to_string(),
+            });
+        }
+        set_fuel(&mut self.store, self.fuel_per_callback)?;
+        let log_mark = self
+            .store
+            .data()
+            .shared
+            .try_borrow()
+            .map(|s| s.logs.len())
+            .unwrap_or(0);
+        let state = self.store.data_mut();
+        let saved = (state.current_context, state.effective_context);
+        state.current_context = context;
+        state.effective_context = 0;
+        state.limiter.denied_request = None;
+        state.log_mark = log_mark;
+        let result = func.call(&mut self.store, params);
+        let state = self.store.data_mut();
+        state.current_context = saved.0;
+        state.effective_context = saved.1;
+        match result {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                let error = classify_error(error, callback, &self.store, self.fuel_per_callback);
+                self.store.data_mut().failed = Some(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    /// Size of the linear memory in bytes.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.store
+            .data()
+            .memory
+            .map(|m| m.data_size(&self.store))
+            .unwrap_or(0)
+    }
+}
+
+fn set_fuel(store: &mut Store<VmState>, fuel: Option<u64>) -> Result<(), HarnessError> {
+    store
+        .set_fuel(fuel.unwrap_or(u64::MAX))
+        .map_err(|e| HarnessError::Load(format!("cannot set fuel: {e:#}")))
+}
+
+fn typed<P: WasmParams, R: WasmResults>(
+    instance: &Instance,
+    store: &mut Store<VmState>,
+    name: &str,
+) -> Result<Option<TypedFunc<P, R>>, HarnessError> {
+    let Some(func) = instance.get_func(&mut *store, name) else {
+        return Ok(None);
+    };
+    func.typed::<P, R>(&*store)
+        .map(Some)
+        .map_err(|_| HarnessError::Abi(format!("Bad function signature for: {name}")))
+}
+
+/// Turns a wasmtime error into the harness error that explains it best.
+fn classify_error(
+    error: wasmtime::Error,
+    callback: &str,
+    store: &Store<VmState>,
+    fuel: Option<u64>,
+) -> HarnessError {
+    let backtrace = error
+        .downcast_ref::<WasmBacktrace>()
+        .map(render_backtrace)
+        .unwrap_or_default();
+    let state = store.data();
+    if let Some(requested) = state.limiter.denied_request {
+        return HarnessError::MemoryLimit {
+            callback: callback.to_string(),
+            requested_bytes: requested,
+            limit_bytes: state.limiter.max_bytes,
+            backtrace,
+        };
+    }
+    let trap = error.downcast_ref::<Trap>().copied();
+    if trap == Some(Trap::OutOfFuel) {
+        return HarnessError::FuelExhausted {
+            callback: callback.to_string(),
+            fuel: fuel.unwrap_or(u64::MAX),
+            backtrace,
+        };
+    }
+    let mut message = match trap {
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}"),
+    };
+    // A Rust panic reaches the host as `unreachable`; the SDK logged the panic message first.
+    if let Ok(shared) = state.shared.try_borrow() {
+        let explanation = shared
+            .logs
+            .iter()
+            .skip(state.log_mark)
+            .rev()
+            .find(|l| l.worker == state.worker && l.level >= LogLevel::Error);
+        if let Some(line) = explanation {
+            message = format!("{message} (module logged: {})", line.message);
+        }
+    }
+    HarnessError::Trap {
+        callback: callback.to_string(),
+        message,
+        backtrace,
+    }
+}
+
+/// One line per wasm frame, innermost first, with demangled names (wasmtime's rendering).
+fn render_backtrace(backtrace: &WasmBacktrace) -> Vec<String> {
+    let rendered = backtrace.to_string();
+    let mut frames: Vec<String> = Vec::new();
+    for line in rendered.lines().skip(1) {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with("note:") {
+            continue;
+        }
+        let starts_frame = trimmed
+            .split_once(':')
+            .is_some_and(|(index, _)| !index.is_empty() && index.chars().all(|c| c.is_ascii_digit()));
+        if starts_frame {
+            let body = trimmed.split_once(':').map(|(_, rest)| rest.trim()).unwrap_or(trimmed);
+            // Drop the module offset ("0x1a2b - ") and keep the function name.
+            let name = body.split_once(" - ").map(|(_, n)| n).unwrap_or(body);
+            frames.push(name.to_string());
+        } else if let Some(last) = frames.last_mut() {
+            last.push(' ');
+            last.push_str(trimmed);
+        }
+    }
+    if frames.is_empty() {
+        frames = backtrace
+            .frames()
+            .iter()
+            .map(|f| {
+                f.func_name()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("<wasm function {}>", f.func_index()))
+            })
+            .collect();
+    }
+    frames
+}

@@ -1,0 +1,258 @@
+//! The WASI preview1 subset Envoy implements itself (proxy-wasm-cpp-host `exports.cc`), with
+//! the same results: stdout/stderr become logs, there is no file system, clocks are the
+//! virtual clock, randomness is deterministic, the environment is what the test configured.
+//!
+//! Registered under both `wasi_snapshot_preview1` and `wasi_unstable`, as Envoy does.
+
+use wasmtime::Caller;
+
+use crate::error::HarnessError;
+use crate::hostcalls::{guard, read_bytes, write_bytes, write_u32, write_u64, HostResult, Registrar};
+use crate::types::LogLevel;
+use crate::vm::VmState;
+
+const SUCCESS: u32 = 0;
+const BADF: u32 = 8;
+const FAULT: u32 = 21;
+const INVAL: u32 = 28;
+const NOENT: u32 = 44;
+const NOSYS: u32 = 52;
+const NOTSUP: u32 = 58;
+
+/// proxy-wasm-cpp-host's `PROXY_WASM_HOST_WASI_RANDOM_GET_MAX_SIZE_BYTES`.
+const RANDOM_GET_MAX_BYTES: u32 = 64 * 1024;
+
+pub(crate) fn register(r: &mut Registrar<'_>, module: &str) -> Result<(), HarnessError> {
+    r.func(module, "fd_write", fd_write)?;
+    r.func(module, "fd_read", |c: Caller<'_, VmState>, _: u32, _: u32, _: u32, _: u32| {
+        restricted(&c, "fd_read").map(|()| NOSYS)
+    })?;
+    r.func(module, "fd_seek", |c: Caller<'_, VmState>, _: u32, _: i64, _: u32, _: u32| {
+        // Envoy reports success without touching the result.
+        restricted(&c, "fd_seek").map(|()| SUCCESS)
+    })?;
+    r.func(module, "fd_close", |c: Caller<'_, VmState>, _: u32| {
+        restricted(&c, "fd_close").map(|()| SUCCESS)
+    })?;
+    r.func(module, "fd_fdstat_get", fd_fdstat_get)?;
+    r.func(module, "fd_fdstat_set_flags", |c: Caller<'_, VmState>, _: u32, _: u32| {
+        restricted(&c, "fd_fdstat_set_flags").map(|()| NOSYS)
+    })?;
+    r.func(module, "fd_filestat_get", |c: Caller<'_, VmState>, _: u32, _: u32| {
+        restricted(&c, "fd_filestat_get").map(|()| BADF)
+    })?;
+    // No preopened directories: libc's preopen scan stops at the first BADF.
+    r.func(module, "fd_prestat_get", |_: u32, _: u32| BADF)?;
+    r.func(module, "fd_prestat_dir_name", |_: u32, _: u32, _: u32| NOSYS)?;
+    r.func(
+        module,
+        "path_open",
+        |c: Caller<'_, VmState>, _: u32, _: u32, _: u32, _: u32, _: u32, _: i64, _: i64, _: u32, _: u32| {
+            restricted(&c, "path_open").map(|()| NOENT)
+        },
+    )?;
+    r.func(
+        module,
+        "path_filestat_get",
+        |c: Caller<'_, VmState>, _: u32, _: u32, _: u32, _: u32, _: u32| {
+            restricted(&c, "path_filestat_get").map(|()| NOTSUP)
+        },
+    )?;
+    r.func(module, "environ_sizes_get", environ_sizes_get)?;
+    r.func(module, "environ_get", environ_get)?;
+    r.func(module, "args_sizes_get", args_sizes_get)?;
+    r.func(module, "args_get", |_: u32, _: u32| SUCCESS)?;
+    r.func(module, "clock_time_get", clock_time_get)?;
+    r.func(module, "clock_res_get", clock_res_get)?;
+    r.func(module, "random_get", random_get)?;
+    r.func(module, "proc_exit", proc_exit)?;
+    r.func(module, "sched_yield", |c: Caller<'_, VmState>| {
+        restricted(&c, "sched_yield").map(|()| SUCCESS)
+    })?;
+    r.func(module, "poll_oneoff", poll_oneoff)?;
+    Ok(())
+}
+
+fn restricted(caller: &Caller<'_, VmState>, name: &str) -> HostResult<()> {
+    guard(caller, name)
+}
+
+/// stdout is logged at info, stderr at error, one trailing newline removed (Envoy's `writevImpl`).
+fn fd_write(
+    mut caller: Caller<'_, VmState>,
+    fd: u32,
+    iovs: u32,
+    iovs_len: u32,
+    nwritten_ptr: u32,
+) -> HostResult<u32> {
+    let level = match fd {
+        1 => LogLevel::Info,
+        2 => LogLevel::Error,
+        _ => return Ok(BADF),
+    };
+    let mut text = Vec::new();
+    for index in 0..iovs_len {
+        let Some(iovec) = index
+            .checked_mul(8)
+            .and_then(|offset| iovs.checked_add(offset))
+            .and_then(|at| read_bytes(&caller, at, 8))
+        else {
+            return Ok(FAULT);
+        };
+        let buf = u32::from_le_bytes([iovec[0], iovec[1], iovec[2], iovec[3]]);
+        let buf_len = u32::from_le_bytes([iovec[4], iovec[5], iovec[6], iovec[7]]);
+        if buf_len != 0 {
+            let Some(bytes) = read_bytes(&caller, buf, buf_len) else {
+                return Ok(FAULT);
+            };
+            text.extend_from_slice(&bytes);
+        }
+    }
+    let written = u32::try_from(text.len()).unwrap_or(u32::MAX);
+    if !text.is_empty() {
+        if text.last() == Some(&b'\n') {
+            text.pop();
+        }
+        caller
+            .data()
+            .log(level, String::from_utf8_lossy(&text).into_owned());
+    }
+    if !write_u32(&mut caller, nwritten_ptr, written) {
+        return Ok(FAULT);
+    }
+    Ok(SUCCESS)
+}
+
+fn fd_fdstat_get(mut caller: Caller<'_, VmState>, fd: u32, stat_ptr: u32) -> HostResult<u32> {
+    restricted(&caller, "fd_fdstat_get")?;
+    if fd != 1 && fd != 2 {
+        return Ok(BADF);
+    }
+    // 24-byte fdstat, zeroed except fs_rights_base = FD_WRITE (64). Envoy ignores a failed
+    // write here and still reports success.
+    let mut stat = [0u8; 24];
+    stat[8] = 64;
+    write_bytes(&mut caller, stat_ptr, &stat);
+    Ok(SUCCESS)
+}
+
+fn envs(caller: &Caller<'_, VmState>) -> Vec<(String, String)> {
+    caller
+        .data()
+        .shared
+        .try_borrow()
+        .map(|s| s.settings.envs.clone())
+        .unwrap_or_default()
+}
+
+fn environ_sizes_get(mut caller: Caller<'_, VmState>, count_ptr: u32, size_ptr: u32) -> HostResult<u32> {
+    let envs = envs(&caller);
+    let count = u32::try_from(envs.len()).unwrap_or(u32::MAX);
+    // key + '=' + value + NUL per variable.
+    let size: usize = envs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let size = u32::try_from(size).unwrap_or(u32::MAX);
+    if !(write_u32(&mut caller, count_ptr, count) && write_u32(&mut caller, size_ptr, size)) {
+        return Ok(FAULT);
+    }
+    Ok(SUCCESS)
+}
+
+fn environ_get(mut caller: Caller<'_, VmState>, array_ptr: u32, buf_ptr: u32) -> HostResult<u32> {
+    let mut array = array_ptr;
+    let mut buf = buf_ptr;
+    for (key, value) in envs(&caller) {
+        let mut entry = Vec::with_capacity(key.len() + value.len() + 2);
+        entry.extend_from_slice(key.as_bytes());
+        entry.push(b'=');
+        entry.extend_from_slice(value.as_bytes());
+        entry.push(0);
+        if !write_u32(&mut caller, array, buf) || !write_bytes(&mut caller, buf, &entry) {
+            return Ok(FAULT);
+        }
+        let Some(next_buf) = u32::try_from(entry.len()).ok().and_then(|l| buf.checked_add(l)) else {
+            return Ok(FAULT);
+        };
+        buf = next_buf;
+        array = array.wrapping_add(4);
+    }
+    Ok(SUCCESS)
+}
+
+fn args_sizes_get(mut caller: Caller<'_, VmState>, argc_ptr: u32, size_ptr: u32) -> HostResult<u32> {
+    // Zero arguments, so that args_get is never needed.
+    if !(write_u32(&mut caller, argc_ptr, 0) && write_u32(&mut caller, size_ptr, 0)) {
+        return Ok(FAULT);
+    }
+    Ok(SUCCESS)
+}
+
+fn clock_time_get(
+    mut caller: Caller<'_, VmState>,
+    clock_id: u32,
+    _precision: i64,
+    time_ptr: u32,
+) -> HostResult<u32> {
+    let now = {
+        let Ok(shared) = caller.data().shared.try_borrow() else {
+            return Ok(FAULT);
+        };
+        match clock_id {
+            0 => shared.clock.realtime_nanos(),
+            1 => shared.clock.monotonic_nanos(),
+            _ => return Ok(NOTSUP),
+        }
+    };
+    if !write_u64(&mut caller, time_ptr, now) {
+        return Ok(FAULT);
+    }
+    Ok(SUCCESS)
+}
+
+fn clock_res_get(mut caller: Caller<'_, VmState>, clock_id: u32, res_ptr: u32) -> HostResult<u32> {
+    restricted(&caller, "clock_res_get")?;
+    if clock_id > 1 {
+        return Ok(NOTSUP);
+    }
+    if !write_u64(&mut caller, res_ptr, 1) {
+        return Ok(FAULT);
+    }
+    Ok(SUCCESS)
+}
+
+fn random_get(mut caller: Caller<'_, VmState>, buf_ptr: u32, buf_len: u32) -> HostResult<u32> {
+    if buf_len > RANDOM_GET_MAX_BYTES {
+        return Ok(INVAL);
+    }
+    if buf_len == 0 {
+        return Ok(SUCCESS);
+    }
+    let mut bytes = vec![0u8; buf_len as usize];
+    if let Ok(mut shared) = caller.data().shared.try_borrow_mut() {
+        shared.fill_random(&mut bytes);
+    }
+    if !write_bytes(&mut caller, buf_ptr, &bytes) {
+        return Ok(FAULT);
+    }
+    Ok(SUCCESS)
+}
+
+/// Envoy only notes the call and returns; the module's libc then traps on its own
+/// `unreachable`, which fails the VM like any other trap.
+fn proc_exit(caller: Caller<'_, VmState>, _code: u32) -> HostResult<()> {
+    restricted(&caller, "proc_exit")
+}
+
+fn poll_oneoff(
+    mut caller: Caller<'_, VmState>,
+    _in: u32,
+    _out: u32,
+    _subscriptions: u32,
+    nevents_ptr: u32,
+) -> HostResult<u32> {
+    restricted(&caller, "poll_oneoff")?;
+    // No event polling: report zero events.
+    if !write_u32(&mut caller, nevents_ptr, 0) {
+        return Ok(FAULT);
+    }
+    Ok(SUCCESS)
+}

@@ -1,0 +1,730 @@
+//! The glue between a filter's logic and proxy-wasm.
+//!
+//! A filter implements [`HttpFilter`] (pure logic over SDK types) and exports itself with one
+//! line:
+//!
+//! ```ignore
+//! wasmesh_sdk::export_filter!(MyFilter);
+//! ```
+//!
+//! The adapter then:
+//! * on `proxy_on_configure` reads the plugin configuration, parses it with
+//!   [`crate::config::load`] and builds the filter with [`HttpFilter::new`] (where metrics are
+//!   defined, once per root context). On error it logs the message (JSON path included) at
+//!   `error` level and returns `false`, so the proxy refuses to start the plugin;
+//! * per HTTP stream, builds a host-backed [`crate::request::Request`], calls the logic and
+//!   applies the [`Decision`]: `Continue`; `Deny` sends the local reply (with its response code
+//!   details) and stops the stream; `Pause` holds it until a callout answers;
+//! * routes callout answers to the stream that dispatched them and, when the callout hook
+//!   returns `Continue`, resumes the paused stream;
+//! * keeps the request headers seen in the request phase as a read-only snapshot for later
+//!   phases (the proxy no longer exposes them once they were forwarded);
+//! * does not run the filter's response hook on the filter's own local reply (Envoy sends
+//!   local replies through the encoder chain, this filter included).
+//!
+//! The decision logic lives in [`StreamDriver`], which is host-independent and unit-tested
+//! natively; the proxy-wasm trait impls are a thin shell compiled only for `wasm32`.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::callout::CalloutResponse;
+use crate::config::{load, Validate};
+use crate::decision::{Decision, LocalReply};
+use crate::error::Error;
+use crate::host::{Host, Phase};
+use crate::request::Request;
+
+/// Response code details of the 503 a stream gets if its filter was never configured
+/// (defensive: the proxy normally refuses to start a plugin whose `on_configure` failed).
+pub const NOT_CONFIGURED_DETAILS: &str = "wasmesh_filter_not_configured";
+
+/// A filter's logic, as the adapter drives it.
+pub trait HttpFilter: Sized + 'static {
+    /// Name used in logs (e.g. `"header_filter"`).
+    const NAME: &'static str;
+
+    /// The JSON plugin configuration.
+    type Config: DeserializeOwned + Validate;
+
+    /// Per-stream state (`()` for stateless filters), created with `Default` for every stream.
+    type Stream: Default;
+
+    /// Builds the filter from its validated configuration, once per root context (and again
+    /// on reconfiguration). Define metrics here.
+    fn new(config: Self::Config, host: &mut dyn Host) -> Result<Self, Error>;
+
+    /// Request headers arrived.
+    fn on_request_headers(
+        &self,
+        stream: &mut Self::Stream,
+        request: &mut dyn Request,
+        host: &mut dyn Host,
+    ) -> Decision;
+
+    /// Response headers arrived (not called for this filter's own local replies).
+    fn on_response_headers(
+        &self,
+        _stream: &mut Self::Stream,
+        _request: &mut dyn Request,
+        _host: &mut dyn Host,
+    ) -> Decision {
+        Decision::Continue
+    }
+
+    /// A callout dispatched by this stream answered. `Continue` resumes the stream if it is
+    /// paused, `Deny` answers locally, `Pause` keeps waiting (another callout is in flight).
+    fn on_callout_response(
+        &self,
+        _stream: &mut Self::Stream,
+        _request: &mut dyn Request,
+        _host: &mut dyn Host,
+        _response: CalloutResponse,
+    ) -> Decision {
+        Decision::Continue
+    }
+
+    /// The stream is complete (access-log time); headers are readable, not writable.
+    fn on_log(&self, _stream: &mut Self::Stream, _request: &mut dyn Request, _host: &mut dyn Host) {
+    }
+
+    /// If `Some`, the root context calls [`HttpFilter::on_tick`] with this period.
+    fn tick_period(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Periodic root-context work (e.g. refreshing a JWKS cache).
+    fn on_tick(&self, _host: &mut dyn Host) {}
+
+    /// A callout dispatched from the root context (e.g. in `on_tick`) answered.
+    fn on_root_callout_response(&self, _host: &mut dyn Host, _response: CalloutResponse) {}
+}
+
+/// Parses and validates `bytes`, then builds the filter. What `on_configure` runs.
+pub fn configure<F: HttpFilter>(bytes: &[u8], host: &mut dyn Host) -> Result<F, Error> {
+    let config = load::<F::Config>(bytes)?;
+    F::new(config, host)
+}
+
+/// The message `on_configure` logs when [`configure`] fails.
+pub fn configure_error_message<F: HttpFilter>(error: &Error) -> String {
+    format!("{}: {error}; the filter refuses to start", F::NAME)
+}
+
+/// What the glue must do after a callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Return `Action::Continue`.
+    Continue,
+    /// Return `Action::Pause` (waiting for a callout).
+    Pause,
+    /// Send this local reply, then return `Action::Pause`.
+    Reply(LocalReply),
+    /// (Callout answered) resume the stream paused in this phase.
+    Resume(Phase),
+    /// (Callout answered) nothing to do: still waiting, or the stream was not paused.
+    Wait,
+}
+
+/// Per-stream state machine, independent of the host.
+pub struct StreamDriver<F: HttpFilter> {
+    filter: Option<Rc<F>>,
+    state: F::Stream,
+    paused: Option<Phase>,
+    replied: bool,
+    request_snapshot: Option<Vec<crate::request::Header>>,
+}
+
+impl<F: HttpFilter> StreamDriver<F> {
+    /// A driver for one stream; `None` when the root context has no configured filter.
+    pub fn new(filter: Option<Rc<F>>) -> Self {
+        StreamDriver {
+            filter,
+            state: F::Stream::default(),
+            paused: None,
+            replied: false,
+            request_snapshot: None,
+        }
+    }
+
+    /// The phase the stream is paused in, if any.
+    pub fn paused(&self) -> Option<Phase> {
+        self.paused
+    }
+
+    /// Whether this stream already answered with a local reply.
+    pub fn replied(&self) -> bool {
+        self.replied
+    }
+
+    /// The filter's per-stream state.
+    pub fn state(&self) -> &F::Stream {
+        &self.state
+    }
+
+    /// Keeps the request headers the request phase saw, for later phases.
+    pub fn keep_request_snapshot(&mut self, headers: Vec<crate::request::Header>) {
+        self.request_snapshot = Some(headers);
+    }
+
+    /// The snapshot kept by [`StreamDriver::keep_request_snapshot`].
+    pub fn request_snapshot(&self) -> Option<Vec<crate::request::Header>> {
+        self.request_snapshot.clone()
+    }
+
+    /// The phase a callout answer runs in: the paused phase, else detached.
+    pub fn callout_phase(&self) -> Phase {
+        self.paused.unwrap_or(Phase::Detached)
+    }
+
+    /// Request headers arrived.
+    pub fn on_request_headers(
+        &mut self,
+        request: &mut dyn Request,
+        host: &mut dyn Host,
+    ) -> Outcome {
+        let Some(filter) = self.filter.clone() else {
+            self.replied = true;
+            return Outcome::Reply(LocalReply::unavailable(NOT_CONFIGURED_DETAILS));
+        };
+        let decision = filter.on_request_headers(&mut self.state, request, host);
+        self.apply(Phase::RequestHeaders, decision)
+    }
+
+    /// Response headers arrived.
+    pub fn on_response_headers(
+        &mut self,
+        request: &mut dyn Request,
+        host: &mut dyn Host,
+    ) -> Outcome {
+        let Some(filter) = self.filter.clone() else {
+            return Outcome::Continue;
+        };
+        if self.replied {
+            // This is our own local reply travelling through the encoder chain.
+            return Outcome::Continue;
+        }
+        let decision = filter.on_response_headers(&mut self.state, request, host);
+        self.apply(Phase::ResponseHeaders, decision)
+    }
+
+    /// A callout answered.
+    pub fn on_callout_response(
+        &mut self,
+        request: &mut dyn Request,
+        host: &mut dyn Host,
+        response: CalloutResponse,
+    ) -> Outcome {
+        let Some(filter) = self.filter.clone() else {
+            return Outcome::Wait;
+        };
+        if self.replied {
+            return Outcome::Wait;
+        }
+        let decision = filter.on_callout_response(&mut self.state, request, host, response);
+        match decision {
+            Decision::Continue => match self.paused.take() {
+                Some(phase) => Outcome::Resume(phase),
+                None => Outcome::Wait,
+            },
+            Decision::Deny(reply) => {
+                self.paused = None;
+                self.replied = true;
+                Outcome::Reply(reply)
+            }
+            Decision::Pause => Outcome::Wait,
+        }
+    }
+
+    /// The stream completed.
+    pub fn on_log(&mut self, request: &mut dyn Request, host: &mut dyn Host) {
+        if let Some(filter) = self.filter.clone() {
+            filter.on_log(&mut self.state, request, host);
+        }
+    }
+
+    fn apply(&mut self, phase: Phase, decision: Decision) -> Outcome {
+        match decision {
+            Decision::Continue => Outcome::Continue,
+            Decision::Deny(reply) => {
+                self.replied = true;
+                Outcome::Reply(reply)
+            }
+            Decision::Pause => {
+                self.paused = Some(phase);
+                Outcome::Pause
+            }
+        }
+    }
+}
+
+/// Exports `$filter` (an [`HttpFilter`]) as the module's proxy-wasm entry point. Expands to
+/// nothing on non-wasm targets so the crate still builds and tests natively.
+#[macro_export]
+macro_rules! export_filter {
+    ($filter:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::proxy_wasm::main! {{
+            $crate::adapter::install::<$filter>();
+        }}
+    };
+}
+
+#[cfg(target_arch = "wasm32")]
+pub use glue::install;
+
+#[cfg(target_arch = "wasm32")]
+mod glue {
+    //! proxy-wasm `RootContext`/`HttpContext` shells around [`StreamDriver`] (wasm only).
+
+    use std::rc::Rc;
+
+    use proxy_wasm::traits::{Context, HttpContext, RootContext};
+    use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+    use super::{configure, configure_error_message, HttpFilter, Outcome, StreamDriver};
+    use crate::callout::CalloutResponse;
+    use crate::host::{HostRequest, Log, Phase, ProxyWasmHost};
+
+    /// Registers `F` as the module's root context factory. Call from `proxy_wasm::main!`
+    /// (or use [`crate::export_filter!`]).
+    pub fn install<F: HttpFilter>() {
+        // Installs the SDK's panic hook, which logs a panic's message at `critical` before the
+        // VM aborts.
+        proxy_wasm::set_log_level(LogLevel::Trace);
+        proxy_wasm::set_root_context(new_root::<F>);
+    }
+
+    fn new_root<F: HttpFilter>(_context_id: u32) -> Box<dyn RootContext> {
+        Box::new(Root::<F> {
+            filter: None,
+            host: ProxyWasmHost,
+        })
+    }
+
+    struct Root<F: HttpFilter> {
+        filter: Option<Rc<F>>,
+        host: ProxyWasmHost,
+    }
+
+    impl<F: HttpFilter> Context for Root<F> {
+        fn on_http_call_response(
+            &mut self,
+            token: u32,
+            headers: usize,
+            body: usize,
+            trailers: usize,
+        ) {
+            let response = self
+                .host
+                .http_callout_response(token, headers, body, trailers);
+            if let Some(filter) = self.filter.clone() {
+                filter.on_root_callout_response(&mut self.host, response);
+            }
+        }
+
+        fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+            let response = self.host.grpc_callout_response(token, status, size);
+            if let Some(filter) = self.filter.clone() {
+                filter.on_root_callout_response(&mut self.host, response);
+            }
+        }
+    }
+
+    impl<F: HttpFilter> RootContext for Root<F> {
+        fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+            let built = self
+                .host
+                .plugin_configuration()
+                .and_then(|bytes| configure::<F>(&bytes, &mut self.host));
+            match built {
+                Ok(filter) => {
+                    if let Some(period) = filter.tick_period() {
+                        if let Err(error) = self.host.set_tick_period(period) {
+                            self.host
+                                .log(LogLevel::Error, &configure_error_message::<F>(&error));
+                            return false;
+                        }
+                    }
+                    self.filter = Some(Rc::new(filter));
+                    true
+                }
+                Err(error) => {
+                    self.host
+                        .log(LogLevel::Error, &configure_error_message::<F>(&error));
+                    false
+                }
+            }
+        }
+
+        fn on_tick(&mut self) {
+            if let Some(filter) = self.filter.clone() {
+                filter.on_tick(&mut self.host);
+            }
+        }
+
+        fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+            Some(Box::new(Stream::<F> {
+                driver: StreamDriver::new(self.filter.clone()),
+                host: ProxyWasmHost,
+            }))
+        }
+
+        fn get_type(&self) -> Option<ContextType> {
+            Some(ContextType::HttpContext)
+        }
+    }
+
+    struct Stream<F: HttpFilter> {
+        driver: StreamDriver<F>,
+        host: ProxyWasmHost,
+    }
+
+    impl<F: HttpFilter> Stream<F> {
+        fn request(&self, phase: Phase) -> HostRequest<ProxyWasmHost> {
+            HostRequest::new(self.host, phase, self.driver.request_snapshot())
+        }
+
+        /// Applies an outcome; returns the action for the current callback.
+        fn enact(&mut self, outcome: Outcome) -> Action {
+            match outcome {
+                Outcome::Continue | Outcome::Wait => Action::Continue,
+                Outcome::Pause => Action::Pause,
+                Outcome::Reply(reply) => {
+                    if let Err(error) = self.host.send_local_reply(&reply) {
+                        self.host.log(
+                            LogLevel::Error,
+                            &format!("{}: sending local reply failed: {error}", F::NAME),
+                        );
+                    }
+                    Action::Pause
+                }
+                Outcome::Resume(phase) => {
+                    let resumed = match phase {
+                        Phase::ResponseHeaders => self.host.resume_response(),
+                        _ => self.host.resume_request(),
+                    };
+                    if let Err(error) = resumed {
+                        self.host.log(
+                            LogLevel::Error,
+                            &format!("{}: resuming the stream failed: {error}", F::NAME),
+                        );
+                    }
+                    Action::Continue
+                }
+            }
+        }
+
+        fn callout_answered(&mut self, response: CalloutResponse) {
+            let phase = self.driver.callout_phase();
+            let mut request = self.request(phase);
+            let outcome = self
+                .driver
+                .on_callout_response(&mut request, &mut self.host, response);
+            if phase == Phase::RequestHeaders {
+                self.driver
+                    .keep_request_snapshot(request.into_request_snapshot());
+            }
+            self.enact(outcome);
+        }
+    }
+
+    impl<F: HttpFilter> Context for Stream<F> {
+        fn on_http_call_response(
+            &mut self,
+            token: u32,
+            headers: usize,
+            body: usize,
+            trailers: usize,
+        ) {
+            let response = self
+                .host
+                .http_callout_response(token, headers, body, trailers);
+            self.callout_answered(response);
+        }
+
+        fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+            let response = self.host.grpc_callout_response(token, status, size);
+            self.callout_answered(response);
+        }
+    }
+
+    impl<F: HttpFilter> HttpContext for Stream<F> {
+        fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+            let mut request = self.request(Phase::RequestHeaders);
+            let outcome = self.driver.on_request_headers(&mut request, &mut self.host);
+            self.driver
+                .keep_request_snapshot(request.into_request_snapshot());
+            self.enact(outcome)
+        }
+
+        fn on_http_response_headers(
+            &mut self,
+            _num_headers: usize,
+            _end_of_stream: bool,
+        ) -> Action {
+            let mut request = self.request(Phase::ResponseHeaders);
+            let outcome = self
+                .driver
+                .on_response_headers(&mut request, &mut self.host);
+            self.enact(outcome)
+        }
+
+        fn on_log(&mut self) {
+            let mut request = self.request(Phase::Log);
+            self.driver.on_log(&mut request, &mut self.host);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callout::{HttpCallout, HttpCalloutResponse};
+    use crate::config::ConfigError;
+    use crate::metrics::Counter;
+    use crate::request::MemoryRequest;
+    use crate::testing::MemoryHost;
+    use serde::Deserialize;
+
+    /// A filter that asks an authorization service when a request carries `x-ask`.
+    struct AskFilter {
+        cluster: String,
+        checked: Counter,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AskConfig {
+        cluster: String,
+    }
+
+    impl Validate for AskConfig {
+        fn validate(&self) -> Result<(), ConfigError> {
+            if self.cluster.is_empty() {
+                return Err(ConfigError::new("cluster", "must not be empty"));
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct AskStream {
+        token: Option<u32>,
+    }
+
+    impl HttpFilter for AskFilter {
+        const NAME: &'static str = "ask";
+        type Config = AskConfig;
+        type Stream = AskStream;
+
+        fn new(config: AskConfig, host: &mut dyn Host) -> Result<Self, Error> {
+            Ok(AskFilter {
+                cluster: config.cluster,
+                checked: Counter::define(host, "ask.checked")?,
+            })
+        }
+
+        fn on_request_headers(
+            &self,
+            stream: &mut AskStream,
+            request: &mut dyn Request,
+            host: &mut dyn Host,
+        ) -> Decision {
+            if request.header("x-ask").is_none() {
+                return Decision::Continue;
+            }
+            let callout =
+                HttpCallout::get(&self.cluster, "authz", "/check", Duration::from_millis(100));
+            match host.dispatch_http(&callout) {
+                Ok(token) => {
+                    stream.token = Some(token);
+                    Decision::Pause
+                }
+                Err(_) => Decision::Deny(LocalReply::forbidden("ask_callout_failed")),
+            }
+        }
+
+        fn on_response_headers(
+            &self,
+            _stream: &mut AskStream,
+            request: &mut dyn Request,
+            _host: &mut dyn Host,
+        ) -> Decision {
+            let _ = request.add_response_header("x-seen", "1");
+            Decision::Continue
+        }
+
+        fn on_callout_response(
+            &self,
+            stream: &mut AskStream,
+            request: &mut dyn Request,
+            host: &mut dyn Host,
+            response: CalloutResponse,
+        ) -> Decision {
+            self.checked.increment(host);
+            if Some(response.token()) != stream.token {
+                return Decision::Pause;
+            }
+            match response {
+                CalloutResponse::Http(answer) if answer.status() == Some(200) => {
+                    let _ = request.set_request_header("x-checked", "yes");
+                    Decision::Continue
+                }
+                _ => Decision::Deny(LocalReply::forbidden("ask_denied")),
+            }
+        }
+    }
+
+    fn filter(host: &mut MemoryHost) -> Rc<AskFilter> {
+        Rc::new(configure::<AskFilter>(br#"{"cluster": "authz"}"#, host).unwrap())
+    }
+
+    fn answer(token: u32, status: &str) -> CalloutResponse {
+        CalloutResponse::Http(HttpCalloutResponse {
+            token,
+            headers: vec![(":status".into(), status.into())],
+            ..HttpCalloutResponse::default()
+        })
+    }
+
+    #[test]
+    fn configure_reports_json_paths_and_semantic_errors() {
+        let mut host = MemoryHost::new();
+        let error = configure::<AskFilter>(br#"{"cluster": 5}"#, &mut host)
+            .err()
+            .unwrap();
+        assert_eq!(
+            configure_error_message::<AskFilter>(&error),
+            "ask: invalid configuration: cluster: invalid type: integer `5`, expected a string; the filter refuses to start"
+        );
+        let error = configure::<AskFilter>(br#"{"cluster": ""}"#, &mut host)
+            .err()
+            .unwrap();
+        assert_eq!(
+            error.to_string(),
+            "invalid configuration: cluster: must not be empty"
+        );
+        let error = configure::<AskFilter>(b"", &mut host).err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            "invalid configuration: missing field `cluster`"
+        );
+    }
+
+    #[test]
+    fn continue_passes_straight_through() {
+        let mut host = MemoryHost::new();
+        let mut driver = StreamDriver::new(Some(filter(&mut host)));
+        let mut request = MemoryRequest::get("/");
+        assert_eq!(
+            driver.on_request_headers(&mut request, &mut host),
+            Outcome::Continue
+        );
+        assert_eq!(driver.paused(), None);
+        assert_eq!(
+            driver.on_response_headers(&mut request, &mut host),
+            Outcome::Continue
+        );
+        assert_eq!(request.response_header("x-seen").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn pause_then_callout_continue_resumes_the_request() {
+        let mut host = MemoryHost::new();
+        let mut driver = StreamDriver::new(Some(filter(&mut host)));
+        let mut request = MemoryRequest::get("/").with_header("x-ask", "1");
+        assert_eq!(
+            driver.on_request_headers(&mut request, &mut host),
+            Outcome::Pause
+        );
+        assert_eq!(driver.paused(), Some(Phase::RequestHeaders));
+        assert_eq!(driver.callout_phase(), Phase::RequestHeaders);
+        let token = host.http_callouts()[0].0;
+        assert_eq!(driver.state().token, Some(token));
+        let outcome = driver.on_callout_response(&mut request, &mut host, answer(token, "200"));
+        assert_eq!(outcome, Outcome::Resume(Phase::RequestHeaders));
+        assert_eq!(driver.paused(), None);
+        assert_eq!(request.header("x-checked").as_deref(), Some("yes"));
+        assert_eq!(host.metric("ask.checked"), Some(1));
+    }
+
+    #[test]
+    fn callout_denial_sends_the_reply_and_skips_the_response_hook() {
+        let mut host = MemoryHost::new();
+        let mut driver = StreamDriver::new(Some(filter(&mut host)));
+        let mut request = MemoryRequest::get("/").with_header("x-ask", "1");
+        assert_eq!(
+            driver.on_request_headers(&mut request, &mut host),
+            Outcome::Pause
+        );
+        let outcome = driver.on_callout_response(&mut request, &mut host, answer(1, "403"));
+        assert_eq!(outcome, Outcome::Reply(LocalReply::forbidden("ask_denied")));
+        assert!(driver.replied());
+        // The local reply comes back through the encoder path: the filter must not see it.
+        assert_eq!(
+            driver.on_response_headers(&mut request, &mut host),
+            Outcome::Continue
+        );
+        assert_eq!(request.response_header("x-seen"), None);
+        // A late answer after the reply is ignored.
+        assert_eq!(
+            driver.on_callout_response(&mut request, &mut host, answer(1, "200")),
+            Outcome::Wait
+        );
+    }
+
+    #[test]
+    fn stale_callout_answer_keeps_waiting() {
+        let mut host = MemoryHost::new();
+        let mut driver = StreamDriver::new(Some(filter(&mut host)));
+        let mut request = MemoryRequest::get("/").with_header("x-ask", "1");
+        driver.on_request_headers(&mut request, &mut host);
+        assert_eq!(
+            driver.on_callout_response(&mut request, &mut host, answer(99, "200")),
+            Outcome::Wait
+        );
+        assert_eq!(driver.paused(), Some(Phase::RequestHeaders));
+    }
+
+    #[test]
+    fn failed_dispatch_denies() {
+        let mut host = MemoryHost::new().with_failing_callouts();
+        let mut driver = StreamDriver::new(Some(filter(&mut host)));
+        let mut request = MemoryRequest::get("/").with_header("x-ask", "1");
+        assert_eq!(
+            driver.on_request_headers(&mut request, &mut host),
+            Outcome::Reply(LocalReply::forbidden("ask_callout_failed"))
+        );
+    }
+
+    #[test]
+    fn unconfigured_filter_fails_closed() {
+        let mut host = MemoryHost::new();
+        let mut driver = StreamDriver::<AskFilter>::new(None);
+        let mut request = MemoryRequest::get("/");
+        assert_eq!(
+            driver.on_request_headers(&mut request, &mut host),
+            Outcome::Reply(LocalReply::unavailable(NOT_CONFIGURED_DETAILS))
+        );
+        assert_eq!(
+            driver.on_response_headers(&mut request, &mut host),
+            Outcome::Continue
+        );
+        driver.on_log(&mut request, &mut host);
+    }
+
+    #[test]
+    fn snapshot_is_kept_for_later_phases() {
+        let mut driver = StreamDriver::<AskFilter>::new(None);
+        assert_eq!(driver.request_snapshot(), None);
+        driver.keep_request_snapshot(vec![(":path".into(), "/a".into())]);
+        assert_eq!(
+            driver.request_snapshot(),
+            Some(vec![(":path".to_string(), "/a".to_string())])
+        );
+        assert_eq!(driver.callout_phase(), Phase::Detached);
+    }
+}
