@@ -602,8 +602,9 @@ impl EnvoyBuilder {
             BootstrapFormat::Json => "bootstrap.json",
             BootstrapFormat::Yaml => "bootstrap.yaml",
         });
-        std::fs::write(&bootstrap_path, bootstrap)
-            .map_err(|error| EnvoyError::io(format!("writing {}", bootstrap_path.display()), error))?;
+        std::fs::write(&bootstrap_path, bootstrap).map_err(|error| {
+            EnvoyError::io(format!("writing {}", bootstrap_path.display()), error)
+        })?;
         let admin_address_path = workdir.path.join("admin-address");
         let log_path = workdir.path.join("envoy.log");
         let log = std::fs::File::create(&log_path)
@@ -692,7 +693,11 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    fn wait_ready(&mut self, admin_address_path: &Path, timeout: Duration) -> Result<(), EnvoyError> {
+    fn wait_ready(
+        &mut self,
+        admin_address_path: &Path,
+        timeout: Duration,
+    ) -> Result<(), EnvoyError> {
         let started = Instant::now();
         loop {
             if let Some(status) = self
@@ -751,12 +756,14 @@ impl Envoy {
         let host = address["address"].as_str();
         let port = address["port_value"].as_u64();
         match (host, port) {
-            (Some(host), Some(port)) => format!("{host}:{port}").parse().map_err(|_| {
-                EnvoyError::Admin {
-                    path: path.to_string(),
-                    problem: format!("unparsable listener address {host}:{port}"),
-                }
-            }),
+            (Some(host), Some(port)) => {
+                format!("{host}:{port}")
+                    .parse()
+                    .map_err(|_| EnvoyError::Admin {
+                        path: path.to_string(),
+                        problem: format!("unparsable listener address {host}:{port}"),
+                    })
+            }
             _ => Err(EnvoyError::Admin {
                 path: path.to_string(),
                 problem: format!("no listener address in {document}"),
@@ -792,10 +799,12 @@ impl Envoy {
     }
 
     fn admin_json(&self, path: &str) -> Result<Value, EnvoyError> {
-        self.admin_get(path)?.json().map_err(|error| EnvoyError::Admin {
-            path: path.to_string(),
-            problem: error.to_string(),
-        })
+        self.admin_get(path)?
+            .json()
+            .map_err(|error| EnvoyError::Admin {
+                path: path.to_string(),
+                problem: error.to_string(),
+            })
     }
 
     /// Counters and gauges by name (`/stats?format=json`). Wasm-defined metrics appear as Envoy
@@ -803,13 +812,20 @@ impl Envoy {
     pub fn stats(&self) -> Result<BTreeMap<String, u64>, EnvoyError> {
         let path = "/stats?format=json";
         let document = self.admin_json(path)?;
-        let entries = document["stats"].as_array().ok_or_else(|| EnvoyError::Admin {
-            path: path.to_string(),
-            problem: "no `stats` array".to_string(),
-        })?;
+        let entries = document["stats"]
+            .as_array()
+            .ok_or_else(|| EnvoyError::Admin {
+                path: path.to_string(),
+                problem: "no `stats` array".to_string(),
+            })?;
         Ok(entries
             .iter()
-            .filter_map(|entry| Some((entry["name"].as_str()?.to_string(), entry["value"].as_u64()?)))
+            .filter_map(|entry| {
+                Some((
+                    entry["name"].as_str()?.to_string(),
+                    entry["value"].as_u64()?,
+                ))
+            })
             .collect())
     }
 
@@ -1019,7 +1035,9 @@ fn parse_status_line(line: &str) -> Result<u16, EnvoyError> {
     let version = parts.next().unwrap_or_default();
     let code = parts.next().unwrap_or_default();
     if !version.starts_with("HTTP/1.") {
-        return Err(EnvoyError::MalformedHttp(format!("bad status line {line:?}")));
+        return Err(EnvoyError::MalformedHttp(format!(
+            "bad status line {line:?}"
+        )));
     }
     code.parse()
         .map_err(|_| EnvoyError::MalformedHttp(format!("bad status code in {line:?}")))
@@ -1165,7 +1183,10 @@ impl ReceivedRequest {
     /// Decodes the request an echo server saw from the response that went back through Envoy.
     pub fn from_echo(response: &HttpResponse) -> Result<Self, EnvoyError> {
         let malformed = |problem: &str| {
-            EnvoyError::MalformedHttp(format!("not an echo response ({problem}): {}", response.text()))
+            EnvoyError::MalformedHttp(format!(
+                "not an echo response ({problem}): {}",
+                response.text()
+            ))
         };
         let document = response.json().map_err(|_| malformed("not JSON"))?;
         let text = |field: &str| {
@@ -1342,10 +1363,16 @@ fn serve_connection(
 }
 
 fn response_wire(response: &HttpResponse, closing: bool) -> Vec<u8> {
-    let mut head = format!("HTTP/1.1 {} {}\r\n", response.status, reason_phrase(response.status));
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        response.status,
+        reason_phrase(response.status)
+    );
     for (name, value) in &response.headers {
         // The server frames the body itself.
-        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding") {
+        if name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+        {
             continue;
         }
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -1406,7 +1433,10 @@ mod tests {
         let error = find_envoy_from(Some("/nonexistent/envoy".into())).unwrap_err();
         let message = error.to_string();
         assert!(matches!(error, EnvoyError::NotFound { .. }), "{message}");
-        assert!(message.contains("ENVOY_BIN=/nonexistent/envoy is not a file"), "{message}");
+        assert!(
+            message.contains("ENVOY_BIN=/nonexistent/envoy is not a file"),
+            "{message}"
+        );
         assert!(message.contains("WASMESH_SKIP_ENVOY=1"), "{message}");
     }
 
@@ -1414,7 +1444,10 @@ mod tests {
     fn failure_policy_uses_envoy_enum_names() {
         let filter = WasmFilter::new("/f.wasm").failure_policy(FailurePolicy::FailOpen);
         let json = filter.to_envoy_json();
-        assert_eq!(json["typed_config"]["config"]["failure_policy"], "FAIL_OPEN");
+        assert_eq!(
+            json["typed_config"]["config"]["failure_policy"],
+            "FAIL_OPEN"
+        );
         assert_eq!(
             json["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"],
             "/f.wasm"

@@ -124,10 +124,7 @@ fn finds_the_workspace_root() {
     // From the package cargo runs us for, and from a nested directory of another workspace.
     assert_eq!(build::workspace_root().unwrap(), expected);
     let root = cdylib_fixture();
-    assert_eq!(
-        build::workspace_root_from(&root.join("src")).unwrap(),
-        root
-    );
+    assert_eq!(build::workspace_root_from(&root.join("src")).unwrap(), root);
 }
 
 #[test]

@@ -156,7 +156,10 @@ fn reports_a_filter_that_rejects_its_configuration() {
     let EnvoyError::Exited { log_tail, .. } = &error else {
         panic!("expected Envoy to exit, got {error}");
     };
-    assert!(log_tail.contains("Failed to configure base Wasm plugin"), "{log_tail}");
+    assert!(
+        log_tail.contains("Failed to configure base Wasm plugin"),
+        "{log_tail}"
+    );
 }
 
 #[test]

@@ -169,9 +169,10 @@ impl<F: HttpFilter> StreamDriver<F> {
         self.request_snapshot = Some(headers);
     }
 
-    /// The snapshot kept by [`StreamDriver::keep_request_snapshot`].
-    pub fn request_snapshot(&self) -> Option<Vec<crate::request::Header>> {
-        self.request_snapshot.clone()
+    /// Takes the snapshot kept by [`StreamDriver::keep_request_snapshot`] (the glue lends it
+    /// to each callback's request view and keeps it again afterwards).
+    pub fn take_request_snapshot(&mut self) -> Option<Vec<crate::request::Header>> {
+        self.request_snapshot.take()
     }
 
     /// The phase a callout answer runs in: the paused phase, else detached.
@@ -383,8 +384,16 @@ mod glue {
     }
 
     impl<F: HttpFilter> Stream<F> {
-        fn request(&self, phase: Phase) -> HostRequest<ProxyWasmHost> {
-            HostRequest::new(self.host, phase, self.driver.request_snapshot())
+        /// The request view for a callback; it borrows the request snapshot.
+        fn request(&mut self, phase: Phase) -> HostRequest<ProxyWasmHost> {
+            HostRequest::new(self.host, phase, self.driver.take_request_snapshot())
+        }
+
+        /// Takes the snapshot back (read now if the request phase never read headers). Not
+        /// used at log time, where nothing comes after.
+        fn keep(&mut self, request: HostRequest<ProxyWasmHost>) {
+            self.driver
+                .keep_request_snapshot(request.into_request_snapshot());
         }
 
         /// Applies an outcome; returns the action for the current callback.
@@ -418,15 +427,11 @@ mod glue {
         }
 
         fn callout_answered(&mut self, response: CalloutResponse) {
-            let phase = self.driver.callout_phase();
-            let mut request = self.request(phase);
+            let mut request = self.request(self.driver.callout_phase());
             let outcome = self
                 .driver
                 .on_callout_response(&mut request, &mut self.host, response);
-            if phase == Phase::RequestHeaders {
-                self.driver
-                    .keep_request_snapshot(request.into_request_snapshot());
-            }
+            self.keep(request);
             self.enact(outcome);
         }
     }
@@ -455,8 +460,7 @@ mod glue {
         fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
             let mut request = self.request(Phase::RequestHeaders);
             let outcome = self.driver.on_request_headers(&mut request, &mut self.host);
-            self.driver
-                .keep_request_snapshot(request.into_request_snapshot());
+            self.keep(request);
             self.enact(outcome)
         }
 
@@ -469,6 +473,7 @@ mod glue {
             let outcome = self
                 .driver
                 .on_response_headers(&mut request, &mut self.host);
+            self.keep(request);
             self.enact(outcome)
         }
 
@@ -719,12 +724,13 @@ mod tests {
     #[test]
     fn snapshot_is_kept_for_later_phases() {
         let mut driver = StreamDriver::<AskFilter>::new(None);
-        assert_eq!(driver.request_snapshot(), None);
+        assert_eq!(driver.take_request_snapshot(), None);
         driver.keep_request_snapshot(vec![(":path".into(), "/a".into())]);
         assert_eq!(
-            driver.request_snapshot(),
+            driver.take_request_snapshot(),
             Some(vec![(":path".to_string(), "/a".to_string())])
         );
+        assert_eq!(driver.take_request_snapshot(), None);
         assert_eq!(driver.callout_phase(), Phase::Detached);
     }
 }

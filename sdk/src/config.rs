@@ -438,6 +438,18 @@ mod tests {
     }
 
     #[test]
+    fn valid_config_loads_with_proto_durations() {
+        let root = load::<Root>(
+            br#"{"providers": {"p": {"issuer": "a", "audiences": ["x"], "cache_duration": "1.5s"}}}"#,
+        )
+        .unwrap();
+        let provider = &root.providers["p"];
+        assert_eq!(provider.audiences, vec!["x".to_string()]);
+        assert_eq!(provider.cache_duration, Some(Duration::from_millis(1500)));
+        assert!(root.rules.is_empty());
+    }
+
+    #[test]
     fn missing_field_is_reported() {
         let error = load::<Root>(br#"{"providers": {"p": {}}}"#).unwrap_err();
         assert_eq!(error.to_string(), "providers.p: missing field `issuer`");

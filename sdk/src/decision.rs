@@ -2,6 +2,8 @@
 
 use std::borrow::Cow;
 
+use crate::request::{validate_header_name, validate_header_value};
+
 pub use proxy_wasm::types::GrpcStatusCode;
 
 /// The verdict of a filter callback.
@@ -139,6 +141,31 @@ impl LocalReply {
     pub fn is_valid_status(status: u32) -> bool {
         (200..=599).contains(&status)
     }
+
+    /// The status actually sent: `status` if valid, else `500` (a filter bug must not make the
+    /// proxy emit a non-final or nonsensical status line).
+    pub fn status_to_send(&self) -> u16 {
+        if LocalReply::is_valid_status(u32::from(self.status)) {
+            self.status
+        } else {
+            500
+        }
+    }
+
+    /// The headers actually sent: names lower-cased; entries with an invalid name, a
+    /// pseudo-header name, or a value containing NUL/CR/LF are dropped (they would corrupt the
+    /// response or be rejected by the proxy).
+    pub fn headers_to_send(&self) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .filter(|(name, value)| {
+                !name.starts_with(':')
+                    && validate_header_name(name).is_ok()
+                    && validate_header_value(value).is_ok()
+            })
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.clone()))
+            .collect()
+    }
 }
 
 fn is_envoy_space(c: char) -> bool {
@@ -188,6 +215,21 @@ mod tests {
         assert_eq!(LocalReply::forbidden("x").grpc_status_code(), -1);
         let reply = LocalReply::forbidden("x").with_grpc_status(GrpcStatusCode::PermissionDenied);
         assert_eq!(reply.grpc_status_code(), 7);
+    }
+
+    #[test]
+    fn invalid_status_and_headers_are_not_sent() {
+        let reply = LocalReply::new(42, "x")
+            .with_header("X-Ok", "1")
+            .with_header("bad name", "1")
+            .with_header(":status", "200")
+            .with_header("x-split", "a\r\nset-cookie: evil");
+        assert_eq!(reply.status_to_send(), 500);
+        assert_eq!(
+            reply.headers_to_send(),
+            vec![("x-ok".to_string(), "1".to_string())]
+        );
+        assert_eq!(LocalReply::forbidden("x").status_to_send(), 403);
     }
 
     #[test]

@@ -464,9 +464,9 @@ mod wasm {
     impl ProxyWasmHost {
         /// Sends a local reply **with** its response code details.
         pub fn send_local_reply(&self, reply: &LocalReply) -> Result<(), Error> {
-            let headers = serialize_pairs(&reply.headers);
+            let headers = serialize_pairs(&reply.headers_to_send());
             let status = raw::send_local_response(
-                u32::from(reply.status),
+                u32::from(reply.status_to_send()),
                 &reply.sanitized_details(),
                 &reply.body,
                 &headers,

@@ -134,6 +134,53 @@ pub fn joined_value<'a>(headers: &'a [Header], name: &str) -> Option<Cow<'a, str
     }
 }
 
+/// Percent-decodes every valid `%XX` (invalid escapes are kept as is; `+` is not a space),
+/// as Envoy's `PercentEncoding::decode`. Bytes that are not UTF-8 become U+FFFD.
+pub fn percent_decode(text: &str) -> String {
+    fn hex(byte: u8) -> Option<u8> {
+        char::from(byte)
+            .to_digit(16)
+            .and_then(|digit| u8::try_from(digit).ok())
+    }
+    let input = text.as_bytes();
+    let mut output = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&byte) = input.get(i) {
+        let decoded = (byte == b'%')
+            .then(|| Some(hex(*input.get(i + 1)?)? * 16 + hex(*input.get(i + 2)?)?))
+            .flatten();
+        match decoded {
+            Some(value) => {
+                output.push(value);
+                i += 3;
+            }
+            None => {
+                output.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&output).into_owned()
+}
+
+/// The query parameters of a `:path` (`/p?a=1&b=x%20y#frag`), percent-decoded, in order, as
+/// Envoy's `QueryParamsMulti::parseAndDecodeQueryString`. A parameter without `=` has an
+/// empty value.
+pub fn query_params(path: &str) -> Vec<(String, String)> {
+    let Some((_, query)) = path.split_once('?') else {
+        return Vec::new();
+    };
+    let query = query.split('#').next().unwrap_or_default();
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(name), percent_decode(value))
+        })
+        .collect()
+}
+
 fn first_value<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
     headers
         .iter()
@@ -252,6 +299,14 @@ pub trait Request {
     /// [`crate::matcher::path::normalize_path`]).
     fn path(&self) -> Option<&str> {
         first_value(self.request_headers(), ":path")
+    }
+
+    /// The first value of query parameter `name` in `:path`, percent-decoded.
+    fn query_param(&self, name: &str) -> Option<String> {
+        query_params(self.path()?)
+            .into_iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value)
     }
 
     /// `:authority` (the Host).
@@ -599,6 +654,24 @@ mod tests {
         assert!(request.add_request_header("x", "a\r\nInjected: 1").is_err());
         assert!(request.mutations().is_empty());
         assert_eq!(request.header("x"), None);
+    }
+
+    #[test]
+    fn query_parameters_are_split_and_percent_decoded() {
+        let request = MemoryRequest::get("/p?access_token=a%2Bb%3D&x&empty=&x=2&sp=a+b#frag");
+        assert_eq!(request.query_param("access_token").as_deref(), Some("a+b="));
+        assert_eq!(request.query_param("x").as_deref(), Some(""));
+        assert_eq!(request.query_param("empty").as_deref(), Some(""));
+        assert_eq!(request.query_param("sp").as_deref(), Some("a+b"));
+        assert_eq!(request.query_param("missing"), None);
+        assert_eq!(query_params("/p").len(), 0);
+        assert_eq!(query_params("/p?a=1&&b=%zz%4").len(), 2);
+        assert_eq!(
+            query_params("/p?a=1&&b=%zz%4")[1],
+            ("b".to_string(), "%zz%4".to_string())
+        );
+        assert_eq!(percent_decode("%e2%82%ac%ff"), "\u{20ac}\u{fffd}");
+        assert_eq!(MemoryRequest::new().query_param("a"), None);
     }
 
     #[test]

@@ -162,8 +162,19 @@ mod tests {
     fn sample_config_loads() {
         let mut host = MemoryHost::new();
         let filter = filter(SAMPLE, &mut host);
-        assert_eq!(filter.deny_status, 403);
-        assert!(!filter.config.deny.is_empty());
+        for denied in ["/admin", "/internal/metrics", "/INDEX.PHP", "/a/../admin/x"] {
+            let decision = filter.on_request(&mut MemoryRequest::get(denied), &host);
+            assert_eq!(
+                decision.local_reply().map(|r| r.status),
+                Some(403),
+                "{denied}"
+            );
+        }
+        let mut hello = MemoryRequest::get("/hello").with_header("x-wasmesh-filtered", "spoofed");
+        assert_eq!(filter.on_request(&mut hello, &host), Decision::Continue);
+        assert_eq!(hello.header("x-wasmesh-filtered").as_deref(), Some("true"));
+        assert_eq!(filter.on_response(&mut hello), Decision::Continue);
+        assert_eq!(hello.response_header("x-wasmesh").as_deref(), Some("hello"));
     }
 
     #[test]

@@ -61,8 +61,9 @@ pub fn run(args: &Args) -> Result<()> {
             Some(wasm_opt) => build::optimize_with(wasm_opt, &built, &output)
                 .with_context(|| format!("optimizing {}", filter.name))?,
             None => {
-                std::fs::copy(&built, &output)
-                    .with_context(|| format!("copying {} to {}", built.display(), output.display()))?;
+                std::fs::copy(&built, &output).with_context(|| {
+                    format!("copying {} to {}", built.display(), output.display())
+                })?;
             }
         }
         let summary = write_checksum(&output)?;
@@ -150,7 +151,10 @@ fn workspace_filters(root: &Path) -> Result<Vec<Filter>> {
 }
 
 fn filters_in_metadata(root: &Path, metadata: &serde_json::Value) -> Vec<Filter> {
-    let packages = metadata["packages"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let packages = metadata["packages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     packages
         .iter()
         .filter_map(|package| {
@@ -199,7 +203,10 @@ mod tests {
 
         let filters = filters_in_metadata(Path::new("/w"), &metadata);
 
-        let names: Vec<_> = filters.iter().map(|f| (f.name.as_str(), f.package.as_str())).collect();
+        let names: Vec<_> = filters
+            .iter()
+            .map(|f| (f.name.as_str(), f.package.as_str()))
+            .collect();
         assert_eq!(
             names,
             [
@@ -212,8 +219,14 @@ mod tests {
     #[test]
     fn selects_by_folder_or_package_name_and_rejects_unknown_names() {
         let available = vec![
-            Filter { name: "rbac".into(), package: "wasmesh-filter-rbac".into() },
-            Filter { name: "fault".into(), package: "wasmesh-filter-fault".into() },
+            Filter {
+                name: "rbac".into(),
+                package: "wasmesh-filter-rbac".into(),
+            },
+            Filter {
+                name: "fault".into(),
+                package: "wasmesh-filter-fault".into(),
+            },
         ];
 
         let chosen = select(&available, &["wasmesh-filter-fault".into(), "rbac".into()]).unwrap();
@@ -221,6 +234,9 @@ mod tests {
         assert_eq!(select(&available, &[]).unwrap(), available);
 
         let error = select(&available, &["jwt".into()]).unwrap_err().to_string();
-        assert!(error.contains("unknown filter \"jwt\"; available: rbac, fault"), "{error}");
+        assert!(
+            error.contains("unknown filter \"jwt\"; available: rbac, fault"),
+            "{error}"
+        );
     }
 }

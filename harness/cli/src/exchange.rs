@@ -335,6 +335,50 @@ pub struct LogOutput {
     pub message: String,
 }
 
+/// Pretty JSON, fields in declaration order, with arrays of scalars on one line so that
+/// `[name, value]` header pairs read as one line each.
+pub fn to_pretty_json(value: &impl Serialize) -> serde_json::Result<String> {
+    let expanded = serde_json::to_string_pretty(value)?;
+    Ok(inline_scalar_arrays(&expanded))
+}
+
+/// Joins the lines of every array whose elements are all scalars. Works on serde_json's pretty
+/// output, where each element sits on its own line, indented one level deeper than the brackets,
+/// and no string spans lines.
+fn inline_scalar_arrays(pretty: &str) -> String {
+    let lines: Vec<&str> = pretty.lines().collect();
+    let indentation = |line: &str| line.len() - line.trim_start().len();
+    let mut out: Vec<String> = Vec::with_capacity(lines.len());
+    let mut index = 0;
+    while index < lines.len() {
+        let line = lines[index];
+        if line.ends_with('[') {
+            let depth = indentation(line);
+            let closing = lines[index + 1..].iter().position(|candidate| {
+                indentation(candidate) == depth && candidate.trim_start().starts_with(']')
+            });
+            if let Some(offset) = closing {
+                let elements = &lines[index + 1..index + 1 + offset];
+                let all_scalars = elements.iter().all(|element| {
+                    indentation(element) > depth
+                        && !element.ends_with('[')
+                        && !element.ends_with('{')
+                });
+                if all_scalars {
+                    let joined: Vec<&str> = elements.iter().map(|element| element.trim()).collect();
+                    let closing_line = lines[index + 1 + offset].trim_start();
+                    out.push(format!("{line}{}{closing_line}", joined.join(" ")));
+                    index += offset + 2;
+                    continue;
+                }
+            }
+        }
+        out.push(line.to_string());
+        index += 1;
+    }
+    out.join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,8 +389,26 @@ mod tests {
     }
 
     #[test]
+    fn pretty_json_keeps_scalar_arrays_on_one_line_and_round_trips() {
+        let value = serde_json::json!({
+            "headers": [[":status", "200"], ["x-a", "quote \" and \\n"]],
+            "empty": [], "nested": {}, "n": 1, "list": [{"a": null}],
+        });
+
+        let text = to_pretty_json(&value).unwrap();
+
+        assert!(text.contains("\n    [\":status\", \"200\"],\n"), "{text}");
+        assert!(text.contains("\"empty\": [],"), "{text}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            value
+        );
+    }
+
+    #[test]
     fn headers_accept_pairs_and_objects_in_document_order() {
-        let pairs = parse(r#"{"request": {"headers": [["b", "1"], ["a", "2"], ["b", "3"]]}}"#).unwrap();
+        let pairs =
+            parse(r#"{"request": {"headers": [["b", "1"], ["a", "2"], ["b", "3"]]}}"#).unwrap();
         let object = parse(r#"{"request": {"headers": {"b": "1", "a": "2"}}}"#).unwrap();
 
         assert_eq!(
@@ -365,8 +427,10 @@ mod tests {
         assert!(error.starts_with("request"), "{error}");
         assert!(error.contains("unknown field `bdy`"), "{error}");
 
-        let error = parse(r#"{"request": {"headers": {}}, "callouts": [{"cluster": "c", "fail": "boom"}]}"#)
-            .unwrap_err();
+        let error = parse(
+            r#"{"request": {"headers": {}}, "callouts": [{"cluster": "c", "fail": "boom"}]}"#,
+        )
+        .unwrap_err();
         assert!(error.starts_with("callouts[0].fail"), "{error}");
     }
 

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use wasmesh_harness::{
-    Action, CalloutReply, Harness, HarnessError, HttpCallout, HttpStream, LogLevel, MetricValue,
-    Outcome, Plugin, PropertyValue, StreamState,
+    Action, CalloutReply, FailurePolicy, Harness, HarnessError, HttpCallout, HttpStream, LogLevel,
+    MetricValue, Outcome, Plugin, PropertyValue, StreamState,
 };
 
 use crate::exchange::{
-    CalloutFailure, CalloutMock, CalloutOutput, ExchangeInput, ExchangeOutput, Headers,
-    LocalReplyOutput, LogOutput, MessageInput, MessageOutput, MetricOutput, PhaseOutput,
+    to_pretty_json, CalloutFailure, CalloutMock, CalloutOutput, ExchangeInput, ExchangeOutput,
+    Headers, LocalReplyOutput, LogOutput, MessageInput, MessageOutput, MetricOutput, PhaseOutput,
     PropertyValueInput, FORMAT_VERSION,
 };
 
@@ -43,6 +43,58 @@ pub struct Args {
     /// Number of workers (VMs); the exchange runs on the first.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+
+    /// Log level the host reports to the module; lower-level lines are not captured.
+    #[arg(long, value_enum, default_value_t = LogLevelArg::Info)]
+    log_level: LogLevelArg,
+
+    /// What happens to the request when the VM crashes (as Envoy's `failure_policy`).
+    #[arg(long, value_enum, default_value_t = FailurePolicyArg::Closed)]
+    failure_policy: FailurePolicyArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogLevelArg {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Critical,
+}
+
+impl From<LogLevelArg> for LogLevel {
+    fn from(level: LogLevelArg) -> Self {
+        match level {
+            LogLevelArg::Trace => LogLevel::Trace,
+            LogLevelArg::Debug => LogLevel::Debug,
+            LogLevelArg::Info => LogLevel::Info,
+            LogLevelArg::Warn => LogLevel::Warn,
+            LogLevelArg::Error => LogLevel::Error,
+            LogLevelArg::Critical => LogLevel::Critical,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Values named after Envoy's `FAIL_CLOSED`, `FAIL_OPEN`, `FAIL_RELOAD`.
+enum FailurePolicyArg {
+    #[value(name = "fail-closed")]
+    Closed,
+    #[value(name = "fail-open")]
+    Open,
+    #[value(name = "fail-reload")]
+    Reload,
+}
+
+impl From<FailurePolicyArg> for FailurePolicy {
+    fn from(policy: FailurePolicyArg) -> Self {
+        match policy {
+            FailurePolicyArg::Closed => FailurePolicy::FailClosed,
+            FailurePolicyArg::Open => FailurePolicy::FailOpen,
+            FailurePolicyArg::Reload => FailurePolicy::FailReload,
+        }
+    }
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -128,14 +180,17 @@ pub fn run(args: &Args) -> Result<()> {
             })
             .collect(),
     };
-    let json = serde_json::to_string_pretty(&output).context("serializing the result")?;
-    println!("{json}");
+    println!(
+        "{}",
+        to_pretty_json(&output).context("serializing the result")?
+    );
     Ok(())
 }
 
 /// Reads and validates the exchange file; errors name the file and the JSON path.
 fn read_exchange(path: &Path) -> Result<ExchangeInput> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut deserializer = serde_json::Deserializer::from_str(&text);
     let exchange: ExchangeInput = serde_path_to_error::deserialize(&mut deserializer)
         .map_err(|error| anyhow!("{}: {error}", path.display()))?;
@@ -155,7 +210,9 @@ fn start_plugin(
         .with_context(|| format!("loading {}", args.wasm.display()))?
         .config(config)
         .root_id(&args.root_id)
-        .workers(args.workers);
+        .workers(args.workers)
+        .log_level(args.log_level.into())
+        .failure_policy(args.failure_policy.into());
     for property in &exchange.plugin_properties {
         let path: Vec<&str> = property.path.iter().map(String::as_str).collect();
         builder = builder.property(&path, property_value(&property.value));
@@ -320,11 +377,13 @@ impl Driver<'_> {
             ))
     }
 
-    /// Callouts mocked as timeouts stay pending until their timeout elapses in virtual time.
+    /// Callouts mocked as timeouts stay pending until their timeout elapses in virtual time. A
+    /// callout without a timeout never expires (as in Envoy) and stays pending.
     fn expire_timed_out_callouts(&mut self) -> Result<()> {
         for _ in 0..MAX_TIMEOUT_ROUNDS {
             let pending = self.plugin.pending_http_callouts();
-            let Some(longest) = pending.iter().map(|callout| callout.timeout).max() else {
+            let longest = pending.iter().map(|callout| callout.timeout).max();
+            let Some(longest) = longest.filter(|timeout| !timeout.is_zero()) else {
                 return Ok(());
             };
             self.plugin

@@ -79,14 +79,46 @@ pub fn module_with_abi(body: &str, abi_marker: &str) -> String {
   (func $info (param $ptr i32) (param $len i32) (drop (call $proxy_log (i32.const 2) (local.get $ptr) (local.get $len))))
   ;; Logs the (ptr, len) pair the host wrote at RET_PTR/RET_SIZE.
   (func $info_ret (call $info (i32.load (i32.const 512)) (i32.load (i32.const 516))))
-  ;; Logs a status code as one decimal digit or two.
+  ;; Writes the decimal form of $n at $dst and returns its length.
+  (func $itoa (param $n i32) (param $dst i32) (result i32)
+    (local $len i32) (local $tmp i32) (local $i i32)
+    (local.set $tmp (local.get $n)) (local.set $len (i32.const 1))
+    (block $done (loop $count
+      (br_if $done (i32.lt_u (local.get $tmp) (i32.const 10)))
+      (local.set $tmp (i32.div_u (local.get $tmp) (i32.const 10)))
+      (local.set $len (i32.add (local.get $len) (i32.const 1)))
+      (br $count)))
+    (local.set $i (local.get $len)) (local.set $tmp (local.get $n))
+    (loop $write
+      (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+      (i32.store8 (i32.add (local.get $dst) (local.get $i)) (i32.add (i32.const 48) (i32.rem_u (local.get $tmp) (i32.const 10))))
+      (local.set $tmp (i32.div_u (local.get $tmp) (i32.const 10)))
+      (br_if $write (i32.gt_u (local.get $i) (i32.const 0))))
+    (local.get $len))
+  ;; Logs "<tag> <a> <b>".
+  (func $log2 (param $tag i32) (param $taglen i32) (param $a i32) (param $b i32)
+    (local $p i32)
+    (memory.copy (i32.const 800) (local.get $tag) (local.get $taglen))
+    (local.set $p (i32.add (i32.const 800) (local.get $taglen)))
+    (i32.store8 (local.get $p) (i32.const 32))
+    (local.set $p (i32.add (local.get $p) (i32.const 1)))
+    (local.set $p (i32.add (local.get $p) (call $itoa (local.get $a) (local.get $p))))
+    (i32.store8 (local.get $p) (i32.const 32))
+    (local.set $p (i32.add (local.get $p) (i32.const 1)))
+    (local.set $p (i32.add (local.get $p) (call $itoa (local.get $b) (local.get $p))))
+    (call $info (i32.const 800) (i32.sub (local.get $p) (i32.const 800))))
+  ;; Logs "<tag> <a>".
+  (func $log1 (param $tag i32) (param $taglen i32) (param $a i32)
+    (local $p i32)
+    (memory.copy (i32.const 800) (local.get $tag) (local.get $taglen))
+    (local.set $p (i32.add (i32.const 800) (local.get $taglen)))
+    (i32.store8 (local.get $p) (i32.const 32))
+    (local.set $p (i32.add (local.get $p) (i32.const 1)))
+    (local.set $p (i32.add (local.get $p) (call $itoa (local.get $a) (local.get $p))))
+    (call $info (i32.const 800) (i32.sub (local.get $p) (i32.const 800))))
+  ;; Logs a status code in decimal.
   (func $log_status (param $code i32)
-    (if (i32.ge_u (local.get $code) (i32.const 10))
-      (then (i32.store8 (i32.const 600) (i32.const 49))
-            (i32.store8 (i32.const 601) (i32.add (i32.const 38) (local.get $code)))
-            (call $info (i32.const 600) (i32.const 2)))
-      (else (i32.store8 (i32.const 600) (i32.add (i32.const 48) (local.get $code)))
-            (call $info (i32.const 600) (i32.const 1)))))
+    (call $info (i32.const 700) (call $itoa (local.get $code) (i32.const 700))))
 {body}
 )"#
     )
@@ -110,3 +142,57 @@ pub const GET: &[(&str, &str)] = &[
     (":authority", "example.com"),
     (":scheme", "http"),
 ];
+
+/// Places strings in the module's data section (from address 1024) and hands back their
+/// (address, length) for use in WAT instructions.
+pub struct Strings {
+    next: u32,
+    segments: Vec<String>,
+}
+
+impl Default for Strings {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Strings {
+    pub fn new() -> Self {
+        Strings { next: 1024, segments: Vec::new() }
+    }
+
+    /// Adds bytes; returns "(i32.const ptr) (i32.const len)" ready to splice into a call.
+    pub fn bytes(&mut self, bytes: &[u8]) -> String {
+        let ptr = self.next;
+        let escaped: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();
+        self.segments.push(format!("(data (i32.const {ptr}) \"{escaped}\")"));
+        self.next += (bytes.len() as u32 + 8) & !7;
+        format!("(i32.const {ptr}) (i32.const {})", bytes.len())
+    }
+
+    pub fn s(&mut self, text: &str) -> String {
+        self.bytes(text.as_bytes())
+    }
+
+    /// A serialized header map.
+    pub fn map(&mut self, pairs: &[(&str, &str)]) -> String {
+        self.bytes(&wasmesh_harness::headermap::serialize(pairs))
+    }
+
+    /// A NUL-separated property path.
+    pub fn path(&mut self, parts: &[&str]) -> String {
+        self.bytes(parts.join("\0").as_bytes())
+    }
+
+    pub fn data(&self) -> String {
+        self.segments.join("\n")
+    }
+}
+
+/// The "(i32.const ptr)" half of a `Strings` argument pair.
+pub fn ptr(arg: &str) -> String {
+    match arg.split_once(") ") {
+        Some((first, _)) => format!("{first})"),
+        None => arg.to_string(),
+    }
+}

@@ -392,6 +392,14 @@ mod tests {
     impl Validate for Rules {}
 
     #[test]
+    fn matcher_lists_load() {
+        let rules = load::<Rules>(br#"{"deny": [{"exact": "/a"}, {"prefix": "/b/"}]}"#).unwrap();
+        assert!(rules.deny[0].matches("/a"));
+        assert!(rules.deny[1].matches("/b/c"));
+        assert!(!rules.deny[1].matches("/a"));
+    }
+
+    #[test]
     fn regex_errors_carry_the_json_path() {
         let error: ConfigError =
             load::<Rules>(br#"{"deny": [{"exact": "/"}, {"safe_regex": {"regex": "("}}]}"#)
