@@ -10,9 +10,11 @@
 //! # Ok::<(), wasmesh_harness::build::BuildError>(())
 //! ```
 //!
-//! The nested cargo uses its own target directory (`<workspace>/target/wasm-artifacts`): the outer
-//! `cargo test` may still hold the lock of the main target directory, and sharing it would also
-//! make the two builds invalidate each other's fingerprints.
+//! The nested cargo uses its own target directory (`wasm-artifacts` inside the workspace's target
+//! directory, usually `target/wasm-artifacts`): the outer `cargo test` may still hold the lock of
+//! the main one, and sharing it would also make the two builds invalidate each other's
+//! fingerprints. Environment variables of the outer cargo that would redirect or break the nested
+//! build (`CARGO_TARGET_DIR`, `RUSTFLAGS`, `CARGO_BUILD_TARGET`, wrappers, jobserver) are removed.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -181,13 +183,13 @@ impl WasmBuild {
         }
     }
 
-    /// Builds in this workspace instead of the one found by [`workspace_root`].
+    /// Builds in the workspace at `root` instead of [`current_workspace`].
     pub fn workspace_root(mut self, root: impl Into<PathBuf>) -> Self {
         self.workspace_root = Some(root.into());
         self
     }
 
-    /// Uses this target directory instead of `<workspace>/target/wasm-artifacts`.
+    /// Uses this target directory instead of the workspace's `<target>/wasm-artifacts`.
     pub fn target_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.target_dir = Some(dir.into());
         self
@@ -202,14 +204,15 @@ impl WasmBuild {
 
     /// Runs cargo and returns the path of the package's `.wasm`.
     pub fn run(&self) -> Result<PathBuf, BuildError> {
-        let root = match &self.workspace_root {
-            Some(root) => root.clone(),
-            None => workspace_root()?,
+        let workspace = match &self.workspace_root {
+            Some(root) => locate_workspace(root)?,
+            None => current_workspace()?,
         };
+        let root = workspace.root;
         let target_dir = self
             .target_dir
             .clone()
-            .unwrap_or_else(|| root.join("target").join(ARTIFACT_DIR_NAME));
+            .unwrap_or_else(|| workspace.target_dir.join(ARTIFACT_DIR_NAME));
         let cargo = cargo_program();
 
         let mut command = Command::new(&cargo);
@@ -330,42 +333,64 @@ fn find_wasm_artifact(package: &str, cargo_json: &str) -> Result<PathBuf, BuildE
     }
 }
 
-/// The root directory of the cargo workspace this process works in.
+/// A cargo workspace: where it is and where cargo puts build outputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    /// Directory of the workspace's root `Cargo.toml`.
+    pub root: PathBuf,
+    /// Cargo's target directory for it (`target/`, or what `CARGO_TARGET_DIR` or
+    /// `build.target-dir` say). Wasm builds go to its [`ARTIFACT_DIR_NAME`] subdirectory.
+    pub target_dir: PathBuf,
+}
+
+/// The cargo workspace this process works in.
 ///
 /// Starts from `CARGO_MANIFEST_DIR` when cargo runs us (tests, `cargo run`), else from the current
-/// directory, and asks `cargo locate-project --workspace`, which understands nested packages,
-/// `workspace.exclude` and `package.workspace` exactly as cargo does.
-pub fn workspace_root() -> Result<PathBuf, BuildError> {
+/// directory, and asks `cargo metadata`, which understands nested packages, `workspace.exclude`,
+/// `package.workspace` and target-directory settings exactly as cargo does.
+pub fn current_workspace() -> Result<Workspace, BuildError> {
     let start = match std::env::var_os("CARGO_MANIFEST_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => std::env::current_dir().map_err(|source| BuildError::io(Path::new("."), source))?,
     };
-    workspace_root_from(&start)
+    locate_workspace(&start)
 }
 
-/// The root directory of the cargo workspace that contains `start`.
-pub fn workspace_root_from(start: &Path) -> Result<PathBuf, BuildError> {
+/// The root directory of [`current_workspace`].
+pub fn workspace_root() -> Result<PathBuf, BuildError> {
+    current_workspace().map(|workspace| workspace.root)
+}
+
+/// The cargo workspace that contains `start`.
+pub fn locate_workspace(start: &Path) -> Result<Workspace, BuildError> {
     let cargo = cargo_program();
     let output = Command::new(&cargo)
         .current_dir(start)
-        .args(["locate-project", "--workspace", "--message-format", "plain"])
+        .args(["metadata", "--no-deps", "--format-version", "1"])
         .stdin(Stdio::null())
         .output()
         .map_err(|source| BuildError::spawn(&cargo, source))?;
+    let not_found = |reason: String| BuildError::WorkspaceNotFound {
+        start: start.to_path_buf(),
+        reason,
+    };
     if !output.status.success() {
-        return Err(BuildError::WorkspaceNotFound {
-            start: start.to_path_buf(),
-            reason: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
+        return Err(not_found(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        ));
     }
-    let manifest = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    manifest
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| BuildError::WorkspaceNotFound {
-            start: start.to_path_buf(),
-            reason: format!("cargo returned a manifest without a parent: {manifest:?}"),
-        })
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|error| not_found(format!("unreadable cargo metadata: {error}")))?;
+    let path = |field: &str| {
+        metadata[field]
+            .as_str()
+            .map(PathBuf::from)
+            .ok_or_else(|| not_found(format!("cargo metadata has no `{field}`")))
+    };
+    Ok(Workspace {
+        root: path("workspace_root")?,
+        target_dir: path("target_directory")?,
+    })
 }
 
 /// What [`optimize`] did.

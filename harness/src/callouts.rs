@@ -91,7 +91,7 @@ impl CalloutReply {
     /// What Envoy's router answers when the upstream cannot be reached: a local 503 delivered as
     /// a successful response.
     pub fn upstream_unavailable() -> CalloutReply {
-        let body = "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+        let body = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
         CalloutReply::Response {
             headers: vec![
                 (":status".to_string(), "503".to_string()),

@@ -24,7 +24,14 @@ impl VirtualClock {
 
     /// The current virtual wall-clock time.
     pub(crate) fn now(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(START_UNIX_SECONDS) + self.elapsed
+        let start = UNIX_EPOCH + Duration::from_secs(START_UNIX_SECONDS);
+        start.checked_add(self.elapsed).unwrap_or(start)
+    }
+
+    /// The virtual wall-clock time at `elapsed` since the start.
+    pub(crate) fn at(&self, elapsed: Duration) -> SystemTime {
+        let start = UNIX_EPOCH + Duration::from_secs(START_UNIX_SECONDS);
+        start.checked_add(elapsed).unwrap_or(start)
     }
 
     /// Time since the plugin started.
@@ -35,7 +42,9 @@ impl VirtualClock {
     /// Nanoseconds since the Unix epoch (what `proxy_get_current_time_nanoseconds` returns).
     pub(crate) fn realtime_nanos(&self) -> u64 {
         u64::try_from(
-            (Duration::from_secs(START_UNIX_SECONDS) + self.elapsed).as_nanos(),
+            Duration::from_secs(START_UNIX_SECONDS)
+                .saturating_add(self.elapsed)
+                .as_nanos(),
         )
         .unwrap_or(u64::MAX)
     }

@@ -109,7 +109,9 @@ pub(crate) fn load(bytes: &[u8]) -> Result<(CompiledModule, bool), HarnessError>
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere while holding the lock leaves a map that is still consistent (inserts
     // are single operations), so a poisoned lock is safe to reuse.
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Envoy reads the ABI version from the export names (`BytecodeUtil::getAbiVersion`) and refuses
@@ -141,7 +143,9 @@ fn detect_abi(module: &Module) -> Result<AbiVersion, HarnessError> {
 fn check_required_exports(module: &Module) -> Result<(), HarnessError> {
     let names: Vec<&str> = module.exports().map(|e| e.name()).collect();
     if !names.contains(&"memory") {
-        return Err(HarnessError::Abi("the module exports no linear memory named `memory`".into()));
+        return Err(HarnessError::Abi(
+            "the module exports no linear memory named `memory`".into(),
+        ));
     }
     // Envoy looks up `malloc` first and falls back to `proxy_on_memory_allocate` (the spec prefers
     // the latter); it fails the VM when neither exists.

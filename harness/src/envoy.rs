@@ -15,7 +15,7 @@
 //! }
 //! let upstream = TestServer::echo()?;
 //! let envoy = EnvoyBuilder::new()
-//!     .wasm_filter(WasmFilter::new("filter.wasm").configuration(r#"{"deny_prefix":"/admin"}"#))
+//!     .wasm_filter(WasmFilter::new("filter.wasm").configuration(r#"{"deny": [{"prefix": "/admin"}]}"#))
 //!     .upstream(upstream.addr())
 //!     .start()?;
 //! let response = envoy.send(&HttpRequest::get("/hello"))?;

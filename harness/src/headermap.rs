@@ -6,6 +6,9 @@
 
 use crate::error::HarnessError;
 
+/// Deserialized pairs, as raw bytes (header values need not be UTF-8).
+pub type BytePairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Envoy (proxy-wasm-cpp-host `PairsUtil`) refuses maps larger than this many bytes...
 pub(crate) const MAX_PAIRS_BYTES: usize = 1024 * 1024;
 /// ...or with more pairs than this.
@@ -46,7 +49,7 @@ pub fn serialized_len(pairs: &[(impl AsRef<[u8]>, impl AsRef<[u8]>)]) -> usize {
 /// Parses a serialized map strictly: lengths must fit, every key and value must be followed by a
 /// NUL, and no bytes may trail. An empty buffer, a single `0x00` byte (both allowed by the spec)
 /// and a zero count all mean the empty map.
-pub fn deserialize(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, HarnessError> {
+pub fn deserialize(bytes: &[u8]) -> Result<BytePairs, HarnessError> {
     if bytes.is_empty() || bytes == [0] {
         return Ok(Vec::new());
     }
@@ -84,7 +87,7 @@ pub fn deserialize(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, HarnessError
 
 /// Parses a map the way Envoy does (`PairsUtil::toPairs`): anything malformed or over the size
 /// limits yields an empty map rather than an error, and the NUL separators are skipped unchecked.
-pub(crate) fn parse_lenient(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn parse_lenient(bytes: &[u8]) -> BytePairs {
     if bytes.len() > MAX_PAIRS_BYTES {
         return Vec::new();
     }
@@ -99,14 +102,14 @@ pub(crate) fn parse_lenient(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     for index in 0..count {
         let key_len = read_u32(bytes, 4 + index * 8).unwrap_or(0) as usize;
         let value_len = read_u32(bytes, 8 + index * 8).unwrap_or(0) as usize;
-        let Some(key) = bytes.get(pos..pos + key_len) else {
+        let Some(key) = bytes.get(pos..pos.saturating_add(key_len)) else {
             return Vec::new();
         };
-        pos += key_len + 1;
-        let Some(value) = bytes.get(pos..pos + value_len) else {
+        pos = pos.saturating_add(key_len).saturating_add(1);
+        let Some(value) = bytes.get(pos..pos.saturating_add(value_len)) else {
             return Vec::new();
         };
-        pos += value_len + 1;
+        pos = pos.saturating_add(value_len).saturating_add(1);
         if pos > bytes.len() {
             return Vec::new();
         }
@@ -117,7 +120,7 @@ pub(crate) fn parse_lenient(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// Converts parsed pairs to strings, replacing invalid UTF-8 (header values in Envoy are bytes;
 /// the public API uses strings for convenience).
-pub(crate) fn pairs_to_strings(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(String, String)> {
+pub(crate) fn pairs_to_strings(pairs: BytePairs) -> Vec<(String, String)> {
     pairs
         .into_iter()
         .map(|(k, v)| bytes_to_string(k, v))
@@ -125,7 +128,8 @@ pub(crate) fn pairs_to_strings(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(String, S
 }
 
 fn bytes_to_string(k: Vec<u8>, v: Vec<u8>) -> (String, String) {
-    let key = String::from_utf8(k).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    let key =
+        String::from_utf8(k).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     let value =
         String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     (key, value)
@@ -139,16 +143,24 @@ fn take_nul_terminated(
     what: &str,
 ) -> Result<Vec<u8>, HarnessError> {
     let start = *pos;
-    let end = start.checked_add(len).filter(|e| *e < bytes.len()).ok_or_else(|| {
-        HarnessError::Malformed(format!("{what} of pair {index} runs past the end of the header map"))
-    })?;
+    let end = start
+        .checked_add(len)
+        .filter(|e| *e < bytes.len())
+        .ok_or_else(|| {
+            HarnessError::Malformed(format!(
+                "{what} of pair {index} runs past the end of the header map"
+            ))
+        })?;
     if bytes.get(end) != Some(&0) {
         return Err(HarnessError::Malformed(format!(
             "{what} of pair {index} is not followed by a NUL byte"
         )));
     }
     *pos = end + 1;
-    Ok(bytes.get(start..end).map(<[u8]>::to_vec).unwrap_or_default())
+    Ok(bytes
+        .get(start..end)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default())
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {

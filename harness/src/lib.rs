@@ -12,6 +12,33 @@
 //! bounds-checked; memory is capped and runaway code is stopped by fuel, each reported as a typed
 //! [`HarnessError`] with a demangled wasm backtrace.
 //!
+//! # Envoy behaviours worth knowing (all reproduced)
+//!
+//! - Request headers, body and trailers are only reachable while Envoy holds them: once
+//!   `proxy_on_request_headers` returns `Continue` (or the filter calls `proxy_continue_stream`),
+//!   reading `HTTP_REQUEST_HEADERS` returns `BadArgument` (the Rust SDK panics on that status)
+//!   and `request.path`-like properties are `NotFound`, until `proxy_on_log` where they are
+//!   readable again.
+//! - `Pause` from a headers callback stops all iteration: body and trailers are not given to the
+//!   filter until it resumes, then they are, in order.
+//! - A repeated header read with `proxy_get_header_map_value` gives its first value.
+//! - An empty header map is returned to the module as (pointer 0, size 0).
+//! - HTTP and gRPC callout responses are delivered to the root context; the SDKs switch to the
+//!   stream with `proxy_set_effective_context`. An expired callout receives Envoy's local
+//!   `504 upstream request timeout`; a reset one receives zero headers and `BrokenConnection`.
+//! - `proxy_define_metric` returns a new id on every call (counters 4, 8, ...; gauges 5, ...;
+//!   histograms 6, ...); ids defined with the same name share one stat across all workers.
+//! - `malloc` is preferred over `proxy_on_memory_allocate` when both are exported.
+//! - Streams end with `proxy_on_log`, then `proxy_on_done`, then `proxy_on_delete`.
+//!
+//! # Not emulated
+//!
+//! TCP (network filter) streams, Envoy's per-connection buffer limit (413/500 on overflow),
+//! the main-thread VM Envoy keeps next to the worker VMs, built-in foreign functions, and
+//! properties Envoy derives from configuration it does not have here (`node`, `cluster_name`,
+//! `route_name`, `xds.*`, metadata, upstream and TLS details): tests set those explicitly with
+//! [`PluginBuilder::property`] and [`HttpStream::property`].
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use wasmesh_harness::{Action, CalloutReply, Harness, LogLevel};

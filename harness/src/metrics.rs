@@ -55,9 +55,13 @@ impl MetricsStore {
     /// The metric with this name (counter first, then gauge, then histogram if several kinds
     /// share the name).
     pub(crate) fn by_name(&self, name: &str) -> Option<MetricValue> {
-        [MetricKind::Counter, MetricKind::Gauge, MetricKind::Histogram]
-            .iter()
-            .find_map(|kind| self.get(*kind, name).cloned())
+        [
+            MetricKind::Counter,
+            MetricKind::Gauge,
+            MetricKind::Histogram,
+        ]
+        .iter()
+        .find_map(|kind| self.get(*kind, name).cloned())
     }
 
     pub(crate) fn all(&self) -> Vec<(String, MetricValue)> {

@@ -8,9 +8,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
-use crate::callouts::{
-    CalloutReply, CalloutStatus, GrpcCallout, GrpcReply, HttpCallout,
-};
+use crate::callouts::{CalloutReply, CalloutStatus, GrpcCallout, GrpcReply, HttpCallout};
 use crate::engine::{self, AbiVersion, CacheStats, CompiledModule};
 use crate::error::{HarnessError, Status};
 use crate::property::PropertyValue;
@@ -169,7 +167,9 @@ impl PluginBuilder {
     /// An environment variable visible through WASI `environ_get` (Envoy's
     /// `vm_config.environment_variables`).
     pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.settings.envs.push((key.to_string(), value.to_string()));
+        self.settings
+            .envs
+            .push((key.to_string(), value.to_string()));
         self
     }
 
@@ -363,7 +363,12 @@ impl PluginInner {
         }
         if let Some(configure) = vm.exports.on_configure.clone() {
             vm.state_mut().plugin_config_visible = true;
-            let ok = vm.invoke("proxy_on_configure", configure, root, (root, plugin_config_len));
+            let ok = vm.invoke(
+                "proxy_on_configure",
+                configure,
+                root,
+                (root, plugin_config_len),
+            );
             vm.state_mut().plugin_config_visible = false;
             if ok? == 0 {
                 return Err(HarnessError::ConfigRejected { logs: self.logs() });
@@ -387,7 +392,9 @@ impl PluginInner {
             .get_mut(worker)
             .and_then(|w| w.vms.iter_mut().find(|vm| vm.generation == generation))
             .ok_or_else(|| {
-                HarnessError::InvalidUse(format!("worker {worker} has no VM generation {generation}"))
+                HarnessError::InvalidUse(format!(
+                    "worker {worker} has no VM generation {generation}"
+                ))
             })
     }
 
@@ -406,10 +413,14 @@ impl PluginInner {
         let now = self.elapsed();
         let backoff = self.limits.reload_backoff;
         let Some(state) = self.workers.get(worker) else {
-            return Err(HarnessError::InvalidUse(format!("there is no worker {worker}")));
+            return Err(HarnessError::InvalidUse(format!(
+                "there is no worker {worker}"
+            )));
         };
         let failed = state.vms.last().is_some_and(Vm::is_failed);
-        let allowed = state.last_reload.is_none_or(|last| now >= last + backoff);
+        let allowed = state
+            .last_reload
+            .is_none_or(|last| now >= last.saturating_add(backoff));
         if !failed || !allowed {
             return Ok(());
         }
@@ -493,7 +504,12 @@ impl PluginInner {
                         continue;
                     }
                     if let Some(callback) = vm.exports.on_queue_ready.clone() {
-                        vm.invoke("proxy_on_queue_ready", callback, context_id, (context_id, token))?;
+                        vm.invoke(
+                            "proxy_on_queue_ready",
+                            callback,
+                            context_id,
+                            (context_id, token),
+                        )?;
                     }
                     self.process_deferred(worker, generation)?;
                 }
@@ -569,7 +585,13 @@ impl PluginInner {
                 body,
                 trailers,
             } => {
-                let args = (root, token, len_u32(headers.len()), len_u32(body.len()), len_u32(trailers.len()));
+                let args = (
+                    root,
+                    token,
+                    len_u32(headers.len()),
+                    len_u32(body.len()),
+                    len_u32(trailers.len()),
+                );
                 vm.state_mut().http_call_response = Some(CalloutResponseData {
                     headers: normalize(&headers),
                     body,
@@ -581,7 +603,12 @@ impl PluginInner {
             }
             CalloutReply::Failure | CalloutReply::Timeout => {
                 vm.state_mut().status = (Status::BrokenConnection.code(), "reset".to_string());
-                let result = vm.invoke("proxy_on_http_call_response", callback, root, (root, token, 0, 0, 0));
+                let result = vm.invoke(
+                    "proxy_on_http_call_response",
+                    callback,
+                    root,
+                    (root, token, 0, 0, 0),
+                );
                 vm.state_mut().status.1.clear();
                 result
             }
@@ -620,7 +647,8 @@ impl PluginInner {
             GrpcReply::Error { status, message } => {
                 if let Some(callback) = vm.exports.on_grpc_close.clone() {
                     vm.state_mut().status = (status, message);
-                    let result = vm.invoke("proxy_on_grpc_close", callback, root, (root, token, status));
+                    let result =
+                        vm.invoke("proxy_on_grpc_close", callback, root, (root, token, status));
                     vm.state_mut().status.1.clear();
                     result?;
                 }
@@ -631,7 +659,12 @@ impl PluginInner {
     }
 
     /// Marks a gRPC record answered; returns the generation of its VM.
-    fn mark_grpc_done(&mut self, worker: usize, token: u32, unary: bool) -> Result<u64, HarnessError> {
+    fn mark_grpc_done(
+        &mut self,
+        worker: usize,
+        token: u32,
+        unary: bool,
+    ) -> Result<u64, HarnessError> {
         let mut shared = self.shared.try_borrow_mut().map_err(|_| reentrancy())?;
         let record = shared
             .grpc_callouts
@@ -644,7 +677,11 @@ impl PluginInner {
         if record.callout.is_stream == unary {
             return Err(HarnessError::InvalidUse(format!(
                 "gRPC token {token} is a {}",
-                if record.callout.is_stream { "stream" } else { "unary call" }
+                if record.callout.is_stream {
+                    "stream"
+                } else {
+                    "unary call"
+                }
             )));
         }
         if record.status == CalloutStatus::Done {
@@ -689,7 +726,12 @@ impl PluginInner {
                 if let Some(callback) = vm.exports.on_grpc_receive_initial_metadata.clone() {
                     let args = (root, token, len_u32(metadata.len()));
                     vm.state_mut().grpc_initial_metadata = Some(normalize(&metadata));
-                    let result = vm.invoke("proxy_on_grpc_receive_initial_metadata", callback, root, args);
+                    let result = vm.invoke(
+                        "proxy_on_grpc_receive_initial_metadata",
+                        callback,
+                        root,
+                        args,
+                    );
                     vm.state_mut().grpc_initial_metadata = None;
                     result?;
                 }
@@ -707,7 +749,12 @@ impl PluginInner {
                 if let Some(callback) = vm.exports.on_grpc_receive_trailing_metadata.clone() {
                     let args = (root, token, len_u32(metadata.len()));
                     vm.state_mut().grpc_trailing_metadata = Some(normalize(&metadata));
-                    let result = vm.invoke("proxy_on_grpc_receive_trailing_metadata", callback, root, args);
+                    let result = vm.invoke(
+                        "proxy_on_grpc_receive_trailing_metadata",
+                        callback,
+                        root,
+                        args,
+                    );
                     vm.state_mut().grpc_trailing_metadata = None;
                     result?;
                 }
@@ -726,7 +773,8 @@ impl PluginInner {
                 }
                 if let Some(callback) = vm.exports.on_grpc_close.clone() {
                     vm.state_mut().status = (status, message);
-                    let result = vm.invoke("proxy_on_grpc_close", callback, root, (root, token, status));
+                    let result =
+                        vm.invoke("proxy_on_grpc_close", callback, root, (root, token, status));
                     vm.state_mut().status.1.clear();
                     result?;
                 }
@@ -847,7 +895,7 @@ impl PluginInner {
         let generation = vm.generation;
         // Re-arm before the callback; a period set inside it restarts the timer from now.
         let period = vm.state().tick_period;
-        vm.state_mut().next_tick = (period > Duration::ZERO).then(|| due + period);
+        vm.state_mut().next_tick = (period > Duration::ZERO).then(|| due.saturating_add(period));
         let root = vm.state().root_context_id;
         if let Some(callback) = vm.exports.on_tick.clone() {
             vm.invoke("proxy_on_tick", callback, root, root)?;
@@ -975,7 +1023,7 @@ impl Plugin {
     /// period crossed fires one tick) and handling the events they cause.
     pub fn advance_clock(&self, by: Duration) -> Result<(), HarnessError> {
         self.with_inner(|inner| {
-            let target = inner.elapsed() + by;
+            let target = inner.elapsed().saturating_add(by);
             inner.advance_to(target)
         })
     }
@@ -1075,7 +1123,11 @@ impl Plugin {
     }
 
     /// Answers a pending HTTP callout (the token must be pending on exactly one worker).
-    pub fn respond_http_callout(&self, token: u32, reply: CalloutReply) -> Result<(), HarnessError> {
+    pub fn respond_http_callout(
+        &self,
+        token: u32,
+        reply: CalloutReply,
+    ) -> Result<(), HarnessError> {
         self.with_inner(|inner| {
             let worker = inner.worker_of(token, true)?;
             inner.deliver_http(worker, token, reply)?;
@@ -1159,7 +1211,12 @@ impl Plugin {
     }
 
     /// Closes an open gRPC stream from the remote side (`proxy_on_grpc_close`).
-    pub fn grpc_stream_close(&self, token: u32, status: u32, message: &str) -> Result<(), HarnessError> {
+    pub fn grpc_stream_close(
+        &self,
+        token: u32,
+        status: u32,
+        message: &str,
+    ) -> Result<(), HarnessError> {
         self.grpc_stream_event(
             token,
             GrpcStreamEvent::Close {
@@ -1171,7 +1228,11 @@ impl Plugin {
 
     /// Calls `proxy_on_foreign_function` on the root context of every worker, with `args` in the
     /// `CALL_DATA` buffer (what an Envoy extension does when it calls back into the module).
-    pub fn trigger_foreign_function(&self, function_id: u32, args: &[u8]) -> Result<(), HarnessError> {
+    pub fn trigger_foreign_function(
+        &self,
+        function_id: u32,
+        args: &[u8],
+    ) -> Result<(), HarnessError> {
         self.with_inner(|inner| inner.trigger_foreign(function_id, args))
     }
 
@@ -1205,7 +1266,12 @@ impl Plugin {
         self.inner
             .try_borrow()
             .ok()
-            .and_then(|inner| inner.workers.get(worker).map(|w| w.vms.len().saturating_sub(1)))
+            .and_then(|inner| {
+                inner
+                    .workers
+                    .get(worker)
+                    .map(|w| w.vms.len().saturating_sub(1))
+            })
             .unwrap_or(0)
     }
 

@@ -11,6 +11,9 @@ use crate::metrics::MetricsStore;
 use crate::property::PropertyValue;
 use crate::types::{LogEntry, LogLevel};
 
+/// key -> (value, cas) of one VM id.
+pub(crate) type SharedDataMap = HashMap<Vec<u8>, (Vec<u8>, u32)>;
+
 /// A foreign function registered by a test.
 pub(crate) type ForeignFn = dyn Fn(&[u8]) -> Result<Vec<u8>, Status>;
 
@@ -59,7 +62,7 @@ pub(crate) struct SharedState {
     pub(crate) logs: Vec<LogEntry>,
     pub(crate) metrics: MetricsStore,
     /// vm_id -> key -> (value, cas)
-    pub(crate) shared_data: HashMap<String, HashMap<Vec<u8>, (Vec<u8>, u32)>>,
+    pub(crate) shared_data: HashMap<String, SharedDataMap>,
     next_cas: u32,
     /// (vm_id, queue name) -> token
     pub(crate) queue_names: HashMap<(String, String), u32>,

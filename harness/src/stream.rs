@@ -18,11 +18,11 @@
 //!   `proxy_on_delete` (Envoy runs access logs before destroying filters; the spec lists
 //!   `on_done` first).
 
+use crate::callouts::HttpCallout;
 use crate::error::HarnessError;
 use crate::hostcalls::{add_header, header_value};
 use crate::plugin::{len_u32, reentrancy, Plugin, PluginInner};
 use crate::property::PropertyValue;
-use crate::callouts::HttpCallout;
 use crate::types::{Action, FailurePolicy, LocalReply, Outcome, StreamState};
 use crate::vm::{ContextState, Deferred, HttpExchange, PendingLocalReply, StreamKind};
 
@@ -104,12 +104,15 @@ impl HttpStream {
                 .try_borrow_mut()
                 .map(|mut s| s.next_connection_id())
                 .map_err(|_| reentrancy())?;
+            let fail_open = inner.policy == FailurePolicy::FailOpen;
             let vm = inner.current_vm(worker)?;
+            let bypass = fail_open && vm.is_failed();
             let state = vm.state_mut();
             let context = state.next_context_id;
             state.next_context_id += 1;
             let mut exchange = HttpExchange::new(start, connection_id);
             exchange.properties.extend(properties);
+            exchange.bypass = bypass;
             let root = state.root_context_id;
             state.contexts.insert(
                 context,
@@ -167,7 +170,11 @@ impl HttpStream {
     }
 
     /// A request body chunk (`proxy_on_request_body`).
-    pub fn request_body(&mut self, data: &[u8], end_of_stream: bool) -> Result<Outcome, HarnessError> {
+    pub fn request_body(
+        &mut self,
+        data: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Outcome, HarnessError> {
         let data = data.to_vec();
         self.drive(|inner, worker, handle| {
             inner.receive_body(worker, handle, StreamKind::Request, data, end_of_stream)
@@ -195,7 +202,11 @@ impl HttpStream {
     }
 
     /// A response body chunk (`proxy_on_response_body`).
-    pub fn response_body(&mut self, data: &[u8], end_of_stream: bool) -> Result<Outcome, HarnessError> {
+    pub fn response_body(
+        &mut self,
+        data: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Outcome, HarnessError> {
         let data = data.to_vec();
         self.drive(|inner, worker, handle| {
             inner.receive_body(worker, handle, StreamKind::Response, data, end_of_stream)
@@ -203,7 +214,10 @@ impl HttpStream {
     }
 
     /// Response trailers (`proxy_on_response_trailers`).
-    pub fn response_trailers(&mut self, trailers: &[(&str, &str)]) -> Result<Outcome, HarnessError> {
+    pub fn response_trailers(
+        &mut self,
+        trailers: &[(&str, &str)],
+    ) -> Result<Outcome, HarnessError> {
         let trailers = owned(trailers);
         self.drive(|inner, worker, handle| {
             inner.receive_trailers(worker, handle, StreamKind::Response, trailers)
@@ -252,7 +266,8 @@ impl HttpStream {
 
     /// Response headers as the client gets them (the local reply's, if one was sent).
     pub fn response_headers_now(&self) -> Vec<(String, String)> {
-        self.read(|e| e.response.headers.clone()).unwrap_or_default()
+        self.read(|e| e.response.headers.clone())
+            .unwrap_or_default()
     }
 
     /// Request trailers as the filter left them.
@@ -267,12 +282,14 @@ impl HttpStream {
 
     /// The request body that went past the filter so far.
     pub fn request_body_now(&self) -> Vec<u8> {
-        self.read(|e| e.request.forwarded_body.clone()).unwrap_or_default()
+        self.read(|e| e.request.forwarded_body.clone())
+            .unwrap_or_default()
     }
 
     /// The response body that went past the filter so far.
     pub fn response_body_now(&self) -> Vec<u8> {
-        self.read(|e| e.response.forwarded_body.clone()).unwrap_or_default()
+        self.read(|e| e.response.forwarded_body.clone())
+            .unwrap_or_default()
     }
 
     /// A request header (first value) as the filter left it.
@@ -313,6 +330,30 @@ impl HttpStream {
     /// `wasm_close_stream`, `wasm_fail_stream`).
     pub fn response_code_details(&self) -> Option<String> {
         self.read(|e| e.response_code_details.clone()).flatten()
+    }
+}
+
+impl Drop for HttpStream {
+    /// Forgets the state of an ended stream, so that long benchmarks do not accumulate it.
+    /// (Context ids are never reused, as in Envoy.) A stream dropped before it ended keeps its
+    /// state: the module may still refer to its context.
+    fn drop(&mut self) {
+        let Some(handle) = self.handle else {
+            return;
+        };
+        let Ok(mut inner) = self.plugin.inner.try_borrow_mut() else {
+            return;
+        };
+        if let Ok(vm) = inner.vm(self.worker, handle.generation) {
+            let state = vm.state_mut();
+            let ended = state
+                .contexts
+                .get(&handle.context)
+                .is_some_and(|c| c.deleted);
+            if ended {
+                state.contexts.remove(&handle.context);
+            }
+        }
     }
 }
 
@@ -397,6 +438,14 @@ fn is_grpc(headers: &[(String, String)]) -> bool {
     header_value(headers, "content-type").is_some_and(|v| v.starts_with("application/grpc"))
 }
 
+/// Envoy's inline-header setters: replace the first value in place, or append.
+fn set_in_place(headers: &mut Vec<(String, String)>, key: &str, value: &str) {
+    match headers.iter_mut().find(|(k, _)| k == key) {
+        Some((_, existing)) => *existing = value.to_string(),
+        None => add_header(headers, key, value),
+    }
+}
+
 /// Envoy's `Grpc::Utility::httpToGrpcStatus`.
 fn http_to_grpc_status(code: u32) -> u32 {
     match code {
@@ -451,8 +500,13 @@ impl PluginInner {
             return None;
         }
         let create = vm.exports.on_context_create.clone()?;
-        vm.invoke("proxy_on_context_create", create, context, (context, parent))
-            .err()
+        vm.invoke(
+            "proxy_on_context_create",
+            create,
+            context,
+            (context, parent),
+        )
+        .err()
     }
 
     /// Runs one filter callback with Envoy's failure handling (`CHECK_FAIL_HTTP`) around it.
@@ -465,13 +519,15 @@ impl PluginInner {
         size: u32,
         end_of_stream: bool,
     ) -> Result<Step, HarnessError> {
-        let policy = self.policy;
         let context = handle.context;
+        if self.exchange(worker, handle).is_some_and(|e| e.bypass) {
+            return Ok(Step::skipped(Action::Continue));
+        }
         let vm = self.vm(worker, handle.generation)?;
         if vm.is_failed() {
-            if policy == FailurePolicy::FailOpen {
-                return Ok(Step::skipped(Action::Continue));
-            }
+            // A stream that existed when its VM failed fails closed whatever the policy: Envoy's
+            // `CHECK_FAIL_HTTP` only opens for the deprecated `fail_open` flag, and
+            // `failure_policy: FAIL_OPEN` only skips the filter for streams created afterwards.
             self.fail_stream(worker, handle)?;
             return Ok(Step::skipped(fail_stop(phase)));
         }
@@ -479,9 +535,9 @@ impl PluginInner {
         let exports = vm.exports.clone();
         vm.state_mut().stop_iteration = false;
         let result = match (kind, phase) {
-            (StreamKind::Request, Phase::Headers) => exports.on_request_headers.map(|f| {
-                vm.invoke("proxy_on_request_headers", f, context, (context, size, eos))
-            }),
+            (StreamKind::Request, Phase::Headers) => exports
+                .on_request_headers
+                .map(|f| vm.invoke("proxy_on_request_headers", f, context, (context, size, eos))),
             (StreamKind::Request, Phase::Body) => exports
                 .on_request_body
                 .map(|f| vm.invoke("proxy_on_request_body", f, context, (context, size, eos))),
@@ -489,7 +545,12 @@ impl PluginInner {
                 .on_request_trailers
                 .map(|f| vm.invoke("proxy_on_request_trailers", f, context, (context, size))),
             (StreamKind::Response, Phase::Headers) => exports.on_response_headers.map(|f| {
-                vm.invoke("proxy_on_response_headers", f, context, (context, size, eos))
+                vm.invoke(
+                    "proxy_on_response_headers",
+                    f,
+                    context,
+                    (context, size, eos),
+                )
             }),
             (StreamKind::Response, Phase::Body) => exports
                 .on_response_body
@@ -509,14 +570,6 @@ impl PluginInner {
             }),
             Some(Err(error)) => {
                 vm.state_mut().deferred.clear();
-                if policy == FailurePolicy::FailOpen {
-                    return Ok(Step {
-                        action: Action::Continue,
-                        effective: Action::Continue,
-                        invoked: true,
-                        error: Some(error),
-                    });
-                }
                 self.fail_stream(worker, handle)?;
                 let stop = fail_stop(phase);
                 Ok(Step {
@@ -626,7 +679,10 @@ impl PluginInner {
             exchange.request_complete_at.get_or_insert(elapsed);
         }
         let direction = exchange.direction_mut(kind);
-        if matches!(direction.state, StreamState::Continued | StreamState::Paused) {
+        if matches!(
+            direction.state,
+            StreamState::Continued | StreamState::Paused
+        ) {
             if step.effective.stops_iteration() {
                 direction.state = StreamState::Paused;
                 direction.stopped_all = matches!(
@@ -652,7 +708,11 @@ impl PluginInner {
         end_of_stream: bool,
     ) -> Result<Step, HarnessError> {
         let exchange = self.exchange_or_err(worker, handle)?;
-        if exchange.finished || matches!(exchange.direction(kind).state, StreamState::Replied | StreamState::Reset)
+        if exchange.finished
+            || matches!(
+                exchange.direction(kind).state,
+                StreamState::Replied | StreamState::Reset
+            )
             || (kind == StreamKind::Response && exchange.local_reply.is_some())
         {
             return Ok(Step::skipped(Action::StopIterationNoBuffer));
@@ -702,7 +762,10 @@ impl PluginInner {
             direction.chunk = data;
         }
         direction.chunk_available = true;
-        let size = direction.visible_body().map(|b| len_u32(b.len())).unwrap_or(0);
+        let size = direction
+            .visible_body()
+            .map(|b| len_u32(b.len()))
+            .unwrap_or(0);
         let step = if bypass {
             Step::skipped(Action::Continue)
         } else {
@@ -714,7 +777,10 @@ impl PluginInner {
         }
         let direction = exchange.direction_mut(kind);
         direction.buffering = false;
-        if matches!(direction.state, StreamState::Continued | StreamState::Paused) {
+        if matches!(
+            direction.state,
+            StreamState::Continued | StreamState::Paused
+        ) {
             match step.effective {
                 Action::Continue | Action::ContinueAndEndStream => {
                     direction.chunk_available = false;
@@ -751,7 +817,11 @@ impl PluginInner {
         trailers: Vec<(String, String)>,
     ) -> Result<Step, HarnessError> {
         let exchange = self.exchange_or_err(worker, handle)?;
-        if exchange.finished || matches!(exchange.direction(kind).state, StreamState::Replied | StreamState::Reset)
+        if exchange.finished
+            || matches!(
+                exchange.direction(kind).state,
+                StreamState::Replied | StreamState::Reset
+            )
             || (kind == StreamKind::Response && exchange.local_reply.is_some())
         {
             return Ok(Step::skipped(Action::Pause));
@@ -794,7 +864,10 @@ impl PluginInner {
             exchange.request_complete_at.get_or_insert(elapsed);
         }
         let direction = exchange.direction_mut(kind);
-        if matches!(direction.state, StreamState::Continued | StreamState::Paused) {
+        if matches!(
+            direction.state,
+            StreamState::Continued | StreamState::Paused
+        ) {
             if step.effective.stops_iteration() {
                 direction.state = StreamState::Paused;
             } else {
@@ -808,15 +881,26 @@ impl PluginInner {
     }
 
     /// Runs the actions the module requested during the last callback(s).
-    pub(crate) fn process_deferred(&mut self, worker: usize, generation: u64) -> Result<(), HarnessError> {
+    pub(crate) fn process_deferred(
+        &mut self,
+        worker: usize,
+        generation: u64,
+    ) -> Result<(), HarnessError> {
         loop {
-            let next = self.vm(worker, generation)?.state_mut().deferred.pop_front();
+            let next = self
+                .vm(worker, generation)?
+                .state_mut()
+                .deferred
+                .pop_front();
             let Some(action) = next else {
                 return Ok(());
             };
             match action {
                 Deferred::LocalReply { context, reply } => {
-                    let handle = StreamHandle { generation, context };
+                    let handle = StreamHandle {
+                        generation,
+                        context,
+                    };
                     let live = self
                         .exchange(worker, handle)
                         .is_some_and(|e| !e.finished && e.local_reply.is_none());
@@ -825,10 +909,24 @@ impl PluginInner {
                     }
                 }
                 Deferred::Continue { context, stream } => {
-                    self.resume(worker, StreamHandle { generation, context }, stream)?;
+                    self.resume(
+                        worker,
+                        StreamHandle {
+                            generation,
+                            context,
+                        },
+                        stream,
+                    )?;
                 }
                 Deferred::Close { context } => {
-                    self.finish(worker, StreamHandle { generation, context }, true)?;
+                    self.finish(
+                        worker,
+                        StreamHandle {
+                            generation,
+                            context,
+                        },
+                        true,
+                    )?;
                 }
             }
         }
@@ -836,7 +934,12 @@ impl PluginInner {
 
     /// `continueDecoding`/`continueEncoding`: lets a paused direction through. After a
     /// stop-all at headers, held body and trailers are first handed to the filter.
-    fn resume(&mut self, worker: usize, handle: StreamHandle, kind: StreamKind) -> Result<(), HarnessError> {
+    fn resume(
+        &mut self,
+        worker: usize,
+        handle: StreamHandle,
+        kind: StreamKind,
+    ) -> Result<(), HarnessError> {
         let Some(exchange) = self.exchange_mut(worker, handle) else {
             return Ok(());
         };
@@ -861,9 +964,9 @@ impl PluginInner {
         } else {
             direction.release_held_body();
         }
-        let pending_trailers = self
-            .exchange(worker, handle)
-            .is_some_and(|e| e.direction(kind).trailers_pending && e.direction(kind).state == StreamState::Continued);
+        let pending_trailers = self.exchange(worker, handle).is_some_and(|e| {
+            e.direction(kind).trailers_pending && e.direction(kind).state == StreamState::Continued
+        });
         if pending_trailers {
             let step = self.process_trailers(worker, handle, kind)?;
             if let Some(error) = step.error {
@@ -884,29 +987,42 @@ impl PluginInner {
     ) -> Result<(), HarnessError> {
         let exchange = self.exchange_or_err(worker, handle)?;
         let grpc = is_grpc(&exchange.request.headers);
+        // Envoy's `Utility::prepareLocalReply`: `:status`, then the module's headers, then the
+        // headers Envoy sets itself (replacing a value in place when the module set it too).
         let mut headers: Vec<(String, String)> = Vec::new();
-        let mut body = reply.body.clone();
-        let grpc_status = (reply.grpc_status <= 16).then_some(reply.grpc_status as i32);
-        let status = if grpc { 200 } else { reply.status };
-        add_header(&mut headers, ":status", &status.to_string());
-        if grpc {
-            // A gRPC client gets a trailers-only response carrying the status.
-            add_header(&mut headers, "content-type", "application/grpc");
-            let code = grpc_status
-                .map(|c| c as u32)
-                .unwrap_or_else(|| http_to_grpc_status(reply.status));
-            add_header(&mut headers, "grpc-status", &code.to_string());
-            if !body.is_empty() {
-                add_header(&mut headers, "grpc-message", &String::from_utf8_lossy(&body));
-            }
-            body.clear();
-        }
+        add_header(&mut headers, ":status", &reply.status.to_string());
         for (key, value) in &reply.headers {
             add_header(&mut headers, key, value);
         }
-        if !body.is_empty() {
+        let is_head = header_value(&exchange.request.headers, ":method") == Some("HEAD");
+        let mut body = if is_head {
+            Vec::new()
+        } else {
+            reply.body.clone()
+        };
+        let grpc_status = (reply.grpc_status <= 16).then_some(reply.grpc_status as i32);
+        let status = if grpc { 200 } else { reply.status };
+        if grpc {
+            // A gRPC client gets a trailers-only response carrying the status.
+            set_in_place(&mut headers, ":status", "200");
+            set_in_place(&mut headers, "content-type", "application/grpc");
+            if header_value(&headers, "grpc-status").is_none() {
+                let code = grpc_status
+                    .map(|c| c as u32)
+                    .unwrap_or_else(|| http_to_grpc_status(reply.status));
+                add_header(&mut headers, "grpc-status", &code.to_string());
+            }
+            if !body.is_empty() {
+                set_in_place(
+                    &mut headers,
+                    "grpc-message",
+                    &String::from_utf8_lossy(&body),
+                );
+            }
             crate::hostcalls::remove_header(&mut headers, "content-length");
-            add_header(&mut headers, "content-length", &body.len().to_string());
+            body.clear();
+        } else if !body.is_empty() {
+            set_in_place(&mut headers, "content-length", &body.len().to_string());
             if header_value(&headers, "content-type").is_none() {
                 add_header(&mut headers, "content-type", "text/plain");
             }
@@ -954,7 +1070,8 @@ impl PluginInner {
                         exchange.response.held_data = true;
                     }
                 } else {
-                    let step = self.process_body(worker, handle, StreamKind::Response, body, true)?;
+                    let step =
+                        self.process_body(worker, handle, StreamKind::Response, body, true)?;
                     if let Some(error) = step.error {
                         return Err(error);
                     }
@@ -977,7 +1094,12 @@ impl PluginInner {
 
     /// End of the stream: `proxy_on_log` (Envoy's access-log phase), then `proxy_on_done` and
     /// `proxy_on_delete`.
-    pub(crate) fn finish(&mut self, worker: usize, handle: StreamHandle, reset: bool) -> Result<(), HarnessError> {
+    pub(crate) fn finish(
+        &mut self,
+        worker: usize,
+        handle: StreamHandle,
+        reset: bool,
+    ) -> Result<(), HarnessError> {
         let elapsed = self.elapsed();
         let exchange = self.exchange_or_err(worker, handle)?;
         if exchange.finished {

@@ -53,7 +53,9 @@ pub enum FailurePolicy {
     /// a 503 local reply with details `wasm_fail_stream`.
     #[default]
     FailClosed,
-    /// `FAIL_OPEN`: requests pass through as if the filter were absent.
+    /// `FAIL_OPEN`: requests that start after the crash pass through as if the filter were
+    /// absent. The request that was being processed when the VM crashed (and any other request
+    /// already in flight on it) still gets the 503, as in Envoy.
     FailOpen,
     /// `FAIL_RELOAD`: the failing request gets the 503 of `FAIL_CLOSED`; the next request on that
     /// worker recreates the VM (rate-limited by [`Limits::reload_backoff`], like Envoy's

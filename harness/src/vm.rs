@@ -84,7 +84,9 @@ pub(crate) enum Deferred {
         stream: StreamKind,
     },
     /// Either direction: Envoy resets the whole stream.
-    Close { context: u32 },
+    Close {
+        context: u32,
+    },
 }
 
 /// One direction of an HTTP exchange, as the filter and the rest of the proxy see it.
@@ -194,6 +196,9 @@ pub(crate) struct HttpExchange {
     pub(crate) request_complete_at: Option<Duration>,
     pub(crate) connection_id: u64,
     pub(crate) finished: bool,
+    /// The stream started after its VM failed under `FailOpen`: Envoy does not create the filter
+    /// at all, so nothing reaches the module.
+    pub(crate) bypass: bool,
 }
 
 impl HttpExchange {
@@ -214,6 +219,7 @@ impl HttpExchange {
             request_complete_at: None,
             connection_id,
             finished: false,
+            bypass: false,
         }
     }
 
@@ -321,7 +327,9 @@ impl VmState {
     }
 
     pub(crate) fn exchange_mut(&mut self, context: u32) -> Option<&mut HttpExchange> {
-        self.contexts.get_mut(&context).and_then(|c| c.http.as_mut())
+        self.contexts
+            .get_mut(&context)
+            .and_then(|c| c.http.as_mut())
     }
 
     pub(crate) fn is_root(&self, context: u32) -> bool {
@@ -440,16 +448,18 @@ impl Vm {
             .instance_pre
             .instantiate(&mut store)
             .map_err(|e| classify_error(e, "instantiate", &store, settings.fuel_per_callback))?;
-        let memory = instance
-            .get_memory(&mut store, "memory")
-            .ok_or_else(|| HarnessError::Abi("the module exports no memory named `memory`".into()))?;
+        let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| {
+            HarnessError::Abi("the module exports no memory named `memory`".into())
+        })?;
         // Envoy prefers `malloc` and falls back to `proxy_on_memory_allocate`.
         let malloc = match typed::<u32, u32>(&instance, &mut store, "malloc")? {
             Some(f) => Some(f),
             None => typed::<u32, u32>(&instance, &mut store, "proxy_on_memory_allocate")?,
         };
         if malloc.is_none() {
-            return Err(HarnessError::Abi("Wasm module is missing malloc function.".into()));
+            return Err(HarnessError::Abi(
+                "Wasm module is missing malloc function.".into(),
+            ));
         }
         store.data_mut().memory = Some(memory);
         store.data_mut().malloc = malloc;
@@ -638,11 +648,14 @@ fn render_backtrace(backtrace: &WasmBacktrace) -> Vec<String> {
         if trimmed.is_empty() || trimmed.starts_with("note:") {
             continue;
         }
-        let starts_frame = trimmed
-            .split_once(':')
-            .is_some_and(|(index, _)| !index.is_empty() && index.chars().all(|c| c.is_ascii_digit()));
+        let starts_frame = trimmed.split_once(':').is_some_and(|(index, _)| {
+            !index.is_empty() && index.chars().all(|c| c.is_ascii_digit())
+        });
         if starts_frame {
-            let body = trimmed.split_once(':').map(|(_, rest)| rest.trim()).unwrap_or(trimmed);
+            let body = trimmed
+                .split_once(':')
+                .map(|(_, rest)| rest.trim())
+                .unwrap_or(trimmed);
             // Drop the module offset ("0x1a2b - ") and keep the function name.
             let name = body.split_once(" - ").map(|(_, n)| n).unwrap_or(body);
             frames.push(name.to_string());

@@ -7,7 +7,9 @@
 use wasmtime::Caller;
 
 use crate::error::HarnessError;
-use crate::hostcalls::{guard, read_bytes, write_bytes, write_u32, write_u64, HostResult, Registrar};
+use crate::hostcalls::{
+    guard, read_bytes, write_bytes, write_u32, write_u64, HostResult, Registrar,
+};
 use crate::types::LogLevel;
 use crate::vm::VmState;
 
@@ -24,32 +26,55 @@ const RANDOM_GET_MAX_BYTES: u32 = 64 * 1024;
 
 pub(crate) fn register(r: &mut Registrar<'_>, module: &str) -> Result<(), HarnessError> {
     r.func(module, "fd_write", fd_write)?;
-    r.func(module, "fd_read", |c: Caller<'_, VmState>, _: u32, _: u32, _: u32, _: u32| {
-        restricted(&c, "fd_read").map(|()| NOSYS)
-    })?;
-    r.func(module, "fd_seek", |c: Caller<'_, VmState>, _: u32, _: i64, _: u32, _: u32| {
-        // Envoy reports success without touching the result.
-        restricted(&c, "fd_seek").map(|()| SUCCESS)
-    })?;
+    r.func(
+        module,
+        "fd_read",
+        |c: Caller<'_, VmState>, _: u32, _: u32, _: u32, _: u32| {
+            restricted(&c, "fd_read").map(|()| NOSYS)
+        },
+    )?;
+    r.func(
+        module,
+        "fd_seek",
+        |c: Caller<'_, VmState>, _: u32, _: i64, _: u32, _: u32| {
+            // Envoy reports success without touching the result.
+            restricted(&c, "fd_seek").map(|()| SUCCESS)
+        },
+    )?;
     r.func(module, "fd_close", |c: Caller<'_, VmState>, _: u32| {
         restricted(&c, "fd_close").map(|()| SUCCESS)
     })?;
     r.func(module, "fd_fdstat_get", fd_fdstat_get)?;
-    r.func(module, "fd_fdstat_set_flags", |c: Caller<'_, VmState>, _: u32, _: u32| {
-        restricted(&c, "fd_fdstat_set_flags").map(|()| NOSYS)
-    })?;
-    r.func(module, "fd_filestat_get", |c: Caller<'_, VmState>, _: u32, _: u32| {
-        restricted(&c, "fd_filestat_get").map(|()| BADF)
-    })?;
+    r.func(
+        module,
+        "fd_fdstat_set_flags",
+        |c: Caller<'_, VmState>, _: u32, _: u32| {
+            restricted(&c, "fd_fdstat_set_flags").map(|()| NOSYS)
+        },
+    )?;
+    r.func(
+        module,
+        "fd_filestat_get",
+        |c: Caller<'_, VmState>, _: u32, _: u32| restricted(&c, "fd_filestat_get").map(|()| BADF),
+    )?;
     // No preopened directories: libc's preopen scan stops at the first BADF.
     r.func(module, "fd_prestat_get", |_: u32, _: u32| BADF)?;
-    r.func(module, "fd_prestat_dir_name", |_: u32, _: u32, _: u32| NOSYS)?;
+    r.func(module, "fd_prestat_dir_name", |_: u32, _: u32, _: u32| {
+        NOSYS
+    })?;
     r.func(
         module,
         "path_open",
-        |c: Caller<'_, VmState>, _: u32, _: u32, _: u32, _: u32, _: u32, _: i64, _: i64, _: u32, _: u32| {
-            restricted(&c, "path_open").map(|()| NOENT)
-        },
+        |c: Caller<'_, VmState>,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: i64,
+         _: i64,
+         _: u32,
+         _: u32| { restricted(&c, "path_open").map(|()| NOENT) },
     )?;
     r.func(
         module,
@@ -71,6 +96,11 @@ pub(crate) fn register(r: &mut Registrar<'_>, module: &str) -> Result<(), Harnes
     })?;
     r.func(module, "poll_oneoff", poll_oneoff)?;
     Ok(())
+}
+
+fn le_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    let raw: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+    Some(u32::from_le_bytes(raw))
 }
 
 fn restricted(caller: &Caller<'_, VmState>, name: &str) -> HostResult<()> {
@@ -99,8 +129,9 @@ fn fd_write(
         else {
             return Ok(FAULT);
         };
-        let buf = u32::from_le_bytes([iovec[0], iovec[1], iovec[2], iovec[3]]);
-        let buf_len = u32::from_le_bytes([iovec[4], iovec[5], iovec[6], iovec[7]]);
+        let (Some(buf), Some(buf_len)) = (le_u32(&iovec, 0), le_u32(&iovec, 4)) else {
+            return Ok(FAULT);
+        };
         if buf_len != 0 {
             let Some(bytes) = read_bytes(&caller, buf, buf_len) else {
                 return Ok(FAULT);
@@ -131,7 +162,9 @@ fn fd_fdstat_get(mut caller: Caller<'_, VmState>, fd: u32, stat_ptr: u32) -> Hos
     // 24-byte fdstat, zeroed except fs_rights_base = FD_WRITE (64). Envoy ignores a failed
     // write here and still reports success.
     let mut stat = [0u8; 24];
-    stat[8] = 64;
+    if let Some(rights_base) = stat.get_mut(8) {
+        *rights_base = 64;
+    }
     write_bytes(&mut caller, stat_ptr, &stat);
     Ok(SUCCESS)
 }
@@ -145,7 +178,11 @@ fn envs(caller: &Caller<'_, VmState>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn environ_sizes_get(mut caller: Caller<'_, VmState>, count_ptr: u32, size_ptr: u32) -> HostResult<u32> {
+fn environ_sizes_get(
+    mut caller: Caller<'_, VmState>,
+    count_ptr: u32,
+    size_ptr: u32,
+) -> HostResult<u32> {
     let envs = envs(&caller);
     let count = u32::try_from(envs.len()).unwrap_or(u32::MAX);
     // key + '=' + value + NUL per variable.
@@ -169,7 +206,10 @@ fn environ_get(mut caller: Caller<'_, VmState>, array_ptr: u32, buf_ptr: u32) ->
         if !write_u32(&mut caller, array, buf) || !write_bytes(&mut caller, buf, &entry) {
             return Ok(FAULT);
         }
-        let Some(next_buf) = u32::try_from(entry.len()).ok().and_then(|l| buf.checked_add(l)) else {
+        let Some(next_buf) = u32::try_from(entry.len())
+            .ok()
+            .and_then(|l| buf.checked_add(l))
+        else {
             return Ok(FAULT);
         };
         buf = next_buf;
@@ -178,7 +218,11 @@ fn environ_get(mut caller: Caller<'_, VmState>, array_ptr: u32, buf_ptr: u32) ->
     Ok(SUCCESS)
 }
 
-fn args_sizes_get(mut caller: Caller<'_, VmState>, argc_ptr: u32, size_ptr: u32) -> HostResult<u32> {
+fn args_sizes_get(
+    mut caller: Caller<'_, VmState>,
+    argc_ptr: u32,
+    size_ptr: u32,
+) -> HostResult<u32> {
     // Zero arguments, so that args_get is never needed.
     if !(write_u32(&mut caller, argc_ptr, 0) && write_u32(&mut caller, size_ptr, 0)) {
         return Ok(FAULT);

@@ -124,12 +124,52 @@ fn finds_the_workspace_root() {
     // From the package cargo runs us for, and from a nested directory of another workspace.
     assert_eq!(build::workspace_root().unwrap(), expected);
     let root = cdylib_fixture();
-    assert_eq!(build::workspace_root_from(&root.join("src")).unwrap(), root);
+    let fixture = build::locate_workspace(&root.join("src")).unwrap();
+    assert_eq!(fixture.root, root);
+    if !target_dir_overridden_by_env() {
+        assert_eq!(fixture.target_dir, root.join("target"));
+    }
+}
+
+/// Whether the user runs the tests with a target directory set in the environment, which cargo
+/// (and so the build helper) applies to every workspace.
+fn target_dir_overridden_by_env() -> bool {
+    std::env::var_os("CARGO_TARGET_DIR").is_some()
+        || std::env::var_os("CARGO_BUILD_TARGET_DIR").is_some()
+}
+
+#[test]
+fn builds_into_the_target_dir_cargo_is_configured_with() {
+    let root = fixture(
+        "fixture-target-dir",
+        "[lib]\ncrate-type = [\"cdylib\"]",
+        "#[no_mangle]\npub extern \"C\" fn seven() -> i32 { 7 }\n",
+    );
+    std::fs::create_dir_all(root.join(".cargo")).unwrap();
+    write_if_changed(
+        &root.join(".cargo/config.toml"),
+        "[build]\ntarget-dir = \"elsewhere\"\n",
+    );
+
+    let wasm = WasmBuild::new("fixture-target-dir")
+        .workspace_root(&root)
+        .run()
+        .unwrap();
+
+    if target_dir_overridden_by_env() {
+        eprintln!("the environment sets the target directory: nothing to check");
+        return;
+    }
+    assert!(
+        wasm.starts_with(root.join("elsewhere").join(ARTIFACT_DIR_NAME)),
+        "{}",
+        wasm.display()
+    );
 }
 
 #[test]
 fn reports_a_directory_outside_any_workspace() {
-    let error = build::workspace_root_from(Path::new("/")).unwrap_err();
+    let error = build::locate_workspace(Path::new("/")).unwrap_err();
 
     assert!(
         matches!(error, BuildError::WorkspaceNotFound { .. }),

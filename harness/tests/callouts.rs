@@ -13,7 +13,12 @@ use wasmesh_harness::{CalloutReply, GrpcReply, HarnessError, StreamState};
 fn authz_filter() -> String {
     let mut t = Strings::new();
     let cluster = t.s("authz");
-    let headers = t.map(&[(":method", "POST"), (":path", "/check"), (":authority", "authz.local"), ("X-Trace", "t1")]);
+    let headers = t.map(&[
+        (":method", "POST"),
+        (":path", "/check"),
+        (":authority", "authz.local"),
+        ("X-Trace", "t1"),
+    ]);
     let body = t.s("payload");
     let trailers = t.map(&[("x-tr", "v")]);
     let dispatch = t.s("dispatch");
@@ -67,13 +72,27 @@ fn a_mock_handler_answers_after_the_callback_returns_and_the_filter_resumes() {
     assert_eq!(callout.context_id, 2);
     assert_eq!(callout.timeout, Duration::from_millis(500));
     assert_eq!(callout.body, b"payload");
-    assert_eq!(callout.header("x-trace"), Some("t1"), "keys are lower-cased");
+    assert_eq!(
+        callout.header("x-trace"),
+        Some("t1"),
+        "keys are lower-cased"
+    );
     assert_eq!(callout.header("content-length"), Some("7"));
-    assert_eq!(callout.trailers, vec![("x-tr".to_string(), "v".to_string())]);
+    assert_eq!(
+        callout.trailers,
+        vec![("x-tr".to_string(), "v".to_string())]
+    );
     // The response goes to the root context (1), as in Envoy.
     assert_eq!(
         messages(&plugin),
-        vec!["dispatch 0 4", "response 1 4", "response 2 7", "200", "allowed", "status 0"]
+        vec![
+            "dispatch 0 4",
+            "response 1 4",
+            "response 2 7",
+            "200",
+            "allowed",
+            "status 0"
+        ]
     );
     assert_eq!(stream.http_callouts().len(), 1);
     assert!(plugin.pending_http_callouts().is_empty());
@@ -91,7 +110,13 @@ fn a_callout_left_pending_times_out_with_envoys_504_when_the_clock_passes_its_ti
     plugin.advance_clock(Duration::from_millis(1)).unwrap();
     assert_eq!(
         messages(&plugin)[1..],
-        ["response 1 4", "response 3 24", "504", "upstream request timeout", "status 0"]
+        [
+            "response 1 4",
+            "response 3 24",
+            "504",
+            "upstream request timeout",
+            "status 0"
+        ]
     );
     assert_eq!(stream.request_state(), StreamState::Continued);
 }
@@ -101,7 +126,9 @@ fn a_failed_callout_delivers_no_headers_and_broken_connection_status() {
     let plugin = builder(&authz_filter()).start().unwrap();
     let mut stream = plugin.http_stream();
     stream.request_headers(GET, true).unwrap();
-    plugin.respond_http_callout(4, CalloutReply::Failure).unwrap();
+    plugin
+        .respond_http_callout(4, CalloutReply::Failure)
+        .unwrap();
     assert_eq!(
         messages(&plugin)[1..],
         ["response 1 4", "response 0 0", "status 11", "reset"]
@@ -210,11 +237,22 @@ fn grpc_unary_call_is_answered_by_the_mock_with_a_message() {
     assert_eq!(call.service, "envoy.service.auth.v3.Authorization");
     assert_eq!(call.method, "Check");
     assert_eq!(call.messages, vec![b"req".to_vec()]);
-    assert_eq!(call.initial_metadata, vec![("x-md".to_string(), "1".to_string())]);
+    assert_eq!(
+        call.initial_metadata,
+        vec![("x-md".to_string(), "1".to_string())]
+    );
     assert_eq!(call.timeout, Duration::from_secs(1));
     assert_eq!(
         messages(&plugin),
-        vec!["call 0 5", "stream 0 6", "0", "2", "1", "receive 5 7", "allowed"]
+        vec![
+            "call 0 5",
+            "stream 0 6",
+            "0",
+            "2",
+            "1",
+            "receive 5 7",
+            "allowed"
+        ]
     );
 }
 
@@ -224,7 +262,10 @@ fn grpc_errors_timeouts_and_streams_reach_the_module() {
     plugin.clear_logs();
     // The unary call times out: Envoy reports UNAVAILABLE with the router's message.
     plugin.advance_clock(Duration::from_secs(1)).unwrap();
-    assert_eq!(messages(&plugin), vec!["close 5 14", "upstream request timeout"]);
+    assert_eq!(
+        messages(&plugin),
+        vec!["close 5 14", "upstream request timeout"]
+    );
     plugin.clear_logs();
 
     let stream = plugin
@@ -233,13 +274,24 @@ fn grpc_errors_timeouts_and_streams_reach_the_module() {
         .find(|c| c.is_stream)
         .unwrap();
     assert_eq!(stream.messages, vec![b"m1".to_vec()]);
-    plugin.grpc_stream_initial_metadata(6, &[("a", "1"), ("b", "2")]).unwrap();
+    plugin
+        .grpc_stream_initial_metadata(6, &[("a", "1"), ("b", "2")])
+        .unwrap();
     plugin.grpc_stream_message(6, b"chunk").unwrap();
-    plugin.grpc_stream_trailing_metadata(6, &[("grpc-status", "0")]).unwrap();
+    plugin
+        .grpc_stream_trailing_metadata(6, &[("grpc-status", "0")])
+        .unwrap();
     plugin.grpc_stream_close(6, 0, "").unwrap();
     assert_eq!(
         messages(&plugin),
-        vec!["initial 6 2", "receive 6 5", "chunk", "trailing 6 1", "close 6 0", ""]
+        vec![
+            "initial 6 2",
+            "receive 6 5",
+            "chunk",
+            "trailing 6 1",
+            "close 6 0",
+            ""
+        ]
     );
     assert!(plugin.grpc_stream_message(6, b"late").is_err());
 }

@@ -26,7 +26,10 @@ fn serializing_the_spec_example_gives_the_spec_bytes() {
     assert_eq!(bytes, SPEC_EXAMPLE[..29]);
     assert_eq!(serialized_len(&[("a", "1"), ("b", "22")]), 29);
     // The example's abbreviated integers are the low bytes of ours.
-    assert_eq!([bytes[0], bytes[4], bytes[8], bytes[12], bytes[16]], [0x02, 0x01, 0x01, 0x01, 0x02]);
+    assert_eq!(
+        [bytes[0], bytes[4], bytes[8], bytes[12], bytes[16]],
+        [0x02, 0x01, 0x01, 0x01, 0x02]
+    );
 }
 
 #[test]
@@ -34,7 +37,10 @@ fn deserializing_the_spec_bytes_gives_the_spec_map() {
     let pairs = deserialize(&SPEC_EXAMPLE[..29]).unwrap();
     assert_eq!(
         pairs,
-        vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"22".to_vec())]
+        vec![
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"b".to_vec(), b"22".to_vec())
+        ]
     );
     // One byte too many, or one too few, is malformed.
     assert!(deserialize(&SPEC_EXAMPLE).is_err());

@@ -61,7 +61,10 @@ fn header_map_pairs_round_trip_byte_for_byte_and_edits_follow_envoy() {
     ];
     stream.request_headers(&sent, true).unwrap();
     let logs = plugin.logs();
-    assert_eq!(logs[0].message.as_bytes(), headermap::serialize(&sent).as_slice());
+    assert_eq!(
+        logs[0].message.as_bytes(),
+        headermap::serialize(&sent).as_slice()
+    );
     let expected_final = pairs(&[
         (":method", "POST"),
         (":path", "/new"),
@@ -109,14 +112,25 @@ fn request_maps_are_only_reachable_while_envoy_holds_them() {
     let plugin = builder(&wat).start().unwrap();
     let mut stream = plugin.http_stream();
     stream.request_headers(GET, true).unwrap();
-    stream.response_headers(&[(":status", "200")], true).unwrap();
+    stream
+        .response_headers(&[(":status", "200")], true)
+        .unwrap();
     assert_eq!(stream.response_header("x-late").as_deref(), Some("x-late"));
     stream.complete().unwrap();
     assert_eq!(
         messages(&plugin),
         vec![
-            "response", "2", "0", "1", "0", // BadArgument, empty pairs, NotFound, Ok
-            "on_log", "0", "/hello?x=1", "2", "0", "1"
+            "response",
+            "2",
+            "0",
+            "1",
+            "0", // BadArgument, empty pairs, NotFound, Ok
+            "on_log",
+            "0",
+            "/hello?x=1",
+            "2",
+            "0",
+            "1"
         ]
     );
 }
@@ -142,8 +156,13 @@ fn stop_iteration_and_buffer_accumulates_chunks_and_the_filter_can_rewrite_the_w
     ));
     let plugin = builder(&wat).start().unwrap();
     let mut stream = plugin.http_stream();
-    stream.request_headers(&[(":method", "POST"), (":path", "/")], false).unwrap();
-    assert_eq!(stream.request_body(b"ab", false).unwrap().action(), Action::Pause);
+    stream
+        .request_headers(&[(":method", "POST"), (":path", "/")], false)
+        .unwrap();
+    assert_eq!(
+        stream.request_body(b"ab", false).unwrap().action(),
+        Action::Pause
+    );
     assert_eq!(stream.request_state(), StreamState::Paused);
     assert!(stream.request_body_now().is_empty());
     stream.request_body(b"cd", false).unwrap();
@@ -177,9 +196,11 @@ fn set_buffer_bytes_prepends_appends_and_refuses_inner_edits() {
     ));
     let plugin = builder(&wat).start().unwrap();
     let mut stream = plugin.http_stream();
-    stream.request_headers(&[(":method", "POST")], false).unwrap();
+    stream
+        .request_headers(&[(":method", "POST")], false)
+        .unwrap();
     stream.request_body(b"data", true).unwrap();
-    // prepend OK, append OK, inner edit BadArgument, VM_CONFIGURATION is read-only, bad type
+    // prepend OK, append OK, inner edit BadArgument; VM and plugin configuration are read-only
     assert_eq!(messages(&plugin), vec!["0", "0", "2", "2", "2", "6"]);
     assert_eq!(stream.request_body_now(), b"<data>");
 }
@@ -215,12 +236,17 @@ fn pausing_at_headers_holds_body_and_trailers_until_continue_stream() {
         .unwrap();
     // Envoy turns StopIteration from headers into StopAllIterationAndWatermark.
     assert_eq!(headers.action(), Action::Pause);
-    assert_eq!(headers.effective_action, Action::StopAllIterationAndWatermark);
+    assert_eq!(
+        headers.effective_action,
+        Action::StopAllIterationAndWatermark
+    );
     let held = stream.request_body(b"12345", false).unwrap();
     assert!(!held.invoked);
     stream.request_trailers(&[("x-t", "1")]).unwrap();
     assert!(messages(&plugin).is_empty());
-    plugin.advance_clock(std::time::Duration::from_secs(1)).unwrap();
+    plugin
+        .advance_clock(std::time::Duration::from_secs(1))
+        .unwrap();
     assert_eq!(
         messages(&plugin),
         vec!["resume", "0", "0", "body 5 0", "trailers 1"]
@@ -254,7 +280,10 @@ fn local_reply_ends_the_stream_and_passes_through_the_filters_response_callbacks
     let mut stream = plugin.http_stream();
     let outcome = stream.request_headers(GET, true).unwrap();
     assert_eq!(outcome.action(), Action::Continue);
-    assert_eq!(outcome.effective_action, Action::StopAllIterationAndWatermark);
+    assert_eq!(
+        outcome.effective_action,
+        Action::StopAllIterationAndWatermark
+    );
     let reply = outcome.local_reply().unwrap();
     assert_eq!(reply.status, 403);
     assert_eq!(reply.details, "denied_by_policy");
@@ -273,7 +302,10 @@ fn local_reply_ends_the_stream_and_passes_through_the_filters_response_callbacks
     assert_eq!(messages(&plugin), vec!["0", "response_headers 4 0"]);
     assert_eq!(stream.request_state(), StreamState::Replied);
     assert_eq!(stream.response_state(), StreamState::Replied);
-    assert_eq!(stream.response_code_details().as_deref(), Some("denied_by_policy"));
+    assert_eq!(
+        stream.response_code_details().as_deref(),
+        Some("denied_by_policy")
+    );
     // Nothing reaches the filter once the stream was answered.
     let late = stream.request_body(b"x", true).unwrap();
     assert!(!late.invoked);
@@ -294,7 +326,14 @@ fn local_reply_to_a_grpc_request_is_trailers_only_with_the_grpc_status() {
     let plugin = builder(&wat).start().unwrap();
     let mut stream = plugin.http_stream();
     let outcome = stream
-        .request_headers(&[(":method", "POST"), (":path", "/svc/M"), ("content-type", "application/grpc")], false)
+        .request_headers(
+            &[
+                (":method", "POST"),
+                (":path", "/svc/M"),
+                ("content-type", "application/grpc"),
+            ],
+            false,
+        )
         .unwrap();
     let reply = outcome.local_reply().unwrap();
     assert_eq!(reply.grpc_status, Some(7));
@@ -330,7 +369,10 @@ fn close_stream_resets_the_stream_and_ends_it() {
     stream.request_headers(GET, true).unwrap();
     assert_eq!(messages(&plugin), vec!["0", "2", "log 2", "delete 2"]);
     assert_eq!(stream.request_state(), StreamState::Reset);
-    assert_eq!(stream.response_code_details().as_deref(), Some("wasm_close_stream"));
+    assert_eq!(
+        stream.response_code_details().as_deref(),
+        Some("wasm_close_stream")
+    );
     // Completing an already-ended stream does not call the module again.
     stream.complete().unwrap();
     assert_eq!(plugin.logs().len(), 4);
@@ -350,12 +392,17 @@ fn trailers_can_be_added_while_the_last_body_chunk_is_processed() {
     ));
     let plugin = builder(&wat).start().unwrap();
     let mut stream = plugin.http_stream();
-    stream.request_headers(&[(":method", "POST")], false).unwrap();
+    stream
+        .request_headers(&[(":method", "POST")], false)
+        .unwrap();
     stream.request_body(b"a", false).unwrap();
     stream.request_body(b"b", true).unwrap();
     // Not possible before the end of the stream (BadArgument), possible on the last chunk.
     assert_eq!(messages(&plugin), vec!["2", "0"]);
-    assert_eq!(stream.request_trailers_now(), Some(pairs(&[("x-checksum", "abc")])));
+    assert_eq!(
+        stream.request_trailers_now(),
+        Some(pairs(&[("x-checksum", "abc")]))
+    );
 }
 
 #[test]
@@ -395,6 +442,85 @@ fn a_response_cannot_arrive_before_the_request_reached_the_upstream() {
     .unwrap();
     let mut stream = plugin.http_stream();
     stream.request_headers(GET, true).unwrap();
-    assert!(stream.response_headers(&[(":status", "200")], true).is_err());
+    assert!(stream
+        .response_headers(&[(":status", "200")], true)
+        .is_err());
     assert!(stream.request_headers(GET, true).is_err(), "headers twice");
+}
+
+#[test]
+fn a_client_reset_logs_and_destroys_the_stream_and_marks_it_reset() {
+    let mut t = Strings::new();
+    let log = t.s("log");
+    let done = t.s("done");
+    let delete = t.s("delete");
+    let wat = module(&format!(
+        r#"{}
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_log") (param $ctx i32) (call $log1 {log} (local.get $ctx)))
+  (func (export "proxy_on_done") (param $ctx i32) (result i32) (call $log1 {done} (local.get $ctx)) (i32.const 1))
+  (func (export "proxy_on_delete") (param $ctx i32) (call $log1 {delete} (local.get $ctx)))"#,
+        t.data()
+    ));
+    let plugin = builder(&wat).start().unwrap();
+    let mut stream = plugin.http_stream();
+    stream.request_headers(GET, false).unwrap();
+    assert_eq!(stream.request_state(), StreamState::Paused);
+    stream.reset().unwrap();
+    assert_eq!(messages(&plugin), vec!["log 2", "done 2", "delete 2"]);
+}
+
+#[test]
+fn partial_body_reads_clamp_to_the_buffer_and_response_continue_resumes_the_response() {
+    let mut t = Strings::new();
+    let tick = t.s("tick");
+    let wat = module(&format!(
+        r#"{}
+  (global $stream (mut i32) (i32.const 0))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (drop (call $proxy_set_tick_period_milliseconds (i32.const 10))) (i32.const 1))
+  (func (export "proxy_on_response_body") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (global.set $stream (local.get $ctx))
+    ;; bytes 1..3 of "abcd", then a read past the end, then a read starting past the end
+    (drop (call $proxy_get_buffer_bytes (i32.const 1) (i32.const 1) (i32.const 2) (i32.const 512) (i32.const 516)))
+    (call $info_ret)
+    (drop (call $proxy_get_buffer_bytes (i32.const 1) (i32.const 2) (i32.const 100) (i32.const 512) (i32.const 516)))
+    (call $info_ret)
+    (call $log_status (call $proxy_get_buffer_bytes (i32.const 1) (i32.const 9) (i32.const 1) (i32.const 512) (i32.const 516)))
+    (call $log_status (i32.load (i32.const 516)))
+    (i32.const 2))
+  (func (export "proxy_on_tick") (param i32)
+    (if (global.get $stream)
+      (then
+        (call $info {tick})
+        (drop (call $proxy_set_effective_context (global.get $stream)))
+        (drop (call $proxy_continue_stream (i32.const 1)))
+        (global.set $stream (i32.const 0)))))"#,
+        t.data()
+    ));
+    let plugin = builder(&wat).start().unwrap();
+    let mut stream = plugin.http_stream();
+    stream.request_headers(GET, true).unwrap();
+    stream
+        .response_headers(&[(":status", "200")], false)
+        .unwrap();
+    let outcome = stream.response_body(b"abcd", true).unwrap();
+    assert_eq!(outcome.action(), Action::StopIterationAndWatermark);
+    assert_eq!(stream.response_state(), StreamState::Paused);
+    assert!(stream.response_body_now().is_empty());
+    plugin
+        .advance_clock(std::time::Duration::from_millis(10))
+        .unwrap();
+    assert_eq!(messages(&plugin), vec!["bc", "cd", "0", "0", "tick"]);
+    assert_eq!(stream.response_state(), StreamState::Continued);
+    assert_eq!(stream.response_body_now(), b"abcd");
+}
+
+#[test]
+fn streams_are_spread_round_robin_over_workers_or_pinned() {
+    let plugin = builder(&module("")).workers(3).start().unwrap();
+    let workers: Vec<usize> = (0..4).map(|_| plugin.http_stream().worker()).collect();
+    assert_eq!(workers, vec![0, 1, 2, 0]);
+    assert_eq!(plugin.http_stream_on(2).worker(), 2);
+    assert_eq!(plugin.workers(), 3);
 }

@@ -42,7 +42,10 @@ fn start_runs_create_vm_start_configure_on_root_context_1_then_streams_get_2_and
         .config("{\"a\":1}")
         .start()
         .unwrap();
-    assert_eq!(messages(&plugin), vec!["create 1 0", "vm_start 1 5", "configure 1 7"]);
+    assert_eq!(
+        messages(&plugin),
+        vec!["create 1 0", "vm_start 1 5", "configure 1 7"]
+    );
     plugin.clear_logs();
 
     let mut first = plugin.http_stream();
@@ -91,7 +94,10 @@ fn on_vm_start_false_fails_the_start() {
         .start()
         .err()
         .unwrap();
-    assert!(matches!(err, HarnessError::VmStartRejected { .. }), "{err:?}");
+    assert!(
+        matches!(err, HarnessError::VmStartRejected { .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -121,7 +127,8 @@ fn abi_0_2_0_modules_are_accepted_and_detected() {
 
 #[test]
 fn a_module_without_allocator_or_memory_is_rejected() {
-    let no_malloc = r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1")))"#;
+    let no_malloc =
+        r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1")))"#;
     match Harness::from_bytes(no_malloc.as_bytes()) {
         Err(HarnessError::Abi(message)) => assert!(message.contains("malloc"), "{message}"),
         other => panic!("expected Abi error, got {:?}", other.err()),
@@ -136,7 +143,9 @@ fn a_module_without_allocator_or_memory_is_rejected() {
 
 #[test]
 fn a_callback_with_a_wrong_signature_is_an_abi_error() {
-    let wat = module(r#"(func (export "proxy_on_request_headers") (param i32) (result i32) (i32.const 0))"#);
+    let wat = module(
+        r#"(func (export "proxy_on_request_headers") (param i32) (result i32) (i32.const 0))"#,
+    );
     let err = builder(&wat).start().err().unwrap();
     match err {
         HarnessError::Abi(message) => assert!(message.contains("proxy_on_request_headers")),
@@ -147,10 +156,10 @@ fn a_callback_with_a_wrong_signature_is_an_abi_error() {
 #[test]
 fn loading_the_same_module_twice_hits_the_compile_cache() {
     // A unique module so that no other test has compiled it before.
-    let unique = format!(
-        "{}",
-        module(&format!("(global $unique i64 (i64.const {}))", std::process::id() as u64 * 7919))
-    );
+    let unique = module(&format!(
+        "(global $unique i64 (i64.const {}))",
+        u64::from(std::process::id()) * 7919
+    ));
     let before = Harness::cache_stats();
     let first = builder(&unique);
     let second = builder(&unique);
@@ -183,9 +192,14 @@ fn initialize_runs_before_context_creation_and_hostcalls_other_than_logging_are_
     );
     let err = builder(&restricted).start().err().unwrap();
     match err {
-        HarnessError::Trap { callback, message, .. } => {
+        HarnessError::Trap {
+            callback, message, ..
+        } => {
             assert_eq!(callback, "_initialize");
-            assert!(message.contains("proxy_set_tick_period_milliseconds"), "{message}");
+            assert!(
+                message.contains("proxy_set_tick_period_milliseconds"),
+                "{message}"
+            );
         }
         other => panic!("expected a trap, got {other:?}"),
     }
@@ -239,7 +253,10 @@ fn unknown_proxy_imports_answer_unimplemented_instead_of_failing_to_load() {
     (i32.store8 (i32.const 100) (i32.add (i32.const 48) (call $future (i32.const 1))))
     (drop (call $log (i32.const 2) (i32.const 100) (i32.const 1)))
     (i32.const 1)))"#;
-    let plugin = Harness::from_bytes(wat.as_bytes()).unwrap().start().unwrap();
+    let plugin = Harness::from_bytes(wat.as_bytes())
+        .unwrap()
+        .start()
+        .unwrap();
     // 12 = Unimplemented, rendered as '0' + 12 = '<'.
     assert_eq!(messages(&plugin), vec!["<"]);
     let unknown_module = r#"(module (import "somewhere" "else" (func))

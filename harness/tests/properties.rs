@@ -35,7 +35,12 @@ fn reader(paths: &[&[&str]]) -> String {
 
 fn stored(plugin: &wasmesh_harness::Plugin, count: usize) -> Vec<Vec<u8>> {
     (0..count)
-        .map(|i| plugin.shared_data(&format!("p{i}")).map(|(v, _)| v).unwrap_or_default())
+        .map(|i| {
+            plugin
+                .shared_data(&format!("p{i}"))
+                .map(|(v, _)| v)
+                .unwrap_or_default()
+        })
         .collect()
 }
 
@@ -180,10 +185,17 @@ fn set_property_stores_filter_state_per_stream_and_needs_a_stream() {
     let plugin = builder(&wat).start().unwrap();
     plugin.http_stream().request_headers(GET, true).unwrap();
     // The root context has no stream info: NotFound. Then unset, set, read back, unknown.
-    assert_eq!(messages(&plugin), vec!["root", "1", "1", "0", "0", "v1", "1"]);
+    assert_eq!(
+        messages(&plugin),
+        vec!["root", "1", "1", "0", "0", "v1", "1"]
+    );
     plugin.clear_logs();
     plugin.http_stream().request_headers(GET, true).unwrap();
-    assert_eq!(messages(&plugin)[0], "1", "filter state does not leak across streams");
+    assert_eq!(
+        messages(&plugin)[0],
+        "1",
+        "filter state does not leak across streams"
+    );
 }
 
 #[test]
@@ -224,6 +236,9 @@ fn response_attributes_and_maps_follow_the_response() {
     let values = stored(&plugin, 4);
     assert_eq!(values[0], 201i64.to_le_bytes().to_vec());
     assert_eq!(values[1], b"via_upstream".to_vec());
-    assert_eq!(values[2], headermap::serialize(&[(":status", "201"), ("x-a", "1")]));
+    assert_eq!(
+        values[2],
+        headermap::serialize(&[(":status", "201"), ("x-a", "1")])
+    );
     assert_eq!(values[3], 30_000_000i64.to_le_bytes().to_vec());
 }

@@ -40,7 +40,10 @@ fn out_of_bounds_pointers_return_invalid_memory_access_to_the_guest() {
     let mut stream = plugin.http_stream();
     let outcome = stream.request_headers(GET, true).unwrap();
     assert_eq!(outcome.action(), Action::Continue);
-    assert!(outcome.local_reply().is_none(), "the bad local reply was not sent");
+    assert!(
+        outcome.local_reply().is_none(),
+        "the bad local reply was not sent"
+    );
     assert_eq!(
         messages(&plugin),
         vec!["6", "6", "6", "6", "6", "6", "6", "6", "6", "6", "21", "21"]
@@ -102,7 +105,14 @@ fn trapping_module() -> String {
     ))
 }
 
-fn trap_in(target: u8, policy: FailurePolicy) -> (wasmesh_harness::Plugin, HarnessError, wasmesh_harness::HttpStream) {
+fn trap_in(
+    target: u8,
+    policy: FailurePolicy,
+) -> (
+    wasmesh_harness::Plugin,
+    HarnessError,
+    wasmesh_harness::HttpStream,
+) {
     let plugin = builder(&trapping_module())
         .config(vec![b'0' + target])
         .failure_policy(policy)
@@ -122,7 +132,7 @@ fn trap_in(target: u8, policy: FailurePolicy) -> (wasmesh_harness::Plugin, Harne
         Ok(()) => {
             let mut ended = plugin.http_stream();
             ended.request_headers(GET, true).unwrap();
-            ended.complete().err().expect("on_log should trap")
+            ended.complete().expect_err("on_log should trap")
         }
     };
     (plugin, error, stream)
@@ -149,7 +159,10 @@ fn a_trap_in_any_callback_is_a_typed_error_with_a_named_backtrace() {
                 assert_eq!(got, callback);
                 assert!(message.contains("unreachable"), "{message}");
                 assert!(backtrace[0].contains("explode"), "{backtrace:?}");
-                assert!(backtrace.iter().any(|f| f.contains("maybe_trap")), "{backtrace:?}");
+                assert!(
+                    backtrace.iter().any(|f| f.contains("maybe_trap")),
+                    "{backtrace:?}"
+                );
             }
             other => panic!("{callback}: expected a trap, got {other:?}"),
         }
@@ -164,7 +177,10 @@ fn fail_closed_answers_503_to_the_failing_and_every_later_request() {
     let reply = stream.local_reply().unwrap();
     assert_eq!(reply.status, 503);
     assert_eq!(reply.details, "wasm_fail_stream");
-    assert_eq!(reply.headers, vec![(":status".to_string(), "503".to_string())]);
+    assert_eq!(
+        reply.headers,
+        vec![(":status".to_string(), "503".to_string())]
+    );
     assert_eq!(stream.request_state(), StreamState::Replied);
 
     let mut later = plugin.http_stream();
@@ -175,17 +191,20 @@ fn fail_closed_answers_503_to_the_failing_and_every_later_request() {
 }
 
 #[test]
-fn fail_open_lets_the_failing_and_later_requests_through_unfiltered() {
+fn fail_open_fails_the_crashing_request_but_lets_later_requests_through_unfiltered() {
     let (plugin, error, stream) = trap_in(1, FailurePolicy::FailOpen);
     assert!(matches!(error, HarnessError::Trap { .. }));
-    assert!(stream.local_reply().is_none());
-    assert_eq!(stream.request_state(), StreamState::Continued);
+    // As in Envoy: the stream that was running when the VM crashed still gets the 503.
+    assert_eq!(stream.local_reply().unwrap().details, "wasm_fail_stream");
     let mut later = plugin.http_stream();
     let outcome = later.request_headers(GET, true).unwrap();
     assert_eq!(outcome.action(), Action::Continue);
     assert!(!outcome.invoked);
+    assert!(outcome.local_reply().is_none());
     later.response_headers(&[(":status", "204")], true).unwrap();
     assert_eq!(later.response_header(":status").as_deref(), Some("204"));
+    later.complete().unwrap();
+    assert_eq!(plugin.logs().len(), 1, "the module never ran again");
 }
 
 #[test]
@@ -284,7 +303,8 @@ fn deep_recursion_is_a_trap_not_a_host_crash() {
 
 #[test]
 fn a_trap_during_start_fails_the_start() {
-    let wat = module(r#"(func (export "proxy_on_vm_start") (param i32 i32) (result i32) (unreachable))"#);
+    let wat =
+        module(r#"(func (export "proxy_on_vm_start") (param i32 i32) (result i32) (unreachable))"#);
     match builder(&wat).start() {
         Err(HarnessError::Trap { callback, .. }) => assert_eq!(callback, "proxy_on_vm_start"),
         other => panic!("expected a trap, got {:?}", other.err()),

@@ -38,7 +38,10 @@ fn shared_data_is_visible_across_workers_with_envoys_cas() {
 
     // Another writer (cas 0 = unconditional) moves the CAS on; a stale CAS is refused.
     assert_eq!(plugin.set_shared_data("k", b"other", 0), Status::Ok);
-    assert_eq!(plugin.set_shared_data("k", b"stale", 2), Status::CasMismatch);
+    assert_eq!(
+        plugin.set_shared_data("k", b"stale", 2),
+        Status::CasMismatch
+    );
     plugin.clear_logs();
     plugin.http_stream_on(1).request_headers(GET, true).unwrap();
     assert_eq!(messages(&plugin), vec!["get 0 3", "other", "0"]);
@@ -76,7 +79,10 @@ fn shared_queue_notifies_the_registering_vm_and_is_reachable_from_any_vm() {
 
     plugin.http_stream_on(0).request_headers(GET, true).unwrap();
     let logs = plugin.logs();
-    let lines: Vec<(usize, &str)> = logs.iter().map(|l| (l.worker, l.message.as_str())).collect();
+    let lines: Vec<(usize, &str)> = logs
+        .iter()
+        .map(|l| (l.worker, l.message.as_str()))
+        .collect();
     // Enqueued from worker 0, delivered after the callback to the last registrant (worker 1),
     // on its root context; the queue is then empty.
     assert_eq!(
@@ -144,9 +150,15 @@ fn metrics_are_defined_per_vm_and_summed_across_workers_like_envoys_stats() {
     plugin.http_stream_on(0).request_headers(GET, true).unwrap();
     assert_eq!(messages(&plugin), vec!["2", "2", "2", "1", "value 2"]);
     plugin.http_stream_on(1).request_headers(GET, true).unwrap();
-    assert_eq!(plugin.metric("requests_total"), Some(MetricValue::Counter(4)));
+    assert_eq!(
+        plugin.metric("requests_total"),
+        Some(MetricValue::Counter(4))
+    );
     assert_eq!(plugin.metric("active"), Some(MetricValue::Gauge(4)));
-    assert_eq!(plugin.metric("latency_ms"), Some(MetricValue::Histogram(vec![42, 42])));
+    assert_eq!(
+        plugin.metric("latency_ms"),
+        Some(MetricValue::Histogram(vec![42, 42]))
+    );
     // Worker 1 reads the shared counter, including worker 0's increments.
     assert_eq!(messages(&plugin).last().unwrap(), "value 4");
     assert_eq!(plugin.metrics().len(), 3);
@@ -287,7 +299,10 @@ fn wasi_stdout_stderr_clocks_randomness_and_environment_behave_as_in_envoy() {
     // Envoy logs the data before it finds the bad nwritten pointer.
     assert_eq!(lines[4], "oops");
     assert_eq!(lines[5], "21", "bad nwritten pointer is EFAULT");
-    assert_eq!(lines[6], format!("realtime_s {}", wasmesh_harness::START_UNIX_SECONDS));
+    assert_eq!(
+        lines[6],
+        format!("realtime_s {}", wasmesh_harness::START_UNIX_SECONDS)
+    );
     assert_eq!(lines[7], "0");
     assert_eq!(lines[8], "58", "cputime clocks are NOTSUP");
     assert_eq!(lines[9], "0");

@@ -5,7 +5,8 @@ use wasmesh_harness::{Action, StreamState};
 
 #[test]
 fn request_headers_flow() {
-    let wat = module(r#"
+    let wat = module(
+        r#"
   (data (i32.const 1024) ":path")
   (data (i32.const 1040) "x-added")
   (data (i32.const 1056) "yes")
@@ -14,7 +15,8 @@ fn request_headers_flow() {
     (call $info_ret)
     (drop (call $proxy_add_header_map_value (i32.const 0) (i32.const 1040) (i32.const 7) (i32.const 1056) (i32.const 3)))
     (i32.const 0))
-"#);
+"#,
+    );
     let plugin = builder(&wat).start().unwrap();
     let mut s = plugin.http_stream();
     let out = s.request_headers(GET, true).unwrap();

@@ -252,6 +252,22 @@ pub struct ExchangeOutput {
     pub metrics: BTreeMap<String, MetricOutput>,
     /// Every log line of the module, in order.
     pub logs: Vec<LogOutput>,
+    /// The crash of the VM during the exchange, if it crashed. The exchange then went on as
+    /// Envoy's failure policy dictates (a 503 `wasm_fail_stream` reply when failing closed).
+    pub vm_failure: Option<VmFailureOutput>,
+}
+
+/// How the VM crashed.
+#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
+pub struct VmFailureOutput {
+    /// `trap`, `memory_limit` or `fuel_exhausted`.
+    pub kind: &'static str,
+    /// The callback that was running.
+    pub callback: String,
+    /// What happened.
+    pub message: String,
+    /// The wasm stack, innermost frame first.
+    pub backtrace: Vec<String>,
 }
 
 /// One callback and what it returned.

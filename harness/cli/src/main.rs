@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 /// Build proxy-wasm filters and run HTTP exchanges through them off-proxy.
 #[derive(Debug, Parser)]
-#[command(name = "wasmesh", version, about)]
+#[command(name = "wasmesh", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

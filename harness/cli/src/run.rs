@@ -15,7 +15,7 @@ use wasmesh_harness::{
 use crate::exchange::{
     to_pretty_json, CalloutFailure, CalloutMock, CalloutOutput, ExchangeInput, ExchangeOutput,
     Headers, LocalReplyOutput, LogOutput, MessageInput, MessageOutput, MetricOutput, PhaseOutput,
-    PropertyValueInput, FORMAT_VERSION,
+    PropertyValueInput, VmFailureOutput, FORMAT_VERSION,
 };
 
 /// Callouts answered "timeout" only fire when virtual time passes; a filter that keeps
@@ -121,6 +121,7 @@ pub fn run(args: &Args) -> Result<()> {
         stream.property(&path, property_value(&property.value));
     }
     let mut phases = Vec::new();
+    let mut vm_failure = None;
     let default_response = MessageInput {
         headers: Headers(vec![(":status".to_string(), "200".to_string())]),
         body: None,
@@ -132,6 +133,7 @@ pub fn run(args: &Args) -> Result<()> {
         plugin: &plugin,
         stream: &mut stream,
         phases: &mut phases,
+        vm_failure: &mut vm_failure,
     };
     driver.send(Direction::Request, &exchange.request)?;
     // The upstream only answers a request the filter let through.
@@ -153,6 +155,12 @@ pub fn run(args: &Args) -> Result<()> {
         },
     };
     stream.complete().context("completing the stream")?;
+    if let Some(failure) = &vm_failure {
+        eprintln!(
+            "warning: the VM crashed in {}: {} (see vm_failure)",
+            failure.callback, failure.message
+        );
+    }
 
     let output = ExchangeOutput {
         format: FORMAT_VERSION,
@@ -179,6 +187,7 @@ pub fn run(args: &Args) -> Result<()> {
                 message: entry.message,
             })
             .collect(),
+        vm_failure,
     };
     println!(
         "{}",
@@ -313,6 +322,7 @@ struct Driver<'a> {
     plugin: &'a Plugin,
     stream: &'a mut HttpStream,
     phases: &'a mut Vec<PhaseOutput>,
+    vm_failure: &'a mut Option<VmFailureOutput>,
 }
 
 impl Driver<'_> {
@@ -362,15 +372,26 @@ impl Driver<'_> {
         phase: &'static str,
         outcome: Result<Outcome, HarnessError>,
     ) -> Result<bool> {
-        let outcome = outcome.with_context(|| format!("running {phase}"))?;
-        self.phases.push(PhaseOutput {
-            phase,
-            action: action_name(outcome.action()).to_string(),
-            invoked: outcome.invoked,
-        });
+        match outcome {
+            Ok(outcome) => self.phases.push(PhaseOutput {
+                phase,
+                action: action_name(outcome.action()).to_string(),
+                invoked: outcome.invoked,
+            }),
+            // The harness applied the failure policy to the stream; report the crash and go on
+            // as Envoy would.
+            Err(error) if error.is_vm_crash() => {
+                self.phases.push(PhaseOutput {
+                    phase,
+                    action: "crashed".to_string(),
+                    invoked: true,
+                });
+                *self.vm_failure = Some(vm_failure_output(&error));
+            }
+            Err(error) => return Err(error).with_context(|| format!("running {phase}")),
+        }
         self.expire_timed_out_callouts()?;
-        Ok(outcome.local_reply().is_none()
-            && self.stream.local_reply().is_none()
+        Ok(self.stream.local_reply().is_none()
             && !matches!(
                 (self.stream.request_state(), self.stream.response_state()),
                 (StreamState::Reset, _) | (_, StreamState::Reset)
@@ -391,6 +412,27 @@ impl Driver<'_> {
                 .context("letting mocked callout timeouts expire")?;
         }
         bail!("the filter kept dispatching callouts that time out ({MAX_TIMEOUT_ROUNDS} rounds)")
+    }
+}
+
+fn vm_failure_output(error: &HarnessError) -> VmFailureOutput {
+    let (kind, callback, message) = match error {
+        HarnessError::Trap {
+            callback, message, ..
+        } => ("trap", callback.clone(), message.clone()),
+        HarnessError::MemoryLimit { callback, .. } => {
+            ("memory_limit", callback.clone(), error.to_string())
+        }
+        HarnessError::FuelExhausted { callback, .. } => {
+            ("fuel_exhausted", callback.clone(), error.to_string())
+        }
+        other => ("other", String::new(), other.to_string()),
+    };
+    VmFailureOutput {
+        kind,
+        callback,
+        message,
+        backtrace: error.backtrace().to_vec(),
     }
 }
 

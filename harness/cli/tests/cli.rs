@@ -359,9 +359,9 @@ fn timed_out_callouts_expire_in_virtual_time() {
 fn build_writes_the_module_and_its_checksum_despite_hostile_cargo_settings() {
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-dist");
     let _ = std::fs::remove_dir_all(&out_dir);
-    let not_a_directory = scratch_file("not-a-directory", "");
 
-    // What an outer cargo or a coverage run may export; a nested wasm build must ignore them.
+    // What an outer cargo, clippy or a coverage run may export; each would break the nested
+    // wasm build if it were passed on.
     let output = Command::new(env!("CARGO_BIN_EXE_wasmesh"))
         .args([
             "build",
@@ -370,9 +370,10 @@ fn build_writes_the_module_and_its_checksum_despite_hostile_cargo_settings() {
             out_dir.to_str().unwrap(),
         ])
         .current_dir(workspace_root())
-        .env("CARGO_TARGET_DIR", &not_a_directory)
         .env("CARGO_BUILD_TARGET", "x86_64-unknown-linux-gnu")
         .env("RUSTFLAGS", "-C link-arg=--no-such-linker-flag")
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Cinstrument-coverage")
+        .env("RUSTC_WORKSPACE_WRAPPER", "/nonexistent/rustc-wrapper")
         .output()
         .unwrap();
 
@@ -408,4 +409,109 @@ fn build_rejects_unknown_filters() {
         "{message}"
     );
     assert!(message.contains("header-filter"), "{message}");
+}
+
+/// A module that traps (`unreachable`) on request headers.
+const TRAPPING_FILTER: &str = r#"(module
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
+    (local $ptr i32)
+    (local.set $ptr (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get $size) (i32.const 8))))
+    (local.get $ptr))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func $explode (unreachable))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $explode)
+    (i32.const 0)))"#;
+
+#[test]
+fn a_crash_is_reported_and_handled_by_the_failure_policy() {
+    let module = scratch_file("trapping-filter.wat", TRAPPING_FILTER);
+    let config = scratch_file("trap-config.json", "");
+    let request = scratch_file(
+        "trap-request.json",
+        r#"{"request": {"headers": {":method": "GET", ":path": "/", ":authority": "shop"}}}"#,
+    );
+
+    let closed = run_exchange(&module, &config, &request, &[]);
+    let open = run_exchange(
+        &module,
+        &config,
+        &request,
+        &["--failure-policy", "fail-open"],
+    );
+
+    assert!(String::from_utf8_lossy(&closed.stderr).contains("the VM crashed"));
+    let closed = report(&closed);
+    assert_eq!(closed["phases"][0]["action"], "crashed");
+    assert_eq!(closed["local_reply"]["status"], 503);
+    assert_eq!(closed["local_reply"]["details"], "wasm_fail_stream");
+    let failure = &closed["vm_failure"];
+    assert_eq!(failure["kind"], "trap");
+    assert_eq!(failure["callback"], "proxy_on_request_headers");
+    assert!(
+        failure["backtrace"][0]
+            .as_str()
+            .unwrap()
+            .contains("explode"),
+        "{failure}"
+    );
+    // Failing open, the request goes on without the filter.
+    let open = report(&open);
+    assert_eq!(open["local_reply"], Value::Null);
+    assert_eq!(open["phases"][1]["phase"], "response_headers");
+    assert_eq!(open["phases"][1]["invoked"], false);
+    assert_eq!(open["vm_failure"]["kind"], "trap");
+}
+
+/// The first ```json block after `marker` in the README.
+fn readme_json_after(marker: &str) -> String {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let after = &readme[readme.find(marker).unwrap()..];
+    let start = after.find("```json\n").unwrap() + "```json\n".len();
+    let end = start + after[start..].find("```").unwrap();
+    after[start..end].to_string()
+}
+
+#[test]
+fn the_readme_shows_the_real_output_of_the_quick_start() {
+    let documented: Value =
+        serde_json::from_str(&readme_json_after("For the quick-start exchange:")).unwrap();
+    let request = workspace_root().join("examples/header-filter/request.json");
+
+    let actual = report(&run_exchange(
+        &example_wasm(),
+        &example_config(),
+        &request,
+        &[],
+    ));
+
+    assert_eq!(actual, documented);
+}
+
+#[test]
+fn the_readme_input_example_is_a_valid_exchange() {
+    let request = scratch_file(
+        "readme-input.json",
+        &readme_json_after("#### Input: the exchange"),
+    );
+
+    let report = report(&run_exchange(
+        &example_wasm(),
+        &example_config(),
+        &request,
+        &[],
+    ));
+
+    assert_eq!(report["local_reply"], Value::Null);
+    assert_eq!(
+        header(&report["request"]["headers"], "x-wasmesh-filtered"),
+        Some("true")
+    );
+    assert_eq!(report["response"]["body"], "{\"ok\": true}");
 }

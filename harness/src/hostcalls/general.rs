@@ -6,8 +6,8 @@ use std::time::Duration;
 use wasmtime::Caller;
 
 use super::{
-    copy_to_pointer_size, guard, lossy, read_bytes, status, write_bytes, write_u32, write_u64,
-    HostResult, Registrar,
+    copy_to_pointer_size, guard, lossy, read_bytes, status, write_u32, write_u64, HostResult,
+    Registrar,
 };
 use crate::engine::AbiVersion;
 use crate::error::{HarnessError, Status};
@@ -21,26 +21,60 @@ pub(crate) fn register(r: &mut Registrar<'_>, abi: AbiVersion) -> Result<(), Har
         // Envoy registers proxy_get_log_level for ABI 0.2.1 only.
         r.func("env", "proxy_get_log_level", proxy_get_log_level)?;
     }
-    r.func("env", "proxy_get_current_time_nanoseconds", proxy_get_current_time_nanoseconds)?;
-    r.func("env", "proxy_set_tick_period_milliseconds", proxy_set_tick_period_milliseconds)?;
+    r.func(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        proxy_get_current_time_nanoseconds,
+    )?;
+    r.func(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        proxy_set_tick_period_milliseconds,
+    )?;
     r.func("env", "proxy_get_property", proxy_get_property)?;
     r.func("env", "proxy_set_property", proxy_set_property)?;
     r.func("env", "proxy_get_shared_data", proxy_get_shared_data)?;
     r.func("env", "proxy_set_shared_data", proxy_set_shared_data)?;
-    r.func("env", "proxy_register_shared_queue", proxy_register_shared_queue)?;
-    r.func("env", "proxy_resolve_shared_queue", proxy_resolve_shared_queue)?;
-    r.func("env", "proxy_dequeue_shared_queue", proxy_dequeue_shared_queue)?;
-    r.func("env", "proxy_enqueue_shared_queue", proxy_enqueue_shared_queue)?;
+    r.func(
+        "env",
+        "proxy_register_shared_queue",
+        proxy_register_shared_queue,
+    )?;
+    r.func(
+        "env",
+        "proxy_resolve_shared_queue",
+        proxy_resolve_shared_queue,
+    )?;
+    r.func(
+        "env",
+        "proxy_dequeue_shared_queue",
+        proxy_dequeue_shared_queue,
+    )?;
+    r.func(
+        "env",
+        "proxy_enqueue_shared_queue",
+        proxy_enqueue_shared_queue,
+    )?;
     r.func("env", "proxy_define_metric", proxy_define_metric)?;
     r.func("env", "proxy_increment_metric", proxy_increment_metric)?;
     r.func("env", "proxy_record_metric", proxy_record_metric)?;
     r.func("env", "proxy_get_metric", proxy_get_metric)?;
-    r.func("env", "proxy_set_effective_context", proxy_set_effective_context)?;
+    r.func(
+        "env",
+        "proxy_set_effective_context",
+        proxy_set_effective_context,
+    )?;
     r.func("env", "proxy_done", proxy_done)?;
-    r.func("env", "proxy_call_foreign_function", proxy_call_foreign_function)?;
+    r.func(
+        "env",
+        "proxy_call_foreign_function",
+        proxy_call_foreign_function,
+    )?;
     r.func("env", "proxy_get_status", proxy_get_status)?;
     // Emscripten/threads helpers Envoy registers for C++ modules.
-    r.func("env", "pthread_equal", |left: u32, right: u32| u32::from(left == right))?;
+    r.func("env", "pthread_equal", |left: u32, right: u32| {
+        u32::from(left == right)
+    })?;
     r.func("env", "emscripten_notify_memory_growth", |_index: u32| {})?;
     Ok(())
 }
@@ -71,7 +105,10 @@ fn proxy_get_log_level(mut caller: Caller<'_, VmState>, ptr: u32) -> HostResult<
     status(Status::Ok)
 }
 
-fn proxy_get_current_time_nanoseconds(mut caller: Caller<'_, VmState>, ptr: u32) -> HostResult<u32> {
+fn proxy_get_current_time_nanoseconds(
+    mut caller: Caller<'_, VmState>,
+    ptr: u32,
+) -> HostResult<u32> {
     guard(&caller, "proxy_get_current_time_nanoseconds")?;
     let now = now_nanos(&caller);
     if !write_u64(&mut caller, ptr, now) {
@@ -89,7 +126,10 @@ pub(crate) fn now_nanos(caller: &Caller<'_, VmState>) -> u64 {
         .unwrap_or(0)
 }
 
-fn proxy_set_tick_period_milliseconds(mut caller: Caller<'_, VmState>, period_ms: u32) -> HostResult<u32> {
+fn proxy_set_tick_period_milliseconds(
+    mut caller: Caller<'_, VmState>,
+    period_ms: u32,
+) -> HostResult<u32> {
     guard(&caller, "proxy_set_tick_period_milliseconds")?;
     let elapsed = caller
         .data()
@@ -101,7 +141,7 @@ fn proxy_set_tick_period_milliseconds(mut caller: Caller<'_, VmState>, period_ms
     // One timer per root context; setting the period restarts it from now (Envoy's
     // `Wasm::setTimerPeriod`), zero disables it.
     state.tick_period = Duration::from_millis(u64::from(period_ms));
-    state.next_tick = (period_ms > 0).then(|| elapsed + state.tick_period);
+    state.next_tick = (period_ms > 0).then(|| elapsed.saturating_add(state.tick_period));
     status(Status::Ok)
 }
 
@@ -229,7 +269,11 @@ fn proxy_register_shared_queue(
         let root = if state.is_root(context) {
             context
         } else {
-            state.contexts.get(&context).map(|c| c.parent).unwrap_or(state.root_context_id)
+            state
+                .contexts
+                .get(&context)
+                .map(|c| c.parent)
+                .unwrap_or(state.root_context_id)
         };
         let Ok(mut shared) = state.shared.try_borrow_mut() else {
             return status(Status::InternalFailure);
@@ -346,11 +390,7 @@ fn proxy_define_metric(
 }
 
 /// Applies `f` to the stats-store entry behind a metric id of the expected kind.
-fn with_metric<R>(
-    state: &VmState,
-    id: u32,
-    f: impl FnOnce(&mut MetricValue) -> R,
-) -> Option<R> {
+fn with_metric<R>(state: &VmState, id: u32, f: impl FnOnce(&mut MetricValue) -> R) -> Option<R> {
     let (kind, name) = state.metric_ids.get(&id)?;
     let mut shared = state.shared.try_borrow_mut().ok()?;
     shared.metrics.get_mut(*kind, name).map(f)
@@ -392,7 +432,11 @@ fn proxy_record_metric(caller: Caller<'_, VmState>, id: u32, value: u64) -> Host
         MetricValue::Gauge(v) => *v = value,
         MetricValue::Histogram(values) => values.push(value),
     });
-    status(if result.is_some() { Status::Ok } else { Status::NotFound })
+    status(if result.is_some() {
+        Status::Ok
+    } else {
+        Status::NotFound
+    })
 }
 
 fn proxy_get_metric(mut caller: Caller<'_, VmState>, id: u32, value_ptr: u32) -> HostResult<u32> {
@@ -409,7 +453,10 @@ fn proxy_get_metric(mut caller: Caller<'_, VmState>, id: u32, value_ptr: u32) ->
     status(Status::Ok)
 }
 
-fn proxy_set_effective_context(mut caller: Caller<'_, VmState>, context_id: u32) -> HostResult<u32> {
+fn proxy_set_effective_context(
+    mut caller: Caller<'_, VmState>,
+    context_id: u32,
+) -> HostResult<u32> {
     guard(&caller, "proxy_set_effective_context")?;
     let state = caller.data_mut();
     match state.contexts.get(&context_id) {
@@ -492,14 +539,13 @@ fn proxy_get_status(
     if !write_u32(&mut caller, code_ptr, code) {
         return status(Status::InvalidMemoryAccess);
     }
-    if !copy_to_pointer_size(&mut caller, message.as_bytes(), message_ptr_ptr, message_size_ptr)? {
+    if !copy_to_pointer_size(
+        &mut caller,
+        message.as_bytes(),
+        message_ptr_ptr,
+        message_size_ptr,
+    )? {
         return status(Status::InvalidMemoryAccess);
     }
     status(Status::Ok)
-}
-
-/// Unused helper kept for symmetry with `write_u32`.
-#[allow(dead_code)]
-fn write_raw(caller: &mut Caller<'_, VmState>, ptr: u32, bytes: &[u8]) -> bool {
-    write_bytes(caller, ptr, bytes)
 }

@@ -19,26 +19,62 @@ use crate::shared::Event;
 use crate::vm::{Deferred, GrpcTokenState, PendingLocalReply, StreamKind, VmState};
 
 pub(crate) fn register(r: &mut Registrar<'_>, _abi: AbiVersion) -> Result<(), HarnessError> {
-    r.func("env", "proxy_get_header_map_value", proxy_get_header_map_value)?;
-    r.func("env", "proxy_add_header_map_value", proxy_add_header_map_value)?;
-    r.func("env", "proxy_replace_header_map_value", proxy_replace_header_map_value)?;
-    r.func("env", "proxy_remove_header_map_value", proxy_remove_header_map_value)?;
-    r.func("env", "proxy_get_header_map_pairs", proxy_get_header_map_pairs)?;
-    r.func("env", "proxy_set_header_map_pairs", proxy_set_header_map_pairs)?;
-    r.func("env", "proxy_get_header_map_size", proxy_get_header_map_size)?;
+    r.func(
+        "env",
+        "proxy_get_header_map_value",
+        proxy_get_header_map_value,
+    )?;
+    r.func(
+        "env",
+        "proxy_add_header_map_value",
+        proxy_add_header_map_value,
+    )?;
+    r.func(
+        "env",
+        "proxy_replace_header_map_value",
+        proxy_replace_header_map_value,
+    )?;
+    r.func(
+        "env",
+        "proxy_remove_header_map_value",
+        proxy_remove_header_map_value,
+    )?;
+    r.func(
+        "env",
+        "proxy_get_header_map_pairs",
+        proxy_get_header_map_pairs,
+    )?;
+    r.func(
+        "env",
+        "proxy_set_header_map_pairs",
+        proxy_set_header_map_pairs,
+    )?;
+    r.func(
+        "env",
+        "proxy_get_header_map_size",
+        proxy_get_header_map_size,
+    )?;
     r.func("env", "proxy_get_buffer_bytes", proxy_get_buffer_bytes)?;
     r.func("env", "proxy_get_buffer_status", proxy_get_buffer_status)?;
     r.func("env", "proxy_set_buffer_bytes", proxy_set_buffer_bytes)?;
-    r.func("env", "proxy_send_local_response", proxy_send_local_response)?;
+    r.func(
+        "env",
+        "proxy_send_local_response",
+        proxy_send_local_response,
+    )?;
     r.func("env", "proxy_continue_stream", proxy_continue_stream)?;
     r.func("env", "proxy_close_stream", proxy_close_stream)?;
     // ABI 0.1.0 names, kept because SDKs built for 0.2.0 still import them.
-    r.func("env", "proxy_continue_request", |caller: Caller<'_, VmState>| {
-        continue_stream(caller, StreamKind::Request)
-    })?;
-    r.func("env", "proxy_continue_response", |caller: Caller<'_, VmState>| {
-        continue_stream(caller, StreamKind::Response)
-    })?;
+    r.func(
+        "env",
+        "proxy_continue_request",
+        |caller: Caller<'_, VmState>| continue_stream(caller, StreamKind::Request),
+    )?;
+    r.func(
+        "env",
+        "proxy_continue_response",
+        |caller: Caller<'_, VmState>| continue_stream(caller, StreamKind::Response),
+    )?;
     r.func("env", "proxy_http_call", proxy_http_call)?;
     r.func("env", "proxy_grpc_call", proxy_grpc_call)?;
     r.func("env", "proxy_grpc_stream", proxy_grpc_stream)?;
@@ -77,7 +113,8 @@ fn proxy_get_header_map_value(
     };
     match value {
         Ok(value) => {
-            if !copy_to_pointer_size(&mut caller, value.as_bytes(), value_ptr_ptr, value_size_ptr)? {
+            if !copy_to_pointer_size(&mut caller, value.as_bytes(), value_ptr_ptr, value_size_ptr)?
+            {
                 return status(Status::InvalidMemoryAccess);
             }
             status(Status::Ok)
@@ -311,7 +348,9 @@ fn buffer_contents(state: &VmState, buffer: BufferType) -> Option<Vec<u8>> {
         BufferType::HttpCallResponseBody => {
             state.http_call_response.as_ref().map(|r| r.body.clone())
         }
-        BufferType::GrpcReceiveBuffer => Some(state.grpc_receive_buffer.clone().unwrap_or_default()),
+        BufferType::GrpcReceiveBuffer => {
+            Some(state.grpc_receive_buffer.clone().unwrap_or_default())
+        }
         BufferType::VmConfiguration => state
             .shared
             .try_borrow()
@@ -430,6 +469,7 @@ fn proxy_set_buffer_bytes(
 
 // ------------------------------------------------------------------- local reply, continue
 
+// The parameters are fixed by the proxy-wasm ABI.
 #[allow(clippy::too_many_arguments)]
 fn proxy_send_local_response(
     mut caller: Caller<'_, VmState>,
@@ -533,6 +573,7 @@ fn proxy_close_stream(mut caller: Caller<'_, VmState>, stream: u32) -> HostResul
 
 // ------------------------------------------------------------------------------ HTTP calls
 
+// The parameters are fixed by the proxy-wasm ABI.
 #[allow(clippy::too_many_arguments)]
 fn proxy_http_call(
     mut caller: Caller<'_, VmState>,
@@ -588,7 +629,11 @@ fn proxy_http_call(
         return status(Status::BadArgument);
     }
     if !body.is_empty() {
-        maps::replace_header(&mut request_headers, "content-length", &body.len().to_string());
+        maps::replace_header(
+            &mut request_headers,
+            "content-length",
+            &body.len().to_string(),
+        );
     }
     let mut request_trailers = Vec::new();
     for (key, value) in headermap::pairs_to_strings(headermap::parse_lenient(&trailers)) {
@@ -615,7 +660,7 @@ fn proxy_http_call(
                 context_id,
             },
             status: CalloutStatus::Pending,
-            deadline: (timeout_ms > 0).then(|| elapsed + timeout),
+            deadline: (timeout_ms > 0).then(|| elapsed.saturating_add(timeout)),
             generation,
         });
         shared
@@ -655,9 +700,12 @@ fn parse_grpc_service(bytes: &[u8]) -> Option<String> {
     Some(cluster)
 }
 
+/// A protobuf field number and, for length-delimited fields, its payload.
+type ProtoField<'a> = (u64, Option<&'a [u8]>);
+
 /// Minimal protobuf scanner: (field number, length-delimited payload) for every field, or
 /// `None` if the bytes are not a well-formed message.
-fn parse_proto_fields(bytes: &[u8]) -> Option<Vec<(u64, Option<&[u8]>)>> {
+fn parse_proto_fields(bytes: &[u8]) -> Option<Vec<ProtoField<'_>>> {
     let mut fields = Vec::new();
     let mut pos = 0;
     if bytes.is_empty() {
@@ -763,10 +811,7 @@ fn record_grpc(
         state.next_grpc_call_id = state.next_grpc_call_id.wrapping_add(4);
         state.next_grpc_call_id
     };
-    state.grpc_tokens.insert(
-        token,
-        GrpcTokenState::default(),
-    );
+    state.grpc_tokens.insert(token, GrpcTokenState::default());
     let worker = state.worker;
     let context_id = state.active_context();
     let timeout = Duration::from_millis(u64::from(timeout_ms));
@@ -788,7 +833,7 @@ fn record_grpc(
                 context_id,
             },
             status: CalloutStatus::Pending,
-            deadline: (!is_stream && timeout_ms > 0).then(|| elapsed + timeout),
+            deadline: (!is_stream && timeout_ms > 0).then(|| elapsed.saturating_add(timeout)),
             generation,
         });
         if !is_stream {
@@ -800,6 +845,7 @@ fn record_grpc(
     token
 }
 
+// The parameters are fixed by the proxy-wasm ABI.
 #[allow(clippy::too_many_arguments)]
 fn proxy_grpc_call(
     mut caller: Caller<'_, VmState>,
@@ -837,6 +883,7 @@ fn proxy_grpc_call(
     status(Status::Ok)
 }
 
+// The parameters are fixed by the proxy-wasm ABI.
 #[allow(clippy::too_many_arguments)]
 fn proxy_grpc_stream(
     mut caller: Caller<'_, VmState>,

@@ -70,7 +70,11 @@ pub(crate) fn byte_size(map: &[(String, String)]) -> u32 {
 }
 
 /// The map a read hostcall sees (`getConstMap`); `None` when it is not available now.
-pub(crate) fn readable(state: &VmState, context: u32, map: MapType) -> Option<Vec<(String, String)>> {
+pub(crate) fn readable(
+    state: &VmState,
+    context: u32,
+    map: MapType,
+) -> Option<Vec<(String, String)>> {
     match map {
         MapType::GrpcInitialMetadata => return state.grpc_initial_metadata.clone(),
         MapType::GrpcTrailingMetadata => return state.grpc_trailing_metadata.clone(),
@@ -78,7 +82,10 @@ pub(crate) fn readable(state: &VmState, context: u32, map: MapType) -> Option<Ve
             return state.http_call_response.as_ref().map(|r| r.headers.clone())
         }
         MapType::HttpCallResponseTrailers => {
-            return state.http_call_response.as_ref().map(|r| r.trailers.clone())
+            return state
+                .http_call_response
+                .as_ref()
+                .map(|r| r.trailers.clone())
         }
         _ => {}
     }
@@ -90,7 +97,9 @@ pub(crate) fn readable(state: &VmState, context: u32, map: MapType) -> Option<Ve
         // trailers are not part of it.
         return match (kind, is_trailers) {
             (StreamKind::Request, true) => None,
-            (_, false) => direction.headers_received.then(|| direction.headers.clone()),
+            (_, false) => direction
+                .headers_received
+                .then(|| direction.headers.clone()),
             (_, true) => direction.trailers.clone(),
         };
     }
@@ -177,7 +186,10 @@ mod tests {
         let mut m = map(&[(":method", "GET"), ("a", "1")]);
         add_header(&mut m, ":Path", "/x");
         add_header(&mut m, "B", "2");
-        assert_eq!(m, map(&[(":method", "GET"), (":path", "/x"), ("a", "1"), ("b", "2")]));
+        assert_eq!(
+            m,
+            map(&[(":method", "GET"), (":path", "/x"), ("a", "1"), ("b", "2")])
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub(crate) mod properties;
 
 use std::collections::HashSet;
 
-use wasmtime::{Caller, Engine, ExternType, Func, IntoFunc, Linker, Module, Val, ValType};
+use wasmtime::{Caller, Engine, ExternType, IntoFunc, Linker, Module, Val, ValType};
 
 use crate::engine::AbiVersion;
 use crate::error::{HarnessError, Status};
@@ -142,7 +142,10 @@ pub(crate) fn write_u64(caller: &mut Caller<'_, VmState>, ptr: u32, value: u64) 
 
 /// Allocates `bytes.len()` bytes with the module's allocator and copies `bytes` there.
 /// `Ok(None)` when the allocator returns 0 or an unusable pointer; `Err` when it traps.
-pub(crate) fn alloc_copy(caller: &mut Caller<'_, VmState>, bytes: &[u8]) -> HostResult<Option<u32>> {
+pub(crate) fn alloc_copy(
+    caller: &mut Caller<'_, VmState>,
+    bytes: &[u8],
+) -> HostResult<Option<u32>> {
     let Some(malloc) = caller.data().malloc.clone() else {
         return Ok(None);
     };
@@ -184,7 +187,3 @@ pub(crate) fn status(status: Status) -> HostResult<u32> {
 pub(crate) fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
-
-/// Keeps an unused-import lint quiet for `Func` in builds without stubs.
-#[allow(dead_code)]
-fn _assert_func_type(_: Func) {}

@@ -10,8 +10,6 @@
 //! `proxy_on_log`. In `proxy_on_response_headers` of a request that continued, `request.path`
 //! is `NotFound` in Envoy too.
 
-use std::time::Duration;
-
 use crate::error::Status;
 use crate::property::PropertyValue;
 use crate::shared::SharedState;
@@ -185,11 +183,22 @@ fn request_attribute(
 ) -> Option<PropertyValue> {
     let _ = state;
     let headers = request_headers(exchange);
-    let header = |name: &str| headers.and_then(|h| header_value(h, name)).map(str::to_string);
+    let header = |name: &str| {
+        headers
+            .and_then(|h| header_value(h, name))
+            .map(str::to_string)
+    };
     match field {
         "path" => header(":path").map(Into::into),
-        "url_path" => header(":path").map(|p| p.split('?').next().unwrap_or_default().to_string().into()),
-        "query" => header(":path").map(|p| p.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default().into()),
+        "url_path" => {
+            header(":path").map(|p| p.split('?').next().unwrap_or_default().to_string().into())
+        }
+        "query" => header(":path").map(|p| {
+            p.split_once('?')
+                .map(|(_, q)| q.to_string())
+                .unwrap_or_default()
+                .into()
+        }),
         "host" => header(":authority").map(Into::into),
         "scheme" => header(":scheme").map(Into::into),
         "method" => header(":method").map(Into::into),
@@ -197,9 +206,7 @@ fn request_attribute(
         "useragent" => header("user-agent").map(Into::into),
         "id" => header("x-request-id").map(Into::into),
         "headers" => headers.and_then(|h| map_entry(h, key)),
-        "time" => Some(PropertyValue::Timestamp(
-            shared.clock.now() - shared.clock.elapsed() + exchange.start,
-        )),
+        "time" => Some(PropertyValue::Timestamp(shared.clock.at(exchange.start))),
         "duration" => exchange
             .request_complete_at
             .map(|done| PropertyValue::Duration(done.saturating_sub(exchange.start))),
@@ -210,9 +217,12 @@ fn request_attribute(
             })))
         }
         "total_size" => {
-            let header_bytes = headers.map(|h| u64::from(super::maps::byte_size(h))).unwrap_or(0);
+            let header_bytes = headers
+                .map(|h| u64::from(super::maps::byte_size(h)))
+                .unwrap_or(0);
             Some(PropertyValue::Int(
-                i64::try_from(exchange.request.body_bytes_received + header_bytes).unwrap_or(i64::MAX),
+                i64::try_from(exchange.request.body_bytes_received + header_bytes)
+                    .unwrap_or(i64::MAX),
             ))
         }
         "protocol" => Some(PropertyValue::String("HTTP/1.1".into())),
@@ -227,7 +237,9 @@ fn response_attribute(
 ) -> Option<PropertyValue> {
     let headers = response_headers(exchange);
     match field {
-        "code" => exchange.response_code.map(|c| PropertyValue::Int(i64::from(c))),
+        "code" => exchange
+            .response_code
+            .map(|c| PropertyValue::Int(i64::from(c))),
         "code_details" => exchange.response_code_details.clone().map(Into::into),
         "flags" => Some(PropertyValue::Uint(0)),
         "grpc_status" => {
@@ -247,9 +259,13 @@ fn response_attribute(
             i64::try_from(exchange.response.forwarded_body.len()).unwrap_or(i64::MAX),
         )),
         "total_size" => {
-            let header_bytes = headers.map(|h| u64::from(super::maps::byte_size(h))).unwrap_or(0);
+            let header_bytes = headers
+                .map(|h| u64::from(super::maps::byte_size(h)))
+                .unwrap_or(0);
             let body = u64::try_from(exchange.response.forwarded_body.len()).unwrap_or(u64::MAX);
-            Some(PropertyValue::Int(i64::try_from(body + header_bytes).unwrap_or(i64::MAX)))
+            Some(PropertyValue::Int(
+                i64::try_from(body + header_bytes).unwrap_or(i64::MAX),
+            ))
         }
         _ => None,
     }
@@ -262,7 +278,10 @@ fn address_attribute(exchange: &HttpExchange, side: &str, field: &str) -> Option
         DEFAULT_DESTINATION_ADDRESS
     };
     // The port derives from the address, like Envoy's single `Address` object.
-    let address = match exchange.properties.get(&vec![side.to_string(), "address".to_string()]) {
+    let address = match exchange
+        .properties
+        .get(&vec![side.to_string(), "address".to_string()])
+    {
         Some(PropertyValue::String(a)) => a.clone(),
         _ => default.to_string(),
     };
@@ -283,10 +302,4 @@ fn connection_attribute(exchange: &HttpExchange, field: &str) -> Option<Property
         "requested_server_name" => Some(PropertyValue::String(String::new())),
         _ => None,
     }
-}
-
-/// Nanoseconds of a duration as Envoy encodes it (used by tests of this module).
-#[allow(dead_code)]
-pub(crate) fn nanos(d: Duration) -> i64 {
-    crate::property::duration_nanos(d)
 }

@@ -158,14 +158,18 @@ impl Default for Strings {
 
 impl Strings {
     pub fn new() -> Self {
-        Strings { next: 1024, segments: Vec::new() }
+        Strings {
+            next: 1024,
+            segments: Vec::new(),
+        }
     }
 
     /// Adds bytes; returns "(i32.const ptr) (i32.const len)" ready to splice into a call.
     pub fn bytes(&mut self, bytes: &[u8]) -> String {
         let ptr = self.next;
         let escaped: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();
-        self.segments.push(format!("(data (i32.const {ptr}) \"{escaped}\")"));
+        self.segments
+            .push(format!("(data (i32.const {ptr}) \"{escaped}\")"));
         self.next += (bytes.len() as u32 + 8) & !7;
         format!("(i32.const {ptr}) (i32.const {})", bytes.len())
     }
