@@ -1,0 +1,1 @@
+//! wasmesh fault filter (in progress).

@@ -1,0 +1,1 @@
+//! wasmesh jwt-authn filter (in progress).

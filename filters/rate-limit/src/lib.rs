@@ -1,0 +1,1 @@
+//! wasmesh rate-limit filter (in progress).

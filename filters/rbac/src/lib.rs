@@ -1,0 +1,1 @@
+//! wasmesh rbac filter (in progress).
