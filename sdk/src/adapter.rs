@@ -17,6 +17,9 @@
 //!   details) and stops the stream; `Pause` holds it until a callout answers;
 //! * routes callout answers to the stream that dispatched them and, when the callout hook
 //!   returns `Continue`, resumes the paused stream;
+//! * after root-context work (a tick, a root callout answer) offers every paused stream to
+//!   [`HttpFilter::on_wake`], so a stream can wait for something the root context does for all
+//!   streams (a delay elapsing, a key set being fetched) and resume or answer when it is done;
 //! * keeps the request headers seen in the request phase as a read-only snapshot for later
 //!   phases (the proxy no longer exposes them once they were forwarded);
 //! * does not run the filter's response hook on the filter's own local reply (Envoy sends
@@ -100,6 +103,18 @@ pub trait HttpFilter: Sized + 'static {
 
     /// A callout dispatched from the root context (e.g. in `on_tick`) answered.
     fn on_root_callout_response(&self, _host: &mut dyn Host, _response: CalloutResponse) {}
+
+    /// A paused stream is offered to go on after root-context work ([`HttpFilter::on_tick`],
+    /// [`HttpFilter::on_root_callout_response`]). `Continue` resumes it, `Deny` answers it,
+    /// `Pause` (the default) keeps it waiting.
+    fn on_wake(
+        &self,
+        _stream: &mut Self::Stream,
+        _request: &mut dyn Request,
+        _host: &mut dyn Host,
+    ) -> Decision {
+        Decision::Pause
+    }
 }
 
 /// Parses and validates `bytes`, then builds the filter. What `on_configure` runs.
@@ -225,6 +240,23 @@ impl<F: HttpFilter> StreamDriver<F> {
             return Outcome::Wait;
         }
         let decision = filter.on_callout_response(&mut self.state, request, host, response);
+        self.settle(decision)
+    }
+
+    /// Root-context work is done: a paused stream may go on (see [`HttpFilter::on_wake`]).
+    pub fn on_wake(&mut self, request: &mut dyn Request, host: &mut dyn Host) -> Outcome {
+        let Some(filter) = self.filter.clone() else {
+            return Outcome::Wait;
+        };
+        if self.replied || self.paused.is_none() {
+            return Outcome::Wait;
+        }
+        let decision = filter.on_wake(&mut self.state, request, host);
+        self.settle(decision)
+    }
+
+    /// Applies a decision taken outside the stream's own callbacks.
+    fn settle(&mut self, decision: Decision) -> Outcome {
         match decision {
             Decision::Continue => match self.paused.take() {
                 Some(phase) => Outcome::Resume(phase),
@@ -280,14 +312,17 @@ pub use glue::install;
 mod glue {
     //! proxy-wasm `RootContext`/`HttpContext` shells around [`StreamDriver`] (wasm only).
 
-    use std::rc::Rc;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::rc::{Rc, Weak};
 
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
     use proxy_wasm::types::{Action, ContextType, LogLevel};
 
     use super::{configure, configure_error_message, HttpFilter, Outcome, StreamDriver};
     use crate::callout::CalloutResponse;
-    use crate::host::{HostRequest, Log, Phase, ProxyWasmHost};
+    use crate::host::{Host, HostRequest, Log, Phase, ProxyWasmHost};
+    use crate::request::Request;
 
     /// Registers `F` as the module's root context factory. Call from `proxy_wasm::main!`
     /// (or use [`crate::export_filter!`]).
@@ -298,16 +333,60 @@ mod glue {
         proxy_wasm::set_root_context(new_root::<F>);
     }
 
-    fn new_root<F: HttpFilter>(_context_id: u32) -> Box<dyn RootContext> {
+    /// The streams of one root context that are paused, by context id: the root context wakes
+    /// them after its own work. Weak, so a stream the proxy deleted is simply gone.
+    type Paused<F> = Rc<RefCell<BTreeMap<u32, Weak<RefCell<StreamDriver<F>>>>>>;
+
+    fn new_root<F: HttpFilter>(context_id: u32) -> Box<dyn RootContext> {
         Box::new(Root::<F> {
+            context_id,
             filter: None,
             host: ProxyWasmHost,
+            paused: Rc::default(),
         })
     }
 
     struct Root<F: HttpFilter> {
+        context_id: u32,
         filter: Option<Rc<F>>,
         host: ProxyWasmHost,
+        paused: Paused<F>,
+    }
+
+    impl<F: HttpFilter> Root<F> {
+        /// Offers every paused stream to go on, each in its own context.
+        fn wake_paused_streams(&mut self) {
+            let waiting: Vec<(u32, Weak<RefCell<StreamDriver<F>>>)> = match self.paused.try_borrow()
+            {
+                Ok(paused) => paused
+                    .iter()
+                    .map(|(id, stream)| (*id, stream.clone()))
+                    .collect(),
+                Err(_) => return,
+            };
+            for (context_id, stream) in waiting {
+                let Some(driver) = stream.upgrade() else {
+                    forget(&self.paused, context_id);
+                    continue;
+                };
+                if proxy_wasm::hostcalls::set_effective_context(context_id).is_err() {
+                    // The proxy no longer knows the stream.
+                    forget(&self.paused, context_id);
+                    continue;
+                }
+                let outcome = drive(
+                    self.host,
+                    &driver,
+                    StreamDriver::callout_phase,
+                    StreamDriver::on_wake,
+                );
+                if matches!(outcome, Outcome::Resume(_) | Outcome::Reply(_)) {
+                    forget(&self.paused, context_id);
+                }
+                enact::<F>(self.host, outcome);
+            }
+            let _ = proxy_wasm::hostcalls::set_effective_context(self.context_id);
+        }
     }
 
     impl<F: HttpFilter> Context for Root<F> {
@@ -323,6 +402,7 @@ mod glue {
                 .http_callout_response(token, headers, body, trailers);
             if let Some(filter) = self.filter.clone() {
                 filter.on_root_callout_response(&mut self.host, response);
+                self.wake_paused_streams();
             }
         }
 
@@ -330,6 +410,7 @@ mod glue {
             let response = self.host.grpc_callout_response(token, status, size);
             if let Some(filter) = self.filter.clone() {
                 filter.on_root_callout_response(&mut self.host, response);
+                self.wake_paused_streams();
             }
         }
     }
@@ -363,13 +444,16 @@ mod glue {
         fn on_tick(&mut self) {
             if let Some(filter) = self.filter.clone() {
                 filter.on_tick(&mut self.host);
+                self.wake_paused_streams();
             }
         }
 
-        fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
             Some(Box::new(Stream::<F> {
-                driver: StreamDriver::new(self.filter.clone()),
+                context_id,
+                driver: Rc::new(RefCell::new(StreamDriver::new(self.filter.clone()))),
                 host: ProxyWasmHost,
+                paused: self.paused.clone(),
             }))
         }
 
@@ -379,60 +463,110 @@ mod glue {
     }
 
     struct Stream<F: HttpFilter> {
-        driver: StreamDriver<F>,
+        context_id: u32,
+        driver: Rc<RefCell<StreamDriver<F>>>,
         host: ProxyWasmHost,
+        paused: Paused<F>,
+    }
+
+    /// The request view for a callback; it borrows the stream's request snapshot (given back
+    /// with `keep_request_snapshot`, which reads the headers now if nobody did).
+    fn request<F: HttpFilter>(
+        host: ProxyWasmHost,
+        driver: &mut StreamDriver<F>,
+        phase: Phase,
+    ) -> HostRequest<ProxyWasmHost> {
+        HostRequest::new(host, phase, driver.take_request_snapshot())
+    }
+
+    /// Runs one callback of a stream's driver with a request view for the phase `phase`
+    /// picks. The borrow ends before the caller enacts the outcome, since resuming a stream
+    /// may call back into this module.
+    fn drive<F: HttpFilter>(
+        mut host: ProxyWasmHost,
+        driver: &RefCell<StreamDriver<F>>,
+        phase: impl FnOnce(&StreamDriver<F>) -> Phase,
+        callback: impl FnOnce(&mut StreamDriver<F>, &mut dyn Request, &mut dyn Host) -> Outcome,
+    ) -> Outcome {
+        let Ok(mut driver) = driver.try_borrow_mut() else {
+            // Only reachable if the proxy re-entered this stream from its own callback.
+            return Outcome::Wait;
+        };
+        let phase = phase(&driver);
+        let mut request = request(host, &mut driver, phase);
+        let outcome = callback(&mut driver, &mut request, &mut host);
+        driver.keep_request_snapshot(request.into_request_snapshot());
+        outcome
+    }
+
+    fn forget<F: HttpFilter>(paused: &Paused<F>, context_id: u32) {
+        if let Ok(mut paused) = paused.try_borrow_mut() {
+            paused.remove(&context_id);
+        }
+    }
+
+    /// Applies an outcome in the current (effective) context; returns the action for the
+    /// current callback.
+    fn enact<F: HttpFilter>(host: ProxyWasmHost, outcome: Outcome) -> Action {
+        match outcome {
+            Outcome::Continue | Outcome::Wait => Action::Continue,
+            Outcome::Pause => Action::Pause,
+            Outcome::Reply(reply) => {
+                if let Err(error) = host.send_local_reply(&reply) {
+                    host.log(
+                        LogLevel::Error,
+                        &format!("{}: sending local reply failed: {error}", F::NAME),
+                    );
+                }
+                Action::Pause
+            }
+            Outcome::Resume(phase) => {
+                let resumed = match phase {
+                    Phase::ResponseHeaders => host.resume_response(),
+                    _ => host.resume_request(),
+                };
+                if let Err(error) = resumed {
+                    host.log(
+                        LogLevel::Error,
+                        &format!("{}: resuming the stream failed: {error}", F::NAME),
+                    );
+                }
+                Action::Continue
+            }
+        }
     }
 
     impl<F: HttpFilter> Stream<F> {
-        /// The request view for a callback; it borrows the request snapshot.
-        fn request(&mut self, phase: Phase) -> HostRequest<ProxyWasmHost> {
-            HostRequest::new(self.host, phase, self.driver.take_request_snapshot())
-        }
-
-        /// Takes the snapshot back (read now if the request phase never read headers). Not
-        /// used at log time, where nothing comes after.
-        fn keep(&mut self, request: HostRequest<ProxyWasmHost>) {
-            self.driver
-                .keep_request_snapshot(request.into_request_snapshot());
-        }
-
-        /// Applies an outcome; returns the action for the current callback.
-        fn enact(&mut self, outcome: Outcome) -> Action {
+        /// Runs one callback of the driver with a request view for `phase`, then enacts the
+        /// outcome and keeps the paused-streams registry up to date.
+        fn run(
+            &mut self,
+            phase: impl FnOnce(&StreamDriver<F>) -> Phase,
+            callback: impl FnOnce(&mut StreamDriver<F>, &mut dyn Request, &mut dyn Host) -> Outcome,
+        ) -> Action {
+            let outcome = drive(self.host, &self.driver, phase, callback);
             match outcome {
-                Outcome::Continue | Outcome::Wait => Action::Continue,
-                Outcome::Pause => Action::Pause,
-                Outcome::Reply(reply) => {
-                    if let Err(error) = self.host.send_local_reply(&reply) {
-                        self.host.log(
-                            LogLevel::Error,
-                            &format!("{}: sending local reply failed: {error}", F::NAME),
-                        );
+                Outcome::Pause => {
+                    if let Ok(mut paused) = self.paused.try_borrow_mut() {
+                        paused.insert(self.context_id, Rc::downgrade(&self.driver));
                     }
-                    Action::Pause
                 }
-                Outcome::Resume(phase) => {
-                    let resumed = match phase {
-                        Phase::ResponseHeaders => self.host.resume_response(),
-                        _ => self.host.resume_request(),
-                    };
-                    if let Err(error) = resumed {
-                        self.host.log(
-                            LogLevel::Error,
-                            &format!("{}: resuming the stream failed: {error}", F::NAME),
-                        );
-                    }
-                    Action::Continue
-                }
+                Outcome::Resume(_) | Outcome::Reply(_) => forget(&self.paused, self.context_id),
+                Outcome::Continue | Outcome::Wait => {}
             }
+            enact::<F>(self.host, outcome)
         }
 
         fn callout_answered(&mut self, response: CalloutResponse) {
-            let mut request = self.request(self.driver.callout_phase());
-            let outcome = self
-                .driver
-                .on_callout_response(&mut request, &mut self.host, response);
-            self.keep(request);
-            self.enact(outcome);
+            self.run(StreamDriver::callout_phase, |driver, request, host| {
+                driver.on_callout_response(request, host, response)
+            });
+        }
+    }
+
+    impl<F: HttpFilter> Drop for Stream<F> {
+        fn drop(&mut self) {
+            forget(&self.paused, self.context_id);
         }
     }
 
@@ -454,14 +588,20 @@ mod glue {
             let response = self.host.grpc_callout_response(token, status, size);
             self.callout_answered(response);
         }
+
+        fn on_done(&mut self) -> bool {
+            // A stream the client abandoned while paused is no longer woken.
+            forget(&self.paused, self.context_id);
+            true
+        }
     }
 
     impl<F: HttpFilter> HttpContext for Stream<F> {
         fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-            let mut request = self.request(Phase::RequestHeaders);
-            let outcome = self.driver.on_request_headers(&mut request, &mut self.host);
-            self.keep(request);
-            self.enact(outcome)
+            self.run(
+                |_| Phase::RequestHeaders,
+                |driver, request, host| driver.on_request_headers(request, host),
+            )
         }
 
         fn on_http_response_headers(
@@ -469,17 +609,22 @@ mod glue {
             _num_headers: usize,
             _end_of_stream: bool,
         ) -> Action {
-            let mut request = self.request(Phase::ResponseHeaders);
-            let outcome = self
-                .driver
-                .on_response_headers(&mut request, &mut self.host);
-            self.keep(request);
-            self.enact(outcome)
+            self.run(
+                |_| Phase::ResponseHeaders,
+                |driver, request, host| driver.on_response_headers(request, host),
+            )
         }
 
         fn on_log(&mut self) {
-            let mut request = self.request(Phase::Log);
-            self.driver.on_log(&mut request, &mut self.host);
+            drive(
+                self.host,
+                &self.driver,
+                |_| Phase::Log,
+                |driver, request, host| {
+                    driver.on_log(request, host);
+                    Outcome::Wait
+                },
+            );
         }
     }
 }
@@ -719,6 +864,119 @@ mod tests {
             Outcome::Continue
         );
         driver.on_log(&mut request, &mut host);
+    }
+
+    /// A filter that holds `x-wait` requests until the clock passes one second after they
+    /// arrived, and answers `x-deny` ones when woken.
+    #[derive(Default)]
+    struct GateStream {
+        until: Option<std::time::SystemTime>,
+    }
+
+    struct GateFilter;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct GateConfig {}
+
+    impl Validate for GateConfig {}
+
+    impl HttpFilter for GateFilter {
+        const NAME: &'static str = "gate";
+        type Config = GateConfig;
+        type Stream = GateStream;
+
+        fn new(_: GateConfig, _: &mut dyn Host) -> Result<Self, Error> {
+            Ok(GateFilter)
+        }
+
+        fn on_request_headers(
+            &self,
+            stream: &mut GateStream,
+            request: &mut dyn Request,
+            host: &mut dyn Host,
+        ) -> Decision {
+            if request.header("x-wait").is_none() {
+                return Decision::Continue;
+            }
+            stream.until = Some(host.now() + Duration::from_secs(1));
+            Decision::Pause
+        }
+
+        fn on_wake(
+            &self,
+            stream: &mut GateStream,
+            request: &mut dyn Request,
+            host: &mut dyn Host,
+        ) -> Decision {
+            if request.header("x-deny").is_some() {
+                return Decision::Deny(LocalReply::forbidden("gate_denied"));
+            }
+            match stream.until {
+                Some(until) if host.now() >= until => Decision::Continue,
+                _ => Decision::Pause,
+            }
+        }
+    }
+
+    fn gate(host: &mut MemoryHost) -> StreamDriver<GateFilter> {
+        StreamDriver::new(Some(Rc::new(configure::<GateFilter>(b"{}", host).unwrap())))
+    }
+
+    #[test]
+    fn woken_stream_resumes_once_its_wait_is_over() {
+        let mut host = MemoryHost::new();
+        let mut driver = gate(&mut host);
+        let mut request = MemoryRequest::get("/").with_header("x-wait", "1");
+        assert_eq!(
+            driver.on_request_headers(&mut request, &mut host),
+            Outcome::Pause
+        );
+        host.advance(Duration::from_millis(999));
+        assert_eq!(driver.on_wake(&mut request, &mut host), Outcome::Wait);
+        assert_eq!(driver.paused(), Some(Phase::RequestHeaders));
+        host.advance(Duration::from_millis(1));
+        assert_eq!(
+            driver.on_wake(&mut request, &mut host),
+            Outcome::Resume(Phase::RequestHeaders)
+        );
+        // Once resumed, later wake-ups are no-ops.
+        assert_eq!(driver.on_wake(&mut request, &mut host), Outcome::Wait);
+    }
+
+    #[test]
+    fn woken_stream_can_be_answered_and_running_streams_are_not_woken() {
+        let mut host = MemoryHost::new();
+        let mut running = gate(&mut host);
+        let mut plain = MemoryRequest::get("/").with_header("x-deny", "1");
+        assert_eq!(
+            running.on_request_headers(&mut plain, &mut host),
+            Outcome::Continue
+        );
+        assert_eq!(running.on_wake(&mut plain, &mut host), Outcome::Wait);
+        assert!(!running.replied());
+
+        let mut paused = gate(&mut host);
+        let mut request = MemoryRequest::get("/")
+            .with_header("x-wait", "1")
+            .with_header("x-deny", "1");
+        paused.on_request_headers(&mut request, &mut host);
+        assert_eq!(
+            paused.on_wake(&mut request, &mut host),
+            Outcome::Reply(LocalReply::forbidden("gate_denied"))
+        );
+        assert!(paused.replied());
+        assert_eq!(paused.paused(), None);
+    }
+
+    #[test]
+    fn default_wake_keeps_a_callout_wait() {
+        let mut host = MemoryHost::new();
+        let mut driver = StreamDriver::new(Some(filter(&mut host)));
+        let mut request = MemoryRequest::get("/").with_header("x-ask", "1");
+        driver.on_request_headers(&mut request, &mut host);
+        assert_eq!(driver.on_wake(&mut request, &mut host), Outcome::Wait);
+        assert_eq!(driver.paused(), Some(Phase::RequestHeaders));
     }
 
     #[test]
