@@ -69,7 +69,10 @@ const ENV_VARS_CLEARED_FOR_NESTED_BUILD: &[&str] = &[
 ];
 
 /// Why a wasm artifact could not be produced.
-#[derive(Debug, Clone, thiserror::Error)]
+///
+/// `Debug` prints the same text as `Display`, so that a test's `unwrap()` shows cargo's compiler
+/// errors as lines rather than as one escaped string.
+#[derive(Clone, thiserror::Error)]
 pub enum BuildError {
     /// No cargo workspace around the starting directory.
     #[error("cannot find the cargo workspace from {start}: {reason}")]
@@ -125,6 +128,12 @@ pub enum BuildError {
         #[source]
         source: Arc<io::Error>,
     },
+}
+
+impl std::fmt::Debug for BuildError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, formatter)
+    }
 }
 
 impl BuildError {

@@ -41,6 +41,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod grpc;
+
+pub use grpc::{GrpcAnswer, GrpcRequest, GrpcTestServer};
+
 /// Environment variable naming the Envoy binary to use.
 pub const ENVOY_BIN_ENV: &str = "ENVOY_BIN";
 
@@ -68,7 +72,10 @@ pub const RESPONSE_CODE_DETAILS_HEADER: &str = "x-wasmesh-response-code-details"
 const LOG_TAIL_LINES: usize = 60;
 
 /// Everything that can go wrong while running Envoy or talking HTTP to it.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same text as `Display`, so that a test's `unwrap()` shows Envoy's log
+/// lines as lines rather than as one escaped string.
+#[derive(thiserror::Error)]
 pub enum EnvoyError {
     /// No Envoy binary was found.
     #[error(
@@ -117,6 +124,12 @@ pub enum EnvoyError {
         /// What was wrong.
         problem: String,
     },
+}
+
+impl fmt::Debug for EnvoyError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, formatter)
+    }
 }
 
 impl EnvoyError {
@@ -236,6 +249,7 @@ pub struct WasmFilter {
     configuration: String,
     vm_configuration: Option<String>,
     failure_policy: FailurePolicy,
+    allow_on_headers_stop_iteration: bool,
 }
 
 impl WasmFilter {
@@ -251,6 +265,7 @@ impl WasmFilter {
             configuration: String::new(),
             vm_configuration: None,
             failure_policy: FailurePolicy::default(),
+            allow_on_headers_stop_iteration: false,
         }
     }
 
@@ -290,6 +305,14 @@ impl WasmFilter {
         self
     }
 
+    /// `PluginConfig.allow_on_headers_stop_iteration`: the filter keeps receiving body chunks
+    /// while it holds the request headers (needed by filters that buffer the body before
+    /// deciding; see `PluginBuilder::allow_on_headers_stop_iteration` in the harness).
+    pub fn allow_on_headers_stop_iteration(mut self, allow: bool) -> Self {
+        self.allow_on_headers_stop_iteration = allow;
+        self
+    }
+
     /// The filter as an entry of `http_filters` in Envoy's bootstrap.
     pub fn to_envoy_json(&self) -> Value {
         let mut vm_config = json!({
@@ -300,17 +323,21 @@ impl WasmFilter {
         if let Some(configuration) = &self.vm_configuration {
             vm_config["configuration"] = string_value(configuration);
         }
+        let mut config = json!({
+            "name": self.name,
+            "root_id": self.root_id,
+            "configuration": string_value(&self.configuration),
+            "failure_policy": self.failure_policy.as_envoy_str(),
+            "vm_config": vm_config,
+        });
+        if self.allow_on_headers_stop_iteration {
+            config["allow_on_headers_stop_iteration"] = json!(true);
+        }
         json!({
             "name": "envoy.filters.http.wasm",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": self.name,
-                    "root_id": self.root_id,
-                    "configuration": string_value(&self.configuration),
-                    "failure_policy": self.failure_policy.as_envoy_str(),
-                    "vm_config": vm_config,
-                },
+                "config": config,
             },
         })
     }
@@ -838,6 +865,33 @@ impl Envoy {
     /// the `wasmcustom.` namespace.
     pub fn wasm_metric(&self, name: &str) -> Result<Option<u64>, EnvoyError> {
         self.stat(&format!("wasmcustom.{name}"))
+    }
+
+    /// Polls the wasm metric `name` until it equals `expected` (a metric Envoy does not have
+    /// yet counts as 0), failing after `timeout`. For state that changes outside the test's
+    /// own requests: a request held in flight by another thread, a periodic callout answered.
+    pub fn wait_for_wasm_metric(
+        &self,
+        name: &str,
+        expected: u64,
+        timeout: Duration,
+    ) -> Result<(), EnvoyError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.wasm_metric(name)?.unwrap_or(0);
+            if value == expected {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(EnvoyError::Admin {
+                    path: "/stats".to_string(),
+                    problem: format!(
+                        "wasmcustom.{name} is {value}, still not {expected} after {timeout:?}"
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Envoy's whole log so far (stdout and stderr).

@@ -57,6 +57,7 @@ pub struct PluginBuilder {
     http_handler: Option<HttpHandler>,
     grpc_handler: Option<GrpcHandler>,
     random_seed: u64,
+    allow_on_headers_stop_iteration: bool,
 }
 
 impl PluginBuilder {
@@ -82,6 +83,7 @@ impl PluginBuilder {
             http_handler: None,
             grpc_handler: None,
             random_seed: 0x5eed,
+            allow_on_headers_stop_iteration: false,
         }
     }
 
@@ -190,6 +192,15 @@ impl PluginBuilder {
         self
     }
 
+    /// Envoy's `PluginConfig.allow_on_headers_stop_iteration`: when set, `Pause` from a
+    /// headers callback is a plain `StopIteration` (the filter keeps receiving body chunks
+    /// while the proxy holds the headers) instead of stopping all iteration. Default `false`,
+    /// as in Envoy.
+    pub fn allow_on_headers_stop_iteration(mut self, allow: bool) -> Self {
+        self.allow_on_headers_stop_iteration = allow;
+        self
+    }
+
     /// Registers a foreign function callable with `proxy_call_foreign_function`.
     pub fn foreign_function(
         mut self,
@@ -241,6 +252,7 @@ impl PluginBuilder {
             limits: self.limits,
             http_handler: self.http_handler,
             grpc_handler: self.grpc_handler,
+            allow_on_headers_stop_iteration: self.allow_on_headers_stop_iteration,
         };
         for worker in 0..self.workers {
             let vm = inner.start_vm(worker, 0)?;
@@ -276,6 +288,7 @@ pub(crate) struct PluginInner {
     limits: Limits,
     http_handler: Option<HttpHandler>,
     grpc_handler: Option<GrpcHandler>,
+    pub(crate) allow_on_headers_stop_iteration: bool,
 }
 
 /// Upper bound on events handled in one go: a module that answers every queue notification by

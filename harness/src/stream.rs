@@ -400,11 +400,19 @@ fn decode(phase: Phase, raw: u32) -> Action {
 
 /// What Envoy does with it (proxy-wasm-cpp-host's `convertVmCallResultTo*` then Envoy's
 /// `convertFilter*Status`).
-fn effective(phase: Phase, raw: u32, local_reply_sent: bool) -> Action {
+fn effective(
+    phase: Phase,
+    raw: u32,
+    local_reply_sent: bool,
+    allow_on_headers_stop_iteration: bool,
+) -> Action {
     match phase {
         Phase::Headers => match raw {
             _ if local_reply_sent => Action::StopAllIterationAndWatermark,
             0 | 2 => Action::Continue,
+            // With `allow_on_headers_stop_iteration`, Envoy honours StopIteration: the filter
+            // keeps getting body chunks while the headers are held.
+            1 if allow_on_headers_stop_iteration => Action::Pause,
             // StopIteration is not supported for 0.2.x headers by default
             // (`allow_on_headers_stop_iteration`): Envoy stops everything.
             1 => Action::StopAllIterationAndWatermark,
@@ -532,6 +540,8 @@ impl PluginInner {
             return Ok(Step::skipped(fail_stop(phase)));
         }
         let eos = u32::from(end_of_stream);
+        let allow_stop_iteration = self.allow_on_headers_stop_iteration;
+        let vm = self.vm(worker, handle.generation)?;
         let exports = vm.exports.clone();
         vm.state_mut().stop_iteration = false;
         let result = match (kind, phase) {
@@ -564,7 +574,7 @@ impl PluginInner {
             None => Ok(Step::skipped(Action::Continue)),
             Some(Ok(raw)) => Ok(Step {
                 action: decode(phase, raw),
-                effective: effective(phase, raw, local_reply_sent),
+                effective: effective(phase, raw, local_reply_sent, allow_stop_iteration),
                 invoked: true,
                 error: None,
             }),

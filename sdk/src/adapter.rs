@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use crate::body::Body;
 use crate::callout::CalloutResponse;
 use crate::config::{load, Validate};
 use crate::decision::{Decision, LocalReply};
@@ -59,6 +60,11 @@ pub trait HttpFilter: Sized + 'static {
     /// on reconfiguration). Define metrics here.
     fn new(config: Self::Config, host: &mut dyn Host) -> Result<Self, Error>;
 
+    /// Called right before [`HttpFilter::on_request_headers`]: `end_of_stream` tells whether
+    /// the headers end the request (no body follows). Filters that buffer bodies keep it in
+    /// their stream state.
+    fn on_request_start(&self, _stream: &mut Self::Stream, _end_of_stream: bool) {}
+
     /// Request headers arrived.
     fn on_request_headers(
         &self,
@@ -75,6 +81,27 @@ pub trait HttpFilter: Sized + 'static {
         _host: &mut dyn Host,
     ) -> Decision {
         Decision::Continue
+    }
+
+    /// A request body chunk arrived; `body` is everything the proxy holds for this filter
+    /// (see [`crate::body`]). `Continue` lets the held headers and body go on; `Pause` keeps the
+    /// body buffered (Envoy `StopIterationAndBuffer`) to see more of it, or while a callout
+    /// dispatched here is in flight (the callout hook's `Continue` then resumes the stream);
+    /// `Deny` answers locally. Not called for bodies of requests this filter already answered.
+    fn on_request_body(
+        &self,
+        _stream: &mut Self::Stream,
+        _request: &mut dyn Request,
+        _host: &mut dyn Host,
+        _body: &Body<'_>,
+    ) -> Decision {
+        Decision::Continue
+    }
+
+    /// A response body chunk went by (`body` holds this chunk only). Observation only: the
+    /// chunk always continues (e.g. to count gRPC messages). Not called for the body of this
+    /// filter's own local reply.
+    fn on_response_body(&self, _stream: &mut Self::Stream, _host: &mut dyn Host, _body: &Body<'_>) {
     }
 
     /// A callout dispatched by this stream answered. `Continue` resumes the stream if it is
@@ -114,6 +141,14 @@ pub trait HttpFilter: Sized + 'static {
         _host: &mut dyn Host,
     ) -> Decision {
         Decision::Pause
+    }
+
+    /// Whether a callout answer to one stream also offers every other paused stream to
+    /// [`HttpFilter::on_wake`]: for a callout one stream makes on behalf of all (the first fetch
+    /// of a key set every stream needs), so the others need not wait for the next tick.
+    /// Default `false`.
+    fn wake_paused_after_stream_callout(&self) -> bool {
+        false
     }
 }
 
@@ -195,6 +230,20 @@ impl<F: HttpFilter> StreamDriver<F> {
         self.paused.unwrap_or(Phase::Detached)
     }
 
+    /// Request headers arrived; `end_of_stream`: no body follows (see
+    /// [`HttpFilter::on_request_start`]).
+    pub fn on_request_headers_ending(
+        &mut self,
+        request: &mut dyn Request,
+        host: &mut dyn Host,
+        end_of_stream: bool,
+    ) -> Outcome {
+        if let Some(filter) = self.filter.clone() {
+            filter.on_request_start(&mut self.state, end_of_stream);
+        }
+        self.on_request_headers(request, host)
+    }
+
     /// Request headers arrived.
     pub fn on_request_headers(
         &mut self,
@@ -207,6 +256,55 @@ impl<F: HttpFilter> StreamDriver<F> {
         };
         let decision = filter.on_request_headers(&mut self.state, request, host);
         self.apply(Phase::RequestHeaders, decision)
+    }
+
+    /// A request body chunk arrived. Pausing here keeps the stream paused in the phase it
+    /// was paused in (the request headers, when the proxy still holds them), so that a callout
+    /// answer resumes the whole request.
+    pub fn on_request_body(
+        &mut self,
+        request: &mut dyn Request,
+        host: &mut dyn Host,
+        body: &Body<'_>,
+    ) -> Outcome {
+        let Some(filter) = self.filter.clone() else {
+            return Outcome::Continue;
+        };
+        if self.replied {
+            return Outcome::Continue;
+        }
+        match filter.on_request_body(&mut self.state, request, host, body) {
+            Decision::Continue => {
+                // Continuing a body also lets headers held by an earlier pause go on.
+                self.paused = None;
+                Outcome::Continue
+            }
+            Decision::Deny(reply) => {
+                self.paused = None;
+                self.replied = true;
+                Outcome::Reply(reply)
+            }
+            Decision::Pause => {
+                self.paused = Some(self.paused.unwrap_or(Phase::RequestHeaders));
+                Outcome::Pause
+            }
+        }
+    }
+
+    /// The phase a request-body callback runs in: with the request headers still held (the
+    /// stream paused at headers), they are readable and writable; otherwise only the snapshot.
+    pub fn body_phase(&self) -> Phase {
+        match self.paused {
+            Some(Phase::RequestHeaders) => Phase::RequestHeaders,
+            _ => Phase::Detached,
+        }
+    }
+
+    /// A response body chunk went by (see [`HttpFilter::on_response_body`]).
+    pub fn on_response_body(&mut self, host: &mut dyn Host, body: &Body<'_>) {
+        if let (Some(filter), false) = (self.filter.clone(), self.replied) {
+            filter.on_response_body(&mut self.state, host, body);
+        }
     }
 
     /// Response headers arrived.
@@ -253,6 +351,13 @@ impl<F: HttpFilter> StreamDriver<F> {
         }
         let decision = filter.on_wake(&mut self.state, request, host);
         self.settle(decision)
+    }
+
+    /// See [`HttpFilter::wake_paused_after_stream_callout`].
+    pub fn wakes_paused_after_callout(&self) -> bool {
+        self.filter
+            .as_ref()
+            .is_some_and(|filter| filter.wake_paused_after_stream_callout())
     }
 
     /// Applies a decision taken outside the stream's own callbacks.
@@ -320,6 +425,7 @@ mod glue {
     use proxy_wasm::types::{Action, ContextType, LogLevel};
 
     use super::{configure, configure_error_message, HttpFilter, Outcome, StreamDriver};
+    use crate::body::Body;
     use crate::callout::CalloutResponse;
     use crate::host::{Host, HostRequest, Log, Phase, ProxyWasmHost};
     use crate::request::Request;
@@ -356,37 +462,43 @@ mod glue {
     impl<F: HttpFilter> Root<F> {
         /// Offers every paused stream to go on, each in its own context.
         fn wake_paused_streams(&mut self) {
-            let waiting: Vec<(u32, Weak<RefCell<StreamDriver<F>>>)> = match self.paused.try_borrow()
-            {
-                Ok(paused) => paused
-                    .iter()
-                    .map(|(id, stream)| (*id, stream.clone()))
-                    .collect(),
-                Err(_) => return,
-            };
-            for (context_id, stream) in waiting {
-                let Some(driver) = stream.upgrade() else {
-                    forget(&self.paused, context_id);
-                    continue;
-                };
-                if proxy_wasm::hostcalls::set_effective_context(context_id).is_err() {
-                    // The proxy no longer knows the stream.
-                    forget(&self.paused, context_id);
-                    continue;
-                }
-                let outcome = drive(
-                    self.host,
-                    &driver,
-                    StreamDriver::callout_phase,
-                    StreamDriver::on_wake,
-                );
-                if matches!(outcome, Outcome::Resume(_) | Outcome::Reply(_)) {
-                    forget(&self.paused, context_id);
-                }
-                enact::<F>(self.host, outcome);
-            }
-            let _ = proxy_wasm::hostcalls::set_effective_context(self.context_id);
+            wake_paused(self.host, &self.paused, self.context_id);
         }
+    }
+
+    /// Offers every paused stream to go on, each in its own context, then makes `current` the
+    /// effective context again.
+    fn wake_paused<F: HttpFilter>(host: ProxyWasmHost, paused: &Paused<F>, current: u32) {
+        let waiting: Vec<(u32, Weak<RefCell<StreamDriver<F>>>)> = match paused.try_borrow()
+        {
+            Ok(paused) => paused
+                .iter()
+                .map(|(id, stream)| (*id, stream.clone()))
+                .collect(),
+            Err(_) => return,
+        };
+        for (context_id, stream) in waiting {
+            let Some(driver) = stream.upgrade() else {
+                forget(paused, context_id);
+                continue;
+            };
+            if proxy_wasm::hostcalls::set_effective_context(context_id).is_err() {
+                // The proxy no longer knows the stream.
+                forget(paused, context_id);
+                continue;
+            }
+            let outcome = drive(
+                host,
+                &driver,
+                StreamDriver::callout_phase,
+                StreamDriver::on_wake,
+            );
+            if matches!(outcome, Outcome::Resume(_) | Outcome::Reply(_)) {
+                forget(paused, context_id);
+            }
+            enact::<F>(host, outcome);
+        }
+    let _ = proxy_wasm::hostcalls::set_effective_context(current);
     }
 
     impl<F: HttpFilter> Context for Root<F> {
@@ -551,8 +663,12 @@ mod glue {
                         paused.insert(self.context_id, Rc::downgrade(&self.driver));
                     }
                 }
-                Outcome::Resume(_) | Outcome::Reply(_) => forget(&self.paused, self.context_id),
-                Outcome::Continue | Outcome::Wait => {}
+                // A stream that continues (e.g. a body callback releasing held headers) is no
+                // longer paused either.
+                Outcome::Resume(_) | Outcome::Reply(_) | Outcome::Continue => {
+                    forget(&self.paused, self.context_id)
+                }
+                Outcome::Wait => {}
             }
             enact::<F>(self.host, outcome)
         }
@@ -561,6 +677,13 @@ mod glue {
             self.run(StreamDriver::callout_phase, |driver, request, host| {
                 driver.on_callout_response(request, host, response)
             });
+            let wake_others = self
+                .driver
+                .try_borrow()
+                .is_ok_and(|driver| driver.wakes_paused_after_callout());
+            if wake_others {
+                wake_paused(self.host, &self.paused, self.context_id);
+            }
         }
     }
 
@@ -597,11 +720,21 @@ mod glue {
     }
 
     impl<F: HttpFilter> HttpContext for Stream<F> {
-        fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
             self.run(
                 |_| Phase::RequestHeaders,
-                |driver, request, host| driver.on_request_headers(request, host),
+                |driver, request, host| {
+                    driver.on_request_headers_ending(request, host, end_of_stream)
+                },
             )
+        }
+
+        fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+            let source = crate::body::HostRequestBody;
+            let body = Body::new(body_size, end_of_stream, &source);
+            self.run(StreamDriver::body_phase, |driver, request, host| {
+                driver.on_request_body(request, host, &body)
+            })
         }
 
         fn on_http_response_headers(
@@ -613,6 +746,16 @@ mod glue {
                 |_| Phase::ResponseHeaders,
                 |driver, request, host| driver.on_response_headers(request, host),
             )
+        }
+
+        fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+            let source = crate::body::HostResponseBody;
+            let body = Body::new(body_size, end_of_stream, &source);
+            if let Ok(mut driver) = self.driver.try_borrow_mut() {
+                let mut host = self.host;
+                driver.on_response_body(&mut host, &body);
+            }
+            Action::Continue
         }
 
         fn on_log(&mut self) {
@@ -977,6 +1120,208 @@ mod tests {
         driver.on_request_headers(&mut request, &mut host);
         assert_eq!(driver.on_wake(&mut request, &mut host), Outcome::Wait);
         assert_eq!(driver.paused(), Some(Phase::RequestHeaders));
+    }
+
+    /// A filter that buffers bodies of `x-body` requests until the client is done (or 8 bytes
+    /// are held), then asks a service, and denies bodies containing `evil` right away.
+    struct BodyFilter;
+
+    impl HttpFilter for BodyFilter {
+        const NAME: &'static str = "body";
+        type Config = GateConfig;
+        type Stream = Option<u32>;
+
+        fn new(_: GateConfig, _: &mut dyn Host) -> Result<Self, Error> {
+            Ok(BodyFilter)
+        }
+
+        fn on_request_start(&self, token: &mut Option<u32>, end_of_stream: bool) {
+            // Marks bodiless requests, which the headers callback lets through.
+            if end_of_stream {
+                *token = Some(0);
+            }
+        }
+
+        fn on_request_headers(
+            &self,
+            token: &mut Option<u32>,
+            request: &mut dyn Request,
+            _: &mut dyn Host,
+        ) -> Decision {
+            if request.header("x-body").is_some() && *token != Some(0) {
+                Decision::Pause
+            } else {
+                Decision::Continue
+            }
+        }
+
+        fn on_request_body(
+            &self,
+            token: &mut Option<u32>,
+            request: &mut dyn Request,
+            host: &mut dyn Host,
+            body: &Body<'_>,
+        ) -> Decision {
+            if request.header("x-body").is_none() {
+                return Decision::Continue;
+            }
+            let bytes = body.read_all().unwrap_or_default();
+            if bytes.windows(4).any(|w| w == b"evil") {
+                return Decision::Deny(LocalReply::forbidden("body_denied"));
+            }
+            if !body.end_of_stream() && body.size() < 8 {
+                return Decision::Pause;
+            }
+            let callout = HttpCallout::get("authz", "authz", "/check", Duration::from_secs(1))
+                .with_body(bytes);
+            match host.dispatch_http(&callout) {
+                Ok(id) => {
+                    *token = Some(id);
+                    Decision::Pause
+                }
+                Err(_) => Decision::Deny(LocalReply::forbidden("body_callout_failed")),
+            }
+        }
+
+        fn on_callout_response(
+            &self,
+            _: &mut Option<u32>,
+            request: &mut dyn Request,
+            _: &mut dyn Host,
+            _: CalloutResponse,
+        ) -> Decision {
+            let _ = request.set_request_header("x-checked", "body");
+            Decision::Continue
+        }
+    }
+
+    fn body_driver(host: &mut MemoryHost) -> StreamDriver<BodyFilter> {
+        StreamDriver::new(Some(Rc::new(configure::<BodyFilter>(b"{}", host).unwrap())))
+    }
+
+    #[test]
+    fn body_pauses_buffer_until_a_callout_resumes_the_whole_request() {
+        use crate::body::MemoryBody;
+        let mut host = MemoryHost::new();
+        let mut bodiless = body_driver(&mut host);
+        let mut request = MemoryRequest::get("/").with_header("x-body", "1");
+        assert_eq!(
+            bodiless.on_request_headers_ending(&mut request, &mut host, true),
+            Outcome::Continue
+        );
+        let mut driver = body_driver(&mut host);
+        assert_eq!(
+            driver.on_request_headers_ending(&mut request, &mut host, false),
+            Outcome::Pause
+        );
+        // Headers are held: the body callback may still read and write them.
+        assert_eq!(driver.body_phase(), Phase::RequestHeaders);
+        let first = MemoryBody(b"abc".to_vec());
+        assert_eq!(
+            driver.on_request_body(&mut request, &mut host, &first.view(false)),
+            Outcome::Pause
+        );
+        assert!(host.http_callouts().is_empty());
+        let all = MemoryBody(b"abcdef".to_vec());
+        assert_eq!(
+            driver.on_request_body(&mut request, &mut host, &all.view(true)),
+            Outcome::Pause
+        );
+        assert_eq!(host.http_callouts()[0].1.body, b"abcdef");
+        assert_eq!(driver.paused(), Some(Phase::RequestHeaders));
+        assert_eq!(driver.callout_phase(), Phase::RequestHeaders);
+        let token = host.http_callouts()[0].0;
+        assert_eq!(
+            driver.on_callout_response(&mut request, &mut host, answer(token, "200")),
+            Outcome::Resume(Phase::RequestHeaders)
+        );
+        assert_eq!(request.header("x-checked").as_deref(), Some("body"));
+    }
+
+    #[test]
+    fn body_continue_releases_held_headers_and_deny_replies_once() {
+        use crate::body::MemoryBody;
+        let mut host = MemoryHost::new();
+        let mut plain = body_driver(&mut host);
+        let mut request = MemoryRequest::get("/");
+        assert_eq!(
+            plain.on_request_headers(&mut request, &mut host),
+            Outcome::Continue
+        );
+        assert_eq!(plain.body_phase(), Phase::Detached);
+        let chunk = MemoryBody(b"evil".to_vec());
+        assert_eq!(
+            plain.on_request_body(&mut request, &mut host, &chunk.view(true)),
+            Outcome::Continue
+        );
+
+        let mut denied = body_driver(&mut host);
+        let mut request = MemoryRequest::get("/").with_header("x-body", "1");
+        denied.on_request_headers(&mut request, &mut host);
+        assert_eq!(
+            denied.on_request_body(&mut request, &mut host, &chunk.view(false)),
+            Outcome::Reply(LocalReply::forbidden("body_denied"))
+        );
+        assert!(denied.replied());
+        assert_eq!(denied.paused(), None);
+        // Later chunks of an answered request are not offered to the filter.
+        assert_eq!(
+            denied.on_request_body(&mut request, &mut host, &chunk.view(true)),
+            Outcome::Continue
+        );
+        let unconfigured = &mut StreamDriver::<BodyFilter>::new(None);
+        assert_eq!(
+            unconfigured.on_request_body(&mut request, &mut host, &chunk.view(true)),
+            Outcome::Continue
+        );
+    }
+
+    /// Counts response body bytes it is shown.
+    struct ResponseBodyCounter;
+
+    impl HttpFilter for ResponseBodyCounter {
+        const NAME: &'static str = "response_body_counter";
+        type Config = GateConfig;
+        type Stream = usize;
+
+        fn new(_: GateConfig, _: &mut dyn Host) -> Result<Self, Error> {
+            Ok(ResponseBodyCounter)
+        }
+
+        fn on_request_headers(
+            &self,
+            _: &mut usize,
+            request: &mut dyn Request,
+            _: &mut dyn Host,
+        ) -> Decision {
+            if request.header("x-deny").is_some() {
+                return Decision::Deny(LocalReply::forbidden("denied"));
+            }
+            Decision::Continue
+        }
+
+        fn on_response_body(&self, seen: &mut usize, _: &mut dyn Host, body: &Body<'_>) {
+            *seen += body.size();
+        }
+    }
+
+    #[test]
+    fn response_body_chunks_are_observed_except_for_the_own_local_reply() {
+        use crate::body::MemoryBody;
+        let mut host = MemoryHost::new();
+        let filter = Rc::new(configure::<ResponseBodyCounter>(b"{}", &mut host).unwrap());
+        let mut driver = StreamDriver::new(Some(filter.clone()));
+        let mut request = MemoryRequest::get("/");
+        driver.on_request_headers(&mut request, &mut host);
+        driver.on_response_body(&mut host, &MemoryBody(b"abc".to_vec()).view(false));
+        driver.on_response_body(&mut host, &MemoryBody(b"de".to_vec()).view(true));
+        assert_eq!(*driver.state(), 5);
+
+        let mut denied = StreamDriver::new(Some(filter));
+        let mut request = MemoryRequest::get("/").with_header("x-deny", "1");
+        denied.on_request_headers(&mut request, &mut host);
+        denied.on_response_body(&mut host, &MemoryBody(b"Forbidden".to_vec()).view(true));
+        assert_eq!(*denied.state(), 0);
     }
 
     #[test]

@@ -31,9 +31,11 @@
 //! * [`host`]: the host-backed request and (wasm only) the proxy-wasm implementation;
 //! * [`testing`]: [`MemoryHost`](testing::MemoryHost) for native tests;
 //! * [`adapter`]: [`HttpFilter`](adapter::HttpFilter) and the proxy-wasm glue;
+//! * [`body`]: the request body a filter sees while it buffers;
 //! * [`error`]: the panic-free [`Error`](error::Error).
 
 pub mod adapter;
+pub mod body;
 pub mod callout;
 pub mod clock;
 pub mod config;

@@ -114,7 +114,20 @@ pub fn run(args: &Args) -> Result<()> {
             .advance_clock(Duration::from_millis(exchange.advance_clock_ms))
             .context("advancing the clock before the exchange")?;
     }
+    let output = execute(&plugin, &exchange, &answered)?;
+    println!(
+        "{}",
+        to_pretty_json(&output).context("serializing the result")?
+    );
+    Ok(())
+}
 
+/// Drives the exchange through a new stream on the first worker and reports what happened.
+fn execute(
+    plugin: &Plugin,
+    exchange: &ExchangeInput,
+    answered: &RefCell<Vec<CalloutOutput>>,
+) -> Result<ExchangeOutput> {
     let mut stream = plugin.http_stream_on(0);
     for property in &exchange.properties {
         let path: Vec<&str> = property.path.iter().map(String::as_str).collect();
@@ -130,7 +143,7 @@ pub fn run(args: &Args) -> Result<()> {
     let response = exchange.response.as_ref().unwrap_or(&default_response);
 
     let mut driver = Driver {
-        plugin: &plugin,
+        plugin,
         stream: &mut stream,
         phases: &mut phases,
         vm_failure: &mut vm_failure,
@@ -154,7 +167,14 @@ pub fn run(args: &Args) -> Result<()> {
             body: String::from_utf8_lossy(&stream.response_body_now()).into_owned(),
         },
     };
-    stream.complete().context("completing the stream")?;
+    match stream.complete() {
+        Ok(()) => {}
+        // A crash in on_log / on_done: the exchange itself has already been answered.
+        Err(error) if error.is_vm_crash() => {
+            vm_failure.get_or_insert_with(|| vm_failure_output(&error));
+        }
+        Err(error) => return Err(error).context("completing the stream"),
+    }
     if let Some(failure) = &vm_failure {
         eprintln!(
             "warning: the VM crashed in {}: {} (see vm_failure)",
@@ -162,7 +182,7 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
 
-    let output = ExchangeOutput {
+    Ok(ExchangeOutput {
         format: FORMAT_VERSION,
         phases,
         local_reply: local_reply.map(|reply| LocalReplyOutput {
@@ -178,7 +198,7 @@ pub fn run(args: &Args) -> Result<()> {
         },
         response: response_message,
         callouts: answered.borrow().clone(),
-        metrics: metrics(&plugin),
+        metrics: metrics(plugin),
         logs: plugin
             .logs()
             .into_iter()
@@ -188,12 +208,7 @@ pub fn run(args: &Args) -> Result<()> {
             })
             .collect(),
         vm_failure,
-    };
-    println!(
-        "{}",
-        to_pretty_json(&output).context("serializing the result")?
-    );
-    Ok(())
+    })
 }
 
 /// Reads and validates the exchange file; errors name the file and the JSON path.
