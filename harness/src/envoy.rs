@@ -441,6 +441,7 @@ pub struct EnvoyBuilder {
     startup_timeout: Duration,
     binary: Option<PathBuf>,
     report_response_code_details: bool,
+    connection_manager_fields: Vec<(String, Value)>,
 }
 
 impl Default for EnvoyBuilder {
@@ -465,7 +466,15 @@ impl EnvoyBuilder {
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             binary: None,
             report_response_code_details: true,
+            connection_manager_fields: Vec::new(),
         }
+    }
+
+    /// Sets a field of the `HttpConnectionManager` (e.g. `use_remote_address: true`,
+    /// `normalize_path: true`, `xff_num_trusted_hops: 1`), overriding the generated value.
+    pub fn connection_manager_field(mut self, name: impl Into<String>, value: Value) -> Self {
+        self.connection_manager_fields.push((name.into(), value));
+        self
     }
 
     /// Whether local replies (a filter's `send_http_response`, Envoy's own 503s, direct
@@ -588,6 +597,9 @@ impl EnvoyBuilder {
                     } }],
                 }],
             });
+        }
+        for (name, value) in &self.connection_manager_fields {
+            connection_manager[name.as_str()] = value.clone();
         }
         json!({
             "node": { "id": "wasmesh-test", "cluster": "wasmesh-test" },
@@ -1492,6 +1504,19 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("WASMESH_SKIP_ENVOY=1"), "{message}");
+    }
+
+    #[test]
+    fn connection_manager_fields_override_the_generated_ones() {
+        let bootstrap = EnvoyBuilder::new()
+            .connection_manager_field("stat_prefix", json!("edge"))
+            .connection_manager_field("normalize_path", json!(true))
+            .bootstrap();
+        let manager = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"];
+
+        assert_eq!(manager["stat_prefix"], "edge");
+        assert_eq!(manager["normalize_path"], true);
     }
 
     #[test]

@@ -469,8 +469,7 @@ mod glue {
     /// Offers every paused stream to go on, each in its own context, then makes `current` the
     /// effective context again.
     fn wake_paused<F: HttpFilter>(host: ProxyWasmHost, paused: &Paused<F>, current: u32) {
-        let waiting: Vec<(u32, Weak<RefCell<StreamDriver<F>>>)> = match paused.try_borrow()
-        {
+        let waiting: Vec<(u32, Weak<RefCell<StreamDriver<F>>>)> = match paused.try_borrow() {
             Ok(paused) => paused
                 .iter()
                 .map(|(id, stream)| (*id, stream.clone()))
@@ -498,7 +497,7 @@ mod glue {
             }
             enact::<F>(host, outcome);
         }
-    let _ = proxy_wasm::hostcalls::set_effective_context(current);
+        let _ = proxy_wasm::hostcalls::set_effective_context(current);
     }
 
     impl<F: HttpFilter> Context for Root<F> {
@@ -1060,10 +1059,22 @@ mod tests {
                 _ => Decision::Pause,
             }
         }
+
+        fn wake_paused_after_stream_callout(&self) -> bool {
+            true
+        }
     }
 
     fn gate(host: &mut MemoryHost) -> StreamDriver<GateFilter> {
         StreamDriver::new(Some(Rc::new(configure::<GateFilter>(b"{}", host).unwrap())))
+    }
+
+    #[test]
+    fn waking_others_after_a_stream_callout_is_opt_in() {
+        let mut host = MemoryHost::new();
+        assert!(!StreamDriver::new(Some(filter(&mut host))).wakes_paused_after_callout());
+        assert!(gate(&mut host).wakes_paused_after_callout());
+        assert!(!StreamDriver::<GateFilter>::new(None).wakes_paused_after_callout());
     }
 
     #[test]

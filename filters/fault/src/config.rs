@@ -71,22 +71,31 @@ pub struct Config {
 
     // Envoy fields proxy-wasm cannot honour: present means refused (see `Refused`).
     #[serde(default)]
+    #[allow(dead_code)] // Deserialized only to be refused.
     response_rate_limit: Refused<ResponseRateLimitReason>,
     #[serde(default)]
+    #[allow(dead_code)] // Deserialized only to be refused.
     delay_percent_runtime: Refused<RuntimeReason>,
     #[serde(default)]
+    #[allow(dead_code)] // Deserialized only to be refused.
     abort_percent_runtime: Refused<RuntimeReason>,
     #[serde(default)]
+    #[allow(dead_code)] // Deserialized only to be refused.
     delay_duration_runtime: Refused<RuntimeReason>,
     #[serde(default)]
+    #[allow(dead_code)] // Deserialized only to be refused.
     abort_http_status_runtime: Refused<RuntimeReason>,
     #[serde(default)]
+    #[allow(dead_code)] // Deserialized only to be refused.
     abort_grpc_status_runtime: Refused<RuntimeReason>,
     #[serde(default)]
+    #[allow(dead_code)] // Deserialized only to be refused.
     max_active_faults_runtime: Refused<RuntimeReason>,
     #[serde(default)]
+    #[allow(dead_code)] // Deserialized only to be refused.
     response_rate_limit_percent_runtime: Refused<RuntimeReason>,
     #[serde(default)]
+    #[allow(dead_code)] // Deserialized only to be refused.
     filter_metadata: Refused<FilterMetadataReason>,
 }
 
@@ -135,7 +144,8 @@ impl Config {
     /// Whether the filter needs the root context's tick (delays to resume, a control service
     /// to poll, or a shared active-fault lease to keep fresh).
     pub fn needs_tick(&self) -> bool {
-        let static_delay = self.delay.is_some() || self.fault.as_ref().is_some_and(|f| f.delay.is_some());
+        let static_delay =
+            self.delay.is_some() || self.fault.as_ref().is_some_and(|f| f.delay.is_some());
         static_delay || self.control.is_some() || self.max_active_faults.is_some()
     }
 }
@@ -261,6 +271,7 @@ pub struct IstioDelay {
     #[serde(default)]
     pub percent: Option<i32>,
     #[serde(default)]
+    #[allow(dead_code)] // Deserialized only to be refused.
     exponential_delay: Refused<ExponentialDelayReason>,
 }
 
@@ -299,6 +310,7 @@ pub struct IstioAbort {
     #[serde(default)]
     pub percentage: Option<Percent>,
     #[serde(default)]
+    #[allow(dead_code)] // Deserialized only to be refused.
     http2_error: Refused<Http2ErrorReason>,
 }
 
@@ -924,14 +936,17 @@ mod tests {
         ] {
             let message = error(&format!(r#"{{"{field}": "fault.http.x"}}"#));
             assert!(
-                message.starts_with(&format!("{field}: is not supported: wasm filters cannot read Envoy's runtime")),
+                message.starts_with(&format!(
+                    "{field}: is not supported: wasm filters cannot read Envoy's runtime"
+                )),
                 "{message}"
             );
             // proto3's default (empty string) is the same as unset.
             assert!(load::<Config>(format!(r#"{{"{field}": ""}}"#).as_bytes()).is_ok());
         }
-        assert!(error(r#"{"filter_metadata": {"a": 1}}"#)
-            .starts_with("filter_metadata: is not supported: proxy-wasm cannot write dynamic metadata"));
+        assert!(error(r#"{"filter_metadata": {"a": 1}}"#).starts_with(
+            "filter_metadata: is not supported: proxy-wasm cannot write dynamic metadata"
+        ));
         assert!(error(r#"{"fault": {"abort": {"http2Error": "CANCEL"}}}"#)
             .starts_with("fault.abort.http2Error: is not supported"));
         assert!(error(r#"{"fault": {"delay": {"exponentialDelay": "1s"}}}"#)

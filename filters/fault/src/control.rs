@@ -168,11 +168,20 @@ mod tests {
         let poll = control.due(start).unwrap();
         assert_eq!(poll.cluster, "chaos");
         assert_eq!(poll.timeout, Duration::from_millis(250));
-        assert!(poll.headers.contains(&(":authority".into(), "chaos.internal".into())));
+        assert!(poll
+            .headers
+            .contains(&(":authority".into(), "chaos.internal".into())));
         assert!(poll.headers.contains(&(":path".into(), "/exp".into())));
         control.dispatched(7, start);
-        assert_eq!(control.due(start + Duration::from_secs(5)), None, "one in flight");
-        assert_eq!(control.on_response(&answer(7, "200", r#"{"enabled": true}"#)), ControlEvent::Updated);
+        assert_eq!(
+            control.due(start + Duration::from_secs(5)),
+            None,
+            "one in flight"
+        );
+        assert_eq!(
+            control.on_response(&answer(7, "200", r#"{"enabled": true}"#)),
+            ControlEvent::Updated
+        );
         assert_eq!(control.due(start + Duration::from_millis(1999)), None);
         assert!(control.due(start + Duration::from_secs(2)).is_some());
     }
@@ -202,14 +211,20 @@ mod tests {
         };
         assert!(experiment.abort.is_some());
         let event = ask(&mut control, "503", "");
-        assert_eq!(event, ControlEvent::Failed("control service answered 503".into()));
+        assert_eq!(
+            event,
+            ControlEvent::Failed("control service answered 503".into())
+        );
         assert!(matches!(control.verdict(), ControlVerdict::Failed(_)));
         ask(&mut control, "200", r#"{"enabled": true}"#);
         let event = ask(&mut control, "200", r#"{"enabled": "yes"}"#);
         let ControlEvent::Failed(reason) = event else {
             panic!("expected a failure");
         };
-        assert!(reason.starts_with("invalid control document: enabled: invalid type"), "{reason}");
+        assert!(
+            reason.starts_with("invalid control document: enabled: invalid type"),
+            "{reason}"
+        );
         assert!(matches!(control.verdict(), ControlVerdict::Failed(_)));
         // A reset/unreachable answer has no headers at all.
         ask(&mut control, "200", r#"{"enabled": true}"#);
@@ -229,7 +244,10 @@ mod tests {
     fn foreign_answers_are_ignored() {
         let mut control = state();
         control.dispatched(3, SystemTime::UNIX_EPOCH);
-        assert_eq!(control.on_response(&answer(4, "200", r#"{"enabled": true}"#)), ControlEvent::Ignored);
+        assert_eq!(
+            control.on_response(&answer(4, "200", r#"{"enabled": true}"#)),
+            ControlEvent::Ignored
+        );
         assert_eq!(control.in_flight(), Some(3));
         assert_eq!(control.verdict(), &ControlVerdict::Pending);
     }

@@ -131,7 +131,10 @@ impl FaultFilter {
         };
         Ok(FaultFilter {
             experiment: Rc::new(config.experiment()),
-            control: config.control.clone().map(|c| RefCell::new(ControlState::new(c))),
+            control: config
+                .control
+                .clone()
+                .map(|c| RefCell::new(ControlState::new(c))),
             active: ActiveFaults::new(
                 ledger_key(&config.stat_prefix),
                 // The ledger identity must differ between VMs even with a fixed seed.
@@ -263,8 +266,8 @@ impl FaultFilter {
             Ok(token) => state.dispatched(token, now),
             Err(error) => {
                 let was_failing = matches!(state.verdict(), ControlVerdict::Failed(_));
-                let event =
-                    state.dispatch_failed(format!("polling the control service failed: {error}"), now);
+                let event = state
+                    .dispatch_failed(format!("polling the control service failed: {error}"), now);
                 drop(state);
                 self.report_control(event, was_failing, host);
             }
@@ -288,7 +291,9 @@ impl FaultFilter {
             let what = match &after {
                 ControlVerdict::Disabled => "faults disabled (kill switch)".to_string(),
                 ControlVerdict::Enabled(None) => "configured experiment enabled".to_string(),
-                ControlVerdict::Enabled(Some(_)) => "experiment from the control service enabled".to_string(),
+                ControlVerdict::Enabled(Some(_)) => {
+                    "experiment from the control service enabled".to_string()
+                }
                 other => format!("{other:?}"),
             };
             host.log(LogLevel::Info, &format!("{FILTER_NAME}: {what}"));
@@ -309,7 +314,9 @@ impl FaultFilter {
                 };
                 host.log(
                     level,
-                    &format!("{FILTER_NAME}: {reason}; faults are off until the control service answers"),
+                    &format!(
+                        "{FILTER_NAME}: {reason}; faults are off until the control service answers"
+                    ),
                 );
             }
             ControlEvent::Ignored => {}
@@ -344,11 +351,9 @@ impl FaultFilter {
     fn delay_millis(&self, experiment: &Experiment, request: &dyn Request) -> Option<u64> {
         let delay = experiment.delay?;
         let percentage = match delay.source {
-            DelaySource::Header => capped_percentage(
-                request,
-                headers::DELAY_REQUEST_PERCENTAGE,
-                delay.percentage,
-            ),
+            DelaySource::Header => {
+                capped_percentage(request, headers::DELAY_REQUEST_PERCENTAGE, delay.percentage)
+            }
             DelaySource::Fixed(_) => delay.percentage,
         };
         if !percentage.hits(self.roll()) {
@@ -383,11 +388,9 @@ impl FaultFilter {
     fn abort_reply(&self, experiment: &Experiment, request: &dyn Request) -> Option<LocalReply> {
         let abort = experiment.abort?;
         let percentage = match abort.source {
-            AbortSource::Header => capped_percentage(
-                request,
-                headers::ABORT_REQUEST_PERCENTAGE,
-                abort.percentage,
-            ),
+            AbortSource::Header => {
+                capped_percentage(request, headers::ABORT_REQUEST_PERCENTAGE, abort.percentage)
+            }
             AbortSource::Http(_) | AbortSource::Grpc(_) => abort.percentage,
         };
         if !percentage.hits(self.roll()) {
@@ -469,7 +472,13 @@ impl FaultFilter {
             if known.len() >= MAX_DOWNSTREAM_CLUSTER_STATS || !is_stat_safe(cluster) {
                 return;
             }
-            let name = |event: &str| stat_name(&self.stat_prefix, FILTER_NAME, &format!("{cluster}.{event}"));
+            let name = |event: &str| {
+                stat_name(
+                    &self.stat_prefix,
+                    FILTER_NAME,
+                    &format!("{cluster}.{event}"),
+                )
+            };
             let (Ok(delays), Ok(aborts)) = (
                 Counter::define(host, &name("delays_injected")),
                 Counter::define(host, &name("aborts_injected")),
@@ -599,12 +608,17 @@ mod tests {
     #[test]
     fn full_abort_answers_like_envoy() {
         let mut host = MemoryHost::new();
-        let fault = filter(r#"{"abort": {"http_status": 503, "percentage": {"numerator": 100}}}"#, &mut host);
+        let fault = filter(
+            r#"{"abort": {"http_status": 503, "percentage": {"numerator": 100}}}"#,
+            &mut host,
+        );
         let mut stream = FaultStream::default();
         let decision = fault.on_request(&mut stream, &get(), &mut host);
         assert_eq!(
             decision,
-            Decision::Deny(LocalReply::new(503, "fault_filter_abort").with_body("fault filter abort"))
+            Decision::Deny(
+                LocalReply::new(503, "fault_filter_abort").with_body("fault filter abort")
+            )
         );
         assert!(stream.holds_fault());
         assert_eq!(host.metric("fault.aborts_injected"), Some(1));
@@ -620,7 +634,10 @@ mod tests {
     #[test]
     fn grpc_abort_replies_200_with_the_grpc_status() {
         let mut host = MemoryHost::new();
-        let fault = filter(r#"{"abort": {"grpc_status": 14, "percentage": {"numerator": 100}}}"#, &mut host);
+        let fault = filter(
+            r#"{"abort": {"grpc_status": 14, "percentage": {"numerator": 100}}}"#,
+            &mut host,
+        );
         let decision = fault.on_request(&mut FaultStream::default(), &get(), &mut host);
         let reply = decision.local_reply().unwrap();
         assert_eq!(reply.status, 200);
@@ -638,7 +655,11 @@ mod tests {
         ] {
             let fault = filter(json, &mut host);
             for _ in 0..1000 {
-                assert_eq!(fault.on_request(&mut FaultStream::default(), &get(), &mut host), Decision::Continue, "{json}");
+                assert_eq!(
+                    fault.on_request(&mut FaultStream::default(), &get(), &mut host),
+                    Decision::Continue,
+                    "{json}"
+                );
             }
         }
         assert_eq!(host.metric("fault.aborts_injected"), Some(0));
@@ -648,20 +669,40 @@ mod tests {
     fn percentages_converge_for_every_denominator() {
         let mut host = MemoryHost::new();
         for (json, expected) in [
-            (r#"{"abort": {"http_status": 503, "percentage": {"numerator": 10}}, "random_seed": 1}"#, 0.10),
-            (r#"{"abort": {"http_status": 503, "percentage": {"numerator": 2500, "denominator": "TEN_THOUSAND"}}, "random_seed": 2}"#, 0.25),
-            (r#"{"abort": {"http_status": 503, "percentage": {"numerator": 50000, "denominator": "MILLION"}}, "random_seed": 3}"#, 0.05),
-            (r#"{"fault": {"abort": {"httpStatus": 503, "percentage": {"value": 33.3}}}, "random_seed": 4}"#, 0.333),
+            (
+                r#"{"abort": {"http_status": 503, "percentage": {"numerator": 10}}, "random_seed": 1}"#,
+                0.10,
+            ),
+            (
+                r#"{"abort": {"http_status": 503, "percentage": {"numerator": 2500, "denominator": "TEN_THOUSAND"}}, "random_seed": 2}"#,
+                0.25,
+            ),
+            (
+                r#"{"abort": {"http_status": 503, "percentage": {"numerator": 50000, "denominator": "MILLION"}}, "random_seed": 3}"#,
+                0.05,
+            ),
+            (
+                r#"{"fault": {"abort": {"httpStatus": 503, "percentage": {"value": 33.3}}}, "random_seed": 4}"#,
+                0.333,
+            ),
         ] {
             let fault = filter(json, &mut host);
             let requests = 20_000;
             let aborted = (0..requests)
-                .filter(|_| fault.on_request(&mut FaultStream::default(), &get(), &mut host).local_reply().is_some())
+                .filter(|_| {
+                    fault
+                        .on_request(&mut FaultStream::default(), &get(), &mut host)
+                        .local_reply()
+                        .is_some()
+                })
                 .count();
             #[allow(clippy::cast_precision_loss)]
             let observed = aborted as f64 / f64::from(requests);
             let sd = (expected * (1.0 - expected) / f64::from(requests)).sqrt();
-            assert!((observed - expected).abs() < 5.0 * sd, "{json}: {observed} vs {expected}");
+            assert!(
+                (observed - expected).abs() < 5.0 * sd,
+                "{json}: {observed} vs {expected}"
+            );
         }
     }
 
@@ -669,9 +710,17 @@ mod tests {
     fn seeded_runs_are_reproducible() {
         let run = || {
             let mut host = MemoryHost::new();
-            let fault = filter(r#"{"abort": {"http_status": 503, "percentage": {"numerator": 50}}, "random_seed": 99}"#, &mut host);
+            let fault = filter(
+                r#"{"abort": {"http_status": 503, "percentage": {"numerator": 50}}, "random_seed": 99}"#,
+                &mut host,
+            );
             (0..64)
-                .map(|_| fault.on_request(&mut FaultStream::default(), &get(), &mut host).local_reply().is_some())
+                .map(|_| {
+                    fault
+                        .on_request(&mut FaultStream::default(), &get(), &mut host)
+                        .local_reply()
+                        .is_some()
+                })
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(), run());
@@ -680,20 +729,36 @@ mod tests {
     #[test]
     fn fixed_delay_pauses_until_due_then_continues_and_releases() {
         let mut host = MemoryHost::new();
-        let fault = filter(r#"{"delay": {"fixed_delay": "3s", "percentage": {"numerator": 100}}}"#, &mut host);
+        let fault = filter(
+            r#"{"delay": {"fixed_delay": "3s", "percentage": {"numerator": 100}}}"#,
+            &mut host,
+        );
         assert_eq!(fault.tick_period(), Some(Duration::from_millis(10)));
         let mut stream = FaultStream::default();
         let request = get();
         let start = host.now();
-        assert_eq!(fault.on_request(&mut stream, &request, &mut host), Decision::Pause);
+        assert_eq!(
+            fault.on_request(&mut stream, &request, &mut host),
+            Decision::Pause
+        );
         assert_eq!(stream.delay_until(), Some(start + Duration::from_secs(3)));
         assert_eq!(host.metric("fault.delays_injected"), Some(1));
         assert_eq!(host.metric("fault.active_faults"), Some(1));
         host.advance(Duration::from_millis(2999));
-        assert_eq!(fault.on_wake(&mut stream, &request, &mut host), Decision::Pause);
+        assert_eq!(
+            fault.on_wake(&mut stream, &request, &mut host),
+            Decision::Pause
+        );
         host.advance(Duration::from_millis(1));
-        assert_eq!(fault.on_wake(&mut stream, &request, &mut host), Decision::Continue);
-        assert_eq!(host.metric("fault.active_faults"), Some(0), "released when the delay ends");
+        assert_eq!(
+            fault.on_wake(&mut stream, &request, &mut host),
+            Decision::Continue
+        );
+        assert_eq!(
+            host.metric("fault.active_faults"),
+            Some(0),
+            "released when the delay ends"
+        );
         fault.on_log(&mut stream, &mut host);
         assert_eq!(host.metric("fault.active_faults"), Some(0));
     }
@@ -708,7 +773,10 @@ mod tests {
         );
         let mut stream = FaultStream::default();
         let request = get();
-        assert_eq!(fault.on_request(&mut stream, &request, &mut host), Decision::Pause);
+        assert_eq!(
+            fault.on_request(&mut stream, &request, &mut host),
+            Decision::Pause
+        );
         host.advance(Duration::from_millis(500));
         let decision = fault.on_wake(&mut stream, &request, &mut host);
         assert_eq!(status_of(&decision), Some(429));
@@ -722,82 +790,151 @@ mod tests {
     #[test]
     fn a_cancelled_delayed_request_gives_its_fault_back() {
         let mut host = MemoryHost::new();
-        let fault = filter(r#"{"delay": {"fixed_delay": "10s", "percentage": {"numerator": 100}}, "max_active_faults": 1}"#, &mut host);
+        let fault = filter(
+            r#"{"delay": {"fixed_delay": "10s", "percentage": {"numerator": 100}}, "max_active_faults": 1}"#,
+            &mut host,
+        );
         let mut cancelled = FaultStream::default();
-        assert_eq!(fault.on_request(&mut cancelled, &get(), &mut host), Decision::Pause);
-        assert_eq!(fault.on_request(&mut FaultStream::default(), &get(), &mut host), Decision::Continue);
+        assert_eq!(
+            fault.on_request(&mut cancelled, &get(), &mut host),
+            Decision::Pause
+        );
+        assert_eq!(
+            fault.on_request(&mut FaultStream::default(), &get(), &mut host),
+            Decision::Continue
+        );
         assert_eq!(host.metric("fault.faults_overflow"), Some(1));
         // The client goes away: the stream is logged without ever resuming.
         fault.on_log(&mut cancelled, &mut host);
         assert_eq!(cancelled.delay_until(), None);
-        assert_eq!(fault.on_request(&mut FaultStream::default(), &get(), &mut host), Decision::Pause);
+        assert_eq!(
+            fault.on_request(&mut FaultStream::default(), &get(), &mut host),
+            Decision::Pause
+        );
     }
 
     #[test]
     fn header_controls_work_only_with_header_faults_and_are_capped() {
         let mut host = MemoryHost::new();
-        let fixed = filter(r#"{"abort": {"http_status": 503, "percentage": {"numerator": 0}}}"#, &mut host);
+        let fixed = filter(
+            r#"{"abort": {"http_status": 503, "percentage": {"numerator": 0}}}"#,
+            &mut host,
+        );
         let forced = get()
             .with_header(headers::ABORT_REQUEST, "418")
             .with_header(headers::ABORT_REQUEST_PERCENTAGE, "100");
-        assert_eq!(fixed.on_request(&mut FaultStream::default(), &forced, &mut host), Decision::Continue);
+        assert_eq!(
+            fixed.on_request(&mut FaultStream::default(), &forced, &mut host),
+            Decision::Continue
+        );
 
-        let header = filter(r#"{"abort": {"header_abort": {}, "percentage": {"numerator": 100}}}"#, &mut host);
-        let decision = header.on_request(&mut FaultStream::default(), &get().with_header(headers::ABORT_REQUEST, "418"), &mut host);
+        let header = filter(
+            r#"{"abort": {"header_abort": {}, "percentage": {"numerator": 100}}}"#,
+            &mut host,
+        );
+        let decision = header.on_request(
+            &mut FaultStream::default(),
+            &get().with_header(headers::ABORT_REQUEST, "418"),
+            &mut host,
+        );
         assert_eq!(status_of(&decision), Some(418));
         // Without the status header there is nothing to abort with.
-        assert_eq!(header.on_request(&mut FaultStream::default(), &get(), &mut host), Decision::Continue);
+        assert_eq!(
+            header.on_request(&mut FaultStream::default(), &get(), &mut host),
+            Decision::Continue
+        );
         // Out-of-range and malformed statuses are ignored.
         for bad in ["600", "199", "abc", "-500", "5 03", ""] {
             let request = get().with_header(headers::ABORT_REQUEST, bad);
-            assert_eq!(header.on_request(&mut FaultStream::default(), &request, &mut host), Decision::Continue, "{bad}");
+            assert_eq!(
+                header.on_request(&mut FaultStream::default(), &request, &mut host),
+                Decision::Continue,
+                "{bad}"
+            );
         }
         // SimpleAtoi accepts surrounding whitespace and a plus sign; only the first value counts.
         let request = get()
             .with_header(headers::ABORT_REQUEST, " +503 ")
             .with_header(headers::ABORT_REQUEST, "404");
-        assert_eq!(status_of(&header.on_request(&mut FaultStream::default(), &request, &mut host)), Some(503));
+        assert_eq!(
+            status_of(&header.on_request(&mut FaultStream::default(), &request, &mut host)),
+            Some(503)
+        );
         // gRPC status from its header when no HTTP status is given.
         let request = get().with_header(headers::ABORT_GRPC_REQUEST, "7");
         let decision = header.on_request(&mut FaultStream::default(), &request, &mut host);
-        assert_eq!(decision.local_reply().map(|r| (r.status, r.grpc_status)), Some((200, Some(GrpcStatusCode::PermissionDenied))));
+        assert_eq!(
+            decision.local_reply().map(|r| (r.status, r.grpc_status)),
+            Some((200, Some(GrpcStatusCode::PermissionDenied)))
+        );
         let request = get().with_header(headers::ABORT_GRPC_REQUEST, "99");
         let decision = header.on_request(&mut FaultStream::default(), &request, &mut host);
-        assert_eq!(decision.local_reply().and_then(|r| r.grpc_status), Some(GrpcStatusCode::Unknown));
+        assert_eq!(
+            decision.local_reply().and_then(|r| r.grpc_status),
+            Some(GrpcStatusCode::Unknown)
+        );
 
         // The percentage header can only lower the configured percentage.
-        let capped = filter(r#"{"abort": {"header_abort": {}, "percentage": {"numerator": 0}}}"#, &mut host);
+        let capped = filter(
+            r#"{"abort": {"header_abort": {}, "percentage": {"numerator": 0}}}"#,
+            &mut host,
+        );
         let request = get()
             .with_header(headers::ABORT_REQUEST, "503")
             .with_header(headers::ABORT_REQUEST_PERCENTAGE, "100");
         for _ in 0..200 {
-            assert_eq!(capped.on_request(&mut FaultStream::default(), &request, &mut host), Decision::Continue);
+            assert_eq!(
+                capped.on_request(&mut FaultStream::default(), &request, &mut host),
+                Decision::Continue
+            );
         }
         let lowered = get()
             .with_header(headers::ABORT_REQUEST, "503")
             .with_header(headers::ABORT_REQUEST_PERCENTAGE, "0");
         for _ in 0..200 {
-            assert_eq!(header.on_request(&mut FaultStream::default(), &lowered, &mut host), Decision::Continue);
+            assert_eq!(
+                header.on_request(&mut FaultStream::default(), &lowered, &mut host),
+                Decision::Continue
+            );
         }
     }
 
     #[test]
     fn header_delay_reads_milliseconds_and_zero_means_no_delay() {
         let mut host = MemoryHost::new();
-        let fault = filter(r#"{"delay": {"header_delay": {}, "percentage": {"numerator": 100}}}"#, &mut host);
+        let fault = filter(
+            r#"{"delay": {"header_delay": {}, "percentage": {"numerator": 100}}}"#,
+            &mut host,
+        );
         let mut stream = FaultStream::default();
         let request = get().with_header(headers::DELAY_REQUEST, "250");
-        assert_eq!(fault.on_request(&mut stream, &request, &mut host), Decision::Pause);
-        assert_eq!(stream.delay_until(), Some(host.now() + Duration::from_millis(250)));
+        assert_eq!(
+            fault.on_request(&mut stream, &request, &mut host),
+            Decision::Pause
+        );
+        assert_eq!(
+            stream.delay_until(),
+            Some(host.now() + Duration::from_millis(250))
+        );
         for value in ["0", "x", "1.5"] {
             let request = get().with_header(headers::DELAY_REQUEST, value);
-            assert_eq!(fault.on_request(&mut FaultStream::default(), &request, &mut host), Decision::Continue, "{value}");
+            assert_eq!(
+                fault.on_request(&mut FaultStream::default(), &request, &mut host),
+                Decision::Continue,
+                "{value}"
+            );
         }
-        assert_eq!(fault.on_request(&mut FaultStream::default(), &get(), &mut host), Decision::Continue);
+        assert_eq!(
+            fault.on_request(&mut FaultStream::default(), &get(), &mut host),
+            Decision::Continue
+        );
         let request = get()
             .with_header(headers::DELAY_REQUEST, "250")
             .with_header(headers::DELAY_REQUEST_PERCENTAGE, "0");
-        assert_eq!(fault.on_request(&mut FaultStream::default(), &request, &mut host), Decision::Continue);
+        assert_eq!(
+            fault.on_request(&mut FaultStream::default(), &request, &mut host),
+            Decision::Continue
+        );
         assert_eq!(host.metric("fault.delays_injected"), Some(1));
     }
 
@@ -817,24 +954,49 @@ mod tests {
                 .with_header(headers::DOWNSTREAM_SERVICE_NODE, "mobile")
                 .with_header("x-chaos", "1")
         };
-        assert_eq!(status_of(&fault.on_request(&mut FaultStream::default(), &matching(), &mut host)), Some(503));
+        assert_eq!(
+            status_of(&fault.on_request(&mut FaultStream::default(), &matching(), &mut host)),
+            Some(503)
+        );
         let misses = [
-            MemoryRequest::get("/api/cart").with_property(&["cluster_name"], "payments").with_header(headers::DOWNSTREAM_SERVICE_NODE, "mobile").with_header("x-chaos", "1"),
-            MemoryRequest::get("/api/cart").with_header(headers::DOWNSTREAM_SERVICE_NODE, "mobile").with_header("x-chaos", "1"),
-            MemoryRequest::get("/api/cart").with_property(&["cluster_name"], "checkout").with_header(headers::DOWNSTREAM_SERVICE_NODE, "backend").with_header("x-chaos", "1"),
-            MemoryRequest::get("/api/cart").with_property(&["cluster_name"], "checkout").with_header("x-chaos", "1"),
-            MemoryRequest::get("/web").with_property(&["cluster_name"], "checkout").with_header(headers::DOWNSTREAM_SERVICE_NODE, "mobile").with_header("x-chaos", "1"),
-            MemoryRequest::get("/api/cart").with_property(&["cluster_name"], "checkout").with_header(headers::DOWNSTREAM_SERVICE_NODE, "mobile"),
+            MemoryRequest::get("/api/cart")
+                .with_property(&["cluster_name"], "payments")
+                .with_header(headers::DOWNSTREAM_SERVICE_NODE, "mobile")
+                .with_header("x-chaos", "1"),
+            MemoryRequest::get("/api/cart")
+                .with_header(headers::DOWNSTREAM_SERVICE_NODE, "mobile")
+                .with_header("x-chaos", "1"),
+            MemoryRequest::get("/api/cart")
+                .with_property(&["cluster_name"], "checkout")
+                .with_header(headers::DOWNSTREAM_SERVICE_NODE, "backend")
+                .with_header("x-chaos", "1"),
+            MemoryRequest::get("/api/cart")
+                .with_property(&["cluster_name"], "checkout")
+                .with_header("x-chaos", "1"),
+            MemoryRequest::get("/web")
+                .with_property(&["cluster_name"], "checkout")
+                .with_header(headers::DOWNSTREAM_SERVICE_NODE, "mobile")
+                .with_header("x-chaos", "1"),
+            MemoryRequest::get("/api/cart")
+                .with_property(&["cluster_name"], "checkout")
+                .with_header(headers::DOWNSTREAM_SERVICE_NODE, "mobile"),
         ];
         for (index, request) in misses.iter().enumerate() {
-            assert_eq!(fault.on_request(&mut FaultStream::default(), request, &mut host), Decision::Continue, "miss {index}");
+            assert_eq!(
+                fault.on_request(&mut FaultStream::default(), request, &mut host),
+                Decision::Continue,
+                "miss {index}"
+            );
         }
     }
 
     #[test]
     fn downstream_cluster_stats_are_bounded_and_can_be_disabled() {
         let mut host = MemoryHost::new();
-        let fault = filter(r#"{"abort": {"http_status": 503, "percentage": {"numerator": 100}}}"#, &mut host);
+        let fault = filter(
+            r#"{"abort": {"http_status": 503, "percentage": {"numerator": 100}}}"#,
+            &mut host,
+        );
         let request = get().with_header(headers::DOWNSTREAM_SERVICE_CLUSTER, "frontend");
         fault.on_request(&mut FaultStream::default(), &request, &mut host);
         assert_eq!(host.metric("fault.frontend.aborts_injected"), Some(1));
@@ -843,15 +1005,28 @@ mod tests {
         fault.on_request(&mut FaultStream::default(), &weird, &mut host);
         assert_eq!(host.metric("fault.a b.aborts_injected"), None);
         for index in 0..(MAX_DOWNSTREAM_CLUSTER_STATS + 5) {
-            let request = get().with_header(headers::DOWNSTREAM_SERVICE_CLUSTER, &format!("c{index}"));
+            let request =
+                get().with_header(headers::DOWNSTREAM_SERVICE_CLUSTER, &format!("c{index}"));
             fault.on_request(&mut FaultStream::default(), &request, &mut host);
         }
         assert_eq!(host.metric("fault.c62.aborts_injected"), Some(1));
-        assert_eq!(host.metric(&format!("fault.c{}.aborts_injected", MAX_DOWNSTREAM_CLUSTER_STATS + 2)), None);
-        assert_eq!(host.metric("fault.aborts_injected"), Some(i64::try_from(MAX_DOWNSTREAM_CLUSTER_STATS).unwrap() + 7));
+        assert_eq!(
+            host.metric(&format!(
+                "fault.c{}.aborts_injected",
+                MAX_DOWNSTREAM_CLUSTER_STATS + 2
+            )),
+            None
+        );
+        assert_eq!(
+            host.metric("fault.aborts_injected"),
+            Some(i64::try_from(MAX_DOWNSTREAM_CLUSTER_STATS).unwrap() + 7)
+        );
 
         let mut host = MemoryHost::new();
-        let quiet = filter(r#"{"abort": {"http_status": 503, "percentage": {"numerator": 100}}, "disable_downstream_cluster_stats": true, "stat_prefix": "edge"}"#, &mut host);
+        let quiet = filter(
+            r#"{"abort": {"http_status": 503, "percentage": {"numerator": 100}}, "disable_downstream_cluster_stats": true, "stat_prefix": "edge"}"#,
+            &mut host,
+        );
         quiet.on_request(&mut FaultStream::default(), &request, &mut host);
         assert_eq!(host.metric("edge.fault.aborts_injected"), Some(1));
         assert_eq!(host.metric("edge.fault.frontend.aborts_injected"), None);
@@ -883,18 +1058,33 @@ mod tests {
             &mut host,
         );
         // Nothing injected before the control service has answered.
-        assert_eq!(fault.on_request(&mut FaultStream::default(), &get(), &mut host), Decision::Continue);
+        assert_eq!(
+            fault.on_request(&mut FaultStream::default(), &get(), &mut host),
+            Decision::Continue
+        );
         control_answer(&fault, &mut host, "200", r#"{"enabled": true}"#);
         assert_eq!(host.metric("fault.control_updates"), Some(1));
         let mut delayed = FaultStream::default();
         let request = get();
-        assert_eq!(fault.on_request(&mut delayed, &request, &mut host), Decision::Pause);
-        assert_eq!(fault.on_wake(&mut delayed, &request, &mut host), Decision::Pause);
+        assert_eq!(
+            fault.on_request(&mut delayed, &request, &mut host),
+            Decision::Pause
+        );
+        assert_eq!(
+            fault.on_wake(&mut delayed, &request, &mut host),
+            Decision::Pause
+        );
         // Kill switch: the delayed request goes on at once, nothing new is injected.
         control_answer(&fault, &mut host, "200", r#"{"enabled": false}"#);
-        assert_eq!(fault.on_wake(&mut delayed, &request, &mut host), Decision::Continue);
+        assert_eq!(
+            fault.on_wake(&mut delayed, &request, &mut host),
+            Decision::Continue
+        );
         assert_eq!(host.metric("fault.active_faults"), Some(0));
-        assert_eq!(fault.on_request(&mut FaultStream::default(), &get(), &mut host), Decision::Continue);
+        assert_eq!(
+            fault.on_request(&mut FaultStream::default(), &get(), &mut host),
+            Decision::Continue
+        );
         // A new experiment from the control service replaces the configured one.
         control_answer(
             &fault,
@@ -902,16 +1092,24 @@ mod tests {
             "200",
             r#"{"enabled": true, "experiment": {"abort": {"http_status": 418, "percentage": {"numerator": 100}}}}"#,
         );
-        assert_eq!(status_of(&fault.on_request(&mut FaultStream::default(), &get(), &mut host)), Some(418));
+        assert_eq!(
+            status_of(&fault.on_request(&mut FaultStream::default(), &get(), &mut host)),
+            Some(418)
+        );
         // The control service failing switches faults off (fail safe), with one warning.
         control_answer(&fault, &mut host, "500", "");
         control_answer(&fault, &mut host, "500", "");
-        assert_eq!(fault.on_request(&mut FaultStream::default(), &get(), &mut host), Decision::Continue);
+        assert_eq!(
+            fault.on_request(&mut FaultStream::default(), &get(), &mut host),
+            Decision::Continue
+        );
         assert_eq!(host.metric("fault.control_failures"), Some(2));
         let warnings = host
             .logs()
             .into_iter()
-            .filter(|(level, message)| *level == LogLevel::Warn && message.contains("control service answered 500"))
+            .filter(|(level, message)| {
+                *level == LogLevel::Warn && message.contains("control service answered 500")
+            })
             .count();
         assert_eq!(warnings, 1);
     }
@@ -925,7 +1123,10 @@ mod tests {
         );
         fault.on_tick(&mut host);
         assert_eq!(host.metric("fault.control_failures"), Some(1));
-        assert_eq!(fault.on_request(&mut FaultStream::default(), &get(), &mut host), Decision::Continue);
+        assert_eq!(
+            fault.on_request(&mut FaultStream::default(), &get(), &mut host),
+            Decision::Continue
+        );
     }
 
     #[test]

@@ -76,7 +76,10 @@ mod tests {
             buckets[index] += 1;
         }
         // Expected 1000 per bucket, sd ~31.5: 6 sd either way.
-        assert!(buckets.iter().all(|count| (810..=1190).contains(count)), "{buckets:?}");
+        assert!(
+            buckets.iter().all(|count| (810..=1190).contains(count)),
+            "{buckets:?}"
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ use common::{
     verdict_in_harness, Verdict, HEADER_CONTROLLED,
 };
 use wasmesh_harness::envoy::{
-    self, BootstrapFormat, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse,
-    TestServer, WasmFilter,
+    self, BootstrapFormat, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse, TestServer,
+    WasmFilter,
 };
 use wasmesh_harness::{Harness, StreamState};
 
@@ -27,7 +27,11 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Envoy with the fault filter in front of `upstream`.
 fn start_envoy(upstream: &TestServer, config: &str) -> Result<Envoy, EnvoyError> {
     EnvoyBuilder::new()
-        .wasm_filter(WasmFilter::new(common::wasm()).name("fault").configuration(config))
+        .wasm_filter(
+            WasmFilter::new(common::wasm())
+                .name("fault")
+                .configuration(config),
+        )
         .upstream(upstream.addr())
         .start()
 }
@@ -77,20 +81,38 @@ fn envoy_and_the_harness_agree_on_header_controlled_faults() {
         let started = Instant::now();
         let in_envoy = verdict_of(&envoy.send(&request("/api/items", &case.headers)).unwrap());
         let delayed_in_envoy = counter(&envoy, "fault.delays_injected") > delays_before;
-        assert_eq!(in_envoy, in_harness, "{}: Envoy and the harness disagree", case.name);
+        assert_eq!(
+            in_envoy, in_harness,
+            "{}: Envoy and the harness disagree",
+            case.name
+        );
         assert_eq!(in_envoy, case.expected, "{}", case.name);
-        assert_eq!(delayed_in_envoy, delayed_in_harness, "{}: delayed", case.name);
+        assert_eq!(
+            delayed_in_envoy, delayed_in_harness,
+            "{}: delayed",
+            case.name
+        );
         assert_eq!(delayed_in_envoy, case.delayed, "{}: delayed", case.name);
         if case.delayed {
             // A lower bound only: the delay is at least what was asked for.
-            assert!(started.elapsed() >= Duration::from_millis(30), "{}", case.name);
+            assert!(
+                started.elapsed() >= Duration::from_millis(30),
+                "{}",
+                case.name
+            );
         }
     }
-    for name in ["fault.delays_injected", "fault.aborts_injected", "fault.faults_overflow"] {
+    for name in [
+        "fault.delays_injected",
+        "fault.aborts_injected",
+        "fault.faults_overflow",
+    ] {
         let in_harness = plugin.metric(name).and_then(|value| value.value());
         assert_eq!(envoy.wasm_metric(name).unwrap(), in_harness, "{name}");
     }
-    envoy.wait_for_wasm_metric("fault.active_faults", 0, WAIT).unwrap();
+    envoy
+        .wait_for_wasm_metric("fault.active_faults", 0, WAIT)
+        .unwrap();
 
     // 2. max_active_faults (1): while one request is delayed, another fault overflows.
     let delayed = [("x-chaos", "1"), ("x-envoy-fault-delay-request", "1500")];
@@ -98,10 +120,15 @@ fn envoy_and_the_harness_agree_on_header_controlled_faults() {
     let overflow_before = counter(&envoy, "fault.faults_overflow");
     let listener = envoy.listener_addr();
     let held = thread::spawn(move || envoy::send(listener, &request("/slow", &delayed)).unwrap());
-    envoy.wait_for_wasm_metric("fault.active_faults", 1, WAIT).unwrap();
+    envoy
+        .wait_for_wasm_metric("fault.active_faults", 1, WAIT)
+        .unwrap();
     let in_envoy = verdict_of(&envoy.send(&request("/", &abort)).unwrap());
     assert_eq!(verdict_of(&held.join().unwrap()), Verdict::Forwarded);
-    assert_eq!(counter(&envoy, "fault.faults_overflow"), overflow_before + 1);
+    assert_eq!(
+        counter(&envoy, "fault.faults_overflow"),
+        overflow_before + 1
+    );
 
     let (mut held_in_harness, _) =
         send_in_harness(&plugin, &request_headers("/slow", &delayed), Duration::ZERO);
@@ -109,7 +136,11 @@ fn envoy_and_the_harness_agree_on_header_controlled_faults() {
     let (stream, _) = send_in_harness(&plugin, &request_headers("/", &abort), Duration::ZERO);
     let in_harness = verdict_in_harness(stream);
     assert_eq!(in_envoy, in_harness);
-    assert_eq!(in_envoy, Verdict::Forwarded, "the second fault must overflow");
+    assert_eq!(
+        in_envoy,
+        Verdict::Forwarded,
+        "the second fault must overflow"
+    );
     plugin.advance_clock(Duration::from_millis(1500)).unwrap();
     assert_eq!(held_in_harness.request_state(), StreamState::Continued);
     held_in_harness
@@ -118,23 +149,32 @@ fn envoy_and_the_harness_agree_on_header_controlled_faults() {
     held_in_harness.complete().unwrap();
 
     // 3. A client that gives up on a delayed request frees its fault.
-    envoy.wait_for_wasm_metric("fault.active_faults", 0, WAIT).unwrap();
+    envoy
+        .wait_for_wasm_metric("fault.active_faults", 0, WAIT)
+        .unwrap();
     let mut client = TcpStream::connect(listener).unwrap();
     client
         .write_all(
             b"GET /abandoned HTTP/1.1\r\nhost: shop.example.com\r\nx-chaos: 1\r\nx-envoy-fault-delay-request: 60000\r\n\r\n",
         )
         .unwrap();
-    envoy.wait_for_wasm_metric("fault.active_faults", 1, WAIT).unwrap();
+    envoy
+        .wait_for_wasm_metric("fault.active_faults", 1, WAIT)
+        .unwrap();
     drop(client);
-    envoy.wait_for_wasm_metric("fault.active_faults", 0, WAIT).unwrap();
+    envoy
+        .wait_for_wasm_metric("fault.active_faults", 0, WAIT)
+        .unwrap();
     assert_eq!(
         verdict_of(&envoy.send(&request("/", &abort)).unwrap()),
         Verdict::http_abort(503),
         "the abandoned request's fault was not given back"
     );
     assert!(
-        upstream.requests().iter().all(|seen| seen.path != "/abandoned"),
+        upstream
+            .requests()
+            .iter()
+            .all(|seen| seen.path != "/abandoned"),
         "an abandoned delayed request must never reach the upstream"
     );
 }
@@ -147,11 +187,18 @@ fn envoy_refuses_a_bad_configuration_as_the_harness_does() {
     let bad = r#"{"abort": {"http_status": 503}, "response_rate_limit": {"fixed_limit": {"limit_kbps": 64}}}"#;
     let upstream = TestServer::echo().unwrap();
     let error = start_envoy(&upstream, bad).unwrap_err();
-    let harness_error = Harness::load(common::wasm()).unwrap().config(bad).start().err();
+    let harness_error = Harness::load(common::wasm())
+        .unwrap()
+        .config(bad)
+        .start()
+        .err();
     let EnvoyError::Exited { log_tail, .. } = &error else {
         panic!("expected Envoy to refuse the configuration, got {error}");
     };
-    assert!(log_tail.contains("response_rate_limit: is not supported"), "{log_tail}");
+    assert!(
+        log_tail.contains("response_rate_limit: is not supported"),
+        "{log_tail}"
+    );
     assert!(matches!(
         harness_error,
         Some(wasmesh_harness::HarnessError::ConfigRejected { .. })
@@ -186,7 +233,10 @@ fn shipped_envoy_and_istio_configs_embed_the_sample_configuration() {
     let istio_yaml = std::fs::read_to_string(examples.join("istio/fault.yaml")).unwrap();
     let sample = sample_config();
     assert_eq!(block_under(&envoy_yaml, "value: |").trim(), sample.trim());
-    assert_eq!(block_under(&istio_yaml, "pluginConfig:").trim(), sample.trim());
+    assert_eq!(
+        block_under(&istio_yaml, "pluginConfig:").trim(),
+        sample.trim()
+    );
 }
 
 /// The seed whose first `requests` draws, under the sample configuration, give at least one
@@ -263,8 +313,11 @@ fn the_shipped_envoy_config_runs_the_filter_with_the_same_dice_as_the_harness() 
     }
     let mut verdicts = Vec::new();
     for index in 0..REQUESTS {
-        let (stream, delayed_in_harness) =
-            send_in_harness(&plugin, &request_headers("/checkout", &[]), Duration::from_secs(3));
+        let (stream, delayed_in_harness) = send_in_harness(
+            &plugin,
+            &request_headers("/checkout", &[]),
+            Duration::from_secs(3),
+        );
         let in_harness = verdict_in_harness(stream);
         let delays_before = counter(&envoy, "fault.delays_injected");
         let started = Instant::now();
@@ -282,12 +335,17 @@ fn the_shipped_envoy_config_runs_the_filter_with_the_same_dice_as_the_harness() 
             assert!(started.elapsed() >= Duration::from_secs(3));
         }
         assert_eq!(in_envoy, in_harness, "request {index}");
-        assert_eq!(delayed_in_envoy, delayed_in_harness, "request {index}: delayed");
+        assert_eq!(
+            delayed_in_envoy, delayed_in_harness,
+            "request {index}: delayed"
+        );
         verdicts.push(in_envoy);
     }
     assert!(verdicts.contains(&Verdict::http_abort(503)));
     assert_eq!(
         envoy.wasm_metric("fault.aborts_injected").unwrap(),
-        plugin.metric("fault.aborts_injected").and_then(|v| v.value())
+        plugin
+            .metric("fault.aborts_injected")
+            .and_then(|v| v.value())
     );
 }

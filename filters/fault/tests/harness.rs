@@ -46,7 +46,11 @@ fn a_fixed_delay_is_measured_exactly_on_the_virtual_clock() {
     plugin.advance_clock(Duration::from_millis(2990)).unwrap();
     assert_eq!(stream.request_state(), StreamState::Paused, "resumed early");
     plugin.advance_clock(Duration::from_millis(10)).unwrap();
-    assert_eq!(stream.request_state(), StreamState::Continued, "not resumed at 3s");
+    assert_eq!(
+        stream.request_state(),
+        StreamState::Continued,
+        "not resumed at 3s"
+    );
     assert_eq!(stream.request_body_now(), b"order");
     assert_eq!(metric(&plugin, "fault.delays_injected"), 1);
     assert_eq!(metric(&plugin, "fault.active_faults"), 0);
@@ -75,9 +79,8 @@ fn delays_are_accurate_to_the_tick_interval() {
 
 #[test]
 fn aborts_carry_the_configured_status_body_and_details() {
-    let plugin = start_in_harness(
-        r#"{"abort": {"http_status": 503, "percentage": {"numerator": 100}}}"#,
-    );
+    let plugin =
+        start_in_harness(r#"{"abort": {"http_status": 503, "percentage": {"numerator": 100}}}"#);
     let mut stream = plugin.http_stream();
     let outcome = stream
         .request_headers(&request_headers("/checkout", &[]), true)
@@ -140,7 +143,11 @@ fn istio_percentages_in_millionths_converge() {
     let aborted = (0..8_000)
         .filter(|_| {
             let mut stream = plugin.http_stream();
-            let hit = stream.request_headers(&headers, true).unwrap().local_reply().is_some();
+            let hit = stream
+                .request_headers(&headers, true)
+                .unwrap()
+                .local_reply()
+                .is_some();
             stream.complete().unwrap();
             hit
         })
@@ -413,7 +420,11 @@ fn the_control_service_can_swap_the_experiment_live() {
             "headers": [{"name": ":path", "string_match": {"prefix": "/checkout"}}]}}"#,
     );
     plugin.advance_clock(10 * MS).unwrap();
-    let (stream, _) = send_in_harness(&plugin, &request_headers("/checkout/pay", &[]), Duration::ZERO);
+    let (stream, _) = send_in_harness(
+        &plugin,
+        &request_headers("/checkout/pay", &[]),
+        Duration::ZERO,
+    );
     assert_eq!(verdict_in_harness(stream), Verdict::http_abort(429));
     let (stream, _) = send_in_harness(&plugin, &request_headers("/catalog", &[]), Duration::ZERO);
     assert_eq!(verdict_in_harness(stream), Verdict::Forwarded);
@@ -453,7 +464,11 @@ fn the_sample_config_selects_its_route_only() {
     let mut delayed = 0;
     let mut aborted = 0;
     for index in 0..2_000 {
-        let path = if index % 2 == 0 { "/checkout/cart" } else { "/catalog" };
+        let path = if index % 2 == 0 {
+            "/checkout/cart"
+        } else {
+            "/catalog"
+        };
         let (stream, was_delayed) =
             send_in_harness(&plugin, &request_headers(path, &[]), Duration::from_secs(3));
         let verdict = verdict_in_harness(stream);
@@ -495,13 +510,14 @@ fn a_bad_configuration_is_refused_with_the_path_in_the_logs() {
     let HarnessError::ConfigRejected { logs } = &error else {
         panic!("expected the configuration to be rejected, got {error}");
     };
-    assert!(logs
-        .iter()
-        .any(|entry| entry.message.contains("response_rate_limit: is not supported")));
+    assert!(logs.iter().any(|entry| entry
+        .message
+        .contains("response_rate_limit: is not supported")));
 }
 
 #[test]
 fn no_tick_without_anything_to_time() {
-    let plugin = start_in_harness(r#"{"abort": {"http_status": 503, "percentage": {"numerator": 1}}}"#);
+    let plugin =
+        start_in_harness(r#"{"abort": {"http_status": 503, "percentage": {"numerator": 1}}}"#);
     assert_eq!(plugin.tick_period(0), None);
 }

@@ -157,7 +157,9 @@ fn compile_provider(
     let path = format!("providers.{name}");
     let keys = match (&config.local_jwks, &config.remote_jwks) {
         (Some(local), _) => {
-            let document = local.bytes().map_err(|e| e.within(&format!("{path}.local_jwks")))?;
+            let document = local
+                .bytes()
+                .map_err(|e| e.within(&format!("{path}.local_jwks")))?;
             let jwks = jwks::parse(&document).map_err(|status| {
                 ConfigError::new(
                     format!("{path}.local_jwks"),
@@ -181,7 +183,11 @@ fn compile_provider(
         let max = usize::try_from(cache.jwt_max_token_size).unwrap_or(DEFAULT_MAX_TOKEN_SIZE);
         RefCell::new(JwtCache::new(
             if size == 0 { DEFAULT_SIZE } else { size },
-            if max == 0 { DEFAULT_MAX_TOKEN_SIZE } else { max },
+            if max == 0 {
+                DEFAULT_MAX_TOKEN_SIZE
+            } else {
+                max
+            },
         ))
     });
     Ok(Provider {
@@ -200,7 +206,12 @@ fn compile_provider(
         claim_to_headers: config
             .claim_to_headers
             .iter()
-            .map(|claim| (claim.header_name.to_ascii_lowercase(), claim.claim_name.clone()))
+            .map(|claim| {
+                (
+                    claim.header_name.to_ascii_lowercase(),
+                    claim.claim_name.clone(),
+                )
+            })
             .collect(),
         extractor: Extractor::new([config]),
         keys,
@@ -418,10 +429,16 @@ impl Evaluation<'_> {
             .ok_or(Some(Status::JwtUnknownIssuer))?;
 
         let now = unix_seconds(self.now);
-        if jwt.nbf.is_some_and(|nbf| now.saturating_add(data.clock_skew) < nbf) {
+        if jwt
+            .nbf
+            .is_some_and(|nbf| now.saturating_add(data.clock_skew) < nbf)
+        {
             return Err(Some(Status::JwtNotYetValid));
         }
-        if jwt.exp.is_some_and(|exp| now > exp.saturating_add(data.clock_skew)) {
+        if jwt
+            .exp
+            .is_some_and(|exp| now > exp.saturating_add(data.clock_skew))
+        {
             return Err(Some(Status::JwtExpired));
         }
         if !audiences.unwrap_or(&data.audiences).allows(&jwt.audiences) {
@@ -486,13 +503,16 @@ impl Evaluation<'_> {
             } else {
                 jwt.payload_base64url.clone()
             };
-            self.mutations
-                .push(Mutation::AddHeader(data.forward_payload_header.clone(), payload));
+            self.mutations.push(Mutation::AddHeader(
+                data.forward_payload_header.clone(),
+                payload,
+            ));
         }
         for (header, claim) in &data.claim_to_headers {
             if let Some(value) = jwt.claim(claim).and_then(claim_header_value) {
                 if !value.is_empty() && validate_header_value(&value).is_ok() {
-                    self.mutations.push(Mutation::AddHeader(header.clone(), value));
+                    self.mutations
+                        .push(Mutation::AddHeader(header.clone(), value));
                 }
             }
         }
@@ -541,7 +561,12 @@ impl JwtAuthn {
             if !provider.forward_payload_header.is_empty() {
                 sanitized.push(provider.forward_payload_header.clone());
             }
-            sanitized.extend(provider.claim_to_headers.iter().map(|(header, _)| header.clone()));
+            sanitized.extend(
+                provider
+                    .claim_to_headers
+                    .iter()
+                    .map(|(header, _)| header.clone()),
+            );
         }
         if !config.principal_header.is_empty() {
             sanitized.push(config.principal_header.to_ascii_lowercase());
@@ -555,10 +580,18 @@ impl JwtAuthn {
                 continue;
             };
             let mut period = MAX_TICK;
-            if let Some(backoff) = remote.retry_policy.as_ref().and_then(|p| p.retry_back_off.as_ref()) {
+            if let Some(backoff) = remote
+                .retry_policy
+                .as_ref()
+                .and_then(|p| p.retry_back_off.as_ref())
+            {
                 period = period.min(backoff.base_interval);
             }
-            if let Some(refetch) = remote.async_fetch.as_ref().and_then(|a| a.failed_refetch_duration) {
+            if let Some(refetch) = remote
+                .async_fetch
+                .as_ref()
+                .and_then(|a| a.failed_refetch_duration)
+            {
                 period = period.min(refetch);
             }
             let period = period.max(MIN_TICK);
@@ -650,7 +683,11 @@ impl JwtAuthn {
             }
             None => String::new(),
         };
-        let Some(rule) = self.rules.iter().find(|rule| rule.matcher.matches(&path, request)) else {
+        let Some(rule) = self
+            .rules
+            .iter()
+            .find(|rule| rule.matcher.matches(&path, request))
+        else {
             return self.allow(host);
         };
         let requirement = rule.requirement.clone();
@@ -697,7 +734,10 @@ impl JwtAuthn {
         let mut mutations = mutations.to_vec();
         if let (false, Some(principal)) = (self.principal_header.is_empty(), principal) {
             if validate_header_value(&principal).is_ok() {
-                mutations.push(Mutation::SetHeader(self.principal_header.clone(), principal));
+                mutations.push(Mutation::SetHeader(
+                    self.principal_header.clone(),
+                    principal,
+                ));
             }
         }
         for mutation in mutations {
@@ -749,7 +789,11 @@ impl JwtAuthn {
                 }
                 Err(error) => {
                     let why = format!("dispatch failed: {error}");
-                    self.fetch_ended(name, remote.borrow_mut().dispatch_failed(host.now(), &why), host);
+                    self.fetch_ended(
+                        name,
+                        remote.borrow_mut().dispatch_failed(host.now(), &why),
+                        host,
+                    );
                     failed_now.push(index);
                 }
             }
@@ -765,7 +809,10 @@ impl JwtAuthn {
         match result {
             FetchResult::Loaded => {
                 self.stats.jwks_fetch_success.increment(host);
-                host.log(LogLevel::Debug, &format!("{FILTER}: provider {provider}: JWKS fetched"));
+                host.log(
+                    LogLevel::Debug,
+                    &format!("{FILTER}: provider {provider}: JWKS fetched"),
+                );
             }
             FetchResult::RetryScheduled(_) => host.log(
                 LogLevel::Info,
@@ -843,7 +890,9 @@ impl JwtAuthn {
         host: &mut dyn Host,
         response: &CalloutResponse,
     ) -> Decision {
-        stream.own_fetches.retain(|token| *token != response.token());
+        stream
+            .own_fetches
+            .retain(|token| *token != response.token());
         self.on_fetch_answer(response, host);
         self.resume(stream, request, host)
     }
@@ -909,7 +958,10 @@ mod tests {
             (serde_json::json!(7), Some("7")),
             (serde_json::json!(1.5), Some("1.500000")),
             (serde_json::json!(-3), Some("-3.000000")),
-            (serde_json::json!(1e20), Some("100000000000000000000.000000")),
+            (
+                serde_json::json!(1e20),
+                Some("100000000000000000000.000000"),
+            ),
             (serde_json::json!(3.0), Some("3")),
             (serde_json::json!(true), Some("true")),
             (serde_json::json!([1, 2]), Some("WzEsMl0=")),

@@ -42,7 +42,10 @@ impl JwtCache {
 
     /// The verified token, if cached and not expired at `now` (Unix seconds).
     pub fn lookup(&mut self, token: &str, now: u64) -> Option<Rc<Jwt>> {
-        let (jwt, old_stamp) = self.entries.get(token).map(|(jwt, stamp)| (jwt.clone(), *stamp))?;
+        let (jwt, old_stamp) = self
+            .entries
+            .get(token)
+            .map(|(jwt, stamp)| (jwt.clone(), *stamp))?;
         if jwt.exp.is_some_and(|exp| exp < now) {
             self.entries.remove(token);
             self.order.remove(&old_stamp);

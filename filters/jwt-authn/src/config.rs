@@ -401,7 +401,9 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
                             Value::String(text) => text.parse().ok(),
                             _ => None,
                         }
-                        .ok_or_else(|| de::Error::custom("`seconds` must be a non-negative integer"))?;
+                        .ok_or_else(|| {
+                            de::Error::custom("`seconds` must be a non-negative integer")
+                        })?;
                     }
                     "nanos" => {
                         nanos = map.next_value()?;
@@ -428,12 +430,18 @@ fn optional_duration<'de, D: Deserializer<'de>>(
 }
 
 fn refuse(path: &str, why: &str) -> ConfigError {
-    ConfigError::new(path, format!("not supported by the wasm jwt_authn filter: {why}"))
+    ConfigError::new(
+        path,
+        format!("not supported by the wasm jwt_authn filter: {why}"),
+    )
 }
 
 fn check_header_name(path: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() || name.starts_with(':') {
-        return Err(ConfigError::new(path, "must be a non-empty, non-pseudo header name"));
+        return Err(ConfigError::new(
+            path,
+            "must be a non-empty, non-pseudo header name",
+        ));
     }
     validate_header_name(name).map_err(|error| ConfigError::new(path, error.to_string()))
 }
@@ -484,10 +492,12 @@ impl JwtAuthentication {
             (Some(requirement), None) => self
                 .validate_requirement(requirement)
                 .map_err(|error| error.within("requires")),
-            (None, Some(name)) if !self.requirement_map.contains_key(name) => Err(ConfigError::new(
-                "requirement_name",
-                format!("{name:?} is not in `requirement_map`"),
-            )),
+            (None, Some(name)) if !self.requirement_map.contains_key(name) => {
+                Err(ConfigError::new(
+                    "requirement_name",
+                    format!("{name:?} is not in `requirement_map`"),
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -495,10 +505,16 @@ impl JwtAuthentication {
     fn validate_requirement(&self, requirement: &JwtRequirement) -> Result<(), ConfigError> {
         let set: Vec<&str> = [
             ("provider_name", requirement.provider_name.is_some()),
-            ("provider_and_audiences", requirement.provider_and_audiences.is_some()),
+            (
+                "provider_and_audiences",
+                requirement.provider_and_audiences.is_some(),
+            ),
             ("requires_any", requirement.requires_any.is_some()),
             ("requires_all", requirement.requires_all.is_some()),
-            ("allow_missing_or_failed", requirement.allow_missing_or_failed.is_some()),
+            (
+                "allow_missing_or_failed",
+                requirement.allow_missing_or_failed.is_some(),
+            ),
             ("allow_missing", requirement.allow_missing.is_some()),
         ]
         .into_iter()
@@ -541,9 +557,8 @@ impl JwtAuthentication {
                     ));
                 }
                 for (index, inner) in list.requirements.iter().enumerate() {
-                    self.validate_requirement(inner).map_err(|error| {
-                        error.within(&format!("{field}.requirements[{index}]"))
-                    })?;
+                    self.validate_requirement(inner)
+                        .map_err(|error| error.within(&format!("{field}.requirements[{index}]")))?;
                 }
             }
         }
@@ -568,7 +583,9 @@ impl Validate for JwtProvider {
             (Some(remote), None) => remote
                 .validate()
                 .map_err(|error| error.within("remote_jwks"))?,
-            (None, Some(local)) => local.validate().map_err(|error| error.within("local_jwks"))?,
+            (None, Some(local)) => local
+                .validate()
+                .map_err(|error| error.within("local_jwks"))?,
         }
         for (field, value) in [
             ("payload_in_metadata", &self.payload_in_metadata),
@@ -597,9 +614,15 @@ impl Validate for JwtProvider {
         for (index, header) in self.from_headers.iter().enumerate() {
             check_header_name(&format!("from_headers[{index}].name"), &header.name)?;
         }
-        for (field, names) in [("from_params", &self.from_params), ("from_cookies", &self.from_cookies)] {
+        for (field, names) in [
+            ("from_params", &self.from_params),
+            ("from_cookies", &self.from_cookies),
+        ] {
             if let Some(index) = names.iter().position(String::is_empty) {
-                return Err(ConfigError::new(format!("{field}[{index}]"), "must not be empty"));
+                return Err(ConfigError::new(
+                    format!("{field}[{index}]"),
+                    "must not be empty",
+                ));
             }
         }
         if !self.forward_payload_header.is_empty() {
@@ -655,11 +678,10 @@ impl DataSource {
     pub fn bytes(&self) -> Result<Vec<u8>, ConfigError> {
         match (&self.inline_string, &self.inline_bytes) {
             (Some(text), _) => Ok(text.as_bytes().to_vec()),
-            (None, Some(encoded)) => base64::Engine::decode(
-                &base64::engine::general_purpose::STANDARD,
-                encoded,
-            )
-            .map_err(|_| ConfigError::new("inline_bytes", "is not valid base64")),
+            (None, Some(encoded)) => {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
+                    .map_err(|_| ConfigError::new("inline_bytes", "is not valid base64"))
+            }
             (None, None) => Err(ConfigError::root("`inline_string` must be set")),
         }
     }
@@ -700,7 +722,10 @@ impl Validate for RemoteJwks {
         }
         if let Some(policy) = &self.retry_policy {
             if policy.retry_priority.is_some() {
-                return Err(refuse("retry_policy.retry_priority", "callouts pick their host themselves"));
+                return Err(refuse(
+                    "retry_policy.retry_priority",
+                    "callouts pick their host themselves",
+                ));
             }
             if policy.retry_host_predicate.is_some() {
                 return Err(refuse(
@@ -729,7 +754,10 @@ impl Validate for RemoteJwks {
                         "must be at least 1ms",
                     ));
                 }
-                if backoff.max_interval.is_some_and(|max| max < backoff.base_interval) {
+                if backoff
+                    .max_interval
+                    .is_some_and(|max| max < backoff.base_interval)
+                {
                     return Err(ConfigError::new(
                         "retry_policy.retry_back_off.max_interval",
                         "must not be below `base_interval`",
@@ -790,7 +818,10 @@ impl Validate for RouteMatch {
             ("path_match_policy", self.path_match_policy.is_some()),
         ] {
             if present {
-                return Err(refuse(field, "only path, header and query parameter matching is available to a filter"));
+                return Err(refuse(
+                    field,
+                    "only path, header and query parameter matching is available to a filter",
+                ));
             }
         }
         for (index, query) in self.query_parameters.iter().enumerate() {

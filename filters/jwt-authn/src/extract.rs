@@ -313,7 +313,10 @@ mod tests {
             remove_query_param("/x?a=1&access_token=t&b=2", "access_token"),
             "/x?a=1&b=2"
         );
-        assert_eq!(remove_query_param("/x?access_token=t", "access_token"), "/x");
+        assert_eq!(
+            remove_query_param("/x?access_token=t", "access_token"),
+            "/x"
+        );
         assert_eq!(
             remove_query_param("/x?access%5Ftoken=t&access_token=u&c#f", "access_token"),
             "/x?c#f"

@@ -210,15 +210,16 @@ fn ec_key(key: &Map<String, Value>, alg: &str) -> Result<(KeyKind, DecodingKey),
     {
         return Err(Status::JwksEcKeyAlgNotCompatibleWithCrv);
     }
-    let (kind, coordinate_len) = if alg == "ES256" || crv == "P-256" || (alg.is_empty() && crv.is_empty()) {
-        (KeyKind::EcP256, 32)
-    } else if alg == "ES384" || crv == "P-384" {
-        (KeyKind::EcP384, 48)
-    } else if alg == "ES512" || crv == "P-521" {
-        (KeyKind::EcP521, 66)
-    } else {
-        return Err(Status::JwksEcKeyAlgOrCrvUnsupported);
-    };
+    let (kind, coordinate_len) =
+        if alg == "ES256" || crv == "P-256" || (alg.is_empty() && crv.is_empty()) {
+            (KeyKind::EcP256, 32)
+        } else if alg == "ES384" || crv == "P-384" {
+            (KeyKind::EcP384, 48)
+        } else if alg == "ES512" || crv == "P-521" {
+            (KeyKind::EcP521, 66)
+        } else {
+            return Err(Status::JwksEcKeyAlgOrCrvUnsupported);
+        };
     let x = required(key, "x", Status::JwksEcKeyMissingX, Status::JwksEcKeyBadX)?;
     let y = required(key, "y", Status::JwksEcKeyMissingY, Status::JwksEcKeyBadY)?;
     let (Some(x), Some(y)) = (decode_base64url(x), decode_base64url(y)) else {
@@ -247,7 +248,12 @@ fn oct_key(key: &Map<String, Value>, alg: &str) -> Result<(KeyKind, DecodingKey)
     if !alg.is_empty() && !matches!(alg, "HS256" | "HS384" | "HS512") {
         return Err(Status::JwksHmacKeyBadAlg);
     }
-    let k = required(key, "k", Status::JwksHmacKeyMissingK, Status::JwksHmacKeyBadK)?;
+    let k = required(
+        key,
+        "k",
+        Status::JwksHmacKeyMissingK,
+        Status::JwksHmacKeyBadK,
+    )?;
     match decode_base64url(k) {
         Some(secret) if !secret.is_empty() => Ok((KeyKind::Oct, DecodingKey::from_secret(&secret))),
         _ => Err(Status::JwksOctBadBase64),
@@ -405,26 +411,51 @@ mod tests {
         format!(r#"{{"kty":"RSA","n":"{}","e":"AQAB"{extra}}}"#, modulus())
     }
 
+    /// The fixture's P-256 and Ed25519 public keys (points on their curves).
+    fn fixture_key(kid: &str) -> Value {
+        let vectors: Value = serde_json::from_str(crate::tests::VECTORS).unwrap();
+        vectors["jwks"]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|key| key["kid"] == kid)
+            .unwrap()
+            .clone()
+    }
+
     #[test]
     fn parses_every_key_type_and_skips_bad_keys() {
         let x = encode_base64url(&[7u8; 32]);
         let doc = format!(
-            r#"{{"keys":[{},{{"kty":"EC","crv":"P-256","x":"{x}","y":"{x}","kid":"ec"}},
-            {{"kty":"oct","k":"c2VjcmV0","alg":"HS256"}},{{"kty":"OKP","crv":"Ed25519","x":"{x}"}},
-            {{"kty":"RSA","n":"AQAB"}}, 5, {{"kty":"EC","crv":"P-384","x":"{x}","y":"{x}"}}]}}"#,
-            rsa(r#","kid":"r1","alg":"RS256""#)
+            r#"{{"keys":[{},{},
+            {{"kty":"oct","k":"c2VjcmV0","alg":"HS256"}},{},
+            {{"kty":"RSA","n":"AQAB"}}, 5, {{"kty":"EC","crv":"P-384","x":"{x}","y":"{x}"}},
+            {{"kty":"EC","crv":"P-256","x":"{x}","y":"{x}"}}]}}"#,
+            rsa(r#","kid":"r1","alg":"RS256""#),
+            fixture_key("p256"),
+            fixture_key("ed"),
         );
         let jwks = parse(doc.as_bytes()).unwrap();
         let kinds: Vec<KeyKind> = jwks.keys.iter().map(|key| key.kind).collect();
         assert_eq!(
             kinds,
-            [KeyKind::Rsa, KeyKind::EcP256, KeyKind::Oct, KeyKind::Ed25519]
+            [
+                KeyKind::Rsa,
+                KeyKind::EcP256,
+                KeyKind::Oct,
+                KeyKind::Ed25519
+            ]
         );
         assert_eq!(jwks.keys[0].kid, "r1");
         assert_eq!(jwks.keys[0].alg, "RS256");
+        // The last key is not a point of P-256.
         assert_eq!(
             jwks.skipped,
-            [Status::JwksRsaKeyMissingE, Status::JwksEcParseError]
+            [
+                Status::JwksRsaKeyMissingE,
+                Status::JwksEcParseError,
+                Status::JwksEcParseError
+            ]
         );
         assert!(!format!("{:?}", jwks.keys[2]).contains("secret"));
     }
@@ -438,7 +469,10 @@ mod tests {
             (r#"{"keys":{}}"#, Status::JwksBadKeys),
             (r#"{"keys":[]}"#, Status::JwksNoValidKeys),
             (r#"{"keys":[1,"a"]}"#, Status::JwksNoValidKeys),
-            (r#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}"#, Status::JwksRsaParseError),
+            (
+                r#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}"#,
+                Status::JwksRsaParseError,
+            ),
             (r#"{"kid1":"not a certificate"}"#, Status::JwksNoKeys),
         ] {
             assert_eq!(parse(doc.as_bytes()).err(), Some(status), "{doc}");
@@ -455,8 +489,14 @@ mod tests {
         let x48 = encode_base64url(&[1u8; 48]);
         let cases = [
             (rsa(r#","alg":"HS256""#), Status::JwksRsaKeyBadAlg),
-            (r#"{"kty":"RSA","e":"AQAB"}"#.to_string(), Status::JwksRsaKeyMissingN),
-            (r#"{"kty":"RSA","n":1,"e":"AQAB"}"#.to_string(), Status::JwksRsaKeyBadN),
+            (
+                r#"{"kty":"RSA","e":"AQAB"}"#.to_string(),
+                Status::JwksRsaKeyMissingN,
+            ),
+            (
+                r#"{"kty":"RSA","n":1,"e":"AQAB"}"#.to_string(),
+                Status::JwksRsaKeyBadN,
+            ),
             (
                 format!(r#"{{"kty":"RSA","n":"{}","e":"Aw0"}}"#, modulus()),
                 Status::JwksRsaParseError,
@@ -473,9 +513,18 @@ mod tests {
                 format!(r#"{{"kty":"EC","crv":"secp256k1","x":"{x32}","y":"{x32}"}}"#),
                 Status::JwksEcKeyAlgOrCrvUnsupported,
             ),
-            (r#"{"kty":"EC","crv":7}"#.to_string(), Status::JwksEcKeyBadCrv),
-            (format!(r#"{{"kty":"EC","y":"{x32}"}}"#), Status::JwksEcKeyMissingX),
-            (format!(r#"{{"kty":"EC","x":"{x32}"}}"#), Status::JwksEcKeyMissingY),
+            (
+                r#"{"kty":"EC","crv":7}"#.to_string(),
+                Status::JwksEcKeyBadCrv,
+            ),
+            (
+                format!(r#"{{"kty":"EC","y":"{x32}"}}"#),
+                Status::JwksEcKeyMissingX,
+            ),
+            (
+                format!(r#"{{"kty":"EC","x":"{x32}"}}"#),
+                Status::JwksEcKeyMissingY,
+            ),
             (
                 format!(r#"{{"kty":"EC","x":"*","y":"{x32}"}}"#),
                 Status::JwksEcXorYBadBase64,
@@ -484,17 +533,41 @@ mod tests {
                 format!(r#"{{"kty":"EC","crv":"P-256","x":"{x48}","y":"{x48}"}}"#),
                 Status::JwksEcParseError,
             ),
-            (r#"{"kty":"oct","k":"c2Vj","alg":"RS256"}"#.to_string(), Status::JwksHmacKeyBadAlg),
+            (
+                r#"{"kty":"oct","k":"c2Vj","alg":"RS256"}"#.to_string(),
+                Status::JwksHmacKeyBadAlg,
+            ),
             (r#"{"kty":"oct"}"#.to_string(), Status::JwksHmacKeyMissingK),
-            (r#"{"kty":"oct","k":""}"#.to_string(), Status::JwksOctBadBase64),
-            (format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{x32}","alg":"ES256"}}"#), Status::JwksOkpKeyBadAlg),
-            (format!(r#"{{"kty":"OKP","x":"{x32}"}}"#), Status::JwksOkpKeyMissingCrv),
-            (format!(r#"{{"kty":"OKP","crv":"X25519","x":"{x32}"}}"#), Status::JwksOkpKeyCrvUnsupported),
-            (format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{x48}"}}"#), Status::JwksOkpXWrongLength),
-            (r#"{"kty":"OKP","crv":"Ed25519"}"#.to_string(), Status::JwksOkpKeyMissingX),
+            (
+                r#"{"kty":"oct","k":""}"#.to_string(),
+                Status::JwksOctBadBase64,
+            ),
+            (
+                format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{x32}","alg":"ES256"}}"#),
+                Status::JwksOkpKeyBadAlg,
+            ),
+            (
+                format!(r#"{{"kty":"OKP","x":"{x32}"}}"#),
+                Status::JwksOkpKeyMissingCrv,
+            ),
+            (
+                format!(r#"{{"kty":"OKP","crv":"X25519","x":"{x32}"}}"#),
+                Status::JwksOkpKeyCrvUnsupported,
+            ),
+            (
+                format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{x48}"}}"#),
+                Status::JwksOkpXWrongLength,
+            ),
+            (
+                r#"{"kty":"OKP","crv":"Ed25519"}"#.to_string(),
+                Status::JwksOkpKeyMissingX,
+            ),
             (r#"{"kid":"a"}"#.to_string(), Status::JwksMissingKty),
             (r#"{"kty":1}"#.to_string(), Status::JwksBadKty),
-            (r#"{"kty":"XYZ"}"#.to_string(), Status::JwksNotImplementedKty),
+            (
+                r#"{"kty":"XYZ"}"#.to_string(),
+                Status::JwksNotImplementedKty,
+            ),
         ];
         for (key, status) in cases {
             let doc = format!(r#"{{"keys":[{key}]}}"#);
@@ -504,16 +577,31 @@ mod tests {
 
     #[test]
     fn ec_key_without_alg_or_crv_is_p256() {
-        let x = encode_base64url(&[1u8; 32]);
-        let doc = format!(r#"{{"keys":[{{"kty":"EC","x":"{x}","y":"{x}"}}]}}"#);
+        let key = fixture_key("p256");
+        let doc = format!(
+            r#"{{"keys":[{{"kty":"EC","x":{},"y":{}}}]}}"#,
+            key["x"], key["y"]
+        );
         assert_eq!(parse(doc.as_bytes()).unwrap().keys[0].kind, KeyKind::EcP256);
     }
 
     #[test]
     fn malformed_certificates_are_refused() {
-        let doc = format!(r#"{{"k1":"{}{}{}"}}"#, "-----BEGIN CERTIFICATE-----\\n", "MAA=", "\\n-----END CERTIFICATE-----\\n");
-        assert_eq!(parse(doc.as_bytes()).err(), Some(Status::JwksX509GetPubkeyError));
-        let doc = format!(r#"{{"k1":"{}{}{}"}}"#, "-----BEGIN CERTIFICATE-----\\n", "!!!", "\\n-----END CERTIFICATE-----\\n");
-        assert_eq!(parse(doc.as_bytes()).err(), Some(Status::JwksX509ParseError));
+        let doc = format!(
+            r#"{{"k1":"{}{}{}"}}"#,
+            "-----BEGIN CERTIFICATE-----\\n", "MAA=", "\\n-----END CERTIFICATE-----\\n"
+        );
+        assert_eq!(
+            parse(doc.as_bytes()).err(),
+            Some(Status::JwksX509GetPubkeyError)
+        );
+        let doc = format!(
+            r#"{{"k1":"{}{}{}"}}"#,
+            "-----BEGIN CERTIFICATE-----\\n", "!!!", "\\n-----END CERTIFICATE-----\\n"
+        );
+        assert_eq!(
+            parse(doc.as_bytes()).err(),
+            Some(Status::JwksX509ParseError)
+        );
     }
 }

@@ -14,7 +14,7 @@ use crate::status::Status;
 
 /// Tokens longer than this are refused as malformed before any decoding (Envoy's default
 /// request-header limit is 60 KiB; a token near it is an attack, not a credential).
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+pub const MAX_TOKEN_BYTES: usize = 32 * 1024;
 
 /// base64url, padding optional, as `absl::WebSafeBase64Unescape` accepts.
 const BASE64URL: GeneralPurpose = GeneralPurpose::new(
@@ -210,7 +210,8 @@ fn time_member(object: &Map<String, Value>, name: &str) -> TimeClaim {
                 return TimeClaim::Value(value);
             }
             match number.as_f64() {
-                Some(value) if (0.0..18_446_744_073_709_551_615.0).contains(&value) => {
+                Some(value) if (0.0..18_446_744_073_709_551_615.0).contains(&value) =>
+                {
                     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                     TimeClaim::Value(value as u64)
                 }
@@ -341,7 +342,9 @@ mod tests {
 
     #[test]
     fn single_audience_and_padding_are_accepted() {
-        let header = format!("{}==", b64(r#"{"alg":"ES256"}"#).trim_end_matches('='));
+        // 22 bytes of JSON: 30 base64 characters and `==`.
+        let header = base64::engine::general_purpose::URL_SAFE.encode(br#"{"alg":"ES256","y":12}"#);
+        assert!(header.ends_with('='));
         let jwt = parse(&format!("{header}.{}.c2ln", b64(r#"{"aud":"a"}"#))).unwrap();
         assert_eq!(jwt.audiences, ["a"]);
         assert_eq!(jwt.exp, None);
@@ -354,30 +357,90 @@ mod tests {
             ("abc".into(), Status::JwtBadFormat),
             ("a.b".into(), Status::JwtBadFormat),
             ("a.b.c.d".into(), Status::JwtBadFormat),
-            (format!("{}.{}.", b64(good_header), b64("{}")), Status::JwtBadFormat),
+            (
+                format!("{}.{}.", b64(good_header), b64("{}")),
+                Status::JwtBadFormat,
+            ),
             ("*.e30.c2ln".into(), Status::JwtHeaderParseErrorBadBase64),
             (token("[1]", "{}"), Status::JwtHeaderParseErrorBadJson),
             (token("{}", "{}"), Status::JwtHeaderBadAlg),
             (token(r#"{"alg":5}"#, "{}"), Status::JwtHeaderBadAlg),
-            (token(r#"{"alg":"none"}"#, "{}"), Status::JwtHeaderNotImplementedAlg),
-            (token(r#"{"alg":"rs256"}"#, "{}"), Status::JwtHeaderNotImplementedAlg),
-            (token(r#"{"alg":"RS256","kid":1}"#, "{}"), Status::JwtHeaderBadKid),
-            (token(r#"{"alg":"RS256","alg":"HS256"}"#, "{}"), Status::JwtHeaderParseErrorBadJson),
-            (format!("{}.%%.c2ln", b64(good_header)), Status::JwtPayloadParseErrorBadBase64),
-            (token(good_header, "\"str\""), Status::JwtPayloadParseErrorBadJson),
-            (token(good_header, "null"), Status::JwtPayloadParseErrorBadJson),
-            (token(good_header, r#"{"exp":1,"exp":2}"#), Status::JwtPayloadParseErrorBadJson),
-            (token(good_header, r#"{"iss":1}"#), Status::JwtPayloadParseErrorIssNotString),
-            (token(good_header, r#"{"sub":[]}"#), Status::JwtPayloadParseErrorSubNotString),
-            (token(good_header, r#"{"iat":"1"}"#), Status::JwtPayloadParseErrorIatNotInteger),
-            (token(good_header, r#"{"nbf":-1}"#), Status::JwtPayloadParseErrorNbfOutOfRange),
-            (token(good_header, r#"{"exp":"soon"}"#), Status::JwtPayloadParseErrorExpNotInteger),
-            (token(good_header, r#"{"exp":1e30}"#), Status::JwtPayloadParseErrorExpOutOfRange),
-            (token(good_header, r#"{"exp":null}"#), Status::JwtPayloadParseErrorExpNotInteger),
-            (token(good_header, r#"{"jti":2}"#), Status::JwtPayloadParseErrorJtiNotString),
-            (token(good_header, r#"{"aud":["a",1]}"#), Status::JwtPayloadParseErrorAudNotString),
-            (token(good_header, r#"{"aud":{}}"#), Status::JwtPayloadParseErrorAudNotString),
-            (format!("{}.{}.a*b", b64(good_header), b64("{}")), Status::JwtSignatureParseErrorBadBase64),
+            (
+                token(r#"{"alg":"none"}"#, "{}"),
+                Status::JwtHeaderNotImplementedAlg,
+            ),
+            (
+                token(r#"{"alg":"rs256"}"#, "{}"),
+                Status::JwtHeaderNotImplementedAlg,
+            ),
+            (
+                token(r#"{"alg":"RS256","kid":1}"#, "{}"),
+                Status::JwtHeaderBadKid,
+            ),
+            (
+                token(r#"{"alg":"RS256","alg":"HS256"}"#, "{}"),
+                Status::JwtHeaderParseErrorBadJson,
+            ),
+            (
+                format!("{}.%%.c2ln", b64(good_header)),
+                Status::JwtPayloadParseErrorBadBase64,
+            ),
+            (
+                token(good_header, "\"str\""),
+                Status::JwtPayloadParseErrorBadJson,
+            ),
+            (
+                token(good_header, "null"),
+                Status::JwtPayloadParseErrorBadJson,
+            ),
+            (
+                token(good_header, r#"{"exp":1,"exp":2}"#),
+                Status::JwtPayloadParseErrorBadJson,
+            ),
+            (
+                token(good_header, r#"{"iss":1}"#),
+                Status::JwtPayloadParseErrorIssNotString,
+            ),
+            (
+                token(good_header, r#"{"sub":[]}"#),
+                Status::JwtPayloadParseErrorSubNotString,
+            ),
+            (
+                token(good_header, r#"{"iat":"1"}"#),
+                Status::JwtPayloadParseErrorIatNotInteger,
+            ),
+            (
+                token(good_header, r#"{"nbf":-1}"#),
+                Status::JwtPayloadParseErrorNbfOutOfRange,
+            ),
+            (
+                token(good_header, r#"{"exp":"soon"}"#),
+                Status::JwtPayloadParseErrorExpNotInteger,
+            ),
+            (
+                token(good_header, r#"{"exp":1e30}"#),
+                Status::JwtPayloadParseErrorExpOutOfRange,
+            ),
+            (
+                token(good_header, r#"{"exp":null}"#),
+                Status::JwtPayloadParseErrorExpNotInteger,
+            ),
+            (
+                token(good_header, r#"{"jti":2}"#),
+                Status::JwtPayloadParseErrorJtiNotString,
+            ),
+            (
+                token(good_header, r#"{"aud":["a",1]}"#),
+                Status::JwtPayloadParseErrorAudNotString,
+            ),
+            (
+                token(good_header, r#"{"aud":{}}"#),
+                Status::JwtPayloadParseErrorAudNotString,
+            ),
+            (
+                format!("{}.{}.a*b", b64(good_header), b64("{}")),
+                Status::JwtSignatureParseErrorBadBase64,
+            ),
         ];
         for (token, expected) in cases {
             assert_eq!(parse(&token).err(), Some(expected), "{token}");

@@ -298,13 +298,24 @@ mod tests {
     #[test]
     fn on_demand_keys_expire_after_cache_duration() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        let mut keys = RemoteKeys::new(&config(&format!(r#"{{{URI}, "cache_duration": "60s"}}"#)), t0);
+        let mut keys = RemoteKeys::new(
+            &config(&format!(r#"{{{URI}, "cache_duration": "60s"}}"#)),
+            t0,
+        );
         let callout = keys.callout();
         assert_eq!(callout.cluster, "idp");
-        assert!(callout.headers.contains(&(":path".into(), "/jwks.json".into())));
-        assert!(callout.headers.contains(&(":authority".into(), "idp.example.com".into())));
+        assert!(callout
+            .headers
+            .contains(&(":path".into(), "/jwks.json".into())));
+        assert!(callout
+            .headers
+            .contains(&(":authority".into(), "idp.example.com".into())));
         assert!(keys.keys(t0).is_none());
-        assert_eq!(keys.due(t0), None, "no background fetch without async_fetch");
+        assert_eq!(
+            keys.due(t0),
+            None,
+            "no background fetch without async_fetch"
+        );
         keys.started(7, t0);
         assert!(keys.busy() && keys.owns(7) && !keys.owns(8));
         assert_eq!(keys.answered(&answer("200", JWKS), t0), FetchResult::Loaded);
@@ -318,10 +329,15 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH;
         let mut plain = RemoteKeys::new(&config(&format!("{{{URI}}}")), t0);
         plain.started(1, t0);
-        assert!(matches!(plain.answered(&answer("503", ""), t0), FetchResult::Failed(_)));
+        assert!(matches!(
+            plain.answered(&answer("503", ""), t0),
+            FetchResult::Failed(_)
+        ));
         assert!(plain.last_cycle_failed());
         plain.started(2, t0);
-        assert!(matches!(plain.answered(&answer("200", "{}"), t0), FetchResult::Failed(why) if why.contains("[keys]")));
+        assert!(
+            matches!(plain.answered(&answer("200", "{}"), t0), FetchResult::Failed(why) if why.contains("[keys]"))
+        );
         assert_eq!(plain.cycles(), 2);
 
         let mut retrying = RemoteKeys::new(
@@ -332,7 +348,10 @@ mod tests {
         );
         retrying.started(1, t0);
         let ms = Duration::from_millis;
-        assert_eq!(retrying.answered(&failure(), t0), FetchResult::RetryScheduled(t0 + ms(100)));
+        assert_eq!(
+            retrying.answered(&failure(), t0),
+            FetchResult::RetryScheduled(t0 + ms(100))
+        );
         assert!(retrying.busy());
         assert_eq!(retrying.due(t0 + ms(99)), None);
         assert_eq!(retrying.due(t0 + ms(100)), Some(true));
@@ -343,7 +362,10 @@ mod tests {
         );
         retrying.started(3, t0 + ms(250));
         // A 404 is not retriable; the cycle ends even with retries left.
-        assert!(matches!(retrying.answered(&answer("404", ""), t0 + ms(250)), FetchResult::Failed(_)));
+        assert!(matches!(
+            retrying.answered(&answer("404", ""), t0 + ms(250)),
+            FetchResult::Failed(_)
+        ));
         assert_eq!(retrying.cycles(), 1);
         assert!(!retrying.busy());
     }
@@ -364,7 +386,10 @@ mod tests {
         assert_eq!(keys.due(t0 + s(299)), None);
         assert_eq!(keys.due(t0 + s(300)), Some(true));
         keys.started(2, t0 + s(300));
-        assert!(matches!(keys.answered(&failure(), t0 + s(300)), FetchResult::Failed(_)));
+        assert!(matches!(
+            keys.answered(&failure(), t0 + s(300)),
+            FetchResult::Failed(_)
+        ));
         assert!(keys.keys(t0 + s(301)).is_some(), "old keys stay usable");
         assert_eq!(keys.due(t0 + s(301)), None);
         assert_eq!(keys.due(t0 + s(302)), Some(true));

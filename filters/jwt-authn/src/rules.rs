@@ -69,12 +69,12 @@ impl Requirement {
     /// Compiles a validated requirement; `providers` maps names to indexes.
     pub fn compile(requirement: &JwtRequirement, providers: &BTreeMap<String, usize>) -> Self {
         if let Some(name) = &requirement.provider_name {
-            return providers
-                .get(name)
-                .map_or(Requirement::AllowAll, |index| Requirement::Provider {
+            return providers.get(name).map_or(Requirement::AllowAll, |index| {
+                Requirement::Provider {
                     provider: *index,
                     audiences: None,
-                });
+                }
+            });
         }
         if let Some(with_audiences) = &requirement.provider_and_audiences {
             return providers.get(&with_audiences.provider_name).map_or(
@@ -186,9 +186,15 @@ impl Matcher {
             query_parameters: route
                 .query_parameters
                 .iter()
-                .map(|QueryParameterMatcher { name, string_match, present_match }| {
-                    (name.clone(), string_match.clone(), *present_match)
-                })
+                .map(
+                    |QueryParameterMatcher {
+                         name,
+                         string_match,
+                         present_match,
+                     }| {
+                        (name.clone(), string_match.clone(), *present_match)
+                    },
+                )
                 .collect(),
         }
     }
@@ -265,7 +271,9 @@ mod tests {
         let request = MemoryRequest::get("/");
         assert!(matcher(r#"{"prefix": "/api"}"#).matches("/api/x", &request));
         assert!(!matcher(r#"{"prefix": "/api"}"#).matches("/API/x", &request));
-        assert!(matcher(r#"{"prefix": "/api", "case_sensitive": false}"#).matches("/API/x", &request));
+        assert!(
+            matcher(r#"{"prefix": "/api", "case_sensitive": false}"#).matches("/API/x", &request)
+        );
         assert!(matcher(r#"{"path": "/a"}"#).matches("/a", &request));
         assert!(!matcher(r#"{"path": "/a"}"#).matches("/a/", &request));
         assert!(matcher(r#"{"safe_regex": {"regex": "/v[0-9]+/.*"}}"#).matches("/v1/x", &request));
@@ -293,10 +301,14 @@ mod tests {
 
     #[test]
     fn requirements_compile_like_envoy() {
-        let providers: BTreeMap<String, usize> =
-            [("a".to_string(), 0), ("b".to_string(), 1)].into_iter().collect();
+        let providers: BTreeMap<String, usize> = [("a".to_string(), 0), ("b".to_string(), 1)]
+            .into_iter()
+            .collect();
         let compile = |json: &str| {
-            Requirement::compile(&serde_json::from_str::<JwtRequirement>(json).unwrap(), &providers)
+            Requirement::compile(
+                &serde_json::from_str::<JwtRequirement>(json).unwrap(),
+                &providers,
+            )
         };
         assert_eq!(compile("{}"), Requirement::AllowAll);
         assert_eq!(
@@ -307,15 +319,22 @@ mod tests {
             }
         );
         assert_eq!(
-            compile(r#"{"requires_any": {"requirements": [{"provider_name": "a"}, {"allow_missing": {}}]}}"#),
+            compile(
+                r#"{"requires_any": {"requirements": [{"provider_name": "a"}, {"allow_missing": {}}]}}"#
+            ),
             Requirement::Any {
-                children: vec![Requirement::Provider { provider: 0, audiences: None }],
+                children: vec![Requirement::Provider {
+                    provider: 0,
+                    audiences: None
+                }],
                 allow_missing_or_failed: false,
                 allow_missing: true,
             }
         );
         assert_eq!(
-            compile(r#"{"requires_any": {"requirements": [{"allow_missing": {}}, {"allow_missing_or_failed": {}}]}}"#),
+            compile(
+                r#"{"requires_any": {"requirements": [{"allow_missing": {}}, {"allow_missing_or_failed": {}}]}}"#
+            ),
             Requirement::Any {
                 children: vec![Requirement::AllowMissingOrFailed],
                 allow_missing_or_failed: true,

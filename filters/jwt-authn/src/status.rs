@@ -193,7 +193,9 @@ impl Status {
             Status::JwksParseError => "Jwks is an invalid JSON",
             Status::JwksNoKeys => "Jwks does not have [keys] field",
             Status::JwksBadKeys => "[keys] in Jwks is not an array",
-            Status::JwksRsaParseError => "Jwks RSA [n] or [e] field is missing or has a parse error",
+            Status::JwksRsaParseError => {
+                "Jwks RSA [n] or [e] field is missing or has a parse error"
+            }
             Status::JwksEcXorYBadBase64 => "Jwks EC [x] or [y] field is an invalid Base64.",
             Status::JwksEcParseError => "Jwks EC [x] and [y] fields have a parse error.",
             Status::JwksOctBadBase64 => "Jwks Oct key is an invalid Base64",

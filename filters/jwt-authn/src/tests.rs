@@ -96,7 +96,9 @@ impl Fixture {
 }
 
 fn get(path: &str) -> MemoryRequest {
-    MemoryRequest::get(path)
+    MemoryRequest::new()
+        .with_header(":method", "GET")
+        .with_header(":path", path)
         .with_header(":authority", "api.example.com")
         .with_header(":scheme", "https")
 }
@@ -120,8 +122,17 @@ fn every_algorithm_from_pyjwt_verifies() {
     assert_eq!(valid.len(), 13);
     for vector in valid {
         let mut request = bearer("/api", vector["token"].as_str().unwrap());
-        assert_eq!(fixture.send(&mut request), Outcome::Continue, "{}", vector["alg"]);
-        assert_eq!(request.header("authorization"), None, "token is not forwarded");
+        assert_eq!(
+            fixture.send(&mut request),
+            Outcome::Continue,
+            "{}",
+            vector["alg"]
+        );
+        assert_eq!(
+            request.header("authorization"),
+            None,
+            "token is not forwarded"
+        );
     }
     assert_eq!(fixture.metric("allowed"), 13);
 }
@@ -137,7 +148,11 @@ fn x509_certificate_key_sets_verify() {
     let mut request = bearer("/", vectors["x509_token"].as_str().unwrap());
     assert_eq!(fixture.send(&mut request), Outcome::Continue);
     let mut other = bearer("/", &token("RS256"));
-    assert_eq!(fixture.reply(&mut other).body, b"Jwt verification fails");
+    // Its `kid` names no key of this set.
+    assert_eq!(
+        fixture.reply(&mut other).body,
+        b"Jwks doesn't have key to match kid or alg from Jwt"
+    );
 }
 
 #[test]
@@ -155,15 +170,25 @@ fn attack_corpus_is_rejected_with_envoys_reasons() {
             "{}",
             attack["name"]
         );
-        let status = if expected == "Audiences in Jwt are not allowed" { 403 } else { 401 };
+        let status = if expected == "Audiences in Jwt are not allowed" {
+            403
+        } else {
+            401
+        };
         assert_eq!(reply.status, status, "{}", attack["name"]);
-        assert_eq!(reply.details, format!("jwt_authn_access_denied{{{expected}}}"));
+        assert_eq!(
+            reply.details,
+            format!("jwt_authn_access_denied{{{expected}}}")
+        );
         assert_eq!(
             header(&reply, "www-authenticate").as_deref(),
             Some("Bearer realm=\"https://api.example.com/api\", error=\"invalid_token\"")
         );
     }
-    assert_eq!(fixture.metric("denied"), i64::try_from(attacks.len()).unwrap());
+    assert_eq!(
+        fixture.metric("denied"),
+        i64::try_from(attacks.len()).unwrap()
+    );
     assert_eq!(fixture.metric("allowed"), 0);
     assert!(fixture.metric("denied_jwt_verification_failed") > 10);
     assert!(fixture.metric("denied_jwt_malformed") > 10);
@@ -192,7 +217,10 @@ fn missing_token_gets_a_bare_challenge() {
 
 #[test]
 fn strip_failure_response_sends_the_status_only() {
-    let mut fixture = Fixture::new(&config_with(json!({}), json!({"strip_failure_response": true})));
+    let mut fixture = Fixture::new(&config_with(
+        json!({}),
+        json!({"strip_failure_response": true}),
+    ));
     let reply = fixture.reply(&mut get("/api"));
     assert_eq!((reply.status, reply.body.len()), (401, 0));
     assert_eq!(header(&reply, "www-authenticate"), None);
@@ -228,7 +256,10 @@ fn verified_claims_reach_the_upstream_and_spoofs_do_not() {
     assert_eq!(request.header("x-jwt-sub").as_deref(), Some("user-1"));
     assert_eq!(request.header("x-jwt-level").as_deref(), Some("3"));
     assert_eq!(request.header("x-jwt-active").as_deref(), Some("true"));
-    assert_eq!(request.header("x-jwt-roles").as_deref(), Some("WyJhZG1pbiIsImRldiJd"));
+    assert_eq!(
+        request.header("x-jwt-roles").as_deref(),
+        Some("WyJhZG1pbiIsImRldiJd")
+    );
     assert_eq!(request.header("x-jwt-absent"), None);
     assert_eq!(
         request.header("x-jwt-principal").as_deref(),
@@ -262,7 +293,10 @@ fn forward_and_token_locations() {
     assert_eq!(header.header("x-token"), None);
     let mut cookie = get("/api").with_header("cookie", &format!("a=b; jwt={}", token("EdDSA")));
     assert_eq!(fixture.send(&mut cookie), Outcome::Continue);
-    assert!(cookie.header("cookie").is_some(), "cookies stay, as in Envoy");
+    assert!(
+        cookie.header("cookie").is_some(),
+        "cookies stay, as in Envoy"
+    );
     // Custom locations replace the defaults.
     let mut default_location = bearer("/api", &token("RS256"));
     assert_eq!(fixture.reply(&mut default_location).body, b"Jwt is missing");
@@ -284,7 +318,10 @@ fn subject_lifetime_and_skew() {
     let vectors = vectors();
     let claims = vectors["claims"].clone();
     let _ = claims;
-    let mut fixture = Fixture::new(&config_with(json!({"subjects": {"prefix": "admin-"}}), json!({})));
+    let mut fixture = Fixture::new(&config_with(
+        json!({"subjects": {"prefix": "admin-"}}),
+        json!({}),
+    ));
     assert_eq!(
         fixture.reply(&mut bearer("/api", &token("RS256"))).body,
         b"Jwt verification fails"
@@ -296,14 +333,18 @@ fn subject_lifetime_and_skew() {
         b"Jwt verification fails"
     );
     let mut fixture = Fixture::new(&config_with(json!({"require_expiration": true}), json!({})));
-    assert_eq!(fixture.send(&mut bearer("/api", &token("RS256"))), Outcome::Continue);
+    assert_eq!(
+        fixture.send(&mut bearer("/api", &token("RS256"))),
+        Outcome::Continue
+    );
 }
 
 #[test]
 fn clock_skew_is_honoured_at_the_boundaries() {
     // HS256 tokens made here (the secret is in the fixture key set) with exact times.
     use jsonwebtoken::{encode, EncodingKey, Header};
-    let secret = crate::jwt::decode_base64url(vectors()["jwks"]["keys"][4]["k"].as_str().unwrap()).unwrap();
+    let secret =
+        crate::jwt::decode_base64url(vectors()["jwks"]["keys"][4]["k"].as_str().unwrap()).unwrap();
     let make = |claims: Value| {
         let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
         header.kid = Some("hmac".into());
@@ -317,15 +358,42 @@ fn clock_skew_is_honoured_at_the_boundaries() {
         make(claims)
     };
     let mut fixture = Fixture::new(&config_with(json!({"clock_skew_seconds": 10}), json!({})));
-    assert_eq!(fixture.send(&mut bearer("/a", &with("exp", now - 10))), Outcome::Continue);
-    assert_eq!(fixture.reply(&mut bearer("/a", &with("exp", now - 11))).body, b"Jwt is expired");
-    assert_eq!(fixture.send(&mut bearer("/a", &with("nbf", now + 10))), Outcome::Continue);
-    assert_eq!(fixture.reply(&mut bearer("/a", &with("nbf", now + 11))).body, b"Jwt not yet valid");
+    assert_eq!(
+        fixture.send(&mut bearer("/a", &with("exp", now - 10))),
+        Outcome::Continue
+    );
+    assert_eq!(
+        fixture
+            .reply(&mut bearer("/a", &with("exp", now - 11)))
+            .body,
+        b"Jwt is expired"
+    );
+    assert_eq!(
+        fixture.send(&mut bearer("/a", &with("nbf", now + 10))),
+        Outcome::Continue
+    );
+    assert_eq!(
+        fixture
+            .reply(&mut bearer("/a", &with("nbf", now + 11)))
+            .body,
+        b"Jwt not yet valid"
+    );
     // Unlike Envoy, an explicit `exp: 0` is an expiry, not a missing claim.
-    assert_eq!(fixture.reply(&mut bearer("/a", &with("exp", 0))).body, b"Jwt is expired");
+    assert_eq!(
+        fixture.reply(&mut bearer("/a", &with("exp", 0))).body,
+        b"Jwt is expired"
+    );
     let mut fixture = Fixture::new(&config_with(json!({}), json!({})));
-    assert_eq!(fixture.send(&mut bearer("/a", &with("exp", now - 60))), Outcome::Continue);
-    assert_eq!(fixture.reply(&mut bearer("/a", &with("exp", now - 61))).body, b"Jwt is expired");
+    assert_eq!(
+        fixture.send(&mut bearer("/a", &with("exp", now - 60))),
+        Outcome::Continue
+    );
+    assert_eq!(
+        fixture
+            .reply(&mut bearer("/a", &with("exp", now - 61)))
+            .body,
+        b"Jwt is expired"
+    );
 }
 
 #[test]
@@ -342,7 +410,7 @@ fn requirement_combinations() {
             {"match": {"prefix": "/any"}, "requirement_name": "either"},
             {"match": {"prefix": "/all"}, "requires": {"requires_all": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}}},
             {"match": {"prefix": "/optional"}, "requires": {"allow_missing": {}}},
-            {"match": {"prefix": "/anything"}, "requires": {"allow_missing_or_failed": {}}},
+            {"match": {"prefix": "/tolerant"}, "requires": {"allow_missing_or_failed": {}}},
             {"match": {"prefix": "/aud"}, "requires": {"provider_and_audiences": {"provider_name": "a", "audiences": ["other"]}}},
             {"match": {"prefix": "/a-or-missing"}, "requires": {"requires_any": {"requirements": [{"provider_name": "a"}, {"allow_missing": {}}]}}},
         ],
@@ -353,23 +421,44 @@ fn requirement_combinations() {
     assert_eq!(fixture.reply(&mut get("/any")).body, b"Jwt is missing");
     // The `b` location holds an `a` token: b says "unknown issuer", which wins over "missing".
     let mut wrong_place = get("/any").with_header("x-b", &good);
-    assert_eq!(fixture.reply(&mut wrong_place).body, b"Jwt issuer is not configured");
-    assert_eq!(fixture.reply(&mut bearer("/all", &good)).body, b"Jwt is missing");
+    assert_eq!(
+        fixture.reply(&mut wrong_place).body,
+        b"Jwt issuer is not configured"
+    );
+    assert_eq!(
+        fixture.reply(&mut bearer("/all", &good)).body,
+        b"Jwt is missing"
+    );
     assert_eq!(fixture.send(&mut get("/optional")), Outcome::Continue);
-    assert_eq!(fixture.send(&mut bearer("/optional", &good)), Outcome::Continue);
+    assert_eq!(
+        fixture.send(&mut bearer("/optional", &good)),
+        Outcome::Continue
+    );
     assert_eq!(fixture.reply(&mut bearer("/optional", "bad")).status, 401);
-    assert_eq!(fixture.send(&mut bearer("/anything", "bad")), Outcome::Continue);
+    assert_eq!(
+        fixture.send(&mut bearer("/tolerant", "bad")),
+        Outcome::Continue
+    );
     let reply = fixture.reply(&mut bearer("/aud", &good));
-    assert_eq!((reply.status, reply.body.as_slice()), (403, &b"Audiences in Jwt are not allowed"[..]));
+    assert_eq!(
+        (reply.status, reply.body.as_slice()),
+        (403, &b"Audiences in Jwt are not allowed"[..])
+    );
     assert_eq!(fixture.send(&mut get("/a-or-missing")), Outcome::Continue);
-    assert_eq!(fixture.reply(&mut bearer("/a-or-missing", "x.y.z")).status, 401);
+    assert_eq!(
+        fixture.reply(&mut bearer("/a-or-missing", "x.y.z")).status,
+        401
+    );
     // No rule matches: nothing is required.
     assert_eq!(fixture.send(&mut get("/elsewhere")), Outcome::Continue);
 }
 
 #[test]
 fn cors_preflight_bypass_and_path_normalization() {
-    let mut fixture = Fixture::new(&config_with(json!({}), json!({"bypass_cors_preflight": true})));
+    let mut fixture = Fixture::new(&config_with(
+        json!({}),
+        json!({"bypass_cors_preflight": true}),
+    ));
     let mut preflight = MemoryRequest::new()
         .with_header(":method", "OPTIONS")
         .with_header(":path", "/api")
@@ -378,26 +467,49 @@ fn cors_preflight_bypass_and_path_normalization() {
     assert_eq!(fixture.send(&mut preflight), Outcome::Continue);
     assert_eq!(fixture.metric("cors_preflight_bypassed"), 1);
     // Dot segments cannot walk out of the protected prefix into the public one, nor back.
-    assert_eq!(fixture.reply(&mut get("/public/../api")).body, b"Jwt is missing");
-    assert_eq!(fixture.send(&mut get("/api/../public/x")), Outcome::Continue);
+    assert_eq!(
+        fixture.reply(&mut get("/public/../api")).body,
+        b"Jwt is missing"
+    );
+    assert_eq!(
+        fixture.send(&mut get("/api/../public/x")),
+        Outcome::Continue
+    );
     let reply = fixture.reply(&mut get("/a%00b"));
-    assert_eq!((reply.status, reply.details.as_str()), (400, "jwt_authn_invalid_path"));
+    assert_eq!(
+        (reply.status, reply.details.as_str()),
+        (400, "jwt_authn_invalid_path")
+    );
 }
 
 #[test]
 fn jwt_cache_skips_reverification() {
-    let mut fixture = Fixture::new(&config_with(json!({"jwt_cache_config": {"jwt_cache_size": 2}}), json!({})));
+    let mut fixture = Fixture::new(&config_with(
+        json!({"jwt_cache_config": {"jwt_cache_size": 2}}),
+        json!({}),
+    ));
     let good = token("RS256");
     for _ in 0..3 {
         assert_eq!(fixture.send(&mut bearer("/api", &good)), Outcome::Continue);
     }
-    assert_eq!((fixture.metric("jwt_cache_miss"), fixture.metric("jwt_cache_hit")), (1, 2));
+    assert_eq!(
+        (
+            fixture.metric("jwt_cache_miss"),
+            fixture.metric("jwt_cache_hit")
+        ),
+        (1, 2)
+    );
     // A cached token is still checked against the claims of the route.
     let config = config_with(json!({"jwt_cache_config": {}}), json!({}));
     let mut fixture = Fixture::new(&config);
     assert_eq!(fixture.send(&mut bearer("/api", &good)), Outcome::Continue);
-    fixture.host.advance(Duration::from_secs(4_102_444_800 - 1_700_000_000 + 61));
-    assert_eq!(fixture.reply(&mut bearer("/api", &good)).body, b"Jwt is expired");
+    fixture
+        .host
+        .advance(Duration::from_secs(4_102_444_800 - 1_700_000_000 + 61));
+    assert_eq!(
+        fixture.reply(&mut bearer("/api", &good)).body,
+        b"Jwt is expired"
+    );
 }
 
 fn remote_config(extra: Value) -> String {
@@ -431,30 +543,50 @@ fn remote_keys_are_fetched_once_while_requests_wait() {
     let (mut first, mut second) = (fixture.driver(), fixture.driver());
     let mut first_request = bearer("/a", &token("ES384"));
     let mut second_request = bearer("/b", &token("RS256"));
-    assert_eq!(first.on_request_headers(&mut first_request, &mut fixture.host), Outcome::Pause);
-    assert_eq!(second.on_request_headers(&mut second_request, &mut fixture.host), Outcome::Pause);
+    assert_eq!(
+        first.on_request_headers(&mut first_request, &mut fixture.host),
+        Outcome::Pause
+    );
+    assert_eq!(
+        second.on_request_headers(&mut second_request, &mut fixture.host),
+        Outcome::Pause
+    );
     let callouts = fixture.host.http_callouts().to_vec();
     assert_eq!(callouts.len(), 1, "one fetch for both streams");
-    let (token, callout) = &callouts[0];
+    let (fetch, callout) = &callouts[0];
     assert_eq!(callout.cluster, "idp");
-    assert!(callout.headers.contains(&(":path".into(), "/.well-known/jwks.json".into())));
+    assert!(callout
+        .headers
+        .contains(&(":path".into(), "/.well-known/jwks.json".into())));
     // Before the answer, waking changes nothing.
-    assert_eq!(second.on_wake(&mut second_request, &mut fixture.host), Outcome::Wait);
-    let answer = jwks_answer(*token, "200", &jwks());
+    assert_eq!(
+        second.on_wake(&mut second_request, &mut fixture.host),
+        Outcome::Wait
+    );
+    let answer = jwks_answer(*fetch, "200", &jwks());
     assert!(matches!(
         first.on_callout_response(&mut first_request, &mut fixture.host, answer),
         Outcome::Resume(_)
     ));
     assert!(first.wakes_paused_after_callout());
-    assert!(matches!(second.on_wake(&mut second_request, &mut fixture.host), Outcome::Resume(_)));
+    assert!(matches!(
+        second.on_wake(&mut second_request, &mut fixture.host),
+        Outcome::Resume(_)
+    ));
     assert_eq!(first_request.header("authorization"), None);
     assert_eq!(fixture.metric("jwks_fetch_success"), 1);
     // Keys are cached: the next request is decided at once.
-    assert_eq!(fixture.send(&mut bearer("/c", &token("EdDSA"))), Outcome::Continue);
+    assert_eq!(
+        fixture.send(&mut bearer("/c", &token("EdDSA"))),
+        Outcome::Continue
+    );
     assert_eq!(fixture.host.http_callouts().len(), 1);
     // After cache_duration a request fetches again.
     fixture.host.advance(Duration::from_secs(300));
-    assert_eq!(fixture.send(&mut bearer("/d", &token("RS256"))), Outcome::Pause);
+    assert_eq!(
+        fixture.send(&mut bearer("/d", &token("RS256"))),
+        Outcome::Pause
+    );
     assert_eq!(fixture.host.http_callouts().len(), 2);
 }
 
@@ -467,11 +599,19 @@ fn failed_fetch_fails_closed_then_a_new_request_fetches_again() {
     first.on_request_headers(&mut first_request, &mut fixture.host);
     second.on_request_headers(&mut second_request, &mut fixture.host);
     let token_id = fixture.host.http_callouts()[0].0;
-    let failure = CalloutResponse::Http(HttpCalloutResponse { token: token_id, ..HttpCalloutResponse::default() });
-    let Outcome::Reply(reply) = first.on_callout_response(&mut first_request, &mut fixture.host, failure) else {
+    let failure = CalloutResponse::Http(HttpCalloutResponse {
+        token: token_id,
+        ..HttpCalloutResponse::default()
+    });
+    let Outcome::Reply(reply) =
+        first.on_callout_response(&mut first_request, &mut fixture.host, failure)
+    else {
         panic!("expected a reply");
     };
-    assert_eq!((reply.status, reply.body.as_slice()), (401, &b"Jwks remote fetch is failed"[..]));
+    assert_eq!(
+        (reply.status, reply.body.as_slice()),
+        (401, &b"Jwks remote fetch is failed"[..])
+    );
     let Outcome::Reply(reply) = second.on_wake(&mut second_request, &mut fixture.host) else {
         panic!("expected a reply");
     };
@@ -481,7 +621,10 @@ fn failed_fetch_fails_closed_then_a_new_request_fetches_again() {
     // An invalid key set is a failed fetch too; a later request tries again.
     let mut third = fixture.driver();
     let mut third_request = bearer("/c", &token("RS256"));
-    assert_eq!(third.on_request_headers(&mut third_request, &mut fixture.host), Outcome::Pause);
+    assert_eq!(
+        third.on_request_headers(&mut third_request, &mut fixture.host),
+        Outcome::Pause
+    );
     let token_id = fixture.host.http_callouts()[1].0;
     let answer = jwks_answer(token_id, "200", r#"{"keys": "nope"}"#);
     assert!(matches!(
@@ -498,9 +641,12 @@ fn failed_fetch_fails_closed_then_a_new_request_fetches_again() {
 #[test]
 fn dispatch_failure_answers_immediately() {
     let mut host = MemoryHost::new().with_failing_callouts();
-    let filter = Rc::new(configure::<JwtAuthn>(remote_config(json!({})).as_bytes(), &mut host).unwrap());
+    let filter =
+        Rc::new(configure::<JwtAuthn>(remote_config(json!({})).as_bytes(), &mut host).unwrap());
     let mut driver = StreamDriver::new(Some(filter));
-    let Outcome::Reply(reply) = driver.on_request_headers(&mut bearer("/", &token("RS256")), &mut host) else {
+    let Outcome::Reply(reply) =
+        driver.on_request_headers(&mut bearer("/", &token("RS256")), &mut host)
+    else {
         panic!("expected a reply");
     };
     assert_eq!(reply.body, b"Jwks remote fetch is failed");
@@ -508,26 +654,44 @@ fn dispatch_failure_answers_immediately() {
 
 #[test]
 fn retries_follow_the_backoff_on_the_root_tick() {
-    let config = remote_config(json!({"retry_policy": {"num_retries": 1, "retry_back_off": {"base_interval": "0.2s"}}}));
+    let config = remote_config(
+        json!({"retry_policy": {"num_retries": 1, "retry_back_off": {"base_interval": "0.2s"}}}),
+    );
     let mut fixture = Fixture::new(&config);
-    assert_eq!(fixture.filter.tick_period(), Some(Duration::from_millis(200)));
+    assert_eq!(
+        fixture.filter.tick_period(),
+        Some(Duration::from_millis(200))
+    );
     let mut stream = fixture.driver();
     let mut request = bearer("/a", &token("RS256"));
     stream.on_request_headers(&mut request, &mut fixture.host);
     let first = fixture.host.http_callouts()[0].0;
     assert_eq!(
-        stream.on_callout_response(&mut request, &mut fixture.host, jwks_answer(first, "503", "")),
+        stream.on_callout_response(
+            &mut request,
+            &mut fixture.host,
+            jwks_answer(first, "503", "")
+        ),
         Outcome::Wait,
         "a retry is scheduled: keep waiting"
     );
     fixture.filter.on_tick(&mut fixture.host);
-    assert_eq!(fixture.host.http_callouts().len(), 1, "not before the backoff");
+    assert_eq!(
+        fixture.host.http_callouts().len(),
+        1,
+        "not before the backoff"
+    );
     fixture.host.advance(Duration::from_millis(200));
     fixture.filter.on_tick(&mut fixture.host);
     let second = fixture.host.http_callouts()[1].0;
     // The retry was dispatched by the root: its answer comes to the root, then streams wake.
-    fixture.filter.on_fetch_answer(&jwks_answer(second, "200", &jwks()), &fixture.host);
-    assert!(matches!(stream.on_wake(&mut request, &mut fixture.host), Outcome::Resume(_)));
+    fixture
+        .filter
+        .on_fetch_answer(&jwks_answer(second, "200", &jwks()), &fixture.host);
+    assert!(matches!(
+        stream.on_wake(&mut request, &mut fixture.host),
+        Outcome::Resume(_)
+    ));
 }
 
 #[test]
@@ -536,14 +700,24 @@ fn async_fetch_loads_keys_in_the_background() {
     let mut fixture = Fixture::new(&config);
     fixture.filter.on_tick(&mut fixture.host);
     let first = fixture.host.http_callouts()[0].0;
-    fixture.filter.on_fetch_answer(&jwks_answer(first, "200", &jwks()), &fixture.host);
-    assert_eq!(fixture.send(&mut bearer("/", &token("RS256"))), Outcome::Continue);
+    fixture
+        .filter
+        .on_fetch_answer(&jwks_answer(first, "200", &jwks()), &fixture.host);
+    assert_eq!(
+        fixture.send(&mut bearer("/", &token("RS256"))),
+        Outcome::Continue
+    );
     // Refreshed at cache_duration; a failed refresh keeps the old keys.
     fixture.host.advance(Duration::from_secs(300));
     fixture.filter.on_tick(&mut fixture.host);
     let refresh = fixture.host.http_callouts()[1].0;
-    fixture.filter.on_fetch_answer(&jwks_answer(refresh, "500", ""), &fixture.host);
-    assert_eq!(fixture.send(&mut bearer("/", &token("RS256"))), Outcome::Continue);
+    fixture
+        .filter
+        .on_fetch_answer(&jwks_answer(refresh, "500", ""), &fixture.host);
+    assert_eq!(
+        fixture.send(&mut bearer("/", &token("RS256"))),
+        Outcome::Continue
+    );
     fixture.host.advance(Duration::from_millis(500));
     fixture.filter.on_tick(&mut fixture.host);
     assert_eq!(fixture.host.http_callouts().len(), 3);
@@ -561,15 +735,23 @@ fn an_abandoned_fetch_is_taken_over_by_the_root() {
     fixture.filter.on_tick(&mut fixture.host);
     let callouts = fixture.host.http_callouts().to_vec();
     assert_eq!(callouts.len(), 2);
-    fixture.filter.on_fetch_answer(&jwks_answer(callouts[1].0, "200", &jwks()), &fixture.host);
-    assert!(matches!(waiter.on_wake(&mut waiter_request, &mut fixture.host), Outcome::Resume(_)));
+    fixture
+        .filter
+        .on_fetch_answer(&jwks_answer(callouts[1].0, "200", &jwks()), &fixture.host);
+    assert!(matches!(
+        waiter.on_wake(&mut waiter_request, &mut fixture.host),
+        Outcome::Resume(_)
+    ));
 }
 
 #[test]
 fn configuration_errors_name_the_field() {
     let jwks = jwks();
     let cases = [
-        (json!({"providers": {"p": {}}}), "providers.p: one of `remote_jwks` and `local_jwks` must be set"),
+        (
+            json!({"providers": {"p": {}}}),
+            "providers.p: one of `remote_jwks` and `local_jwks` must be set",
+        ),
         (
             json!({"providers": {"p": {"local_jwks": {"inline_string": "{}"}}}}),
             "providers.p.local_jwks: invalid JWKS: Jwks does not have [keys] field",
@@ -594,21 +776,44 @@ fn configuration_errors_name_the_field() {
             json!({"providers": {"p": {"remote_jwks": {"http_uri": {"uri": "https://a/b", "cluster": "c", "timeout": "1s"}, "retry_policy": {"retry_on": "5xx,bogus"}}}}}),
             "providers.p.remote_jwks.retry_policy.retry_on: \"bogus\" is not one of",
         ),
-        (json!({"rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "nope"}}]}),
-            "rules[0].requires.provider_name: Required provider ['nope'] is not configured."),
-        (json!({"rules": [{"match": {"prefix": "/"}, "requirement_name": "nope"}]}),
-            "rules[0].requirement_name: \"nope\" is not in `requirement_map`"),
-        (json!({"rules": [{"match": {"prefix": "/", "grpc": {}}}]}), "rules[0].match.grpc: not supported"),
-        (json!({"rules": [{"match": {}}]}), "rules[0].match: exactly one of"),
-        (json!({"requirement_map": {"r": {"requires_any": {"requirements": [{}]}}}}),
-            "requirement_map.r.requires_any.requirements: must have at least 2 items"),
-        (json!({"filter_state_rules": {"name": "x"}}), "filter_state_rules: not supported"),
-        (json!({"providers": {"p": {"local_jwks": {"inline_string": jwks}, "issuerr": "x"}}}), "providers.p: unknown field `issuerr`"),
-        (json!({"@type": "type.googleapis.com/other"}), "@type: must be"),
+        (
+            json!({"rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "nope"}}]}),
+            "rules[0].requires.provider_name: Required provider ['nope'] is not configured.",
+        ),
+        (
+            json!({"rules": [{"match": {"prefix": "/"}, "requirement_name": "nope"}]}),
+            "rules[0].requirement_name: \"nope\" is not in `requirement_map`",
+        ),
+        (
+            json!({"rules": [{"match": {"prefix": "/", "grpc": {}}}]}),
+            "rules[0].match.grpc: not supported",
+        ),
+        (
+            json!({"rules": [{"match": {}}]}),
+            "rules[0].match: exactly one of",
+        ),
+        (
+            json!({"requirement_map": {"r": {"requires_any": {"requirements": [{}]}}}}),
+            "requirement_map.r.requires_any.requirements: must have at least 2 items",
+        ),
+        (
+            json!({"filter_state_rules": {"name": "x"}}),
+            "filter_state_rules: not supported",
+        ),
+        (
+            json!({"providers": {"p": {"local_jwks": {"inline_string": jwks}, "issuerr": "x"}}}),
+            "providers.p.issuerr: unknown field `issuerr`",
+        ),
+        (
+            json!({"@type": "type.googleapis.com/other"}),
+            "@type: must be",
+        ),
     ];
     for (config, expected) in cases {
         let mut host = MemoryHost::new();
-        let error = configure::<JwtAuthn>(config.to_string().as_bytes(), &mut host).err().unwrap();
+        let error = configure::<JwtAuthn>(config.to_string().as_bytes(), &mut host)
+            .err()
+            .unwrap();
         assert!(error.to_string().contains(expected), "{config}: {error}");
     }
     let mut host = MemoryHost::new();

@@ -426,6 +426,7 @@ impl SharedTier {
 mod tests {
     use super::*;
     use crate::verdict::{Allow, Deny};
+    use wasmesh_sdk::clock::Clock;
     use wasmesh_sdk::config::load;
     use wasmesh_sdk::request::MemoryRequest;
     use wasmesh_sdk::testing::MemoryHost;

@@ -591,6 +591,9 @@ fn refuse_unless_false(value: &Option<Value>, path: &str, reason: &str) -> Resul
 
 impl Validate for ListStringMatcher {}
 
+// Checked as part of `DecisionCache` (the paths are relative to it).
+impl Validate for CacheKey {}
+
 impl Validate for GrpcService {
     fn validate(&self) -> Result<(), ConfigError> {
         refuse(

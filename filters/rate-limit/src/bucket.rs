@@ -134,8 +134,9 @@ pub fn fingerprint<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) ->
 pub fn create_entries(store: &dyn SharedData, location: &Location) -> Result<(), Error> {
     match location {
         Location::Fixed(key) => create_if_absent(store, key, &[0; FIXED_ENTRY_LEN]),
-        Location::Table { prefix, slots, .. } => (0..*slots)
-            .try_for_each(|index| create_if_absent(store, &slot_key(prefix, index), &[0; SLOT_ENTRY_LEN])),
+        Location::Table { prefix, slots, .. } => (0..*slots).try_for_each(|index| {
+            create_if_absent(store, &slot_key(prefix, index), &[0; SLOT_ENTRY_LEN])
+        }),
     }
 }
 
@@ -211,9 +212,7 @@ pub fn acquire(
             RateLimiter::new(quota.quota, &tat_store, FrozenClock(Nanos::from(now_nanos)));
         match limiter.check_key_n(&(), hits) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => Err(Some(
-                not_until.wait_time_from(Nanos::from(now_nanos)),
-            )),
+            Ok(Err(not_until)) => Err(Some(not_until.wait_time_from(Nanos::from(now_nanos)))),
             Err(_insufficient) => Err(None),
         }
     };
@@ -385,7 +384,10 @@ impl SharedTat<'_> {
                     }
                 }
                 Some((_, tat)) => {
-                    if victim.as_ref().is_none_or(|current| current.tat > Some(tat)) {
+                    if victim
+                        .as_ref()
+                        .is_none_or(|current| current.tat > Some(tat))
+                    {
                         victim = Some(Read {
                             key,
                             cas,
@@ -575,7 +577,10 @@ mod tests {
         let quota = quota(2, 1, Duration::from_secs(10));
         acquire(&host, &location, &quota, 1, START, 4);
         let stored = host.get_shared_data("rl.test").unwrap().unwrap().value;
-        assert_eq!(u64::from_le_bytes(stored.try_into().unwrap()), START + 10_000_000_000);
+        assert_eq!(
+            u64::from_le_bytes(stored.try_into().unwrap()),
+            START + 10_000_000_000
+        );
         // A limiter created later (another VM, another request) reads the same state.
         let later = acquire(&host, &location, &quota, 1, START + 1, 4);
         assert!(later.allowed);
@@ -703,7 +708,13 @@ mod tests {
             }
             *counter += 1;
             let cas = *counter;
-            entries.insert(key.into(), SharedValue { value: value.to_vec(), cas });
+            entries.insert(
+                key.into(),
+                SharedValue {
+                    value: value.to_vec(),
+                    cas,
+                },
+            );
             Ok(())
         }
     }
@@ -762,8 +773,14 @@ mod tests {
         let quota = quota(1, 1, Duration::from_secs(10));
         for value in ["a", "b", "c"] {
             let location = table(&host, 4, value);
-            assert!(acquire(&host, &location, &quota, 1, START, 4).allowed, "{value}");
-            assert!(!acquire(&host, &location, &quota, 1, START, 4).allowed, "{value}");
+            assert!(
+                acquire(&host, &location, &quota, 1, START, 4).allowed,
+                "{value}"
+            );
+            assert!(
+                !acquire(&host, &location, &quota, 1, START, 4).allowed,
+                "{value}"
+            );
         }
         assert!(host.get_shared_data("rl.table.3").unwrap().is_some());
         assert!(host.get_shared_data("rl.table.4").unwrap().is_none());

@@ -186,7 +186,10 @@ impl Validate for TokenBucket {
             return Err(ConfigError::new("max_tokens", "must be greater than 0"));
         }
         if self.tokens_per_fill == Some(0) {
-            return Err(ConfigError::new("tokens_per_fill", "must be greater than 0"));
+            return Err(ConfigError::new(
+                "tokens_per_fill",
+                "must be greater than 0",
+            ));
         }
         if self.fill_interval.is_zero() {
             return Err(ConfigError::new("fill_interval", "must be greater than 0s"));
@@ -304,10 +307,26 @@ impl RateLimitPolicy {
 impl Validate for RateLimitPolicy {
     fn validate(&self) -> Result<(), ConfigError> {
         let refused = [
-            ("stage", self.stage.is_some(), "is not supported in a filter-level `rate_limits` entry (as in Envoy)"),
-            ("disable_key", self.disable_key.is_some(), "is not supported in a filter-level `rate_limits` entry (as in Envoy)"),
-            ("limit", self.limit.is_some(), "(a limit override from dynamic metadata) is not supported"),
-            ("apply_on_stream_done", self.apply_on_stream_done.is_some(), "is not supported: limits apply when the request headers arrive"),
+            (
+                "stage",
+                self.stage.is_some(),
+                "is not supported in a filter-level `rate_limits` entry (as in Envoy)",
+            ),
+            (
+                "disable_key",
+                self.disable_key.is_some(),
+                "is not supported in a filter-level `rate_limits` entry (as in Envoy)",
+            ),
+            (
+                "limit",
+                self.limit.is_some(),
+                "(a limit override from dynamic metadata) is not supported",
+            ),
+            (
+                "apply_on_stream_done",
+                self.apply_on_stream_done.is_some(),
+                "is not supported: limits apply when the request headers arrive",
+            ),
         ];
         for (field, present, why) in refused {
             if present {
@@ -345,7 +364,10 @@ impl Validate for HitsAddend {
                 "hits from a substitution format string are not supported; use `number`",
             ));
         }
-        if self.number.is_some_and(|number| number > u64::from(u32::MAX)) {
+        if self
+            .number
+            .is_some_and(|number| number > u64::from(u32::MAX))
+        {
             return Err(ConfigError::new("number", "must not exceed 4294967295"));
         }
         Ok(())
@@ -929,8 +951,14 @@ impl Config {
             ("request_type", !self.request_type.is_empty()),
             ("timeout", self.timeout.is_some()),
             ("failure_mode_deny", self.failure_mode_deny),
-            ("failure_mode_deny_percent", self.failure_mode_deny_percent.is_some()),
-            ("disable_x_envoy_ratelimited_header", self.disable_x_envoy_ratelimited_header),
+            (
+                "failure_mode_deny_percent",
+                self.failure_mode_deny_percent.is_some(),
+            ),
+            (
+                "disable_x_envoy_ratelimited_header",
+                self.disable_x_envoy_ratelimited_header,
+            ),
             ("rate_limited_status", self.rate_limited_status.is_some()),
             ("status_on_error", self.status_on_error.is_some()),
         ];
@@ -1003,8 +1031,14 @@ impl Config {
                 "always_consume_default_token_bucket",
                 self.always_consume_default_token_bucket.is_some(),
             ),
-            ("max_dynamic_descriptors", self.max_dynamic_descriptors.is_some()),
-            ("local_cluster_rate_limit", self.local_cluster_rate_limit.is_some()),
+            (
+                "max_dynamic_descriptors",
+                self.max_dynamic_descriptors.is_some(),
+            ),
+            (
+                "local_cluster_rate_limit",
+                self.local_cluster_rate_limit.is_some(),
+            ),
         ];
         for (field, set) in local_only {
             if set {
@@ -1104,10 +1138,9 @@ fn optional_uint64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<
     let value: Option<Value> = Option::deserialize(deserializer)?;
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(number)) => number
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| de::Error::custom(format!("{number} is not an unsigned 64-bit integer"))),
+        Some(Value::Number(number)) => number.as_u64().map(Some).ok_or_else(|| {
+            de::Error::custom(format!("{number} is not an unsigned 64-bit integer"))
+        }),
         Some(Value::String(text)) => text
             .parse::<u64>()
             .map(Some)
@@ -1278,7 +1311,9 @@ mod tests {
             &policy.actions[4],
             Action::QueryParameterValueMatch { descriptor_key, expect_match: false, .. } if descriptor_key == "query_match"
         ));
-        assert!(matches!(&policy.actions[6], Action::Metadata { path, .. } if path == &["payload", "sub"]));
+        assert!(
+            matches!(&policy.actions[6], Action::Metadata { path, .. } if path == &["payload", "sub"])
+        );
     }
 
     #[test]

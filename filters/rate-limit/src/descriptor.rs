@@ -308,7 +308,13 @@ mod tests {
         );
         let request = from("10.0.0.1:1")
             .with_property(
-                &["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", "payload", "sub"],
+                &[
+                    "metadata",
+                    "filter_metadata",
+                    "envoy.filters.http.jwt_authn",
+                    "payload",
+                    "sub",
+                ],
                 "user-42",
             )
             .with_property(CLUSTER_NAME_PROPERTY, "backend");

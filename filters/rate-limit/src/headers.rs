@@ -55,7 +55,11 @@ pub fn ietf_local(state: &BucketState) -> Vec<(String, String)> {
     vec![
         (
             RATELIMIT_POLICY.into(),
-            format!("{name};q={};w={}", state.limit, ceil_secs(state.window).max(1)),
+            format!(
+                "{name};q={};w={}",
+                state.limit,
+                ceil_secs(state.window).max(1)
+            ),
         ),
         (
             RATELIMIT.into(),
@@ -131,7 +135,11 @@ pub fn ietf_global(statuses: &[DescriptorStatus]) -> Vec<(String, String)> {
                 limit.requests_per_unit
             ));
         } else {
-            policies.push(format!("{};q={}", sf_string(&name), limit.requests_per_unit));
+            policies.push(format!(
+                "{};q={}",
+                sf_string(&name),
+                limit.requests_per_unit
+            ));
         }
         if tightest
             .as_ref()
@@ -222,7 +230,10 @@ mod tests {
                     "ratelimit-policy".to_string(),
                     "\"per-client\";q=10;w=20".to_string()
                 ),
-                ("ratelimit".to_string(), "\"per-client\";r=3;t=7".to_string()),
+                (
+                    "ratelimit".to_string(),
+                    "\"per-client\";r=3;t=7".to_string()
+                ),
             ]
         );
     }

@@ -236,6 +236,20 @@ impl LocalLimiter {
             .sum()
     }
 
+    /// Every shared-data key this limiter may write: its complete footprint.
+    pub fn shared_keys(&self) -> Vec<String> {
+        self.default
+            .iter()
+            .chain(self.descriptors.iter().map(|descriptor| &descriptor.bucket))
+            .flat_map(|bucket| match bucket.slots {
+                Some(slots) => (0..slots)
+                    .map(|index| format!("{}.{index}", bucket.key))
+                    .collect(),
+                None => vec![bucket.key.clone()],
+            })
+            .collect()
+    }
+
     /// Whether any configured descriptor exists (Envoy only builds request descriptors then).
     pub fn has_descriptors(&self) -> bool {
         !self.descriptors.is_empty()
@@ -376,7 +390,10 @@ mod tests {
         let alice = [descriptor(&[("client", "alice")])];
         let first = limiter.check(&host, &alice, NOW);
         let state = first.state.unwrap();
-        assert_eq!((state.name.as_str(), state.limit, state.remaining), ("client=*", 2, 1));
+        assert_eq!(
+            (state.name.as_str(), state.limit, state.remaining),
+            ("client=*", 2, 1)
+        );
         limiter.check(&host, &alice, NOW);
         let denied = limiter.check(&host, &alice, NOW);
         assert!(!denied.allowed);
@@ -402,7 +419,9 @@ mod tests {
         );
         let matched = [descriptor(&[("generic_key", "g")])];
         assert_eq!(
-            (0..5).filter(|_| limiter.check(&host, &matched, NOW).allowed).count(),
+            (0..5)
+                .filter(|_| limiter.check(&host, &matched, NOW).allowed)
+                .count(),
             3
         );
         assert!(limiter.check(&host, &[], NOW).allowed);
@@ -417,6 +436,66 @@ mod tests {
         assert!(outcome.allowed);
         assert_eq!(outcome.state, None);
         assert_eq!(limiter.entry_bound(), 0);
+    }
+
+    /// Records every key written.
+    struct Recording<'a> {
+        inner: &'a MemoryHost,
+        written: std::cell::RefCell<std::collections::BTreeSet<String>>,
+    }
+
+    impl SharedData for Recording<'_> {
+        fn get_shared_data(
+            &self,
+            key: &str,
+        ) -> Result<Option<wasmesh_sdk::shared::SharedValue>, Error> {
+            self.inner.get_shared_data(key)
+        }
+
+        fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Error> {
+            self.written.borrow_mut().insert(key.to_string());
+            self.inner.set_shared_data(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn unbounded_distinct_values_stay_within_the_table() {
+        let host = MemoryHost::new();
+        let limiter = limiter(
+            &CONFIG.replace(
+                "\"stat_prefix\"",
+                "\"max_dynamic_descriptors\": 64, \"stat_prefix\"",
+            ),
+            &host,
+        );
+        let recording = Recording {
+            inner: &host,
+            written: Default::default(),
+        };
+        let (mut admitted, mut evicted) = (0, 0);
+        for client in 0..5000 {
+            let request = [descriptor(&[("client", &format!("client-{client}"))])];
+            // Each value is seen twice, one millisecond apart.
+            for at in [
+                NOW + client * 2_000_000,
+                NOW + client * 2_000_000 + 1_000_000,
+            ] {
+                let outcome = limiter.check(&recording, &request, at);
+                admitted += u64::from(outcome.allowed);
+                evicted += outcome.evicted;
+            }
+        }
+        let footprint: std::collections::BTreeSet<String> =
+            limiter.shared_keys().into_iter().collect();
+        assert_eq!(footprint.len(), 1 + 1 + 64);
+        let written = recording.written.into_inner();
+        assert!(written.is_subset(&footprint), "{written:?}");
+        assert_eq!(written.len(), 1 + 64, "the default bucket and every slot");
+        // Per-client buckets never deny (two requests, burst 2); the default bucket (burst
+        // 100, one token per 10ms) sees one request per ms for 9.999s: 100 + 999.
+        assert_eq!(admitted, 1099);
+        // 5000 live clients in 64 slots: most had to evict another client's bucket.
+        assert!(evicted > 4000, "{evicted}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use wasmesh_sdk::shared::SharedData;
 
 use crate::bucket::WorkerStore;
 use crate::config::{Config, Mode, StateScope, XRateLimitHeaders, DEFAULT_RLS_TIMEOUT};
-use crate::descriptor::{generate, RequestDescriptor};
+use crate::descriptor::generate;
 use crate::headers::{
     ietf_global, ietf_local, x_ratelimit_global, x_ratelimit_local, BucketState,
     X_ENVOY_RATELIMITED,
@@ -121,7 +121,11 @@ impl std::fmt::Debug for RateLimitFilter {
     }
 }
 
-fn percent_hits(percent: Option<&RuntimeFractionalPercent>, default: bool, random: &dyn Random) -> bool {
+fn percent_hits(
+    percent: Option<&RuntimeFractionalPercent>,
+    default: bool,
+    random: &dyn Random,
+) -> bool {
     match percent {
         None => default,
         Some(percent) => {
@@ -165,8 +169,8 @@ impl RateLimitFilter {
                     descriptor_evicted: counter(host, "descriptor_evicted")?,
                 };
                 let limiter = LocalLimiter::new(&config);
-                let worker_store = (config.wasmesh.state_scope == StateScope::Worker)
-                    .then(WorkerStore::default);
+                let worker_store =
+                    (config.wasmesh.state_scope == StateScope::Worker).then(WorkerStore::default);
                 match &worker_store {
                     Some(store) => limiter.create_entries(store)?,
                     None => limiter.create_entries(host)?,
@@ -299,7 +303,9 @@ impl RateLimitFilter {
         let now = u64::try_from(since_epoch(host).as_nanos()).unwrap_or(u64::MAX);
         let outcome = limiter.check(store, &descriptors, now);
         if let Some(error) = outcome.errors.first() {
-            stats.shared_state_error.add(host, outcome.errors.len() as u64);
+            stats
+                .shared_state_error
+                .add(host, outcome.errors.len() as u64);
             host.log(
                 LogLevel::Warn,
                 &format!("rate_limit: bucket state unavailable, request admitted: {error}"),
@@ -346,10 +352,21 @@ impl RateLimitFilter {
         add_options(&mut headers, &self.config.response_headers_to_add);
         headers.push((X_ENVOY_RATELIMITED.to_string(), "true".to_string()));
         headers.extend(rate_limit_headers);
-        Decision::Deny(self.reply(status, LOCAL_RATE_LIMITED, b"local_rate_limited".to_vec(), headers))
+        Decision::Deny(self.reply(
+            status,
+            LOCAL_RATE_LIMITED,
+            b"local_rate_limited".to_vec(),
+            headers,
+        ))
     }
 
-    fn reply(&self, status: u16, details: &str, body: Vec<u8>, headers: Vec<(String, String)>) -> LocalReply {
+    fn reply(
+        &self,
+        status: u16,
+        details: &str,
+        body: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> LocalReply {
         let mut reply = LocalReply::new(status, details).with_body(body);
         reply.headers = headers;
         if self.config.rate_limited_as_resource_exhausted {
@@ -586,4 +603,308 @@ fn merge_service_headers(headers: &mut Vec<(String, String)>, service: Vec<(Stri
             .any(|(name, _)| existing.eq_ignore_ascii_case(name))
     });
     headers.extend(service);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rls::encode_request;
+    use std::rc::Rc;
+    use wasmesh_sdk::adapter::{configure, Outcome, StreamDriver};
+    use wasmesh_sdk::request::MemoryRequest;
+    use wasmesh_sdk::testing::MemoryHost;
+
+    fn driver(host: &mut MemoryHost, json: &str) -> Rc<RateLimitFilter> {
+        Rc::new(configure::<RateLimitFilter>(json.as_bytes(), host).unwrap())
+    }
+
+    const LOCAL: &str = r#"{
+      "stat_prefix": "edge",
+      "token_bucket": {"max_tokens": 2, "tokens_per_fill": 1, "fill_interval": "10s"},
+      "filter_enabled": {"default_value": {"numerator": 100}},
+      "filter_enforced": {"default_value": {"numerator": 100}},
+      "status": {"code": 503},
+      "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+      "wasmesh": {"ietf_ratelimit_headers": true},
+      "response_headers_to_add": [{"header": {"key": "x-limited", "value": "yes"}}]
+    }"#;
+
+    fn run(filter: &Rc<RateLimitFilter>, host: &mut MemoryHost) -> (Outcome, MemoryRequest) {
+        let mut driver = StreamDriver::new(Some(Rc::clone(filter)));
+        let mut request = MemoryRequest::get("/");
+        let outcome = driver.on_request_headers(&mut request, host);
+        if outcome == Outcome::Continue {
+            driver.on_response_headers(&mut request, host);
+        }
+        (outcome, request)
+    }
+
+    #[test]
+    fn local_denial_is_envoys_local_reply() {
+        let mut host = MemoryHost::new();
+        let filter = driver(&mut host, LOCAL);
+        let (first, request) = run(&filter, &mut host);
+        assert_eq!(first, Outcome::Continue);
+        assert_eq!(
+            request.response_header("x-ratelimit-limit").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            request.response_header("x-ratelimit-remaining").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            request.response_header("x-ratelimit-reset").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            request.response_header("ratelimit-policy").as_deref(),
+            Some("\"default\";q=2;w=20")
+        );
+        assert_eq!(
+            request.response_header("ratelimit").as_deref(),
+            Some("\"default\";r=1;t=10")
+        );
+        assert_eq!(request.response_header("x-limited"), None);
+        run(&filter, &mut host);
+        let (Outcome::Reply(reply), _) = run(&filter, &mut host) else {
+            panic!("the third request must be limited");
+        };
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.details, "local_rate_limited");
+        assert_eq!(reply.body, b"local_rate_limited");
+        let header = |name: &str| {
+            reply
+                .headers
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.as_str())
+        };
+        assert_eq!(header("x-limited"), Some("yes"));
+        assert_eq!(header("x-envoy-ratelimited"), Some("true"));
+        assert_eq!(header("x-ratelimit-remaining"), Some("0"));
+        assert_eq!(header("x-ratelimit-reset"), Some("10"));
+        assert_eq!(reply.grpc_status, None);
+        for (stat, value) in [
+            ("enabled", 3),
+            ("ok", 2),
+            ("rate_limited", 1),
+            ("enforced", 1),
+        ] {
+            assert_eq!(
+                host.metric(&format!("edge.http_local_rate_limit.{stat}")),
+                Some(value),
+                "{stat}"
+            );
+        }
+        // Ten seconds later one token is back.
+        host.advance(Duration::from_secs(10));
+        assert_eq!(run(&filter, &mut host).0, Outcome::Continue);
+    }
+
+    #[test]
+    fn unset_filter_enabled_checks_nothing_as_in_envoy() {
+        let mut host = MemoryHost::new();
+        let filter = driver(
+            &mut host,
+            r#"{"stat_prefix": "edge", "token_bucket": {"max_tokens": 1, "fill_interval": "60s"}}"#,
+        );
+        for _ in 0..5 {
+            assert_eq!(run(&filter, &mut host).0, Outcome::Continue);
+        }
+        assert_eq!(host.metric("edge.http_local_rate_limit.enabled"), Some(0));
+        assert!(
+            host.logs()
+                .iter()
+                .any(|(level, message)| *level == LogLevel::Warn
+                    && message.contains("filter_enabled"))
+        );
+    }
+
+    #[test]
+    fn shadow_mode_reports_and_marks_without_denying() {
+        let mut host = MemoryHost::new();
+        let filter = driver(
+            &mut host,
+            r#"{"stat_prefix": "edge",
+                "token_bucket": {"max_tokens": 1, "fill_interval": "60s"},
+                "filter_enabled": {"default_value": {"numerator": 100}},
+                "request_headers_to_add_when_not_enforced": [{"header": {"key": "x-would-limit", "value": "true"}}]}"#,
+        );
+        let (_, first) = run(&filter, &mut host);
+        assert_eq!(first.header("x-would-limit"), None);
+        let (outcome, second) = run(&filter, &mut host);
+        assert_eq!(outcome, Outcome::Continue);
+        assert_eq!(second.header("x-would-limit").as_deref(), Some("true"));
+        assert_eq!(
+            host.metric("edge.http_local_rate_limit.rate_limited"),
+            Some(1)
+        );
+        assert_eq!(host.metric("edge.http_local_rate_limit.enforced"), Some(0));
+    }
+
+    #[test]
+    fn partial_percentages_use_the_random_source() {
+        struct Fixed(u64);
+        impl Random for Fixed {
+            fn next_u64(&self) -> u64 {
+                self.0
+            }
+        }
+        let json = r#"{"stat_prefix": "edge", "token_bucket": {"max_tokens": 1, "fill_interval": "60s"},
+                       "filter_enabled": {"default_value": {"numerator": 30}}}"#;
+        for (draw, enabled) in [(29, 1), (30, 0), (129, 1)] {
+            let mut host = MemoryHost::new();
+            let config = wasmesh_sdk::config::load::<Config>(json.as_bytes()).unwrap();
+            let filter = Rc::new(
+                RateLimitFilter::with_random(config, &mut host, Box::new(Fixed(draw))).unwrap(),
+            );
+            run(&filter, &mut host);
+            assert_eq!(
+                host.metric("edge.http_local_rate_limit.enabled"),
+                Some(enabled),
+                "draw {draw}"
+            );
+        }
+    }
+
+    const GLOBAL: &str = r#"{
+      "domain": "edge", "stat_prefix": "front",
+      "rate_limit_service": {"grpc_service": {"envoy_grpc": {"cluster_name": "rls"}, "initial_metadata": [{"key": "x-tenant", "value": "acme"}]}},
+      "timeout": "0.05s",
+      "rate_limits": [{"actions": [{"request_headers": {"header_name": "x-user", "descriptor_key": "user"}}]}],
+      "enable_x_ratelimit_headers": "DRAFT_VERSION_03"
+    }"#;
+
+    fn grpc(token: u32, status: u32, body: Vec<u8>) -> CalloutResponse {
+        CalloutResponse::Grpc(GrpcCalloutResponse {
+            token,
+            status,
+            message: None,
+            body,
+        })
+    }
+
+    /// `overall_code`, then one `response_headers_to_add` header.
+    fn answer(code: u8, header: (&str, &str)) -> Vec<u8> {
+        let mut header_bytes = vec![0x0a, header.0.len() as u8];
+        header_bytes.extend_from_slice(header.0.as_bytes());
+        header_bytes.extend_from_slice(&[0x12, header.1.len() as u8]);
+        header_bytes.extend_from_slice(header.1.as_bytes());
+        let mut body = vec![0x08, code, 0x1a, header_bytes.len() as u8];
+        body.extend_from_slice(&header_bytes);
+        body
+    }
+
+    #[test]
+    fn global_mode_asks_the_service_and_applies_its_verdict() {
+        let mut host = MemoryHost::new();
+        let filter = driver(&mut host, GLOBAL);
+        assert_eq!(filter.service_timeout(), Some(Duration::from_millis(50)));
+
+        // No descriptor (header absent): no call.
+        let mut quiet = StreamDriver::new(Some(Rc::clone(&filter)));
+        assert_eq!(
+            quiet.on_request_headers(&mut MemoryRequest::get("/"), &mut host),
+            Outcome::Continue
+        );
+        assert!(host.grpc_callouts().is_empty());
+
+        let mut stream = StreamDriver::new(Some(Rc::clone(&filter)));
+        let mut request = MemoryRequest::get("/").with_header("x-user", "alice");
+        assert_eq!(
+            stream.on_request_headers(&mut request, &mut host),
+            Outcome::Pause
+        );
+        let (token, call) = host.grpc_callouts()[0].clone();
+        assert_eq!(call.cluster, "rls");
+        assert_eq!(call.service, "envoy.service.ratelimit.v3.RateLimitService");
+        assert_eq!(call.method, "ShouldRateLimit");
+        assert_eq!(call.timeout, Duration::from_millis(50));
+        assert_eq!(
+            call.initial_metadata,
+            vec![("x-tenant".to_string(), b"acme".to_vec())]
+        );
+        assert_eq!(
+            call.message,
+            encode_request(
+                "edge",
+                &[crate::descriptor::RequestDescriptor {
+                    entries: vec![("user".into(), "alice".into())],
+                    hits: 1
+                }]
+            )
+        );
+        // A stale token keeps the stream waiting.
+        assert_eq!(
+            stream.on_callout_response(&mut request, &mut host, grpc(token + 100, 0, vec![])),
+            Outcome::Wait
+        );
+        let over = answer(2, ("x-quota", "exhausted"));
+        let Outcome::Reply(reply) =
+            stream.on_callout_response(&mut request, &mut host, grpc(token, 0, over))
+        else {
+            panic!("over limit must be denied");
+        };
+        assert_eq!(
+            (reply.status, reply.details.as_str()),
+            (429, "request_rate_limited")
+        );
+        assert!(reply
+            .headers
+            .contains(&("x-quota".into(), "exhausted".into())));
+        assert!(reply
+            .headers
+            .contains(&("x-envoy-ratelimited".into(), "true".into())));
+        assert_eq!(host.metric("front.ratelimit.over_limit"), Some(1));
+    }
+
+    #[test]
+    fn global_failures_follow_the_failure_mode() {
+        let mut host = MemoryHost::new();
+        let open = driver(&mut host, GLOBAL);
+        let mut stream = StreamDriver::new(Some(Rc::clone(&open)));
+        let mut request = MemoryRequest::get("/").with_header("x-user", "bob");
+        stream.on_request_headers(&mut request, &mut host);
+        let token = host.grpc_callouts()[0].0;
+        assert_eq!(
+            stream.on_callout_response(&mut request, &mut host, grpc(token, 14, vec![])),
+            Outcome::Resume(wasmesh_sdk::host::Phase::RequestHeaders)
+        );
+        assert_eq!(host.metric("front.ratelimit.error"), Some(1));
+        assert_eq!(host.metric("front.ratelimit.failure_mode_allowed"), Some(1));
+
+        let mut host = MemoryHost::new();
+        let closed = driver(
+            &mut host,
+            &GLOBAL.replace(
+                "\"domain\"",
+                "\"failure_mode_deny\": true, \"status_on_error\": {\"code\": 503}, \"domain\"",
+            ),
+        );
+        let mut stream = StreamDriver::new(Some(closed));
+        let mut request = MemoryRequest::get("/").with_header("x-user", "bob");
+        stream.on_request_headers(&mut request, &mut host);
+        let token = host.grpc_callouts()[0].0;
+        // A malformed answer is a failure too.
+        let outcome =
+            stream.on_callout_response(&mut request, &mut host, grpc(token, 0, vec![0x12, 9]));
+        assert_eq!(
+            outcome,
+            Outcome::Reply(LocalReply::new(503, "rate_limiter_error"))
+        );
+
+        // A dispatch the host refuses fails the same way.
+        let mut host = MemoryHost::new().with_failing_callouts();
+        let closed = driver(
+            &mut host,
+            &GLOBAL.replace("\"domain\"", "\"failure_mode_deny\": true, \"domain\""),
+        );
+        let mut stream = StreamDriver::new(Some(closed));
+        let mut request = MemoryRequest::get("/").with_header("x-user", "bob");
+        assert_eq!(
+            stream.on_request_headers(&mut request, &mut host),
+            Outcome::Reply(LocalReply::new(500, "rate_limiter_error"))
+        );
+    }
 }

@@ -270,8 +270,12 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
         match (number, field) {
             (1, Field::Varint(code)) => response.overall_code = Code::from_wire(code),
             (2, Field::Bytes(status)) => response.statuses.push(decode_status(status)?),
-            (3, Field::Bytes(header)) => response.response_headers_to_add.push(decode_header(header)?),
-            (4, Field::Bytes(header)) => response.request_headers_to_add.push(decode_header(header)?),
+            (3, Field::Bytes(header)) => response
+                .response_headers_to_add
+                .push(decode_header(header)?),
+            (4, Field::Bytes(header)) => {
+                response.request_headers_to_add.push(decode_header(header)?)
+            }
             (5, Field::Bytes(body)) => response.raw_body = body.to_vec(),
             (1..=5, _) => return Err(DecodeError("wrong wire type")),
             _ => {}
@@ -393,7 +397,9 @@ mod tests {
             &[0x0b],
             &[0x00, 1],
             &[0x12, 2, 0x08, 0xff],
-            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+            &[
+                0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ],
             &[0x1a, 3, 0x0a, 1, 0xff],
         ] {
             assert!(decode_response(bad).is_err(), "{bad:?}");

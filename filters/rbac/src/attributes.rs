@@ -10,7 +10,7 @@ use serde_json::Value;
 use wasmesh_sdk::matcher::{HeaderMatcher, StringMatcher};
 use wasmesh_sdk::request::{property, Header, Request};
 
-use crate::metadata::decode_struct;
+use crate::metadata::decode_metadata;
 use crate::normalize::{host_forms, NormalizedPath, Normalization, PathRejection};
 use crate::rule::Match;
 use crate::util::{base64url_decode, deserialize_non_empty};
@@ -25,12 +25,16 @@ const REQUESTED_SERVER_NAME: &[&str] = &["connection", "requested_server_name"];
 /// How a request with several values of one header is matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 pub enum MultipleHeaderValues {
-    /// Every reading (joined, and each value alone) must satisfy an ALLOW; any reading
-    /// triggers a DENY (default; see [`crate::rule`]).
+    /// Every reading (each value alone, and all joined with `","`) must satisfy an ALLOW; any
+    /// reading triggers a DENY (default; see [`crate::rule`]).
     #[serde(rename = "STRICT")]
     #[default]
     Strict,
-    /// Values joined with `","`, exactly as Envoy's RBAC filter.
+    /// The header matches if one of its values matches: what Envoy 1.40's RBAC filter does
+    /// (so a second value can satisfy an ALLOW the first value would fail).
+    #[serde(rename = "ANY_VALUE")]
+    AnyValue,
+    /// Values joined with `","`, as Envoy's `HeaderUtility::getAllOfHeaderAsString`.
     #[serde(rename = "JOIN")]
     Join,
 }
@@ -101,7 +105,7 @@ pub struct Attributes<'r> {
     settings: &'r Settings,
     headers: Vec<Header>,
     path: Option<NormalizedPath>,
-    metadata: Vec<(String, Option<Value>)>,
+    metadata: Vec<(String, Value)>,
     jwt_payload: Option<Value>,
     destination: OnceCell<Option<SocketAddr>>,
     direct_remote_ip: OnceCell<Option<IpAddr>>,
@@ -129,15 +133,23 @@ impl<'r> Attributes<'r> {
                 _ => {}
             }
         }
-        let metadata = settings
-            .metadata_filters
-            .iter()
-            .map(|filter| (filter.clone(), read_filter_metadata(request, filter)))
-            .collect();
+        let reads_jwt_metadata = settings
+            .jwt_payload
+            .as_ref()
+            .is_some_and(|source| source.metadata.is_some());
+        // One read and decode of all dynamic metadata serves every rule.
+        let metadata = if settings.metadata_filters.is_empty() && !reads_jwt_metadata {
+            Vec::new()
+        } else {
+            request
+                .property(&["metadata"])
+                .and_then(|bytes| decode_metadata(&bytes))
+                .unwrap_or_default()
+        };
         let jwt_payload = settings
             .jwt_payload
             .as_ref()
-            .and_then(|source| read_jwt_payload(request, source));
+            .and_then(|source| read_jwt_payload(request, source, &metadata));
         Ok(Attributes {
             request,
             settings,
@@ -165,29 +177,30 @@ impl<'r> Attributes<'r> {
 
     /// Matches a header on every reading of the request (see [`crate::rule`]).
     pub fn match_header(&self, matcher: &HeaderMatcher) -> Match {
-        let joined = Match::exactly(matcher.matches_headers(&self.headers));
-        if self.settings.multiple_header_values == MultipleHeaderValues::Join {
-            return joined;
-        }
-        let mut values = self
-            .headers
-            .iter()
-            .filter(|(name, _)| name.as_str() == matcher.name());
-        let (Some(_), Some(_)) = (values.next(), values.next()) else {
-            return joined;
-        };
-        let mut result = joined;
-        for (name, value) in self
+        let mode = self.settings.multiple_header_values;
+        let values: Vec<&Header> = self
             .headers
             .iter()
             .filter(|(name, _)| name.as_str() == matcher.name())
-        {
-            let single = [(name.clone(), value.clone())];
-            let matched = matcher.matches_headers(&single);
-            result.certain &= matched;
-            result.possible |= matched;
+            .collect();
+        if values.len() < 2 || mode == MultipleHeaderValues::Join {
+            return Match::exactly(matcher.matches_headers(&self.headers));
         }
-        result
+        let mut any = false;
+        let mut all = true;
+        for (name, value) in values {
+            let matched = matcher.matches_headers(&[(name.clone(), value.clone())]);
+            any |= matched;
+            all &= matched;
+        }
+        if mode == MultipleHeaderValues::AnyValue {
+            return Match::exactly(any);
+        }
+        let joined = matcher.matches_headers(&self.headers);
+        Match {
+            certain: all && joined,
+            possible: any || joined,
+        }
     }
 
     /// Istio `hosts`: the canonical authority with its port, or without it.
@@ -281,7 +294,7 @@ impl<'r> Attributes<'r> {
         self.metadata
             .iter()
             .find(|(name, _)| name == filter)
-            .and_then(|(_, value)| value.as_ref())
+            .map(|(_, value)| value)
     }
 
     /// The JWT payload (claims), when a source is configured and holds one.
@@ -307,14 +320,16 @@ impl<'r> Attributes<'r> {
     }
 }
 
-fn read_filter_metadata(request: &dyn Request, filter: &str) -> Option<Value> {
-    let bytes = request.property(&["metadata", "filter_metadata", filter])?;
-    decode_struct(&bytes)
-}
-
-fn read_jwt_payload(request: &dyn Request, source: &JwtPayloadSource) -> Option<Value> {
+fn read_jwt_payload(
+    request: &dyn Request,
+    source: &JwtPayloadSource,
+    metadata: &[(String, Value)],
+) -> Option<Value> {
     let payload = if let Some(key) = &source.metadata {
-        read_filter_metadata(request, &key.filter)?
+        metadata
+            .iter()
+            .find(|(name, _)| *name == key.filter)?
+            .1
             .get(key.key.as_str())?
             .clone()
     } else if let Some(header) = &source.header {
@@ -334,7 +349,7 @@ fn read_jwt_payload(request: &dyn Request, source: &JwtPayloadSource) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::encode_struct;
+    use crate::metadata::encode_metadata;
     use serde_json::json;
     use wasmesh_sdk::matcher::HeaderMatch;
     use wasmesh_sdk::request::MemoryRequest;
@@ -379,6 +394,24 @@ mod tests {
         };
         let attributes = Attributes::new(&request, &join).unwrap();
         assert_eq!(attributes.match_header(&bob), Match::exactly(false));
+        let joined = HeaderMatcher::new("x-user", HeaderMatch::Exact("alice,bob".into()));
+        assert_eq!(attributes.match_header(&joined), Match::exactly(true));
+        let any_value = Settings {
+            multiple_header_values: MultipleHeaderValues::AnyValue,
+            ..settings()
+        };
+        let attributes = Attributes::new(&request, &any_value).unwrap();
+        assert_eq!(attributes.match_header(&bob), Match::exactly(true));
+        assert_eq!(attributes.match_header(&joined), Match::exactly(false));
+        // Strict: the joined reading counts too.
+        let attributes = Attributes::new(&request, &strict).unwrap();
+        assert_eq!(
+            attributes.match_header(&joined),
+            Match {
+                certain: false,
+                possible: true
+            }
+        );
     }
 
     #[test]
@@ -431,11 +464,11 @@ mod tests {
     #[test]
     fn jwt_payload_from_metadata_or_header() {
         let payload = json!({"iss": "https://issuer", "sub": "alice", "groups": ["a"], "nested": {"role": "x"}});
-        let metadata = encode_struct(&json!({"jwt_payload": payload}));
-        let request = MemoryRequest::get("/").with_property(
-            &["metadata", "filter_metadata", "envoy.filters.http.jwt_authn"],
-            metadata,
-        );
+        let metadata = encode_metadata(&[(
+            "envoy.filters.http.jwt_authn",
+            json!({"jwt_payload": payload}),
+        )]);
+        let request = MemoryRequest::get("/").with_property(&["metadata"], metadata);
         let metadata_settings = Settings {
             jwt_payload: Some(JwtPayloadSource::default()),
             ..settings()

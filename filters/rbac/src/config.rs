@@ -79,7 +79,7 @@ pub struct Config {
     /// wasmesh: how the path and host are normalized before matching.
     #[serde(default)]
     pub normalization: Normalization,
-    /// wasmesh: how repeated headers are matched (`STRICT` or `JOIN`).
+    /// wasmesh: how repeated headers are matched (`STRICT`, `ANY_VALUE` or `JOIN`).
     #[serde(default)]
     pub multiple_header_values: MultipleHeaderValues,
     /// wasmesh: trusted proxies in front of this one, for `remote_ip`.

@@ -291,9 +291,7 @@ impl RbacFilter {
             logged: None,
             log_policy: None,
         };
-        if let Some(shadow) = &self.shadow {
-            shadow.count(&verdict, host);
-        }
+        // Shadow rules were not evaluated: the request never reached them.
         match &self.enforced {
             Some(enforced) => {
                 enforced.count(&verdict, host);

@@ -1,11 +1,13 @@
 //! Dynamic metadata: Envoy's `MetadataMatcher` / `ValueMatcher`, and the protobuf encoding of
 //! `google.protobuf.Struct` through which a wasm filter reads metadata.
 //!
-//! A wasm filter reads dynamic metadata with `proxy_get_property(["metadata",
-//! "filter_metadata", <filter>])`; Envoy serializes the `Struct` it finds there in protobuf wire
-//! format (a map or message value of a property is always serialized that way). This module
-//! decodes that encoding into a [`serde_json::Value`] (numbers are doubles, as in `Struct`),
-//! so that matchers walk the same tree Envoy's `Metadata::metadataValue` walks.
+//! A wasm filter reads dynamic metadata with `proxy_get_property(["metadata"])`: Envoy hands
+//! over the `envoy.config.core.v3.Metadata` message in protobuf wire format. (Deeper paths such
+//! as `["metadata", "filter_metadata", <filter>]` are CEL maps, which Envoy serializes in its
+//! own "pairs" format where a number and an 8-byte string look alike; the root message keeps
+//! every type.) This module decodes `Metadata` and its `google.protobuf.Struct`s into
+//! [`serde_json::Value`]s (numbers are doubles, as in `Struct`), so that matchers walk the same
+//! tree Envoy's `Metadata::metadataValue` walks.
 
 use serde::Deserialize;
 use serde_json::{Map, Number, Value};
@@ -16,6 +18,47 @@ use crate::util::deserialize_non_empty;
 /// How deep a decoded `Struct` may nest before it is refused (metadata is written by other
 /// filters; a hostile one must not be able to exhaust the stack).
 const MAX_DEPTH: usize = 32;
+
+/// Decodes a protobuf-encoded `envoy.config.core.v3.Metadata` into its `filter_metadata`
+/// (namespace → decoded `Struct`). `typed_filter_metadata` is skipped.
+pub fn decode_metadata(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
+    let mut namespaces = Vec::new();
+    let mut reader = Reader { bytes, at: 0 };
+    while let Some((field, wire)) = reader.key()? {
+        if (field, wire) != (1, WIRE_LEN) {
+            reader.skip(wire)?;
+            continue;
+        }
+        let mut entry = Reader {
+            bytes: reader.len_delimited()?,
+            at: 0,
+        };
+        let mut key = String::new();
+        let mut value = Value::Object(Map::new());
+        while let Some((entry_field, entry_wire)) = entry.key()? {
+            match (entry_field, entry_wire) {
+                (1, WIRE_LEN) => key = String::from_utf8(entry.len_delimited()?.to_vec()).ok()?,
+                (2, WIRE_LEN) => value = Value::Object(decode_struct_at(entry.len_delimited()?, 0)?),
+                _ => entry.skip(entry_wire)?,
+            }
+        }
+        namespaces.push((key, value));
+    }
+    Some(namespaces)
+}
+
+/// Encodes `filter_metadata` as a protobuf `envoy.config.core.v3.Metadata` (what Envoy hands a
+/// wasm filter for the `metadata` property). Used by tests and benchmarks to play the host.
+pub fn encode_metadata(namespaces: &[(&str, Value)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in namespaces {
+        let mut entry = Vec::new();
+        put_len(&mut entry, 1, name.as_bytes());
+        put_len(&mut entry, 2, &encode_struct(value));
+        put_len(&mut out, 1, &entry);
+    }
+    out
+}
 
 /// Decodes a protobuf-encoded `google.protobuf.Struct` into a JSON object.
 pub fn decode_struct(bytes: &[u8]) -> Option<Value> {
@@ -428,8 +471,36 @@ mod tests {
             }
         });
         let bytes = encode_struct(&value);
-        assert_eq!(decode_struct(&bytes), Some(value));
+        assert_eq!(decode_struct(&bytes), Some(value.clone()));
         assert_eq!(decode_struct(&[]), Some(json!({})));
+        let metadata = encode_metadata(&[("a", json!({"x": 1.0})), ("b", value.clone())]);
+        assert_eq!(
+            decode_metadata(&metadata),
+            Some(vec![("a".to_string(), json!({"x": 1.0})), ("b".to_string(), value)])
+        );
+    }
+
+    #[test]
+    fn decodes_the_metadata_message_envoy_sends() {
+        // `proxy_get_property(["metadata"])` in Envoy 1.40 after jwt_authn stored
+        // {"jwt_payload": {"sub": "alice"}} (prefix of a captured answer, lengths adjusted).
+        let captured: Vec<u8> = [
+            &[10, 48, 10, 28][..],
+            b"envoy.filters.http.jwt_authn",
+            &[18, 16, 10, 14, 10, 3],
+            b"sub",
+            &[18, 7, 26, 5],
+            b"alice",
+        ]
+        .concat();
+        assert_eq!(
+            decode_metadata(&captured),
+            Some(vec![(
+                "envoy.filters.http.jwt_authn".to_string(),
+                json!({"sub": "alice"})
+            )])
+        );
+        assert_eq!(decode_metadata(&[10, 3, 10]), None);
     }
 
     #[test]

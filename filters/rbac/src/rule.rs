@@ -3,12 +3,15 @@
 //!
 //! # Several readings of one request
 //!
-//! A header sent several times (`x-user: alice` and `x-user: bob`) is what Envoy's matchers
-//! see joined with `","` (`alice,bob`), but an upstream may well act on the first or the last
-//! value. A DENY rule for `x-user: bob` would then let the request through in Envoy while the
-//! upstream sees `bob` (the CVE-2021-31920 family). With `multiple_header_values: STRICT` (the
-//! default) a header with several values is read every way an upstream could read it: joined,
-//! and each value on its own. Evaluation then yields a [`Match`] with two bounds:
+//! A header sent several times (`x-user: alice` and `x-user: bob`) can be read several ways:
+//! Envoy's `HeaderUtility` joins the values with `","` (`alice,bob`), Envoy 1.40's RBAC filter
+//! matches if any one value matches, and an upstream may act on the first or the last value.
+//! Whichever reading the authorizer picks, an attacker picks another: with joined values a
+//! DENY for `x-user: bob` misses a request the upstream reads as `bob` (the CVE-2021-31920
+//! family); with any-value matching, an added `x-tier: gold` satisfies an ALLOW for `gold`
+//! while the upstream reads the first value. With `multiple_header_values: STRICT` (the
+//! default) a header with several values is read every way: each value on its own, and all
+//! joined. Evaluation then yields a [`Match`] with two bounds:
 //! `possible` (some reading matches) and `certain` (every reading matches). DENY, LOG and AUDIT
 //! policies fire on `possible`, ALLOW policies only on `certain`: no reading of the request can
 //! walk around a DENY or into an ALLOW. `not_rule`/`not_id` swap the bounds. For requests

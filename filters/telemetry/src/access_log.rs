@@ -146,10 +146,7 @@ mod tests {
         assert!(errors.selects(0, 200, 32));
         assert!(!errors.selects(0, 404, 0));
         assert!(log("{}").selects(u64::MAX, 200, 0));
-        assert_eq!(
-            FractionalPercent::new(1, Denominator::Million).hits(1_000_000),
-            false
-        );
+        assert!(!FractionalPercent::new(1, Denominator::Million).hits(1_000_001));
     }
 
     #[test]

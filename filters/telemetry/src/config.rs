@@ -692,7 +692,7 @@ mod tests {
         assert!(error(r#"{"stat_prefix": "istio-x"}"#).starts_with("stat_prefix:"));
         assert_eq!(
             error(r#"{"rotation_interval": "1s"}"#),
-            "unknown field `rotation_interval`, expected one of `debug`, `max_peer_cache_size`, \
+            "rotation_interval: unknown field `rotation_interval`, expected one of `debug`, `max_peer_cache_size`, \
              `stat_prefix`, `field_separator`, `value_separator`, `disable_host_header_fallback`, \
              `tcp_reporting_duration`, `metrics`, `definitions`, `metadata_mode`, \
              `exchange_peer_metadata`, `access_log`"

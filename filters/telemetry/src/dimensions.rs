@@ -55,7 +55,10 @@ fn cluster_host(cluster: &str) -> Option<&str> {
 fn strip_port(host: &str) -> &str {
     // `[::1]:80` and `[::1]` keep their brackets; `name:80` loses the port.
     if host.starts_with('[') {
-        return host.split_once("]:").map_or(host, |(address, _)| address);
+        return match host.find("]:") {
+            Some(end) => host.get(..=end).unwrap_or(host),
+            None => host,
+        };
     }
     match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,

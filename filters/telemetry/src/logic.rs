@@ -9,7 +9,7 @@ use wasmesh_sdk::body::Body;
 use wasmesh_sdk::config::ConfigError;
 use wasmesh_sdk::error::Error;
 use wasmesh_sdk::host::{Host, LogLevel};
-use wasmesh_sdk::metrics::{MetricKind, MetricSink};
+use wasmesh_sdk::metrics::MetricKind;
 use wasmesh_sdk::request::Request;
 
 use crate::access_log::{number, request_id_integer, text, AccessLog, Entry};
@@ -42,12 +42,15 @@ impl Local {
     /// (`listener_direction`: 1 inbound, 2 outbound; else the root id `stats_outbound` /
     /// `stats_inbound` as Istio's plugin; else inbound).
     pub fn read(request: &dyn Request) -> Local {
-        let mut node = request
-            .property(&["node", "metadata"])
+        let mut node = xds_property(request, &["node", "metadata"])
             .and_then(|bytes| decode_node_metadata(&bytes))
             .unwrap_or_default();
-        node.id = request.property_string(&["node", "id"]).unwrap_or_default();
-        let outbound = match request.property_int(&["listener_direction"]) {
+        node.id = xds_property(request, &["node", "id"])
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .unwrap_or_default();
+        let direction = xds_property(request, &["listener_direction"])
+            .and_then(|bytes| wasmesh_sdk::request::decode_int(&bytes));
+        let outbound = match direction {
             Some(2) => true,
             Some(1) => false,
             _ => request
@@ -61,6 +64,15 @@ impl Local {
             outbound,
         }
     }
+}
+
+/// An xDS attribute: Envoy 1.40 serves them as `xds.<name>` (`xds.node`, `xds.cluster_name`,
+/// ...); older proxies as `<name>`.
+pub fn xds_property(request: &dyn Request, path: &[&str]) -> Option<Vec<u8>> {
+    let mut xds = Vec::with_capacity(path.len() + 1);
+    xds.push("xds");
+    xds.extend_from_slice(path);
+    request.property(&xds).or_else(|| request.property(path))
 }
 
 /// Per-stream state.
@@ -212,7 +224,9 @@ impl Telemetry {
         host: &mut dyn Host,
     ) {
         stream.start = Some(host.now());
-        stream.grpc = request.header("content-type").is_some_and(|value| is_grpc(&value));
+        stream.grpc = request
+            .header("content-type")
+            .is_some_and(|value| is_grpc(&value));
         let local = self.local(request);
         let exchange = self.config.exchange_peer_metadata;
         if local.outbound {
@@ -319,7 +333,8 @@ impl Telemetry {
                 request.property_string(&["connection", "uri_san_peer_certificate"]),
             )
         };
-        let cluster_name = request.property_string(&["cluster_name"]);
+        let cluster_name =
+            xds_property(&*request, &["cluster_name"]).and_then(|bytes| String::from_utf8(bytes).ok());
         let peer = stream.peer.clone();
         let observed = Observed {
             outbound: local.outbound,
@@ -474,7 +489,13 @@ impl Telemetry {
                 text(property(&["response", "code_details"])),
             ),
             ("response_flags", text(Some(response_flags(flags)))),
-            ("route_name", text(property(&["route_name"]))),
+            (
+                "route_name",
+                text(
+                    xds_property(request, &["route_name"])
+                        .and_then(|bytes| String::from_utf8(bytes).ok()),
+                ),
+            ),
             ("start_time", text(Some(rfc3339_millis(start)))),
             ("traceparent", text(header("traceparent"))),
             ("upstream_cluster", text(cluster_name)),
@@ -545,6 +566,7 @@ pub fn struct_text(value: &Value) -> Option<&str> {
 mod tests {
     use super::*;
     use crate::peer::tests::node;
+    use crate::peer::encode_node_metadata;
     use crate::proto::encode_struct;
     use crate::stats::decode_stat_name;
     use std::time::Duration;
@@ -560,17 +582,19 @@ mod tests {
     fn inbound_request(peer: Option<&NodeInfo>) -> MemoryRequest {
         let local = node("reviews-v1", "default", &[("app", "reviews"), ("version", "v1")]);
         let mut request = MemoryRequest::get("/reviews/1")
-            .with_header(":authority", "reviews.default.svc.cluster.local:9080")
-            .with_header("x-request-id", "0000000a-0000-0000-0000-000000000000")
             .with_header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-            .with_property(&["node", "metadata"], encode_struct(&local.raw))
-            .with_property(&["node", "id"], "sidecar~10.0.0.2~reviews.default~default.svc.cluster.local")
-            .with_property(&["listener_direction"], encode_int(1));
+            // As Envoy 1.40 serves them.
+            .with_property(&["xds", "node", "metadata"], encode_node_metadata(&local.raw))
+            .with_property(&["xds", "node", "id"], "sidecar~10.0.0.2~reviews.default~default.svc.cluster.local")
+            .with_property(&["xds", "listener_direction"], encode_int(1));
         if let Some(peer) = peer {
             request = request
                 .with_header(PEER_METADATA_HEADER, &peer.header_value())
                 .with_header(PEER_METADATA_ID_HEADER, "sidecar~10.0.0.1~productpage.default~x");
         }
+        request
+            .set_request_header(":authority", "reviews.default.svc.cluster.local:9080")
+            .unwrap();
         request
     }
 
@@ -662,7 +686,6 @@ mod tests {
         let local = node("frontend", "shop", &[]);
         let server = node("cart-v2", "shop", &[("app", "cart"), ("version", "v2")]);
         let mut request = MemoryRequest::get("/cart.Cart/Get")
-            .with_header(":authority", "cart:8080")
             .with_header("content-type", "application/grpc")
             .with_property(&["node", "metadata"], encode_struct(&local.raw))
             .with_property(&["listener_direction"], encode_int(2))
@@ -671,6 +694,7 @@ mod tests {
             .with_response_header(":status", "200")
             .with_response_header(PEER_METADATA_HEADER, &server.header_value())
             .with_response_header("grpc-status", "5");
+        request.set_request_header(":authority", "cart:8080").unwrap();
         let mut stream = StreamState::default();
         filter.on_request_headers(&mut stream, &mut request, &mut host);
         // The client side announces itself upstream.

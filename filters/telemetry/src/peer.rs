@@ -131,46 +131,106 @@ pub fn decode_peer_header(value: &str, id: Option<&str>) -> Option<NodeInfo> {
     Some(node)
 }
 
-/// Reads the local node from Envoy's `node.metadata` property bytes: a serialized `Struct`
-/// (Envoy 1.40 serializes map-valued properties so) or, from older proxies, a header-map
-/// serialization of string pairs.
+/// Reads the local node from the `xds.node.metadata` property. Envoy 1.40 serializes a
+/// map-valued property as proxy-wasm pairs, a nested map (`LABELS`) as pairs inside the value,
+/// numbers and booleans in their binary form; other hosts hand over a serialized `Struct`.
 pub fn decode_node_metadata(bytes: &[u8]) -> Option<NodeInfo> {
-    if let Ok(fields) = decode_struct(bytes) {
+    if let Some(fields) = pairs_to_struct(bytes, 0) {
         return Some(NodeInfo::from_struct(fields));
     }
-    let pairs = decode_pairs(bytes)?;
-    let fields = pairs
-        .into_iter()
-        .map(|(key, value)| (key, Value::String(value)))
-        .collect();
-    Some(NodeInfo::from_struct(fields))
+    decode_struct(bytes).ok().map(NodeInfo::from_struct)
 }
 
-/// The proxy-wasm map serialization: `u32` count, `u32` sizes, then NUL-terminated strings.
-pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(String, String)>> {
+fn pairs_to_struct(bytes: &[u8], depth: usize) -> Option<Struct> {
+    let mut fields = Struct::new();
+    for (key, value) in decode_pairs(bytes)? {
+        let key = String::from_utf8(key).ok()?;
+        // Text never contains NUL; a value that does is a nested map. Numbers and booleans are
+        // not needed and are skipped.
+        let value = if !value.contains(&0) {
+            match String::from_utf8(value) {
+                Ok(text) => Value::String(text),
+                Err(_) => continue,
+            }
+        } else if depth < crate::proto::MAX_DEPTH {
+            match pairs_to_struct(&value, depth + 1) {
+                Some(nested) => Value::Struct(nested),
+                None => continue,
+            }
+        } else {
+            continue;
+        };
+        fields.insert(key, value);
+    }
+    Some(fields)
+}
+
+/// The proxy-wasm map serialization: `u32` count, `u32` sizes, then NUL-terminated bytes.
+/// `None` unless the input is exactly one such map.
+pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     let word = |at: usize| -> Option<usize> {
-        let raw: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
         usize::try_from(u32::from_le_bytes(raw)).ok()
     };
     let count = word(0)?;
-    let mut sizes = Vec::new();
-    for index in 0..count {
-        let at = 4 + index.checked_mul(8)?;
-        sizes.push((word(at)?, word(at + 4)?));
+    let table_end = count.checked_mul(8)?.checked_add(4)?;
+    if table_end > bytes.len() {
+        return None;
     }
-    let mut position = 4 + count.checked_mul(8)?;
+    let mut position = table_end;
     let mut pairs = Vec::with_capacity(count);
-    for (key_len, value_len) in sizes {
-        let key = bytes.get(position..position + key_len)?;
-        position += key_len + 1;
-        let value = bytes.get(position..position + value_len)?;
-        position += value_len + 1;
-        pairs.push((
-            String::from_utf8(key.to_vec()).ok()?,
-            String::from_utf8(value.to_vec()).ok()?,
-        ));
+    for index in 0..count {
+        let key_len = word(4 + index * 8)?;
+        let value_len = word(8 + index * 8)?;
+        let key = bytes.get(position..position.checked_add(key_len)?)?;
+        position += key_len;
+        (bytes.get(position) == Some(&0)).then_some(())?;
+        position += 1;
+        let value = bytes.get(position..position.checked_add(value_len)?)?;
+        position += value_len;
+        (bytes.get(position) == Some(&0)).then_some(())?;
+        position += 1;
+        pairs.push((key.to_vec(), value.to_vec()));
     }
     (position == bytes.len()).then_some(pairs)
+}
+
+/// Serializes pairs as proxy-wasm maps (and Envoy 1.40 map-valued properties) are.
+pub fn encode_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    let mut bytes = len(pairs.len()).to_vec();
+    for (key, value) in pairs {
+        bytes.extend_from_slice(&len(key.len()));
+        bytes.extend_from_slice(&len(value.len()));
+    }
+    for (key, value) in pairs {
+        bytes.extend_from_slice(key);
+        bytes.push(0);
+        bytes.extend_from_slice(value);
+        bytes.push(0);
+    }
+    bytes
+}
+
+/// Serializes node metadata as Envoy 1.40 hands `xds.node.metadata` to a module: string fields
+/// as text, `LABELS` (and any other map of strings) as nested pairs.
+pub fn encode_node_metadata(fields: &Struct) -> Vec<u8> {
+    let encoded: Vec<(Vec<u8>, Vec<u8>)> = fields
+        .iter()
+        .filter_map(|(key, value)| {
+            let value = match value {
+                Value::String(text) => text.as_bytes().to_vec(),
+                Value::Struct(nested) => encode_node_metadata(nested),
+                _ => return None,
+            };
+            Some((key.as_bytes().to_vec(), value))
+        })
+        .collect();
+    let borrowed: Vec<(&[u8], &[u8])> = encoded
+        .iter()
+        .map(|(key, value)| (key.as_slice(), value.as_slice()))
+        .collect();
+    encode_pairs(&borrowed)
 }
 
 #[cfg(test)]
@@ -259,15 +319,21 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn node_metadata_reads_structs_and_string_pairs() {
-        let from_struct = decode_node_metadata(&encode_struct(&node("a", "b", &[]).raw)).unwrap();
+    fn node_metadata_reads_envoy_pairs_and_structs() {
+        let original = node("a", "b", &[("app", "x")]);
+        let from_struct = decode_node_metadata(&encode_struct(&original.raw)).unwrap();
         assert_eq!(from_struct.workload_name, "a");
+        let from_pairs = decode_node_metadata(&encode_node_metadata(&original.raw)).unwrap();
+        assert_eq!(from_pairs, original);
         // count 2, sizes, then "NAMESPACE\0ns\0WORKLOAD_NAME\0w\0"
         let mut pairs = vec![2, 0, 0, 0, 9, 0, 0, 0, 2, 0, 0, 0, 13, 0, 0, 0, 1, 0, 0, 0];
         pairs.extend_from_slice(b"NAMESPACE\0ns\0WORKLOAD_NAME\0w\0");
-        let from_pairs = decode_node_metadata(&pairs).unwrap();
-        assert_eq!((from_pairs.namespace.as_str(), from_pairs.workload_name.as_str()), ("ns", "w"));
+        let flat = decode_node_metadata(&pairs).unwrap();
+        assert_eq!((flat.namespace.as_str(), flat.workload_name.as_str()), ("ns", "w"));
         assert_eq!(decode_pairs(&pairs[..pairs.len() - 1]), None);
         assert_eq!(decode_pairs(&[9, 0, 0, 0]), None);
+        // A binary value (a number) is skipped, the rest is kept.
+        let with_number = encode_pairs(&[(b"PORT", &8080f64.to_le_bytes()), (b"NAME", b"p")]);
+        assert_eq!(decode_node_metadata(&with_number).unwrap().name, "p");
     }
 }

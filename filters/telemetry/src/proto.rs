@@ -381,7 +381,7 @@ mod tests {
         );
         assert_eq!(
             decode_struct(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
-            Err(DecodeError("length past the end"))
+            Err(DecodeError("length overflow"))
         );
         // A header-map serialization (older Envoy map properties) is not a Struct.
         assert!(decode_struct(&[2, 0, 0, 0, 3, 0, 0, 0]).is_err());

@@ -166,19 +166,31 @@ pub fn cases() -> Vec<Case> {
         ),
         case(
             "gRPC abort",
-            vec![("x-chaos", "1"), GRPC, ("x-envoy-fault-abort-grpc-request", "14")],
+            vec![
+                ("x-chaos", "1"),
+                GRPC,
+                ("x-envoy-fault-abort-grpc-request", "14"),
+            ],
             false,
             Verdict::grpc_abort(14),
         ),
         case(
             "HTTP abort of a gRPC request maps the status",
-            vec![("x-chaos", "1"), GRPC, ("x-envoy-fault-abort-request", "503")],
+            vec![
+                ("x-chaos", "1"),
+                GRPC,
+                ("x-envoy-fault-abort-request", "503"),
+            ],
             false,
             Verdict::grpc_abort(14),
         ),
         case(
             "unknown gRPC status becomes UNKNOWN",
-            vec![("x-chaos", "1"), GRPC, ("x-envoy-fault-abort-grpc-request", "99")],
+            vec![
+                ("x-chaos", "1"),
+                GRPC,
+                ("x-envoy-fault-abort-grpc-request", "99"),
+            ],
             false,
             Verdict::grpc_abort(2),
         ),
@@ -218,7 +230,10 @@ pub fn cases() -> Vec<Case> {
 }
 
 /// The request headers of a case, pseudo-headers first.
-pub fn request_headers(path: &'static str, extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+pub fn request_headers(
+    path: &'static str,
+    extra: &[(&'static str, &'static str)],
+) -> Vec<(&'static str, &'static str)> {
     let mut headers = vec![
         (":method", "GET"),
         (":scheme", "http"),
@@ -231,7 +246,11 @@ pub fn request_headers(path: &'static str, extra: &[(&'static str, &'static str)
 
 /// Sends request headers (end of stream) and, if the filter delays the request, advances the
 /// virtual clock until it resumes. Returns the stream and whether it was delayed.
-pub fn send_in_harness(plugin: &Plugin, headers: &[(&str, &str)], max_delay: Duration) -> (HttpStream, bool) {
+pub fn send_in_harness(
+    plugin: &Plugin,
+    headers: &[(&str, &str)],
+    max_delay: Duration,
+) -> (HttpStream, bool) {
     let mut stream = plugin.http_stream();
     stream.request_headers(headers, true).unwrap();
     let delayed = stream.request_state() == StreamState::Paused;
@@ -253,7 +272,9 @@ pub fn verdict_in_harness(mut stream: HttpStream) -> Verdict {
         },
         None => {
             assert_eq!(stream.request_state(), StreamState::Continued);
-            stream.response_headers(&[(":status", "200")], true).unwrap();
+            stream
+                .response_headers(&[(":status", "200")], true)
+                .unwrap();
             Verdict::Forwarded
         }
     };
