@@ -252,7 +252,7 @@ fn verified_claims_reach_the_upstream_and_spoofs_do_not() {
     assert_eq!(fixture.send(&mut request), Outcome::Continue);
     let payload = token.split('.').nth(1).unwrap();
     let padded = request.header("x-jwt-payload").unwrap();
-    assert!(padded.starts_with(payload) && padded.len() % 4 == 0);
+    assert!(padded.starts_with(payload) && padded.len().is_multiple_of(4));
     assert_eq!(request.header("x-jwt-sub").as_deref(), Some("user-1"));
     assert_eq!(request.header("x-jwt-level").as_deref(), Some("3"));
     assert_eq!(request.header("x-jwt-active").as_deref(), Some("true"));
@@ -315,9 +315,6 @@ fn every_token_of_a_request_must_be_valid() {
 
 #[test]
 fn subject_lifetime_and_skew() {
-    let vectors = vectors();
-    let claims = vectors["claims"].clone();
-    let _ = claims;
     let mut fixture = Fixture::new(&config_with(
         json!({"subjects": {"prefix": "admin-"}}),
         json!({}),

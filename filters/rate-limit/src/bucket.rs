@@ -445,11 +445,8 @@ impl StateStore for &SharedTat<'_> {
             };
             let relative = read.tat.map(|tat| tat.saturating_sub(self.now));
             self.observed.set(relative);
-            let (outcome, new_tat) = match f(relative.map(Nanos::from)) {
-                Ok(decided) => decided,
-                // Denied: nothing to write.
-                Err(denied) => return Err(denied),
-            };
+            // Denied: nothing to write.
+            let (outcome, new_tat) = f(relative.map(Nanos::from))?;
             let relative_new = u64::from(new_tat);
             let absolute = self.now.saturating_add(relative_new);
             match self
