@@ -71,7 +71,9 @@ impl KeyBuilder {
             put("principal", principal.as_deref());
         }
         if self.key.source_address {
-            let ip = request.source_address().map(|address| address.ip().to_string());
+            let ip = request
+                .source_address()
+                .map(|address| address.ip().to_string());
             put("source", ip.as_deref());
         }
         if let Some(claims) = &self.key.claims {
@@ -266,9 +268,7 @@ impl Cache {
             local: Lru::new(capacity),
             ttl: config.ttl,
             grace,
-            shared: config
-                .shared
-                .then(|| SharedTier::new(namespace, capacity)),
+            shared: config.shared.then(|| SharedTier::new(namespace, capacity)),
         }
     }
 
@@ -553,7 +553,10 @@ mod tests {
         assert_eq!(cache.last_known("k", later, &host), Some(allow()));
         let too_late = now + Duration::from_secs(70);
         assert_eq!(cache.last_known("k", too_late, &host), None);
-        assert!(cache.is_empty(), "an entry past its grace period is dropped");
+        assert!(
+            cache.is_empty(),
+            "an entry past its grace period is dropped"
+        );
         // A per-decision TTL wins over the default.
         cache
             .store("short", deny(403), Some(Duration::from_secs(1)), now, &host)

@@ -205,10 +205,7 @@ impl Service {
             }
         }
         if let Some(body) = body {
-            headers.push((
-                PARTIAL_BODY_HEADER.to_string(),
-                body.partial.to_string(),
-            ));
+            headers.push((PARTIAL_BODY_HEADER.to_string(), body.partial.to_string()));
         }
         if self.include_peer_certificate {
             if let Some(identity) = client_cert(request) {
@@ -327,7 +324,10 @@ impl Service {
             .unwrap_or(-1);
         let (text_body, raw_body) = match body {
             Some(body) if self.pack_as_bytes => (String::new(), body.bytes.clone()),
-            Some(body) => (String::from_utf8_lossy(&body.bytes).into_owned(), Vec::new()),
+            Some(body) => (
+                String::from_utf8_lossy(&body.bytes).into_owned(),
+                Vec::new(),
+            ),
             None => (String::new(), Vec::new()),
         };
         let http = proto::HttpRequest {
@@ -397,7 +397,8 @@ impl Service {
                 "the authorization service reset the call or could not be reached".into(),
             ));
         };
-        if status == 504 && timed_out {
+        // Envoy answers an expired call with its own 504 `upstream request timeout`.
+        if status == 504 && (timed_out || response.body == b"upstream request timeout") {
             return Answer::Failed(Failure::Timeout);
         }
         if (500..600).contains(&status) {
@@ -499,29 +500,30 @@ impl Service {
         };
         let allowed = check.status.as_ref().is_none_or(|status| status.code == 0);
         let mut ttl = None;
-        let mut take = |options: &[proto::HeaderValueOption]| -> Vec<(HeaderPair, Option<bool>, i32)> {
-            options
-                .iter()
-                .filter_map(|option| {
-                    let header = option.header.as_ref()?;
-                    let value = if header.raw_value.is_empty() {
-                        header.value.clone()
-                    } else {
-                        String::from_utf8_lossy(&header.raw_value).into_owned()
-                    };
-                    let name = header.key.to_ascii_lowercase();
-                    if self.ttl_header.as_deref() == Some(name.as_str()) {
-                        ttl = parse_ttl(&value).or(ttl);
-                        return None;
-                    }
-                    Some((
-                        (name, value),
-                        option.append.map(|append| append.value),
-                        option.append_action,
-                    ))
-                })
-                .collect()
-        };
+        let mut take =
+            |options: &[proto::HeaderValueOption]| -> Vec<(HeaderPair, Option<bool>, i32)> {
+                options
+                    .iter()
+                    .filter_map(|option| {
+                        let header = option.header.as_ref()?;
+                        let value = if header.raw_value.is_empty() {
+                            header.value.clone()
+                        } else {
+                            String::from_utf8_lossy(&header.raw_value).into_owned()
+                        };
+                        let name = header.key.to_ascii_lowercase();
+                        if self.ttl_header.as_deref() == Some(name.as_str()) {
+                            ttl = parse_ttl(&value).or(ttl);
+                            return None;
+                        }
+                        Some((
+                            (name, value),
+                            option.append.map(|append| append.value),
+                            option.append_action,
+                        ))
+                    })
+                    .collect()
+            };
         if allowed {
             let ok = check.ok_response.unwrap_or_default();
             let mut allow = Allow::default();

@@ -658,7 +658,11 @@ impl Validate for HttpService {
             return Err(ConfigError::new("server_uri.cluster", "must not be empty"));
         }
         validate_timeout(self.server_uri.timeout, "server_uri.timeout")?;
-        if self.path_prefix.bytes().any(|b| b.is_ascii_whitespace() || b == 0) {
+        if self
+            .path_prefix
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b == 0)
+        {
             return Err(ConfigError::new(
                 "path_prefix",
                 "must not contain whitespace or NUL",
@@ -666,7 +670,10 @@ impl Validate for HttpService {
         }
         refuse(&self.retry_policy, "retry_policy", "checks are not retried")?;
         if let Some(request) = &self.authorization_request {
-            validate_each("authorization_request.headers_to_add", &request.headers_to_add)?;
+            validate_each(
+                "authorization_request.headers_to_add",
+                &request.headers_to_add,
+            )?;
         }
         if let Some(response) = &self.authorization_response {
             refuse(
@@ -946,8 +953,9 @@ mod tests {
         assert_eq!(http.timeout(), Duration::from_millis(500));
         assert_eq!(http.status_on_error(), 403);
         assert!(!http.failure_mode_allow);
-        let grpc = load::<Config>(br#"{"grpc_service": {"envoy_grpc": {"cluster_name": "authz"}}}"#)
-            .unwrap();
+        let grpc =
+            load::<Config>(br#"{"grpc_service": {"envoy_grpc": {"cluster_name": "authz"}}}"#)
+                .unwrap();
         assert_eq!(grpc.timeout(), DEFAULT_TIMEOUT);
     }
 
@@ -970,21 +978,66 @@ mod tests {
     #[test]
     fn errors_name_the_field_and_the_reason() {
         let cases = [
-            (r#""status_on_error": {"code": "Teapot"}"#, "status_on_error.code: unknown status code name \"Teapot\""),
-            (r#""status_on_error": {"code": 100}"#, "status_on_error.code: 100 cannot be sent"),
-            (r#""clear_route_cache": true"#, "clear_route_cache: not supported by the wasm ext_authz filter: the route cache"),
-            (r#""metadata_context_namespaces": ["envoy.filters.http.jwt_authn"]"#, "metadata_context_namespaces: not supported"),
-            (r#""filter_enabled": {"default_value": {"numerator": 50}}"#, "filter_enabled: not supported"),
-            (r#""charge_cluster_response_stats": true"#, "charge_cluster_response_stats: not supported"),
-            (r#""with_request_body": {"max_request_bytes": 0}"#, "with_request_body.max_request_bytes: must be greater than 0"),
-            (r#""transport_api_version": "V2""#, "transport_api_version: only V3 exists"),
-            (r#""fail_static": {"grace_period": "60s"}"#, "fail_static: needs `decision_cache`"),
-            (r#""decision_cache": {"ttl": "0s"}"#, "decision_cache.ttl: must be positive"),
-            (r#""decision_cache": {"key": {"method": false, "path": false, "host": false, "headers": []}}"#, "decision_cache.key: keys no attribute"),
-            (r#""decision_cache": {"key": {"headers": ["bad header"]}}"#, "decision_cache.key.headers[0]: invalid header name"),
-            (r#""local_lists": {"deny": [{"name": "x"}]}"#, "local_lists.deny[0]: exactly one of"),
-            (r#""local_lists": {"allow": [{"name": "x", "path_prefix": "admin"}]}"#, "local_lists.allow[0].path_prefix: must start with `/`"),
-            (r#""local_lists": {"deny": [{"name": "x", "source_ip": [{"address_prefix": "10.0.0.0", "prefix_len": 40}]}]}"#, "local_lists.deny[0].source_ip[0]: prefix_len 40"),
+            (
+                r#""status_on_error": {"code": "Teapot"}"#,
+                "status_on_error.code: unknown status code name \"Teapot\"",
+            ),
+            (
+                r#""status_on_error": {"code": 100}"#,
+                "status_on_error.code: 100 cannot be sent",
+            ),
+            (
+                r#""clear_route_cache": true"#,
+                "clear_route_cache: not supported by the wasm ext_authz filter: the route cache",
+            ),
+            (
+                r#""metadata_context_namespaces": ["envoy.filters.http.jwt_authn"]"#,
+                "metadata_context_namespaces: not supported",
+            ),
+            (
+                r#""filter_enabled": {"default_value": {"numerator": 50}}"#,
+                "filter_enabled: not supported",
+            ),
+            (
+                r#""charge_cluster_response_stats": true"#,
+                "charge_cluster_response_stats: not supported",
+            ),
+            (
+                r#""with_request_body": {"max_request_bytes": 0}"#,
+                "with_request_body.max_request_bytes: must be greater than 0",
+            ),
+            (
+                r#""transport_api_version": "V2""#,
+                "transport_api_version: only V3 exists",
+            ),
+            (
+                r#""fail_static": {"grace_period": "60s"}"#,
+                "fail_static: needs `decision_cache`",
+            ),
+            (
+                r#""decision_cache": {"ttl": "0s"}"#,
+                "decision_cache.ttl: must be positive",
+            ),
+            (
+                r#""decision_cache": {"key": {"method": false, "path": false, "host": false, "headers": []}}"#,
+                "decision_cache.key: keys no attribute",
+            ),
+            (
+                r#""decision_cache": {"key": {"headers": ["bad header"]}}"#,
+                "decision_cache.key.headers[0]: invalid header name",
+            ),
+            (
+                r#""local_lists": {"deny": [{"name": "x"}]}"#,
+                "local_lists.deny[0]: exactly one of",
+            ),
+            (
+                r#""local_lists": {"allow": [{"name": "x", "path_prefix": "admin"}]}"#,
+                "local_lists.allow[0].path_prefix: must start with `/`",
+            ),
+            (
+                r#""local_lists": {"deny": [{"name": "x", "source_ip": [{"address_prefix": "10.0.0.0", "prefix_len": 40}]}]}"#,
+                "local_lists.deny[0].source_ip[0]: prefix_len 40",
+            ),
             (r#""dry_runn": true"#, "dry_runn: unknown field"),
         ];
         for (extra, expected) in cases {
@@ -996,15 +1049,42 @@ mod tests {
     #[test]
     fn service_fields_are_checked_at_their_paths() {
         let cases = [
-            (r#"{"grpc_service": {"google_grpc": {"target_uri": "x"}}}"#, "grpc_service.google_grpc: not supported"),
-            (r#"{"grpc_service": {"envoy_grpc": {"cluster_name": "a", "authority": "b"}}}"#, "grpc_service.envoy_grpc.authority: not supported"),
-            (r#"{"grpc_service": {"envoy_grpc": {"cluster_name": "a"}, "timeout": "100ms"}}"#, "grpc_service.timeout: invalid duration"),
-            (r#"{"grpc_service": {"envoy_grpc": {"cluster_name": "a"}, "initial_metadata": [{"key": "x-a", "value": "%DOWNSTREAM_REMOTE_ADDRESS%"}]}}"#, "grpc_service.initial_metadata[0].value: Envoy command operators"),
-            (r#"{"http_service": {"server_uri": {"uri": "x", "cluster": ""}}}"#, "http_service.server_uri.cluster: must not be empty"),
-            (r#"{"http_service": {"server_uri": {"uri": "x", "cluster": "a"}, "authorization_request": {"headers_to_add": [{"key": ":path", "value": "/"}]}}}"#, "http_service.authorization_request.headers_to_add[0].key: pseudo-headers"),
-            (r#"{"http_service": {"server_uri": {"uri": "x", "cluster": "a"}, "authorization_response": {"dynamic_metadata_from_headers": {"patterns": [{"exact": "x"}]}}}}"#, "http_service.authorization_response.dynamic_metadata_from_headers: not supported"),
-            (r#"{}"#, "one of `grpc_service` or `http_service` is required"),
-            (r#"{"grpc_service": {"envoy_grpc": {"cluster_name": "a"}}, "http_service": {"server_uri": {"uri": "x", "cluster": "a"}}}"#, "only one of"),
+            (
+                r#"{"grpc_service": {"google_grpc": {"target_uri": "x"}}}"#,
+                "grpc_service.google_grpc: not supported",
+            ),
+            (
+                r#"{"grpc_service": {"envoy_grpc": {"cluster_name": "a", "authority": "b"}}}"#,
+                "grpc_service.envoy_grpc.authority: not supported",
+            ),
+            (
+                r#"{"grpc_service": {"envoy_grpc": {"cluster_name": "a"}, "timeout": "100ms"}}"#,
+                "grpc_service.timeout: invalid duration",
+            ),
+            (
+                r#"{"grpc_service": {"envoy_grpc": {"cluster_name": "a"}, "initial_metadata": [{"key": "x-a", "value": "%DOWNSTREAM_REMOTE_ADDRESS%"}]}}"#,
+                "grpc_service.initial_metadata[0].value: Envoy command operators",
+            ),
+            (
+                r#"{"http_service": {"server_uri": {"uri": "x", "cluster": ""}}}"#,
+                "http_service.server_uri.cluster: must not be empty",
+            ),
+            (
+                r#"{"http_service": {"server_uri": {"uri": "x", "cluster": "a"}, "authorization_request": {"headers_to_add": [{"key": ":path", "value": "/"}]}}}"#,
+                "http_service.authorization_request.headers_to_add[0].key: pseudo-headers",
+            ),
+            (
+                r#"{"http_service": {"server_uri": {"uri": "x", "cluster": "a"}, "authorization_response": {"dynamic_metadata_from_headers": {"patterns": [{"exact": "x"}]}}}}"#,
+                "http_service.authorization_response.dynamic_metadata_from_headers: not supported",
+            ),
+            (
+                r#"{}"#,
+                "one of `grpc_service` or `http_service` is required",
+            ),
+            (
+                r#"{"grpc_service": {"envoy_grpc": {"cluster_name": "a"}}, "http_service": {"server_uri": {"uri": "x", "cluster": "a"}}}"#,
+                "only one of",
+            ),
         ];
         for (json, expected) in cases {
             let error = load::<Config>(json.as_bytes()).unwrap_err().to_string();
@@ -1022,8 +1102,7 @@ mod tests {
 
     #[test]
     fn literal_percent_is_escaped_with_two() {
-        let value: HeaderValue =
-            load(br#"{"key": "x-rate", "value": "100%% sure"}"#).unwrap();
+        let value: HeaderValue = load(br#"{"key": "x-rate", "value": "100%% sure"}"#).unwrap();
         assert_eq!(value.literal_value(), "100% sure");
         assert!(has_substitution("%REQ(x)%"));
         assert!(!has_substitution("a%%b"));

@@ -118,7 +118,13 @@ mod tests {
             r#"{"deny": [{"name": "admin", "path_prefix": "/admin"}],
                 "allow": [{"name": "health", "path_prefix": "/healthz"}, {"name": "all", "path_prefix": "/"}]}"#,
         );
-        for denied in ["/admin", "/admin/x", "/public/../admin", "/%61dmin/x", "//admin"] {
+        for denied in [
+            "/admin",
+            "/admin/x",
+            "/public/../admin",
+            "/%61dmin/x",
+            "//admin",
+        ] {
             assert_eq!(
                 lists.evaluate(&MemoryRequest::get(denied)),
                 ListDecision::Denied("admin".into()),
@@ -160,7 +166,9 @@ mod tests {
             ListDecision::Denied("bad-agent".into())
         );
         assert_eq!(
-            lists.evaluate(&from("10.2.0.1").with_mtls_peer("spiffe://cluster.local/ns/ops/sa/admin")),
+            lists.evaluate(
+                &from("10.2.0.1").with_mtls_peer("spiffe://cluster.local/ns/ops/sa/admin")
+            ),
             ListDecision::Allowed("mesh-admin".into())
         );
         // Without mTLS there is no principal: a spoofed property alone does not match.

@@ -58,7 +58,8 @@ pub struct Stats {
 
 impl Stats {
     fn define<S: MetricSink + ?Sized>(sink: &mut S, prefix: &str) -> Result<Self, Error> {
-        let mut counter = |event: &str| Counter::define(sink, &stat_name(prefix, FILTER_NAME, event));
+        let mut counter =
+            |event: &str| Counter::define(sink, &stat_name(prefix, FILTER_NAME, event));
         Ok(Stats {
             ok: counter("ok")?,
             denied: counter("denied")?,
@@ -346,7 +347,10 @@ impl Policy {
             .now()
             .duration_since(pending.dispatched_at)
             .unwrap_or_default();
-        let timed_out = elapsed >= self.service.timeout();
+        // The proxy's timer and the clock it reports are not the same clock: a check that
+        // expired may read a millisecond or so short of the timeout.
+        let timeout = self.service.timeout();
+        let timed_out = elapsed + timeout / 10 >= timeout;
         let answer = match &response {
             CalloutResponse::Http(answer) => self.service.http_answer(answer, timed_out),
             CalloutResponse::Grpc(answer) => self.service.grpc_answer(answer, timed_out),
@@ -382,11 +386,18 @@ impl Policy {
         Decision::Continue
     }
 
-    fn remember(&self, key: Option<&str>, verdict: &Verdict, ttl: Option<Duration>, host: &dyn Host) {
+    fn remember(
+        &self,
+        key: Option<&str>,
+        verdict: &Verdict,
+        ttl: Option<Duration>,
+        host: &dyn Host,
+    ) {
         let (Some(cache), Some(key)) = (&self.cache, key) else {
             return;
         };
-        if ttl == Some(Duration::ZERO) || (matches!(verdict, Verdict::Deny(_)) && !self.cache_denials)
+        if ttl == Some(Duration::ZERO)
+            || (matches!(verdict, Verdict::Deny(_)) && !self.cache_denials)
         {
             return;
         }
@@ -454,7 +465,10 @@ impl Policy {
         }
         host.log(
             LogLevel::Debug,
-            &format!("{FILTER_NAME}: {source} denies with {} ({})", reply.status, reply.details),
+            &format!(
+                "{FILTER_NAME}: {source} denies with {} ({})",
+                reply.status, reply.details
+            ),
         );
         Decision::Deny(reply)
     }
@@ -558,7 +572,8 @@ mod tests {
         /// Sends request headers (no body); returns the decision.
         fn headers(&mut self, stream: &mut PolicyStream, request: &mut MemoryRequest) -> Decision {
             self.policy.start(stream, true);
-            self.policy.on_request_headers(stream, request, &mut self.host)
+            self.policy
+                .on_request_headers(stream, request, &mut self.host)
         }
 
         fn answer(
@@ -584,7 +599,11 @@ mod tests {
         }
 
         /// One full request answered by `reply` (if a check is made).
-        fn run(&mut self, request: &mut MemoryRequest, reply: impl Fn(u32) -> CalloutResponse) -> Decision {
+        fn run(
+            &mut self,
+            request: &mut MemoryRequest,
+            reply: impl Fn(u32) -> CalloutResponse,
+        ) -> Decision {
             let mut stream = PolicyStream::default();
             let before = self.host.http_callouts().len() + self.host.grpc_callouts().len();
             let decision = self.headers(&mut stream, request);
@@ -693,7 +712,11 @@ mod tests {
             http(
                 token,
                 "401",
-                &[("x-reason", "expired"), ("www-authenticate", "Bearer"), ("x-other", "no")],
+                &[
+                    ("x-reason", "expired"),
+                    ("www-authenticate", "Bearer"),
+                    ("x-other", "no"),
+                ],
                 "token expired",
             )
         });
@@ -735,7 +758,10 @@ mod tests {
             &mut timed,
             http(token, "504", &[], "upstream request timeout"),
         );
-        assert_eq!(decision, Decision::Deny(LocalReply::new(503, ERROR_DETAILS)));
+        assert_eq!(
+            decision,
+            Decision::Deny(LocalReply::new(503, ERROR_DETAILS))
+        );
         assert_eq!(rig.count("error"), 4);
         assert_eq!(rig.count("timeout"), 1);
         assert_eq!(rig.count("denied"), 0);
@@ -749,13 +775,17 @@ mod tests {
         let mut stream = PolicyStream::default();
         policy.start(&mut stream, true);
         let decision = policy.on_request_headers(&mut stream, &mut request("/"), &mut host);
-        assert_eq!(decision, Decision::Deny(LocalReply::new(403, ERROR_DETAILS)));
+        assert_eq!(
+            decision,
+            Decision::Deny(LocalReply::new(403, ERROR_DETAILS))
+        );
         assert_eq!(host.metric("ext_authz.error"), Some(1));
     }
 
     #[test]
     fn fail_open_lets_failures_through_and_marks_them() {
-        let mut rig = Rig::new(r#""failure_mode_allow": true, "failure_mode_allow_header_add": true"#);
+        let mut rig =
+            Rig::new(r#""failure_mode_allow": true, "failure_mode_allow_header_add": true"#);
         let mut request = request("/");
         let decision = rig.run(&mut request, reset);
         assert_eq!(decision, Decision::Continue);
@@ -819,7 +849,11 @@ mod tests {
         for (index, mut variant) in variants.into_iter().enumerate() {
             let allowed = rig.run(&mut variant, |token| http(token, "200", &[], ""));
             assert_eq!(allowed, Decision::Continue, "variant {index}");
-            assert_eq!(rig.host.http_callouts().len(), index + 2, "variant {index} was asked");
+            assert_eq!(
+                rig.host.http_callouts().len(),
+                index + 2,
+                "variant {index} was asked"
+            );
         }
         // An unkeyed attribute (x-private) does not matter.
         let mut unkeyed = base().with_header("x-private", "other");
@@ -853,7 +887,9 @@ mod tests {
         rig.run(&mut request("/a"), short);
         assert_eq!(rig.host.http_callouts().len(), 1);
         rig.host.advance(Duration::from_secs(1));
-        rig.run(&mut request("/a"), |token| http(token, "200", &[("x-authz-ttl", "0")], ""));
+        rig.run(&mut request("/a"), |token| {
+            http(token, "200", &[("x-authz-ttl", "0")], "")
+        });
         assert_eq!(rig.host.http_callouts().len(), 2, "2s TTL expired");
         rig.run(&mut request("/a"), short);
         assert_eq!(rig.host.http_callouts().len(), 3, "TTL 0 was not cached");
@@ -861,11 +897,12 @@ mod tests {
 
     #[test]
     fn fail_static_serves_the_last_known_decision_within_the_grace_period() {
-        let mut rig = Rig::new(
-            r#""decision_cache": {"ttl": "10s"}, "fail_static": {"grace_period": "60s"}"#,
-        );
+        let mut rig =
+            Rig::new(r#""decision_cache": {"ttl": "10s"}, "fail_static": {"grace_period": "60s"}"#);
         let mut first = request("/a");
-        rig.run(&mut first, |token| http(token, "200", &[("x-user", "alice")], ""));
+        rig.run(&mut first, |token| {
+            http(token, "200", &[("x-user", "alice")], "")
+        });
         rig.host.advance(Duration::from_secs(30));
         // Past the TTL the service is asked; it is down: the last decision is served.
         let mut stale = request("/a");
@@ -901,7 +938,10 @@ mod tests {
             reply.body,
             b"Forbidden: the request matches the local deny rule \"scanners\"\n"
         );
-        assert_eq!(rig.run(&mut request("/healthz/live"), reset), Decision::Continue);
+        assert_eq!(
+            rig.run(&mut request("/healthz/live"), reset),
+            Decision::Continue
+        );
         assert_eq!(
             rig.run(
                 &mut request("/x").with_source_address("192.168.4.4:1".parse().unwrap()),
@@ -910,7 +950,10 @@ mod tests {
             Decision::Continue
         );
         assert!(rig.host.http_callouts().is_empty());
-        assert_eq!((rig.count("local_denied"), rig.count("local_allowed")), (1, 2));
+        assert_eq!(
+            (rig.count("local_denied"), rig.count("local_allowed")),
+            (1, 2)
+        );
     }
 
     #[test]
@@ -930,7 +973,8 @@ mod tests {
         let logs = rig.host.logs();
         assert!(
             logs.iter()
-                .any(|(_, line)| line.contains("dry run: local deny rule \"admin\" would deny with 403")),
+                .any(|(_, line)| line
+                    .contains("dry run: local deny rule \"admin\" would deny with 403")),
             "{logs:?}"
         );
     }
@@ -948,8 +992,12 @@ mod tests {
         );
         let first = MemoryBody(b"abc".to_vec());
         assert_eq!(
-            rig.policy
-                .on_request_body(&mut stream, &mut request, &mut rig.host, &first.view(false)),
+            rig.policy.on_request_body(
+                &mut stream,
+                &mut request,
+                &mut rig.host,
+                &first.view(false)
+            ),
             Decision::Pause
         );
         assert!(rig.host.http_callouts().is_empty());
@@ -1028,7 +1076,12 @@ mod tests {
         })
     }
 
-    fn option(key: &str, value: &str, append: Option<bool>, action: i32) -> proto::HeaderValueOption {
+    fn option(
+        key: &str,
+        value: &str,
+        append: Option<bool>,
+        action: i32,
+    ) -> proto::HeaderValueOption {
         proto::HeaderValueOption {
             header: Some(proto::HeaderValue {
                 key: key.into(),
@@ -1067,17 +1120,28 @@ mod tests {
         let source = attributes.source.unwrap();
         assert_eq!(source.principal, "spiffe://cluster.local/ns/shop/sa/web");
         let address = source.address.unwrap().socket_address.unwrap();
-        assert_eq!((address.address.as_str(), address.port_value), ("10.0.0.9", 4567));
+        assert_eq!(
+            (address.address.as_str(), address.port_value),
+            ("10.0.0.9", 4567)
+        );
         let http = attributes.request.unwrap().http.unwrap();
         assert_eq!(http.id, "req-1");
         assert_eq!(http.method, "GET");
         assert_eq!(http.path, "/orders?id=7");
         assert_eq!(http.host, "example.com");
-        assert_eq!(http.headers.get(":path").map(String::as_str), Some("/orders?id=7"));
-        assert_eq!(http.headers.get("x-user").map(String::as_str), Some("spoofed"));
+        assert_eq!(
+            http.headers.get(":path").map(String::as_str),
+            Some("/orders?id=7")
+        );
+        assert_eq!(
+            http.headers.get("x-user").map(String::as_str),
+            Some("spoofed")
+        );
         assert_eq!(http.headers.get("x-private"), None, "disallowed");
         assert_eq!(
-            http.headers.get("x-forwarded-client-cert").map(String::as_str),
+            http.headers
+                .get("x-forwarded-client-cert")
+                .map(String::as_str),
             Some("Hash=abcd;URI=spiffe://cluster.local/ns/shop/sa/web")
         );
     }
@@ -1086,7 +1150,10 @@ mod tests {
     fn grpc_answers_map_to_envoy_semantics() {
         let mut rig = Rig::with_service(GRPC, "");
         let ok = proto::CheckResponse {
-            status: Some(proto::RpcStatus { code: 0, message: String::new() }),
+            status: Some(proto::RpcStatus {
+                code: 0,
+                message: String::new(),
+            }),
             denied_response: None,
             ok_response: Some(proto::OkHttpResponse {
                 headers: vec![
@@ -1102,7 +1169,10 @@ mod tests {
         let mut stream = PolicyStream::default();
         rig.headers(&mut stream, &mut request);
         let token = rig.last_token();
-        assert_eq!(rig.answer(&mut stream, &mut request, grpc_ok(token, &ok)), Decision::Continue);
+        assert_eq!(
+            rig.answer(&mut stream, &mut request, grpc_ok(token, &ok)),
+            Decision::Continue
+        );
         assert_eq!(request.header("x-user").as_deref(), Some("alice"));
         assert_eq!(request.header("x-trace").as_deref(), Some("client,authz"));
         assert_eq!(request.header("authorization"), None);
@@ -1112,7 +1182,10 @@ mod tests {
         assert_eq!(response.response_header("x-quota").as_deref(), Some("9"));
 
         let denied = proto::CheckResponse {
-            status: Some(proto::RpcStatus { code: 7, message: "no".into() }),
+            status: Some(proto::RpcStatus {
+                code: 7,
+                message: "no".into(),
+            }),
             denied_response: Some(proto::DeniedHttpResponse {
                 status: Some(proto::HttpStatus { code: 429 }),
                 headers: vec![option("retry-after", "30", None, 0)],
@@ -1122,16 +1195,28 @@ mod tests {
         };
         let decision = rig.run(&mut self::request("/"), |token| grpc_ok(token, &denied));
         let reply = decision.local_reply().unwrap();
-        assert_eq!((reply.status, reply.body.as_slice()), (429, &b"slow down"[..]));
-        assert_eq!(reply.headers, vec![("retry-after".to_string(), "30".to_string())]);
+        assert_eq!(
+            (reply.status, reply.body.as_slice()),
+            (429, &b"slow down"[..])
+        );
+        assert_eq!(
+            reply.headers,
+            vec![("retry-after".to_string(), "30".to_string())]
+        );
         // A denial without details is a plain 403.
         let bare = proto::CheckResponse {
-            status: Some(proto::RpcStatus { code: 16, message: String::new() }),
+            status: Some(proto::RpcStatus {
+                code: 16,
+                message: String::new(),
+            }),
             denied_response: None,
             ok_response: None,
         };
         let decision = rig.run(&mut self::request("/"), |token| grpc_ok(token, &bare));
-        assert_eq!(decision, Decision::Deny(LocalReply::new(403, DENIED_DETAILS)));
+        assert_eq!(
+            decision,
+            Decision::Deny(LocalReply::new(403, DENIED_DETAILS))
+        );
         // A failed call is an error; garbage is an error.
         let failed = rig.run(&mut self::request("/"), |token| {
             CalloutResponse::Grpc(GrpcCalloutResponse {
@@ -1166,7 +1251,9 @@ mod tests {
             Decision::Pause
         );
         assert_eq!(
-            rig.answer(&mut stream, &mut request, http(token, "403", &[], "")).local_reply().map(|r| r.status),
+            rig.answer(&mut stream, &mut request, http(token, "403", &[], ""))
+                .local_reply()
+                .map(|r| r.status),
             Some(403)
         );
         assert_eq!(
@@ -1178,7 +1265,8 @@ mod tests {
     #[test]
     fn stat_prefix_names_the_stats_and_the_namespace() {
         let mut host = MemoryHost::new();
-        let config: Config = load(format!("{{{HTTP}, \"stat_prefix\": \"edge\"}}").as_bytes()).unwrap();
+        let config: Config =
+            load(format!("{{{HTTP}, \"stat_prefix\": \"edge\"}}").as_bytes()).unwrap();
         let other: Config = load(format!("{{{HTTP}}}").as_bytes()).unwrap();
         assert_ne!(namespace(&config), namespace(&other));
         let policy = Policy::new(config, &mut host).unwrap();

@@ -4,8 +4,9 @@
 * Workload metadata: Istio's node-metadata `google.protobuf.Struct`, serialized by Google's
   `protobuf` package (`struct_pb2`), and the `x-envoy-peer-metadata` header value (standard
   base64 of it), as an Istio sidecar sends it.
-* Prometheus: `envoy_prometheus.txt` (captured from Envoy 1.40 running the filter) parsed by
-  the reference `prometheus_client` parser.
+* Prometheus: `envoy_prometheus.txt` (captured from Envoy 1.40 running the filter by
+  `WASMESH_WRITE_VECTORS=1 cargo test -p wasmesh-telemetry --test envoy`) parsed by the
+  reference `prometheus_client` parser.
 
 Run from this directory: `pip install protobuf prometheus_client && python3 make_vectors.py`.
 It rewrites `peer_metadata.json` and `envoy_prometheus.parsed.json`; tests read them, so they
@@ -151,8 +152,10 @@ def main():
     parsed = prometheus_vectors()
     if parsed is not None:
         with open("envoy_prometheus.parsed.json", "w") as f:
-            json.dump(parsed, f, indent=1, sort_keys=True, ensure_ascii=False)
-            f.write("\n")
+            # One series per line: small, and diffs stay readable.
+            f.write("[\n")
+            f.write(",\n".join(json.dumps(s, sort_keys=True, ensure_ascii=False) for s in parsed))
+            f.write("\n]\n")
 
 
 if __name__ == "__main__":

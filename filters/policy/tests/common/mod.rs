@@ -330,8 +330,20 @@ pub fn cases() -> Vec<Case> {
     let alice = ("authorization", "Bearer alice");
     let allowed = forwarded(Some("alice"), Some("gold"), Some("100"));
     vec![
-        case("alice is allowed", "/orders", vec![alice], allowed.clone(), true),
-        case("the same request is served from the cache", "/orders", vec![alice], allowed.clone(), false),
+        case(
+            "alice is allowed",
+            "/orders",
+            vec![alice],
+            allowed.clone(),
+            true,
+        ),
+        case(
+            "the same request is served from the cache",
+            "/orders",
+            vec![alice],
+            allowed.clone(),
+            false,
+        ),
         case(
             "a spoofed identity header is overwritten",
             "/orders?page=2",
@@ -363,14 +375,24 @@ pub fn cases() -> Vec<Case> {
             "an unknown user is denied",
             "/orders",
             vec![("authorization", "Bearer eve")],
-            replied(403, "ext_authz_denied", "unknown user\n", Some("unknown-user")),
+            replied(
+                403,
+                "ext_authz_denied",
+                "unknown user\n",
+                Some("unknown-user"),
+            ),
             true,
         ),
         case(
             "a keyed header differs: not served from alice's cached decision",
             "/orders",
             vec![alice, ("x-tenant", "blocked")],
-            replied(403, "ext_authz_denied", "tenant blocked\n", Some("tenant-blocked")),
+            replied(
+                403,
+                "ext_authz_denied",
+                "tenant blocked\n",
+                Some("tenant-blocked"),
+            ),
             true,
         ),
         case(
@@ -480,4 +502,114 @@ pub fn send_in_harness(
     };
     stream.complete().unwrap();
     verdict
+}
+
+/// Real-Envoy helpers: the policy services as real servers, and the verdict read off an
+/// Envoy response.
+pub mod envoy {
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
+
+    use prost::Message;
+    use wasmesh_harness::envoy::{
+        Envoy, GrpcAnswer, GrpcTestServer, HttpRequest, HttpResponse, ReceivedRequest, TestServer,
+    };
+
+    use super::{decide_grpc, decide_http, header, Case, GrpcOutcome, Verdict};
+
+    /// Holds the answers of a silent service until the test ends (so that the proxy's
+    /// timeout, not the server, ends the check), without sleeping.
+    #[derive(Clone, Default)]
+    pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+    impl Gate {
+        /// Blocks until [`Gate::open`] (or a generous safety limit).
+        pub fn wait(&self) {
+            let (open, changed) = &*self.0;
+            let guard = open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _ = changed.wait_timeout_while(guard, Duration::from_secs(30), |open| !*open);
+        }
+
+        /// Releases every waiter.
+        pub fn open(&self) {
+            let (open, changed) = &*self.0;
+            *open.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+            changed.notify_all();
+        }
+    }
+
+    /// The HTTP policy service, and the check paths it received (recorded on arrival, so a
+    /// check it never answers is listed too).
+    pub fn http_service(gate: Gate) -> (TestServer, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let server = TestServer::start(move |request| {
+            log.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(request.path.clone());
+            match decide_http(&request.path, &request.headers, &request.body) {
+                Some(answer) => answer.headers.iter().fold(
+                    HttpResponse::new(answer.status, answer.body.clone()),
+                    |response, (name, value)| response.with_header(name.clone(), value.clone()),
+                ),
+                None => {
+                    gate.wait();
+                    HttpResponse::new(200, "")
+                }
+            }
+        })
+        .unwrap();
+        (server, seen)
+    }
+
+    /// The gRPC policy service.
+    pub fn grpc_service() -> GrpcTestServer {
+        GrpcTestServer::start(|call| {
+            assert_eq!(call.path, "/envoy.service.auth.v3.Authorization/Check");
+            match decide_grpc(&call.message) {
+                GrpcOutcome::Response(response) => GrpcAnswer::Message(response.encode_to_vec()),
+                GrpcOutcome::Error(status, message) => GrpcAnswer::Error { status, message },
+                GrpcOutcome::Silent => GrpcAnswer::NoAnswer,
+            }
+        })
+        .unwrap()
+    }
+
+    /// Sends one case through Envoy.
+    pub fn run_in_envoy(envoy: &Envoy, case: &Case) -> Verdict {
+        let mut request =
+            HttpRequest::new(case.method, case.path).header("host", "shop.example.com");
+        for (name, value) in &case.headers {
+            request = request.header(*name, *value);
+        }
+        if !case.body.is_empty() {
+            request = request.body(case.body);
+        }
+        verdict_of(&envoy.send(&request).unwrap())
+    }
+
+    /// The verdict of an Envoy response (local replies carry their details in a header).
+    pub fn verdict_of(response: &HttpResponse) -> Verdict {
+        match response.response_code_details() {
+            Some(details) => Verdict::Replied {
+                status: u32::from(response.status),
+                details: details.to_string(),
+                body: response.text(),
+                reason: response.header("x-reason").map(str::to_string),
+                www_authenticate: response.header("www-authenticate").map(str::to_string),
+            },
+            None => {
+                assert_eq!(response.status, 200, "upstream answer: {}", response.text());
+                let upstream = ReceivedRequest::from_echo(response).unwrap();
+                Verdict::Forwarded {
+                    user: header(&upstream.headers, "x-user").map(str::to_string),
+                    tier: header(&upstream.headers, "x-authz-tier").map(str::to_string),
+                    check_only_header: header(&upstream.headers, "x-authz-client")
+                        .map(str::to_string),
+                    internal_note: header(&upstream.headers, "x-internal-note").map(str::to_string),
+                    quota: response.header("x-quota").map(str::to_string),
+                }
+            }
+        }
+    }
 }

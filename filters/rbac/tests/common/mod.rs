@@ -374,3 +374,76 @@ pub fn run_in_harness(plugin: &Plugin, vectors: &JwtVectors, case: &Case) -> Ver
     stream.complete().unwrap();
     verdict
 }
+
+/// Attacks on the Istio sample's DENY rules and ALLOW `notPaths`: each must be refused (403
+/// from the filter, or 400 for a path nobody may send). `(name, path, host, headers)`.
+pub fn istio_bypass_corpus() -> Vec<Case> {
+    let attack = |name: &'static str, path: &'static str| get(name, path, Verdict::forbidden("?"));
+    let mut corpus = vec![
+        attack("plain", "/admin"),
+        attack("subtree", "/admin/users"),
+        attack("trailing slash", "/admin/"),
+        attack("double slash", "//admin"),
+        attack("triple slash", "///admin//users"),
+        attack("dot", "/./admin"),
+        attack("trailing dot", "/admin/."),
+        attack("dot-dot", "/a/../admin"),
+        attack("double dot-dot", "/a/b/../../admin/users"),
+        attack("dot-dot above root", "/../../admin"),
+        attack("encoded dot", "/%2e/admin"),
+        attack("encoded dot-dot", "/%2e%2e/admin"),
+        attack("encoded dot-dot below", "/a/%2E%2E/admin"),
+        attack("half-encoded dot-dot", "/a/.%2e/admin"),
+        attack("encoded slash", "/%2Fadmin"),
+        attack("encoded slash lower", "/%2fadmin/users"),
+        attack("encoded slash walk", "/a/..%2Fadmin"),
+        attack("fully encoded walk", "/a%2F..%2Fadmin"),
+        attack("encoded backslash", "/%5Cadmin"),
+        attack("encoded backslash walk", "/a/..%5cadmin"),
+        attack("encoded letter", "/%61dmin"),
+        attack("query", "/admin?x=/public"),
+        attack("fragment", "/admin#top"),
+        attack("matrix parameter", "/admin/users;jsessionid=1"),
+        attack("notPaths via dot-dot", "/public/../internal/metrics"),
+        attack("notPaths via encoded slash", "/%2Finternal/metrics"),
+        attack("notPaths via double slash", "//internal/metrics"),
+        attack("notPaths encoded separator", "/internal%2Fmetrics"),
+        attack("notPaths suffix with query", "/dump.bak?as=.html"),
+        attack("notPaths suffix with fragment", "/dump.bak#.html"),
+        attack("notPaths suffix with encoded dot", "/dump%2ebak"),
+    ];
+    for host in [
+        "internal.example.com",
+        "INTERNAL.EXAMPLE.COM",
+        "internal.example.com:80",
+        "internal.example.com.",
+        "Internal.Example.Com.:8443",
+    ] {
+        corpus.push(attack("internal host", "/").host(host));
+    }
+    corpus.push(
+        attack("blocked tier second", "/")
+            .header("x-client-tier", "gold")
+            .header("x-client-tier", "blocked"),
+    );
+    corpus.push(
+        attack("blocked tier first", "/")
+            .header("x-client-tier", "blocked")
+            .header("x-client-tier", "gold"),
+    );
+    corpus.push(attack("admin as bob", "//admin/../admin/").user("bob"));
+    corpus
+}
+
+/// Requests of the same shapes that must pass, so the corpus cannot pass vacuously.
+pub fn istio_bypass_controls() -> Vec<Case> {
+    vec![
+        get("public page", "/products", Verdict::Allowed),
+        get("admin for alice via dot-dot", "/x/../admin", Verdict::Allowed).user("alice"),
+        get("public host", "/", Verdict::Allowed).host("SHOP.example.com:80"),
+        get("other tiers", "/", Verdict::Allowed)
+            .header("x-client-tier", "gold")
+            .header("x-client-tier", "silver"),
+        get("encoded slash elsewhere", "/docs%2Fintro", Verdict::Allowed),
+    ]
+}
