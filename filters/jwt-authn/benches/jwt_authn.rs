@@ -60,13 +60,17 @@ fn native(c: &mut Criterion) {
     let mut group = c.benchmark_group("jwt_authn/native");
     for (alg, cached) in CASES {
         let mut host = MemoryHost::new();
-        let filter = Rc::new(configure::<JwtAuthn>(config(&vectors, cached).as_bytes(), &mut host).unwrap());
+        let filter =
+            Rc::new(configure::<JwtAuthn>(config(&vectors, cached).as_bytes(), &mut host).unwrap());
         let bearer = format!("Bearer {}", token(&vectors, alg));
         group.bench_function(name(alg, cached), |b| {
             b.iter(|| {
                 let mut driver = StreamDriver::new(Some(Rc::clone(&filter)));
                 let mut request = MemoryRequest::get("/api").with_header("authorization", &bearer);
-                assert_eq!(driver.on_request_headers(&mut request, &mut host), Outcome::Continue);
+                assert_eq!(
+                    driver.on_request_headers(&mut request, &mut host),
+                    Outcome::Continue
+                );
             });
         });
     }

@@ -686,13 +686,26 @@ mod tests {
         );
     }
 
-    /// A thread-safe store with Envoy's CAS rules, for real concurrency.
+    /// A thread-safe store with Envoy's CAS rules, for real concurrency; counts lost races.
     #[derive(Default)]
-    struct ThreadSafe(Mutex<(HashMap<String, SharedValue>, u32)>);
+    struct ThreadSafe(
+        Mutex<(HashMap<String, SharedValue>, u32)>,
+        std::sync::atomic::AtomicU64,
+    );
 
     impl SharedData for ThreadSafe {
         fn get_shared_data(&self, key: &str) -> Result<Option<SharedValue>, Error> {
-            Ok(self.0.lock().unwrap().0.get(key).cloned())
+            thread_local!(static READS: Cell<u64> = const { Cell::new(0) });
+            let read = self.0.lock().unwrap().0.get(key).cloned();
+            // Every other read, let other threads run before our CAS write: races are likely,
+            // yet each thread soon has a short window again (no starvation).
+            if READS.with(|reads| {
+                reads.set(reads.get() + 1);
+                reads.get() % 2 == 0
+            }) {
+                std::thread::yield_now();
+            }
+            Ok(read)
         }
 
         fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Error> {
@@ -700,6 +713,7 @@ mod tests {
             let (entries, counter) = &mut *guard;
             if let (Some(cas), Some(current)) = (cas, entries.get(key)) {
                 if current.cas != cas {
+                    self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Err(Error::CasMismatch { key: key.into() });
                 }
             }
@@ -720,15 +734,19 @@ mod tests {
     fn concurrent_threads_never_lose_or_double_count() {
         let store = Arc::new(ThreadSafe::default());
         let location = fixed(&*store);
-        // No refill during the test: exactly `burst` admissions whatever the interleaving.
-        let quota = quota(1000, 1, Duration::from_secs(3600));
+        // 4000 attempts on a bucket of 2000 that does not refill during the test: exactly
+        // 2000 admissions whatever the interleaving.
+        let quota = quota(2000, 1, Duration::from_secs(3600));
+        let start = Arc::new(std::sync::Barrier::new(8));
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let store = Arc::clone(&store);
                 let location = location.clone();
+                let start = Arc::clone(&start);
                 std::thread::spawn(move || {
                     let mut admitted = 0u32;
                     let mut errors = 0u32;
+                    start.wait();
                     for _ in 0..500 {
                         let decision = acquire(&*store, &location, &quota, 1, START, 1000);
                         if decision.error.is_some() {
@@ -746,11 +764,18 @@ mod tests {
             .map(|thread| thread.join().unwrap())
             .fold((0, 0), |(a, e), (da, de)| (a + da, e + de));
         assert_eq!(errors, 0);
-        assert_eq!(admitted, 1000);
+        assert_eq!(admitted, 2000);
+        // The stored TAT advanced by exactly one period per admission: no update was lost
+        // (it would leave the TAT short) or applied twice.
         let stored = store.get_shared_data("rl.test").unwrap().unwrap().value;
         assert_eq!(
             u64::from_le_bytes(stored.try_into().unwrap()),
-            START + 1000 * 3_600_000_000_000
+            START + 2000 * 3_600_000_000_000
+        );
+        let races = store.1.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            races > 0,
+            "the threads never raced: the test proved nothing"
         );
     }
 

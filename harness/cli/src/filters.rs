@@ -62,8 +62,9 @@ pub struct FilterInfo {
     pub buffers_request_body: bool,
     /// Exactly what the filter's `on_configure` does: parse, validate, build the filter.
     pub check: fn(&[u8]) -> Result<(), Rejection>,
-    /// Only the structural part (JSON syntax, field names and types, no semantic checks), to
-    /// find every structural error by skipping the bad values one by one.
+    /// Only the parsing (JSON syntax, field names, types, per-value rules), without the
+    /// whole-document `Validate` checks: `validate` finds every parse error by skipping the bad
+    /// values one by one.
     pub structure: fn(&[u8]) -> Result<(), ConfigError>,
 }
 
@@ -76,7 +77,12 @@ pub const FILTERS: &[FilterInfo] = &[
         IstioPhase::Authz,
         false,
     ),
-    entry::<wasmesh_jwt_authn::JwtAuthn>("jwt-authn", "wasmesh-jwt-authn", IstioPhase::Authn, false),
+    entry::<wasmesh_jwt_authn::JwtAuthn>(
+        "jwt-authn",
+        "wasmesh-jwt-authn",
+        IstioPhase::Authn,
+        false,
+    ),
     entry::<wasmesh_policy::Policy>("policy", "wasmesh-policy", IstioPhase::Authz, true),
     entry::<wasmesh_rate_limit::RateLimitFilter>(
         "rate-limit",
@@ -85,7 +91,12 @@ pub const FILTERS: &[FilterInfo] = &[
         false,
     ),
     entry::<wasmesh_rbac::RbacFilter>("rbac", "wasmesh-rbac", IstioPhase::Authz, false),
-    entry::<wasmesh_telemetry::Telemetry>("telemetry", "wasmesh-telemetry", IstioPhase::Stats, false),
+    entry::<wasmesh_telemetry::Telemetry>(
+        "telemetry",
+        "wasmesh-telemetry",
+        IstioPhase::Stats,
+        false,
+    ),
 ];
 
 const fn entry<F: HttpFilter>(
@@ -173,15 +184,17 @@ mod tests {
     #[test]
     fn check_runs_the_filters_own_parser_with_json_paths() {
         let header_filter = lookup("header-filter").unwrap();
-        assert_eq!((header_filter.check)(br#"{"deny": [{"prefix": "/admin"}]}"#), Ok(()));
-        let Err(Rejection::Config(error)) = (header_filter.check)(br#"{"deny": [{"prefix": ""}]}"#)
-        else {
-            panic!("an empty prefix must be rejected");
+        assert_eq!(
+            (header_filter.check)(br#"{"deny": [{"prefix": "/admin"}]}"#),
+            Ok(())
+        );
+        let Err(Rejection::Config(error)) = (header_filter.check)(br#"{"deny_status": 99}"#) else {
+            panic!("a status below 200 must be rejected");
         };
-        assert_eq!(error.path(), "deny[0]");
+        assert_eq!(error.path(), "deny_status");
 
-        // The structural pass ignores semantic checks but not types.
-        assert_eq!((header_filter.structure)(br#"{"deny": [{"prefix": ""}]}"#), Ok(()));
+        // The structural pass skips the whole-document checks, not the types.
+        assert_eq!((header_filter.structure)(br#"{"deny_status": 99}"#), Ok(()));
         let error = (header_filter.structure)(br#"{"deny": [{"prefix": 7}]}"#).unwrap_err();
         assert_eq!(error.path(), "deny[0].prefix");
     }
@@ -191,7 +204,9 @@ mod tests {
         assert_eq!(lookup("wasmesh-rbac").unwrap().name, "rbac");
         let error = lookup("rbca").unwrap_err().to_string();
         assert!(
-            error.contains("unknown filter \"rbca\"; known filters: fault, header-filter, jwt-authn"),
+            error.contains(
+                "unknown filter \"rbca\"; known filters: fault, header-filter, jwt-authn"
+            ),
             "{error}"
         );
     }

@@ -1,18 +1,27 @@
-//! `wasmesh`: build proxy-wasm filters and run HTTP exchanges through them off-proxy.
+//! `wasmesh`: build proxy-wasm filters, run HTTP exchanges through them off-proxy, check their
+//! configurations, publish them to OCI registries and generate Envoy and Istio configs.
 //!
 //! Each subcommand lives in its own module with an `Args` struct (clap) and a `run` function;
-//! a new subcommand (bench, validate, push/pull, envoy-config) is one more module and one more
-//! variant of [`Command`].
+//! a new subcommand is one more module and one more variant of [`Command`].
 
 mod build;
+mod envoy_config;
 mod exchange;
+mod filters;
+mod istio_config;
+mod oci;
+mod pull;
+mod push;
+mod registry;
 mod run;
+mod validate;
+mod yaml;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Build proxy-wasm filters and run HTTP exchanges through them off-proxy.
+/// Build, run, check, publish and deploy proxy-wasm filters.
 #[derive(Debug, Parser)]
 #[command(name = "wasmesh", version)]
 struct Cli {
@@ -26,6 +35,16 @@ enum Command {
     Build(build::Args),
     /// Run one HTTP exchange through a filter in the harness and print what happened as JSON.
     Run(run::Args),
+    /// Check a filter configuration with the filter's own parser (and, with --wasm, the module).
+    Validate(validate::Args),
+    /// Publish a filter module to an OCI registry; prints the manifest digest.
+    Push(push::Args),
+    /// Fetch a filter module from an OCI registry, verifying its digests.
+    Pull(pull::Args),
+    /// Generate a ready-to-run Envoy bootstrap for a filter and its configuration.
+    EnvoyConfig(envoy_config::Args),
+    /// Generate an Istio WasmPlugin for a filter and its configuration.
+    IstioConfig(istio_config::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +52,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(args) => build::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Validate(args) => validate::run(&args),
+        Command::Push(args) => push::run(&args),
+        Command::Pull(args) => pull::run(&args),
+        Command::EnvoyConfig(args) => envoy_config::run(&args),
+        Command::IstioConfig(args) => istio_config::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -78,13 +78,23 @@ impl From<LogLevelArg> for LogLevel {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 /// Values named after Envoy's `FAIL_CLOSED`, `FAIL_OPEN`, `FAIL_RELOAD`.
-enum FailurePolicyArg {
+pub(crate) enum FailurePolicyArg {
     #[value(name = "fail-closed")]
     Closed,
     #[value(name = "fail-open")]
     Open,
     #[value(name = "fail-reload")]
     Reload,
+}
+
+impl From<FailurePolicyArg> for wasmesh_harness::envoy::FailurePolicy {
+    fn from(policy: FailurePolicyArg) -> Self {
+        match policy {
+            FailurePolicyArg::Closed => Self::FailClosed,
+            FailurePolicyArg::Open => Self::FailOpen,
+            FailurePolicyArg::Reload => Self::FailReload,
+        }
+    }
 }
 
 impl From<FailurePolicyArg> for FailurePolicy {
@@ -489,7 +499,7 @@ fn action_name(action: Action) -> &'static str {
     }
 }
 
-fn level_name(level: LogLevel) -> &'static str {
+pub(crate) fn level_name(level: LogLevel) -> &'static str {
     match level {
         LogLevel::Trace => "trace",
         LogLevel::Debug => "debug",

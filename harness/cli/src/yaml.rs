@@ -40,7 +40,9 @@ impl Node {
             serde_json::Value::Bool(flag) => Node::Bool(*flag),
             serde_json::Value::Number(number) => Node::Number(number.clone()),
             serde_json::Value::String(text) => Node::String(text.clone()),
-            serde_json::Value::Array(items) => Node::Array(items.iter().map(Node::from_value).collect()),
+            serde_json::Value::Array(items) => {
+                Node::Array(items.iter().map(Node::from_value).collect())
+            }
             serde_json::Value::Object(map) => {
                 let mut entries: Vec<(String, Node)> = map
                     .iter()
@@ -276,7 +278,9 @@ fn literal_block(text: &str, indent: usize) -> Option<String> {
         || text
             .chars()
             .any(|c| (c.is_control() && c != '\n' && c != '\t') || c == '\u{feff}')
-        || text.chars().any(|c| matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}'))
+        || text
+            .chars()
+            .any(|c| matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}'))
     {
         return None;
     }
@@ -319,23 +323,25 @@ mod tests {
 
     #[test]
     fn keeps_key_order_and_rejects_duplicate_keys() {
-        let node = Node::parse_json(r#"{"b": 1, "a": {"z": true, "y": null}}"#).unwrap();
-        assert_eq!(to_yaml(&node), "b: 1\na:\n  z: true\n  y: null\n");
+        let node = Node::parse_json(r#"{"b": 1, "a": {"z": true, "x": null}}"#).unwrap();
+        assert_eq!(to_yaml(&node), "b: 1\na:\n  z: true\n  x: null\n");
 
-        let error = Node::parse_json(r#"{"a": 1, "a": 2}"#).unwrap_err().to_string();
+        let error = Node::parse_json(r#"{"a": 1, "a": 2}"#)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("duplicate key `a`"), "{error}");
     }
 
     #[test]
     fn quotes_every_scalar_yaml_would_read_differently() {
         let node = Node::parse_json(
-            r#"{"@type": "x", "d": "3600s", "b": "yes", "n": "null", "c": "a: b", "e": "",
+            r#"{"@type": "x", "d": "3600s", "b": "yes", "n": "null", "On": 1, "c": "a: b", "e": "",
                 "t": "x #y", "p": "type.googleapis.com/envoy.Foo", "neg": "-1", "dot": ".5"}"#,
         )
         .unwrap();
         assert_eq!(
             to_yaml(&node),
-            "\"@type\": x\nd: \"3600s\"\nb: \"yes\"\nn: \"null\"\nc: \"a: b\"\ne: \"\"\n\
+            "\"@type\": x\nd: \"3600s\"\nb: \"yes\"\n\"n\": \"null\"\n\"On\": 1\nc: \"a: b\"\ne: \"\"\n\
              t: \"x #y\"\np: type.googleapis.com/envoy.Foo\nneg: \"-1\"\ndot: \".5\"\n"
         );
     }
@@ -372,7 +378,10 @@ mod tests {
 
     #[test]
     fn envoy_style_objects_put_type_and_name_first() {
-        let value = serde_json::json!({"z": 1, "name": "n", "@type": "t"});
-        assert_eq!(to_yaml(&Node::from_value(&value)), "\"@type\": t\nname: n\nz: 1\n");
+        let value = serde_json::json!({"z": 1, "name": "nm", "@type": "t"});
+        assert_eq!(
+            to_yaml(&Node::from_value(&value)),
+            "\"@type\": t\nname: nm\nz: 1\n"
+        );
     }
 }
