@@ -129,6 +129,23 @@ pub enum HarnessError {
         /// The wasm stack where execution was interrupted, innermost first.
         backtrace: Vec<String>,
     },
+    /// A hostcall would have made the host hold more for the module than a [`crate::Limits`]
+    /// cap allows (shared data keys or bytes, queued items, callouts dispatched by one
+    /// callback). Envoy has no such caps (the proxy's memory is the limit); the harness has them
+    /// so that a module that leaks or floods host-side state fails its test with this error, and
+    /// the failure policy, instead of exhausting the memory of the test process.
+    #[error("{callback} exceeded the harness limit on {resource} ({limit})")]
+    ResourceLimit {
+        /// The callback that was running.
+        callback: String,
+        /// What was capped, in words (`"shared data keys"`, `"bytes held in shared data and
+        /// queues"`, `"queued items"`, `"callouts dispatched by one callback"`).
+        resource: String,
+        /// The cap.
+        limit: u64,
+        /// The wasm stack at the hostcall, innermost first.
+        backtrace: Vec<String>,
+    },
     /// The VM of this worker failed earlier and the failure policy does not allow using it.
     #[error("the VM of worker {worker} has failed: {reason}")]
     VmFailed {
@@ -152,18 +169,21 @@ impl HarnessError {
         match self {
             HarnessError::Trap { backtrace, .. }
             | HarnessError::MemoryLimit { backtrace, .. }
-            | HarnessError::FuelExhausted { backtrace, .. } => backtrace,
+            | HarnessError::FuelExhausted { backtrace, .. }
+            | HarnessError::ResourceLimit { backtrace, .. } => backtrace,
             _ => &[],
         }
     }
 
-    /// Whether this error means the VM crashed (trap, memory cap or fuel exhaustion).
+    /// Whether this error means the VM crashed (trap, memory cap, fuel exhaustion or a host-side
+    /// resource cap).
     pub fn is_vm_crash(&self) -> bool {
         matches!(
             self,
             HarnessError::Trap { .. }
                 | HarnessError::MemoryLimit { .. }
                 | HarnessError::FuelExhausted { .. }
+                | HarnessError::ResourceLimit { .. }
         )
     }
 }

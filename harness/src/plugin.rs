@@ -12,7 +12,7 @@ use crate::callouts::{CalloutReply, CalloutStatus, GrpcCallout, GrpcReply, HttpC
 use crate::engine::{self, AbiVersion, CacheStats, CompiledModule};
 use crate::error::{HarnessError, Status};
 use crate::property::PropertyValue;
-use crate::shared::{Event, ForeignFn, Settings, SharedState};
+use crate::shared::{Event, ForeignFn, HostCaps, Settings, SharedState};
 use crate::stream::HttpStream;
 use crate::types::{FailurePolicy, Limits, LogEntry, LogLevel, MetricValue};
 use crate::vm::{CalloutResponseData, ContextState, Vm, VmSettings};
@@ -243,6 +243,11 @@ impl PluginBuilder {
         )));
         if let Ok(mut s) = shared.try_borrow_mut() {
             s.foreign_functions = self.foreign_functions;
+            s.caps = HostCaps {
+                shared_data_keys: self.limits.max_shared_data_keys,
+                shared_bytes: self.limits.max_shared_bytes,
+                queued_items: self.limits.max_queued_items,
+            };
         }
         let mut inner = PluginInner {
             compiled: self.compiled,
@@ -316,6 +321,7 @@ impl PluginInner {
             worker,
             max_memory_bytes: self.limits.max_memory_bytes,
             fuel_per_callback: self.limits.fuel_per_callback,
+            max_callouts_per_callback: self.limits.max_callouts_per_callback,
         };
         let mut vm = Vm::instantiate(&self.compiled, self.shared.clone(), &settings, generation)?;
         let (vm_config_len, plugin_config_len) = self

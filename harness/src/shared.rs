@@ -48,6 +48,28 @@ pub(crate) enum Event {
     },
 }
 
+/// Caps on what the host holds for modules outside their linear memory (from [`crate::Limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HostCaps {
+    pub(crate) shared_data_keys: usize,
+    pub(crate) shared_bytes: u64,
+    pub(crate) queued_items: usize,
+}
+
+impl Default for HostCaps {
+    fn default() -> Self {
+        let limits = crate::types::Limits::default();
+        HostCaps {
+            shared_data_keys: limits.max_shared_data_keys,
+            shared_bytes: limits.max_shared_bytes,
+            queued_items: limits.max_queued_items,
+        }
+    }
+}
+
+/// A cap a module write would exceed: what, and the cap.
+pub(crate) type CapExceeded = (&'static str, u64);
+
 #[derive(Debug, Clone)]
 pub(crate) struct SharedQueue {
     pub(crate) worker: usize,
@@ -76,6 +98,13 @@ pub(crate) struct SharedState {
     next_connection_id: u64,
     /// Current VM generation per worker (bumped on reload).
     pub(crate) generations: Vec<u64>,
+    pub(crate) caps: HostCaps,
+    /// Keys in `shared_data`, all VM ids together.
+    shared_data_keys: usize,
+    /// Bytes of keys and values in `shared_data` plus bytes of queued items.
+    shared_bytes: u64,
+    /// Items in all queues.
+    queued_items: usize,
 }
 
 impl SharedState {
@@ -97,7 +126,42 @@ impl SharedState {
             rng_state: seed,
             next_connection_id: 1,
             generations: vec![0; workers],
+            caps: HostCaps::default(),
+            shared_data_keys: 0,
+            shared_bytes: 0,
+            queued_items: 0,
         }
+    }
+
+    /// Whether a module may store `value` under `key` without exceeding the caps.
+    pub(crate) fn shared_data_fits(&self, key: &[u8], value: &[u8]) -> Result<(), CapExceeded> {
+        let existing = self
+            .shared_data
+            .get(&self.settings.vm_id)
+            .and_then(|map| map.get(key));
+        if existing.is_none() && self.shared_data_keys >= self.caps.shared_data_keys {
+            return Err(("shared data keys", len_u64(self.caps.shared_data_keys)));
+        }
+        let freed = existing.map_or(0, |(old, _)| len_u64(key.len() + old.len()));
+        let needed = self
+            .shared_bytes
+            .saturating_sub(freed)
+            .saturating_add(len_u64(key.len().saturating_add(value.len())));
+        if needed > self.caps.shared_bytes {
+            return Err(("bytes held in shared data and queues", self.caps.shared_bytes));
+        }
+        Ok(())
+    }
+
+    /// Whether a module may enqueue `data` without exceeding the caps.
+    pub(crate) fn enqueue_fits(&self, data: &[u8]) -> Result<(), CapExceeded> {
+        if self.queued_items >= self.caps.queued_items {
+            return Err(("queued items", len_u64(self.caps.queued_items)));
+        }
+        if self.shared_bytes.saturating_add(len_u64(data.len())) > self.caps.shared_bytes {
+            return Err(("bytes held in shared data and queues", self.caps.shared_bytes));
+        }
+        Ok(())
     }
 
     /// Records a log line if the host's log level lets it through (as Envoy's logger does).
@@ -132,9 +196,18 @@ impl SharedState {
             if cas != 0 && cas != existing.1 {
                 return Status::CasMismatch;
             }
+            let old_len = len_u64(existing.0.len());
             *existing = (value.to_vec(), next);
+            self.shared_bytes = self
+                .shared_bytes
+                .saturating_sub(old_len)
+                .saturating_add(len_u64(value.len()));
         } else {
             map.insert(key.to_vec(), (value.to_vec(), next));
+            self.shared_data_keys = self.shared_data_keys.saturating_add(1);
+            self.shared_bytes = self
+                .shared_bytes
+                .saturating_add(len_u64(key.len().saturating_add(value.len())));
         }
         self.next_cas = self.next_cas.wrapping_add(1);
         if self.next_cas == 0 {
@@ -192,6 +265,8 @@ impl SharedState {
             return Status::NotFound;
         };
         queue.items.push_back(data.to_vec());
+        self.queued_items = self.queued_items.saturating_add(1);
+        self.shared_bytes = self.shared_bytes.saturating_add(len_u64(data.len()));
         let event = Event::QueueReady {
             worker: queue.worker,
             generation: queue.generation,
@@ -204,7 +279,10 @@ impl SharedState {
 
     pub(crate) fn dequeue(&mut self, token: u32) -> Result<Vec<u8>, Status> {
         let queue = self.queues.get_mut(&token).ok_or(Status::NotFound)?;
-        queue.items.pop_front().ok_or(Status::Empty)
+        let item = queue.items.pop_front().ok_or(Status::Empty)?;
+        self.queued_items = self.queued_items.saturating_sub(1);
+        self.shared_bytes = self.shared_bytes.saturating_sub(len_u64(item.len()));
+        Ok(item)
     }
 
     /// Deterministic randomness for `random_get` (splitmix64), so tests are reproducible.
@@ -227,4 +305,8 @@ impl SharedState {
         self.next_connection_id += 1;
         id
     }
+}
+
+fn len_u64(len: usize) -> u64 {
+    u64::try_from(len).unwrap_or(u64::MAX)
 }

@@ -71,11 +71,29 @@ pub struct Limits {
     pub max_memory_bytes: u64,
     /// Fuel (roughly, wasm instructions) allowed per callback; `None` means unlimited. Default
     /// 1e9: a few hundred milliseconds of straight-line code, orders of magnitude above what a
-    /// filter callback needs, and deterministic unlike a wall-clock timeout.
+    /// filter callback needs, and deterministic unlike a wall-clock timeout. Host work is
+    /// charged too: 1,000 units per hostcall plus one per byte copied between the module and
+    /// the host, so a loop of hostcalls is interrupted like any other runaway loop.
     pub fuel_per_callback: Option<u64>,
     /// Minimum virtual time between two VM reloads under [`FailurePolicy::FailReload`]
     /// (Envoy's default base interval is 1s). The first reload after a crash is immediate.
     pub reload_backoff: Duration,
+    /// Cap on the number of shared-data keys the plugin's modules may create (all VM ids
+    /// together). Default 100,000: a hundred times what a filter keeping per-descriptor state
+    /// needs. Envoy has no cap; here a module that stores a key per request (a leak) or floods
+    /// shared data fails with [`crate::HarnessError::ResourceLimit`] instead of exhausting the
+    /// memory of the test process. Writes made by the test ([`crate::Plugin::set_shared_data`])
+    /// are not capped.
+    pub max_shared_data_keys: usize,
+    /// Cap on the bytes the host holds for the plugin's modules in shared data (keys and values)
+    /// and shared queues (items not yet dequeued). Default 64 MiB, like the memory cap.
+    pub max_shared_bytes: u64,
+    /// Cap on the items waiting in all shared queues. Default 100,000.
+    pub max_queued_items: usize,
+    /// Cap on the callouts (HTTP calls, gRPC calls and streams) one callback may dispatch.
+    /// Default 1,000. Every callout is recorded and scheduled; a module dispatching millions
+    /// of them in one callback would otherwise stall the event loop.
+    pub max_callouts_per_callback: u32,
 }
 
 impl Default for Limits {
@@ -84,6 +102,10 @@ impl Default for Limits {
             max_memory_bytes: 64 * 1024 * 1024,
             fuel_per_callback: Some(1_000_000_000),
             reload_backoff: Duration::from_secs(1),
+            max_shared_data_keys: 100_000,
+            max_shared_bytes: 64 * 1024 * 1024,
+            max_queued_items: 100_000,
+            max_callouts_per_callback: 1_000,
         }
     }
 }

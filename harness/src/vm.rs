@@ -1,7 +1,7 @@
 //! One VM (one wasmtime instance, Envoy's per-worker `Wasm`), its host-side state, and the
 //! wrapper every call into the module goes through.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
@@ -306,6 +306,34 @@ pub(crate) struct VmState {
     /// Number of log lines before the current callback started (to quote the module's own
     /// explanation of a panic in the trap error).
     pub(crate) log_mark: usize,
+    /// Bytes copied between guest and host since the last hostcall charged them to fuel
+    /// (see `hostcalls::charge`). A `Cell` because reads only borrow the caller immutably.
+    pub(crate) copied_bytes: Cell<u64>,
+    /// Callouts (HTTP, gRPC) dispatched by the running callback.
+    pub(crate) callouts_this_callback: u32,
+    /// [`crate::Limits::max_callouts_per_callback`].
+    pub(crate) max_callouts_per_callback: u32,
+    /// Set by a hostcall that refused to exceed a [`crate::Limits`] cap, just before it traps,
+    /// so that the crash is reported as [`HarnessError::ResourceLimit`].
+    pub(crate) resource_exceeded: Option<ResourceExceeded>,
+}
+
+/// A [`crate::Limits`] cap a hostcall refused to exceed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResourceExceeded {
+    /// What was capped, in words (`"shared data keys"`).
+    pub(crate) resource: &'static str,
+    /// The cap.
+    pub(crate) limit: u64,
+}
+
+impl VmState {
+    /// Records that a cap was hit and returns the error that traps the module; the trap is then
+    /// reported as [`HarnessError::ResourceLimit`].
+    pub(crate) fn exceed(&mut self, resource: &'static str, limit: u64) -> wasmtime::Error {
+        self.resource_exceeded = Some(ResourceExceeded { resource, limit });
+        wasmtime::Error::msg(format!("harness limit on {resource} ({limit}) exceeded"))
+    }
 }
 
 impl VmState {
@@ -379,6 +407,7 @@ pub(crate) struct VmSettings {
     pub(crate) worker: usize,
     pub(crate) max_memory_bytes: u64,
     pub(crate) fuel_per_callback: Option<u64>,
+    pub(crate) max_callouts_per_callback: u32,
 }
 
 /// A live VM.
@@ -440,6 +469,10 @@ impl Vm {
             pending_done: HashSet::new(),
             failed: None,
             log_mark: 0,
+            copied_bytes: Cell::new(0),
+            callouts_this_callback: 0,
+            max_callouts_per_callback: settings.max_callouts_per_callback,
+            resource_exceeded: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -544,6 +577,9 @@ impl Vm {
         state.current_context = context;
         state.effective_context = 0;
         state.limiter.denied_request = None;
+        state.resource_exceeded = None;
+        state.callouts_this_callback = 0;
+        state.copied_bytes.set(0);
         state.log_mark = log_mark;
         let result = func.call(&mut self.store, params);
         let state = self.store.data_mut();
@@ -600,6 +636,14 @@ fn classify_error(
         .map(render_backtrace)
         .unwrap_or_default();
     let state = store.data();
+    if let Some(exceeded) = &state.resource_exceeded {
+        return HarnessError::ResourceLimit {
+            callback: callback.to_string(),
+            resource: exceeded.resource.to_string(),
+            limit: exceeded.limit,
+            backtrace,
+        };
+    }
     if let Some(requested) = state.limiter.denied_request {
         return HarnessError::MemoryLimit {
             callback: callback.to_string(),

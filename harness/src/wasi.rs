@@ -8,7 +8,7 @@ use wasmtime::Caller;
 
 use crate::error::HarnessError;
 use crate::hostcalls::{
-    guard, read_bytes, write_bytes, write_u32, write_u64, HostResult, Registrar,
+    charge, guard, read_bytes, write_bytes, write_u32, write_u64, HostResult, Registrar,
 };
 use crate::types::LogLevel;
 use crate::vm::VmState;
@@ -29,43 +29,49 @@ pub(crate) fn register(r: &mut Registrar<'_>, module: &str) -> Result<(), Harnes
     r.func(
         module,
         "fd_read",
-        |c: Caller<'_, VmState>, _: u32, _: u32, _: u32, _: u32| {
-            restricted(&c, "fd_read").map(|()| NOSYS)
+        |mut c: Caller<'_, VmState>, _: u32, _: u32, _: u32, _: u32| {
+            restricted(&mut c, "fd_read").map(|()| NOSYS)
         },
     )?;
     r.func(
         module,
         "fd_seek",
-        |c: Caller<'_, VmState>, _: u32, _: i64, _: u32, _: u32| {
+        |mut c: Caller<'_, VmState>, _: u32, _: i64, _: u32, _: u32| {
             // Envoy reports success without touching the result.
-            restricted(&c, "fd_seek").map(|()| SUCCESS)
+            restricted(&mut c, "fd_seek").map(|()| SUCCESS)
         },
     )?;
-    r.func(module, "fd_close", |c: Caller<'_, VmState>, _: u32| {
-        restricted(&c, "fd_close").map(|()| SUCCESS)
+    r.func(module, "fd_close", |mut c: Caller<'_, VmState>, _: u32| {
+        restricted(&mut c, "fd_close").map(|()| SUCCESS)
     })?;
     r.func(module, "fd_fdstat_get", fd_fdstat_get)?;
     r.func(
         module,
         "fd_fdstat_set_flags",
-        |c: Caller<'_, VmState>, _: u32, _: u32| {
-            restricted(&c, "fd_fdstat_set_flags").map(|()| NOSYS)
+        |mut c: Caller<'_, VmState>, _: u32, _: u32| {
+            restricted(&mut c, "fd_fdstat_set_flags").map(|()| NOSYS)
         },
     )?;
     r.func(
         module,
         "fd_filestat_get",
-        |c: Caller<'_, VmState>, _: u32, _: u32| restricted(&c, "fd_filestat_get").map(|()| BADF),
+        |mut c: Caller<'_, VmState>, _: u32, _: u32| restricted(&mut c, "fd_filestat_get").map(|()| BADF),
     )?;
     // No preopened directories: libc's preopen scan stops at the first BADF.
-    r.func(module, "fd_prestat_get", |_: u32, _: u32| BADF)?;
-    r.func(module, "fd_prestat_dir_name", |_: u32, _: u32, _: u32| {
-        NOSYS
-    })?;
+    r.func(
+        module,
+        "fd_prestat_get",
+        |mut c: Caller<'_, VmState>, _: u32, _: u32| charge(&mut c).map(|()| BADF),
+    )?;
+    r.func(
+        module,
+        "fd_prestat_dir_name",
+        |mut c: Caller<'_, VmState>, _: u32, _: u32, _: u32| charge(&mut c).map(|()| NOSYS),
+    )?;
     r.func(
         module,
         "path_open",
-        |c: Caller<'_, VmState>,
+        |mut c: Caller<'_, VmState>,
          _: u32,
          _: u32,
          _: u32,
@@ -74,25 +80,29 @@ pub(crate) fn register(r: &mut Registrar<'_>, module: &str) -> Result<(), Harnes
          _: i64,
          _: i64,
          _: u32,
-         _: u32| { restricted(&c, "path_open").map(|()| NOENT) },
+         _: u32| { restricted(&mut c, "path_open").map(|()| NOENT) },
     )?;
     r.func(
         module,
         "path_filestat_get",
-        |c: Caller<'_, VmState>, _: u32, _: u32, _: u32, _: u32, _: u32| {
-            restricted(&c, "path_filestat_get").map(|()| NOTSUP)
+        |mut c: Caller<'_, VmState>, _: u32, _: u32, _: u32, _: u32, _: u32| {
+            restricted(&mut c, "path_filestat_get").map(|()| NOTSUP)
         },
     )?;
     r.func(module, "environ_sizes_get", environ_sizes_get)?;
     r.func(module, "environ_get", environ_get)?;
     r.func(module, "args_sizes_get", args_sizes_get)?;
-    r.func(module, "args_get", |_: u32, _: u32| SUCCESS)?;
+    r.func(
+        module,
+        "args_get",
+        |mut c: Caller<'_, VmState>, _: u32, _: u32| charge(&mut c).map(|()| SUCCESS),
+    )?;
     r.func(module, "clock_time_get", clock_time_get)?;
     r.func(module, "clock_res_get", clock_res_get)?;
     r.func(module, "random_get", random_get)?;
     r.func(module, "proc_exit", proc_exit)?;
-    r.func(module, "sched_yield", |c: Caller<'_, VmState>| {
-        restricted(&c, "sched_yield").map(|()| SUCCESS)
+    r.func(module, "sched_yield", |mut c: Caller<'_, VmState>| {
+        restricted(&mut c, "sched_yield").map(|()| SUCCESS)
     })?;
     r.func(module, "poll_oneoff", poll_oneoff)?;
     Ok(())
@@ -103,7 +113,7 @@ fn le_u32(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(raw))
 }
 
-fn restricted(caller: &Caller<'_, VmState>, name: &str) -> HostResult<()> {
+fn restricted(caller: &mut Caller<'_, VmState>, name: &str) -> HostResult<()> {
     guard(caller, name)
 }
 
@@ -122,6 +132,9 @@ fn fd_write(
     };
     let mut text = Vec::new();
     for index in 0..iovs_len {
+        // Charged per vector: many vectors pointing at the same large buffer would otherwise
+        // build an arbitrarily large message in one call.
+        charge(&mut caller)?;
         let Some(iovec) = index
             .checked_mul(8)
             .and_then(|offset| iovs.checked_add(offset))
@@ -155,7 +168,7 @@ fn fd_write(
 }
 
 fn fd_fdstat_get(mut caller: Caller<'_, VmState>, fd: u32, stat_ptr: u32) -> HostResult<u32> {
-    restricted(&caller, "fd_fdstat_get")?;
+    restricted(&mut caller, "fd_fdstat_get")?;
     if fd != 1 && fd != 2 {
         return Ok(BADF);
     }
@@ -183,6 +196,7 @@ fn environ_sizes_get(
     count_ptr: u32,
     size_ptr: u32,
 ) -> HostResult<u32> {
+    charge(&mut caller)?;
     let envs = envs(&caller);
     let count = u32::try_from(envs.len()).unwrap_or(u32::MAX);
     // key + '=' + value + NUL per variable.
@@ -195,6 +209,7 @@ fn environ_sizes_get(
 }
 
 fn environ_get(mut caller: Caller<'_, VmState>, array_ptr: u32, buf_ptr: u32) -> HostResult<u32> {
+    charge(&mut caller)?;
     let mut array = array_ptr;
     let mut buf = buf_ptr;
     for (key, value) in envs(&caller) {
@@ -223,6 +238,7 @@ fn args_sizes_get(
     argc_ptr: u32,
     size_ptr: u32,
 ) -> HostResult<u32> {
+    charge(&mut caller)?;
     // Zero arguments, so that args_get is never needed.
     if !(write_u32(&mut caller, argc_ptr, 0) && write_u32(&mut caller, size_ptr, 0)) {
         return Ok(FAULT);
@@ -236,6 +252,7 @@ fn clock_time_get(
     _precision: i64,
     time_ptr: u32,
 ) -> HostResult<u32> {
+    charge(&mut caller)?;
     let now = {
         let Ok(shared) = caller.data().shared.try_borrow() else {
             return Ok(FAULT);
@@ -253,7 +270,7 @@ fn clock_time_get(
 }
 
 fn clock_res_get(mut caller: Caller<'_, VmState>, clock_id: u32, res_ptr: u32) -> HostResult<u32> {
-    restricted(&caller, "clock_res_get")?;
+    restricted(&mut caller, "clock_res_get")?;
     if clock_id > 1 {
         return Ok(NOTSUP);
     }
@@ -264,6 +281,7 @@ fn clock_res_get(mut caller: Caller<'_, VmState>, clock_id: u32, res_ptr: u32) -
 }
 
 fn random_get(mut caller: Caller<'_, VmState>, buf_ptr: u32, buf_len: u32) -> HostResult<u32> {
+    charge(&mut caller)?;
     if buf_len > RANDOM_GET_MAX_BYTES {
         return Ok(INVAL);
     }
@@ -282,8 +300,8 @@ fn random_get(mut caller: Caller<'_, VmState>, buf_ptr: u32, buf_len: u32) -> Ho
 
 /// Envoy only notes the call and returns; the module's libc then traps on its own
 /// `unreachable`, which fails the VM like any other trap.
-fn proc_exit(caller: Caller<'_, VmState>, _code: u32) -> HostResult<()> {
-    restricted(&caller, "proc_exit")
+fn proc_exit(mut caller: Caller<'_, VmState>, _code: u32) -> HostResult<()> {
+    restricted(&mut caller, "proc_exit")
 }
 
 fn poll_oneoff(
@@ -293,7 +311,7 @@ fn poll_oneoff(
     _subscriptions: u32,
     nevents_ptr: u32,
 ) -> HostResult<u32> {
-    restricted(&caller, "poll_oneoff")?;
+    restricted(&mut caller, "poll_oneoff")?;
     // No event polling: report zero events.
     if !write_u32(&mut caller, nevents_ptr, 0) {
         return Ok(FAULT);

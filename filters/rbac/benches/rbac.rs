@@ -47,7 +47,10 @@ fn envoy_config(count: usize) -> String {
 fn request_headers(count: usize) -> Vec<(String, String)> {
     vec![
         (":method".into(), "GET".into()),
-        (":path".into(), format!("/svc{}/items/../items/42?page=2", count - 1)),
+        (
+            ":path".into(),
+            format!("/svc{}/items/../items/42?page=2", count - 1),
+        ),
         (":authority".into(), "shop.example.com".into()),
         ("x-user".into(), "someone".into()),
         ("x-forwarded-for".into(), "192.0.2.1".into()),
@@ -90,7 +93,11 @@ fn wasm(c: &mut Criterion) {
     let module = wasmesh_harness::build::wasm("wasmesh-rbac").unwrap();
     let mut group = c.benchmark_group("rbac/wasm");
     let mut run = |name: String, config: String, count: usize, expect_allowed: bool| {
-        let plugin = Harness::load(&module).unwrap().config(config).start().unwrap();
+        let plugin = Harness::load(&module)
+            .unwrap()
+            .config(config)
+            .start()
+            .unwrap();
         let headers = request_headers(count);
         let borrowed: Vec<(&str, &str)> = headers
             .iter()
@@ -108,7 +115,12 @@ fn wasm(c: &mut Criterion) {
         });
     };
     for count in COUNTS {
-        run(format!("{count}_policies"), envoy_config(count), count, true);
+        run(
+            format!("{count}_policies"),
+            envoy_config(count),
+            count,
+            true,
+        );
     }
     // The harness's own per-stream cost, to subtract: no rules, nothing enforced, so the module
     // only runs its callbacks.

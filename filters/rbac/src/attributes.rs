@@ -11,7 +11,7 @@ use wasmesh_sdk::matcher::{HeaderMatcher, StringMatcher};
 use wasmesh_sdk::request::{property, Header, Request};
 
 use crate::metadata::decode_metadata;
-use crate::normalize::{host_forms, NormalizedPath, Normalization, PathRejection};
+use crate::normalize::{host_forms, Normalization, NormalizedPath, PathRejection};
 use crate::rule::Match;
 use crate::util::{base64url_decode, deserialize_non_empty};
 
@@ -369,7 +369,8 @@ mod tests {
         assert_eq!(attributes.url_path(), Some("/admin"));
         let path = HeaderMatcher::new(":path", HeaderMatch::Exact("/admin?x=1".into()));
         assert_eq!(attributes.match_header(&path), Match::exactly(true));
-        let authority = HeaderMatcher::new(":authority", HeaderMatch::Exact("example.com:80".into()));
+        let authority =
+            HeaderMatcher::new(":authority", HeaderMatch::Exact("example.com:80".into()));
         assert_eq!(attributes.match_header(&authority), Match::exactly(true));
     }
 
@@ -438,14 +439,19 @@ mod tests {
         let settings = settings();
         let attributes = Attributes::new(&garbage, &settings).unwrap();
         assert_eq!(attributes.remote_ip(), Some("10.0.0.1".parse().unwrap()));
-        assert_eq!(attributes.direct_remote_ip(), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            attributes.direct_remote_ip(),
+            Some("10.0.0.1".parse().unwrap())
+        );
     }
 
     #[test]
     fn authenticated_follows_envoy_san_order() {
         let plain = MemoryRequest::get("/");
         let settings = settings();
-        assert!(!Attributes::new(&plain, &settings).unwrap().authenticated(None));
+        assert!(!Attributes::new(&plain, &settings)
+            .unwrap()
+            .authenticated(None));
         let tls_without_cert = MemoryRequest::get("/").with_property(TLS_VERSION, "TLSv1.3");
         let attributes = Attributes::new(&tls_without_cert, &settings).unwrap();
         assert!(attributes.authenticated(None));
@@ -455,8 +461,15 @@ mod tests {
             .with_property(PEER_DNS_SAN, "client.example.com")
             .with_property(property::PEER_SUBJECT, "CN=client");
         let attributes = Attributes::new(&peer, &settings).unwrap();
-        for name in ["spiffe://cluster.local/ns/a/sa/b", "client.example.com", "CN=client"] {
-            assert!(attributes.authenticated(Some(&StringMatcher::exact(name))), "{name}");
+        for name in [
+            "spiffe://cluster.local/ns/a/sa/b",
+            "client.example.com",
+            "CN=client",
+        ] {
+            assert!(
+                attributes.authenticated(Some(&StringMatcher::exact(name))),
+                "{name}"
+            );
         }
         assert!(!attributes.authenticated(Some(&StringMatcher::exact("CN=other"))));
     }
@@ -474,7 +487,10 @@ mod tests {
             ..settings()
         };
         let attributes = Attributes::new(&request, &metadata_settings).unwrap();
-        assert_eq!(attributes.request_principal().as_deref(), Some("https://issuer/alice"));
+        assert_eq!(
+            attributes.request_principal().as_deref(),
+            Some("https://issuer/alice")
+        );
         assert_eq!(
             attributes.claim(&["nested".into(), "role".into()]),
             Some(&json!("x"))
@@ -499,7 +515,12 @@ mod tests {
         let attributes = Attributes::new(&doubled, &header_settings).unwrap();
         assert_eq!(attributes.jwt_payload(), None);
         let not_json = MemoryRequest::get("/").with_header("x-jwt-payload", "bm90IGpzb24");
-        assert_eq!(Attributes::new(&not_json, &header_settings).unwrap().jwt_payload(), None);
+        assert_eq!(
+            Attributes::new(&not_json, &header_settings)
+                .unwrap()
+                .jwt_payload(),
+            None
+        );
     }
 
     #[test]
@@ -511,6 +532,9 @@ mod tests {
             Err(PathRejection::NulByte)
         ));
         let connect = MemoryRequest::new().with_header(":method", "CONNECT");
-        assert_eq!(Attributes::new(&connect, &settings).unwrap().url_path(), None);
+        assert_eq!(
+            Attributes::new(&connect, &settings).unwrap().url_path(),
+            None
+        );
     }
 }

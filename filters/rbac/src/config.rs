@@ -106,6 +106,12 @@ impl Validate for Config {
             }
         }
         if let Some(source) = &self.jwt_payload {
+            if self.authorization_policies.is_none() {
+                return Err(ConfigError::new(
+                    "jwt_payload",
+                    "is only used by `authorization_policies` (Envoy-format rules read JWT claims with `metadata` matchers)",
+                ));
+            }
             if source.metadata.is_some() == source.header.is_some() {
                 return Err(ConfigError::new(
                     "jwt_payload",
@@ -347,7 +353,11 @@ fn exactly_one(
         (Some((last, _)), false) => {
             let mut found: Vec<&str> = set.iter().map(|(name, _)| *name).collect();
             found.push(last);
-            Err(format!("exactly one of {} must be set, found {}", names.join(", "), found.join(", ")))
+            Err(format!(
+                "exactly one of {} must be set, found {}",
+                names.join(", "),
+                found.join(", ")
+            ))
         }
     }
 }
@@ -370,7 +380,10 @@ impl TryFrom<RawPermission> for Permission {
             ("any", raw.any.map(any_rule)),
             ("header", raw.header.map(|h| Ok(Rule::Header(h)))),
             ("url_path", raw.url_path.map(|p| Ok(Rule::UrlPath(p.path)))),
-            ("destination_ip", raw.destination_ip.map(|c| Ok(Rule::DestinationIp(c)))),
+            (
+                "destination_ip",
+                raw.destination_ip.map(|c| Ok(Rule::DestinationIp(c))),
+            ),
             (
                 "destination_port",
                 raw.destination_port.map(|port| {
@@ -387,10 +400,14 @@ impl TryFrom<RawPermission> for Permission {
                     .map(|r| Ok(Rule::DestinationPortRange(r.start, r.end))),
             ),
             ("metadata", raw.metadata.map(metadata_rule)),
-            ("not_rule", raw.not_rule.map(|p| Ok(Rule::Not(Box::new(p.0))))),
+            (
+                "not_rule",
+                raw.not_rule.map(|p| Ok(Rule::Not(Box::new(p.0)))),
+            ),
             (
                 "requested_server_name",
-                raw.requested_server_name.map(|m| Ok(Rule::RequestedServerName(m))),
+                raw.requested_server_name
+                    .map(|m| Ok(Rule::RequestedServerName(m))),
             ),
             (
                 "uri_template",
@@ -403,10 +420,15 @@ impl TryFrom<RawPermission> for Permission {
                     }
                     PathTemplate::parse(&template.typed_config.path_template)
                         .map(Rule::PathTemplate)
-                        .map_err(|error| format!("{error} (only `{{*}}` and `{{**}}` operators are supported)"))
+                        .map_err(|error| {
+                            format!("{error} (only `{{*}}` and `{{**}}` operators are supported)")
+                        })
                 }),
             ),
-            ("sourced_metadata", raw.sourced_metadata.map(sourced_metadata_rule)),
+            (
+                "sourced_metadata",
+                raw.sourced_metadata.map(sourced_metadata_rule),
+            ),
         ])?;
         Ok(Permission(rule))
     }
@@ -464,7 +486,10 @@ impl TryFrom<RawPrincipal> for Principal {
                 raw.authenticated
                     .map(|a| Ok(Rule::Authenticated(a.principal_name))),
             ),
-            ("source_ip", raw.source_ip.map(|c| Ok(Rule::DirectRemoteIp(c)))),
+            (
+                "source_ip",
+                raw.source_ip.map(|c| Ok(Rule::DirectRemoteIp(c))),
+            ),
             (
                 "direct_remote_ip",
                 raw.direct_remote_ip.map(|c| Ok(Rule::DirectRemoteIp(c))),
@@ -474,7 +499,10 @@ impl TryFrom<RawPrincipal> for Principal {
             ("url_path", raw.url_path.map(|p| Ok(Rule::UrlPath(p.path)))),
             ("metadata", raw.metadata.map(metadata_rule)),
             ("not_id", raw.not_id.map(|p| Ok(Rule::Not(Box::new(p.0))))),
-            ("sourced_metadata", raw.sourced_metadata.map(sourced_metadata_rule)),
+            (
+                "sourced_metadata",
+                raw.sourced_metadata.map(sourced_metadata_rule),
+            ),
         ])?;
         Ok(Principal(rule))
     }
@@ -507,7 +535,8 @@ mod tests {
             let config = load::<Config>(json.as_bytes()).unwrap();
             assert_eq!(config.rules.unwrap().action, action, "{json}");
         }
-        assert!(error(r#"{"rules": {"action": "AUDIT"}}"#).starts_with("rules.action: unknown action \"AUDIT\""));
+        assert!(error(r#"{"rules": {"action": "AUDIT"}}"#)
+            .starts_with("rules.action: unknown action \"AUDIT\""));
     }
 
     #[test]
@@ -594,12 +623,16 @@ mod tests {
                 "rules: cannot be combined with `authorization_policies`",
             ),
             (
-                r#"{"jwt_payload": {}}"#,
+                r#"{"authorization_policies": [], "jwt_payload": {}}"#,
                 "jwt_payload: exactly one of `metadata`, `header` must be set",
             ),
             (
-                r#"{"jwt_payload": {"header": "bad header"}}"#,
+                r#"{"authorization_policies": [], "jwt_payload": {"header": "bad header"}}"#,
                 "jwt_payload.header: invalid header name",
+            ),
+            (
+                r#"{"rules": {}, "jwt_payload": {"header": "x-jwt"}}"#,
+                "jwt_payload: is only used by `authorization_policies`",
             ),
             (
                 r#"{"normalization": {"path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT"}}"#,
@@ -641,8 +674,7 @@ mod tests {
           "shadow_rules": {"action": "DENY", "policies": {}},
           "rules_stat_prefix": "r.", "shadow_rules_stat_prefix": "s.", "track_per_rule_stats": true,
           "stat_prefix": "ingress", "xff_num_trusted_hops": "2", "multiple_header_values": "JOIN",
-          "normalization": {"normalize_path": true, "merge_slashes": false, "path_with_escaped_slashes_action": "REJECT_REQUEST", "normalize_host": false, "strip_any_host_port": true, "forward_normalized_path": true},
-          "jwt_payload": {"header": "x-jwt-payload"}
+          "normalization": {"normalize_path": true, "merge_slashes": false, "path_with_escaped_slashes_action": "REJECT_REQUEST", "normalize_host": false, "strip_any_host_port": true, "forward_normalized_path": true}
         }"#;
         let config = load::<Config>(json.as_bytes()).unwrap();
         let rules = config.rules.unwrap();

@@ -124,7 +124,6 @@ impl PolicySet {
         matches!(self.semantics, Semantics::Istio) && self.policies.is_empty() && !self.has_allow
     }
 
-
     fn first_match(&self, attributes: &Attributes<'_>, kind: PolicyKind) -> Option<usize> {
         self.policies.iter().position(|policy| {
             policy.kind == kind && {
@@ -154,14 +153,18 @@ impl PolicySet {
             log_policy,
         };
         match self.semantics {
-            Semantics::Envoy(Action::Allow) => match self.first_match(attributes, PolicyKind::Allow) {
-                Some(index) => verdict(true, Some(index)),
-                None => verdict(false, None),
-            },
-            Semantics::Envoy(Action::Deny) => match self.first_match(attributes, PolicyKind::Deny) {
-                Some(index) => verdict(false, Some(index)),
-                None => verdict(true, None),
-            },
+            Semantics::Envoy(Action::Allow) => {
+                match self.first_match(attributes, PolicyKind::Allow) {
+                    Some(index) => verdict(true, Some(index)),
+                    None => verdict(false, None),
+                }
+            }
+            Semantics::Envoy(Action::Deny) => {
+                match self.first_match(attributes, PolicyKind::Deny) {
+                    Some(index) => verdict(false, Some(index)),
+                    None => verdict(true, None),
+                }
+            }
             Semantics::Envoy(Action::Log) => verdict(true, log_policy),
             Semantics::Istio => {
                 if let Some(index) = self.first_match(attributes, PolicyKind::Deny) {
@@ -232,7 +235,7 @@ mod tests {
         let post = MemoryRequest::new()
             .with_header(":method", "POST")
             .with_header(":path", "/x");
-        assert_eq!(decide(&set, &post).allowed, true);
+        assert!(decide(&set, &post).allowed);
     }
 
     #[test]
@@ -250,12 +253,21 @@ mod tests {
     #[test]
     fn empty_allow_denies_everything_empty_deny_allows_everything() {
         assert!(!decide(&envoy(r#"{"action": "ALLOW"}"#), &MemoryRequest::get("/")).allowed);
-        assert!(decide(&envoy(r#"{"action": "DENY", "policies": {}}"#), &MemoryRequest::get("/")).allowed);
+        assert!(
+            decide(
+                &envoy(r#"{"action": "DENY", "policies": {}}"#),
+                &MemoryRequest::get("/")
+            )
+            .allowed
+        );
     }
 
     #[test]
     fn repeated_headers_cannot_slip_past_deny_nor_into_allow() {
-        let rule = Rule::Header(HeaderMatcher::new("x-user", HeaderMatch::Exact("bob".into())));
+        let rule = Rule::Header(HeaderMatcher::new(
+            "x-user",
+            HeaderMatch::Exact("bob".into()),
+        ));
         let policy = |kind| Policy {
             name: "p".into(),
             kind,
@@ -270,7 +282,13 @@ mod tests {
         let mut allow = PolicySet::istio();
         allow.push(policy(PolicyKind::Allow));
         assert!(!decide(&allow, &request).allowed);
-        assert!(decide(&allow, &MemoryRequest::get("/").with_header("x-user", "bob")).allowed);
+        assert!(
+            decide(
+                &allow,
+                &MemoryRequest::get("/").with_header("x-user", "bob")
+            )
+            .allowed
+        );
     }
 
     #[test]

@@ -127,10 +127,18 @@ impl TryFrom<RawAuthorizationPolicy> for AuthorizationPolicy {
             IstioAction::Deny => PolicyKind::Deny,
             IstioAction::Audit => PolicyKind::Log,
             IstioAction::Custom => {
-                return Err("action CUSTOM (external authorization) is not supported by the RBAC filter".to_string());
+                return Err(
+                    "action CUSTOM (external authorization) is not supported by the RBAC filter"
+                        .to_string(),
+                );
             }
         };
-        let dry_run = match raw.metadata.annotations.get(DRY_RUN_ANNOTATION).map(String::as_str) {
+        let dry_run = match raw
+            .metadata
+            .annotations
+            .get(DRY_RUN_ANNOTATION)
+            .map(String::as_str)
+        {
             None | Some("false") => false,
             Some("true") => true,
             Some(other) => {
@@ -140,7 +148,10 @@ impl TryFrom<RawAuthorizationPolicy> for AuthorizationPolicy {
             }
         };
         Ok(AuthorizationPolicy {
-            namespace: raw.metadata.namespace.unwrap_or_else(|| "default".to_string()),
+            namespace: raw
+                .metadata
+                .namespace
+                .unwrap_or_else(|| "default".to_string()),
             name: raw.metadata.name,
             dry_run,
             kind,
@@ -201,7 +212,9 @@ impl TryFrom<RawRule> for IstioRule {
             all.push(Rule::Or(raw.from.into_iter().map(|f| f.source.0).collect()));
         }
         if !raw.to.is_empty() {
-            all.push(Rule::Or(raw.to.into_iter().map(|t| t.operation.0).collect()));
+            all.push(Rule::Or(
+                raw.to.into_iter().map(|t| t.operation.0).collect(),
+            ));
         }
         all.extend(raw.when.into_iter().map(|c| c.0));
         Ok(IstioRule(Rule::And(all)))
@@ -237,8 +250,14 @@ fn field(
         rules.push(Rule::Or(compile(values, name)?));
     }
     if !not_values.is_empty() {
-        let not_name = format!("not{}{}", name.get(..1).unwrap_or_default().to_ascii_uppercase(), name.get(1..).unwrap_or_default());
-        rules.push(Rule::Not(Box::new(Rule::Or(compile(not_values, &not_name)?))));
+        let not_name = format!(
+            "not{}{}",
+            name.get(..1).unwrap_or_default().to_ascii_uppercase(),
+            name.get(1..).unwrap_or_default()
+        );
+        rules.push(Rule::Not(Box::new(Rule::Or(compile(
+            not_values, &not_name,
+        )?))));
     }
     Ok(())
 }
@@ -281,7 +300,13 @@ impl TryFrom<RawSource> for Source {
 
     fn try_from(raw: RawSource) -> Result<Self, String> {
         let mut rules = Vec::new();
-        field(&mut rules, "principals", raw.principals, raw.not_principals, principal_rule)?;
+        field(
+            &mut rules,
+            "principals",
+            raw.principals,
+            raw.not_principals,
+            principal_rule,
+        )?;
         field(
             &mut rules,
             "requestPrincipals",
@@ -289,7 +314,13 @@ impl TryFrom<RawSource> for Source {
             raw.not_request_principals,
             |v| Ok(Rule::RequestPrincipal(pattern(v, false)?)),
         )?;
-        field(&mut rules, "namespaces", raw.namespaces, raw.not_namespaces, namespace_rule)?;
+        field(
+            &mut rules,
+            "namespaces",
+            raw.namespaces,
+            raw.not_namespaces,
+            namespace_rule,
+        )?;
         field(
             &mut rules,
             "serviceAccounts",
@@ -297,9 +328,13 @@ impl TryFrom<RawSource> for Source {
             raw.not_service_accounts,
             service_account_rule,
         )?;
-        field(&mut rules, "ipBlocks", raw.ip_blocks, raw.not_ip_blocks, |v| {
-            Ok(Rule::DirectRemoteIp(CidrRange::parse(v)?))
-        })?;
+        field(
+            &mut rules,
+            "ipBlocks",
+            raw.ip_blocks,
+            raw.not_ip_blocks,
+            |v| Ok(Rule::DirectRemoteIp(CidrRange::parse(v)?)),
+        )?;
         field(
             &mut rules,
             "remoteIpBlocks",
@@ -348,12 +383,15 @@ impl TryFrom<RawOperation> for Operation {
             Ok(Rule::DestinationPort(u32::from(port(v)?)))
         })?;
         field(&mut rules, "methods", raw.methods, raw.not_methods, |v| {
-            Ok(header_rule(":method", v)?)
+            header_rule(":method", v)
         })?;
         field(&mut rules, "paths", raw.paths, raw.not_paths, path_rule)?;
         Ok(Operation(Rule::And(rules)))
     }
 }
+
+/// Compiles one value of a condition.
+type Leaf = Box<dyn Fn(&str) -> Result<Rule, String>>;
 
 #[derive(Deserialize)]
 #[serde(try_from = "RawCondition")]
@@ -374,10 +412,13 @@ impl TryFrom<RawCondition> for Condition {
 
     fn try_from(raw: RawCondition) -> Result<Self, String> {
         if raw.values.is_empty() && raw.not_values.is_empty() {
-            return Err(format!("condition {:?} needs `values` or `notValues`", raw.key));
+            return Err(format!(
+                "condition {:?} needs `values` or `notValues`",
+                raw.key
+            ));
         }
         let key = raw.key.as_str();
-        let leaf: Box<dyn Fn(&str) -> Result<Rule, String>> = if let Some(name) = bracketed(key, "request.headers") {
+        let leaf: Leaf = if let Some(name) = bracketed(key, "request.headers") {
             let name = name.to_ascii_lowercase();
             wasmesh_sdk::request::validate_header_name(&name)
                 .map_err(|_| format!("invalid header name in {key:?}"))?;
@@ -423,7 +464,10 @@ impl TryFrom<RawCondition> for Condition {
 
 /// `prefix[name]` → `name`.
 fn bracketed<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
-    let inner = key.strip_prefix(prefix)?.strip_prefix('[')?.strip_suffix(']')?;
+    let inner = key
+        .strip_prefix(prefix)?
+        .strip_prefix('[')?
+        .strip_suffix(']')?;
     (!inner.is_empty() && !inner.contains(['[', ']'])).then_some(inner)
 }
 
@@ -458,9 +502,13 @@ fn pattern(value: &str, ignore_case: bool) -> Result<StringMatcher, String> {
     } else {
         StringPattern::Exact(value.to_string())
     };
-    if let StringPattern::Suffix(text) | StringPattern::Prefix(text) | StringPattern::Exact(text) = &pattern {
+    if let StringPattern::Suffix(text) | StringPattern::Prefix(text) | StringPattern::Exact(text) =
+        &pattern
+    {
         if text.contains('*') {
-            return Err(format!("{value:?}: `*` is only allowed at the start or the end"));
+            return Err(format!(
+                "{value:?}: `*` is only allowed at the start or the end"
+            ));
         }
     }
     StringMatcher::new(pattern, ignore_case)
@@ -523,8 +571,14 @@ fn namespace_rule(value: &str) -> Result<Rule, String> {
     } else {
         regex_escape(value)
     };
-    if value.len() > 1 && value.get(1..value.len() - 1).is_some_and(|m| m.contains('*')) {
-        return Err(format!("{value:?}: `*` is only allowed at the start or the end"));
+    if value.len() > 1
+        && value
+            .get(1..value.len() - 1)
+            .is_some_and(|m| m.contains('*'))
+    {
+        return Err(format!(
+            "{value:?}: `*` is only allowed at the start or the end"
+        ));
     }
     Ok(Rule::Authenticated(Some(StringMatcher::regex(&format!(
         "spiffe://[^/]+/ns/{namespace}/.*"
@@ -565,7 +619,9 @@ mod tests {
         assert!(!p("/a").matches("/a/"));
         assert!(pattern("/a*b", false).is_err());
         assert!(pattern("", false).is_err());
-        assert!(pattern("*.EXAMPLE.com", true).unwrap().matches("www.example.COM"));
+        assert!(pattern("*.EXAMPLE.com", true)
+            .unwrap()
+            .matches("www.example.COM"));
     }
 
     #[test]
@@ -575,8 +631,12 @@ mod tests {
             Rule::Authenticated(Some(m)) => m.matches(id),
             other => panic!("{other:?}"),
         };
-        assert!(matches(principal_rule("cluster.local/ns/shop/sa/frontend").unwrap()));
-        assert!(!matches(principal_rule("cluster.local/ns/shop/sa/backend").unwrap()));
+        assert!(matches(
+            principal_rule("cluster.local/ns/shop/sa/frontend").unwrap()
+        ));
+        assert!(!matches(
+            principal_rule("cluster.local/ns/shop/sa/backend").unwrap()
+        ));
         assert!(matches(principal_rule("cluster.local/ns/shop/*").unwrap()));
         assert!(matches(principal_rule("*/sa/frontend").unwrap()));
         assert!(matches(principal_rule("*").unwrap()));
@@ -603,7 +663,10 @@ mod tests {
         assert_eq!(claim_path("[]"), None);
         assert_eq!(claim_path("[a"), None);
         assert_eq!(claim_path(".a"), None);
-        assert_eq!(bracketed("request.headers[X-User]", "request.headers"), Some("X-User"));
+        assert_eq!(
+            bracketed("request.headers[X-User]", "request.headers"),
+            Some("X-User")
+        );
         assert_eq!(bracketed("request.headers[]", "request.headers"), None);
     }
 
@@ -622,7 +685,11 @@ mod tests {
         )
         .unwrap();
         let (enforced, shadow) = compile(loaded);
-        let names: Vec<&str> = enforced.policies().iter().map(|p| p.name.as_str()).collect();
+        let names: Vec<&str> = enforced
+            .policies()
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
         assert_eq!(
             names,
             [
@@ -638,22 +705,67 @@ mod tests {
     #[test]
     fn invalid_policies_are_refused_with_a_reason() {
         let cases = [
-            (r#"[{"metadata": {"name": "p"}, "spec": {"selector": {"matchLabels": {"app": "x"}}}}]"#, "workload selection is not supported"),
-            (r#"[{"metadata": {"name": "p"}, "spec": {"action": "CUSTOM", "provider": {"name": "x"}}}]"#, "`provider` (CUSTOM action"),
-            (r#"[{"metadata": {"name": "p"}, "spec": {"action": "CUSTOM"}}]"#, "action CUSTOM"),
-            (r#"[{"metadata": {"name": "p"}, "spec": {"action": "REJECT"}}]"#, "unknown variant `REJECT`"),
+            (
+                r#"[{"metadata": {"name": "p"}, "spec": {"selector": {"matchLabels": {"app": "x"}}}}]"#,
+                "workload selection is not supported",
+            ),
+            (
+                r#"[{"metadata": {"name": "p"}, "spec": {"action": "CUSTOM", "provider": {"name": "x"}}}]"#,
+                "`provider` (CUSTOM action",
+            ),
+            (
+                r#"[{"metadata": {"name": "p"}, "spec": {"action": "CUSTOM"}}]"#,
+                "action CUSTOM",
+            ),
+            (
+                r#"[{"metadata": {"name": "p"}, "spec": {"action": "REJECT"}}]"#,
+                "unknown variant `REJECT`",
+            ),
             (r#"[{"metadata": {}, "spec": {}}]"#, "missing field `name`"),
-            (r#"[{"apiVersion": "v1", "metadata": {"name": "p"}}]"#, "apiVersion \"v1\""),
-            (r#"[{"kind": "PeerAuthentication", "metadata": {"name": "p"}}]"#, "kind \"PeerAuthentication\""),
-            (r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/40"]}}]}]}}]"#, "ipBlocks: prefix_len 40 is larger than 32"),
-            (r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"from": [{"source": {"notIpBlocks": ["nope"]}}]}]}}]"#, "notIpBlocks: \"nope\" is not an IP address"),
-            (r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"to": [{"operation": {"ports": ["http"]}}]}]}}]"#, "ports: \"http\" is not a port"),
-            (r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"to": [{"operation": {"paths": ["/a/{**}/b"]}}]}]}}]"#, "paths: path template"),
-            (r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"to": [{"operation": {"path": ["/a"]}}]}]}}]"#, "unknown field `path`"),
-            (r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"when": [{"key": "request.time", "values": ["x"]}]}]}}]"#, "condition key \"request.time\" is not supported"),
-            (r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"when": [{"key": "request.headers[x]"}]}]}}]"#, "needs `values` or `notValues`"),
-            (r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"when": [{"key": "request.auth.claims", "values": ["x"]}]}]}}]"#, "claims are written"),
-            (r#"[{"metadata": {"name": "p", "annotations": {"istio.io/dry-run": "yes"}}}]"#, "annotation istio.io/dry-run"),
+            (
+                r#"[{"apiVersion": "v1", "metadata": {"name": "p"}}]"#,
+                "apiVersion \"v1\"",
+            ),
+            (
+                r#"[{"kind": "PeerAuthentication", "metadata": {"name": "p"}}]"#,
+                "kind \"PeerAuthentication\"",
+            ),
+            (
+                r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/40"]}}]}]}}]"#,
+                "ipBlocks: prefix_len 40 is larger than 32",
+            ),
+            (
+                r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"from": [{"source": {"notIpBlocks": ["nope"]}}]}]}}]"#,
+                "notIpBlocks: \"nope\" is not an IP address",
+            ),
+            (
+                r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"to": [{"operation": {"ports": ["http"]}}]}]}}]"#,
+                "ports: \"http\" is not a port",
+            ),
+            (
+                r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"to": [{"operation": {"paths": ["/a/{**}/b"]}}]}]}}]"#,
+                "paths: path template",
+            ),
+            (
+                r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"to": [{"operation": {"path": ["/a"]}}]}]}}]"#,
+                "unknown field `path`",
+            ),
+            (
+                r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"when": [{"key": "request.time", "values": ["x"]}]}]}}]"#,
+                "condition key \"request.time\" is not supported",
+            ),
+            (
+                r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"when": [{"key": "request.headers[x]"}]}]}}]"#,
+                "needs `values` or `notValues`",
+            ),
+            (
+                r#"[{"metadata": {"name": "p"}, "spec": {"rules": [{"when": [{"key": "request.auth.claims", "values": ["x"]}]}]}}]"#,
+                "claims are written",
+            ),
+            (
+                r#"[{"metadata": {"name": "p", "annotations": {"istio.io/dry-run": "yes"}}}]"#,
+                "annotation istio.io/dry-run",
+            ),
         ];
         for (json, expected) in cases {
             let error = policies(json).err().unwrap_or_default();

@@ -71,8 +71,14 @@ impl Engine {
                 .iter()
                 .map(|policy| {
                     Ok((
-                        Counter::define(metrics, &format!("{policy_prefix}{}.{allowed}", policy.name))?,
-                        Counter::define(metrics, &format!("{policy_prefix}{}.{denied}", policy.name))?,
+                        Counter::define(
+                            metrics,
+                            &format!("{policy_prefix}{}.{allowed}", policy.name),
+                        )?,
+                        Counter::define(
+                            metrics,
+                            &format!("{policy_prefix}{}.{denied}", policy.name),
+                        )?,
                     ))
                 })
                 .collect::<Result<Vec<_>, Error>>()?
@@ -98,9 +104,21 @@ impl Engine {
     /// Counts a verdict.
     fn count(&self, verdict: &Verdict, metrics: &dyn Host) {
         let (total, per_policy) = if verdict.allowed {
-            (&self.allowed, verdict.policy.and_then(|i| self.per_policy.get(i)).map(|c| &c.0))
+            (
+                &self.allowed,
+                verdict
+                    .policy
+                    .and_then(|i| self.per_policy.get(i))
+                    .map(|c| &c.0),
+            )
         } else {
-            (&self.denied, verdict.policy.and_then(|i| self.per_policy.get(i)).map(|c| &c.1))
+            (
+                &self.denied,
+                verdict
+                    .policy
+                    .and_then(|i| self.per_policy.get(i))
+                    .map(|c| &c.1),
+            )
         };
         total.increment(metrics);
         if let Some(counter) = per_policy {
@@ -401,8 +419,11 @@ mod tests {
             Some(1)
         );
         assert_eq!(host.metric("rbac.allowed"), None);
-        assert!(host.logs().iter().any(|(level, message)| *level == LogLevel::Info
-            && message.contains("shadow denied, matched policy deny-admin: GET /admin")));
+        assert!(host
+            .logs()
+            .iter()
+            .any(|(level, message)| *level == LogLevel::Info
+                && message.contains("shadow denied, matched policy deny-admin: GET /admin")));
     }
 
     #[test]
@@ -424,10 +445,7 @@ mod tests {
     #[test]
     fn log_action_counts_logged_and_not_logged() {
         let mut host = MemoryHost::new();
-        let filter = filter(
-            &ADMIN_DENY.replace("\"DENY\"", "\"LOG\""),
-            &mut host,
-        );
+        let filter = filter(&ADMIN_DENY.replace("\"DENY\"", "\"LOG\""), &mut host);
         for path in ["/admin", "/x", "/y"] {
             assert_eq!(
                 filter.on_request(&mut MemoryRequest::get(path), &host),
@@ -452,7 +470,11 @@ mod tests {
         );
         for bad in ["/a%00b", "/a%2Fb", "/a%5cb"] {
             let decision = filter.on_request(&mut MemoryRequest::get(bad), &host);
-            assert_eq!(reply(&decision), Some((400, INVALID_PATH_DETAILS, &b""[..])), "{bad}");
+            assert_eq!(
+                reply(&decision),
+                Some((400, INVALID_PATH_DETAILS, &b""[..])),
+                "{bad}"
+            );
         }
         assert_eq!(host.metric("rbac.denied"), Some(3));
     }

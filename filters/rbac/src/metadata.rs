@@ -38,7 +38,9 @@ pub fn decode_metadata(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
         while let Some((entry_field, entry_wire)) = entry.key()? {
             match (entry_field, entry_wire) {
                 (1, WIRE_LEN) => key = String::from_utf8(entry.len_delimited()?.to_vec()).ok()?,
-                (2, WIRE_LEN) => value = Value::Object(decode_struct_at(entry.len_delimited()?, 0)?),
+                (2, WIRE_LEN) => {
+                    value = Value::Object(decode_struct_at(entry.len_delimited()?, 0)?)
+                }
                 _ => entry.skip(entry_wire)?,
             }
         }
@@ -115,7 +117,9 @@ fn decode_value(bytes: &[u8], depth: usize) -> Option<Value> {
                 let number = f64::from_le_bytes(reader.fixed64()?);
                 Number::from_f64(number).map_or(Value::Null, Value::Number)
             }
-            (3, WIRE_LEN) => Value::String(String::from_utf8(reader.len_delimited()?.to_vec()).ok()?),
+            (3, WIRE_LEN) => {
+                Value::String(String::from_utf8(reader.len_delimited()?.to_vec()).ok()?)
+            }
             (4, WIRE_VARINT) => Value::Bool(reader.varint()? != 0),
             (5, WIRE_LEN) => Value::Object(decode_struct_at(reader.len_delimited()?, depth + 1)?),
             (6, WIRE_LEN) => {
@@ -433,9 +437,9 @@ impl ValueMatcher {
             ValueMatcher::DoubleRange(start, end) => value
                 .and_then(Value::as_f64)
                 .is_some_and(|n| *start <= n && n < *end),
-            ValueMatcher::DoubleExact(exact) => value
-                .and_then(Value::as_f64)
-                .is_some_and(|n| n == *exact),
+            ValueMatcher::DoubleExact(exact) => {
+                value.and_then(Value::as_f64).is_some_and(|n| n == *exact)
+            }
             ValueMatcher::String(matcher) => value
                 .and_then(Value::as_str)
                 .is_some_and(|s| matcher.matches(s)),
@@ -476,7 +480,10 @@ mod tests {
         let metadata = encode_metadata(&[("a", json!({"x": 1.0})), ("b", value.clone())]);
         assert_eq!(
             decode_metadata(&metadata),
-            Some(vec![("a".to_string(), json!({"x": 1.0})), ("b".to_string(), value)])
+            Some(vec![
+                ("a".to_string(), json!({"x": 1.0})),
+                ("b".to_string(), value)
+            ])
         );
     }
 
@@ -524,23 +531,55 @@ mod tests {
     fn value_matchers_follow_envoy() {
         let metadata = json!({"p": {"sub": "alice", "groups": ["dev", "admin"], "n": 3.0, "b": true, "z": null}});
         let m = |json: &str| matcher(json).matches(Some(&metadata));
-        assert!(m(r#"{"filter": "f", "path": [{"key": "p"}, {"key": "sub"}], "value": {"string_match": {"exact": "alice"}}}"#));
-        assert!(!m(r#"{"filter": "f", "path": [{"key": "p"}, {"key": "sub"}], "value": {"string_match": {"exact": "bob"}}}"#));
-        assert!(m(r#"{"filter": "f", "path": [{"key": "p"}, {"key": "sub"}], "value": {"string_match": {"exact": "bob"}}, "invert": true}"#));
-        assert!(m(r#"{"filter": "f", "path": [{"key": "p"}, {"key": "groups"}], "value": {"list_match": {"one_of": {"string_match": {"exact": "admin"}}}}}"#));
-        assert!(!m(r#"{"filter": "f", "path": [{"key": "p"}, {"key": "sub"}], "value": {"list_match": {"one_of": {"string_match": {"exact": "alice"}}}}}"#));
-        assert!(m(r#"{"filter": "f", "path": [{"key": "p"}, {"key": "n"}], "value": {"double_match": {"range": {"start": 1, "end": 4}}}}"#));
-        assert!(!m(r#"{"filter": "f", "path": [{"key": "p"}, {"key": "n"}], "value": {"double_match": {"range": {"start": 1, "end": 3}}}}"#));
-        assert!(m(r#"{"filter": "f", "path": [{"key": "p"}, {"key": "n"}], "value": {"double_match": {"exact": 3}}}"#));
-        assert!(m(r#"{"filter": "f", "path": [{"key": "p"}, {"key": "b"}], "value": {"bool_match": true}}"#));
-        assert!(m(r#"{"filter": "f", "path": [{"key": "p"}, {"key": "z"}], "value": {"null_match": {}}}"#));
-        assert!(!m(r#"{"filter": "f", "path": [{"key": "p"}, {"key": "missing"}], "value": {"null_match": {}}}"#));
-        assert!(m(r#"{"filter": "f", "path": [{"key": "p"}], "value": {"present_match": true}}"#));
-        assert!(!m(r#"{"filter": "f", "path": [{"key": "q"}], "value": {"present_match": true}}"#));
-        assert!(!m(r#"{"filter": "f", "path": [{"key": "p"}], "value": {"present_match": false}}"#));
-        assert!(m(r#"{"filter": "f", "path": [{"key": "p"}, {"key": "sub"}], "value": {"or_match": {"value_matchers": [{"bool_match": true}, {"string_match": {"prefix": "ali"}}]}}}"#));
+        assert!(m(
+            r#"{"filter": "f", "path": [{"key": "p"}, {"key": "sub"}], "value": {"string_match": {"exact": "alice"}}}"#
+        ));
+        assert!(!m(
+            r#"{"filter": "f", "path": [{"key": "p"}, {"key": "sub"}], "value": {"string_match": {"exact": "bob"}}}"#
+        ));
+        assert!(m(
+            r#"{"filter": "f", "path": [{"key": "p"}, {"key": "sub"}], "value": {"string_match": {"exact": "bob"}}, "invert": true}"#
+        ));
+        assert!(m(
+            r#"{"filter": "f", "path": [{"key": "p"}, {"key": "groups"}], "value": {"list_match": {"one_of": {"string_match": {"exact": "admin"}}}}}"#
+        ));
+        assert!(!m(
+            r#"{"filter": "f", "path": [{"key": "p"}, {"key": "sub"}], "value": {"list_match": {"one_of": {"string_match": {"exact": "alice"}}}}}"#
+        ));
+        assert!(m(
+            r#"{"filter": "f", "path": [{"key": "p"}, {"key": "n"}], "value": {"double_match": {"range": {"start": 1, "end": 4}}}}"#
+        ));
+        assert!(!m(
+            r#"{"filter": "f", "path": [{"key": "p"}, {"key": "n"}], "value": {"double_match": {"range": {"start": 1, "end": 3}}}}"#
+        ));
+        assert!(m(
+            r#"{"filter": "f", "path": [{"key": "p"}, {"key": "n"}], "value": {"double_match": {"exact": 3}}}"#
+        ));
+        assert!(m(
+            r#"{"filter": "f", "path": [{"key": "p"}, {"key": "b"}], "value": {"bool_match": true}}"#
+        ));
+        assert!(m(
+            r#"{"filter": "f", "path": [{"key": "p"}, {"key": "z"}], "value": {"null_match": {}}}"#
+        ));
+        assert!(!m(
+            r#"{"filter": "f", "path": [{"key": "p"}, {"key": "missing"}], "value": {"null_match": {}}}"#
+        ));
+        assert!(m(
+            r#"{"filter": "f", "path": [{"key": "p"}], "value": {"present_match": true}}"#
+        ));
+        assert!(!m(
+            r#"{"filter": "f", "path": [{"key": "q"}], "value": {"present_match": true}}"#
+        ));
+        assert!(!m(
+            r#"{"filter": "f", "path": [{"key": "p"}], "value": {"present_match": false}}"#
+        ));
+        assert!(m(
+            r#"{"filter": "f", "path": [{"key": "p"}, {"key": "sub"}], "value": {"or_match": {"value_matchers": [{"bool_match": true}, {"string_match": {"prefix": "ali"}}]}}}"#
+        ));
         // No metadata at all: nothing is present; inversion makes it match.
-        let missing = matcher(r#"{"filter": "f", "path": [{"key": "p"}], "value": {"present_match": true}, "invert": true}"#);
+        let missing = matcher(
+            r#"{"filter": "f", "path": [{"key": "p"}], "value": {"present_match": true}, "invert": true}"#,
+        );
         assert!(missing.matches(None));
     }
 
@@ -555,7 +594,10 @@ mod tests {
             r#"{"filter": "f", "path": [{"key": ""}], "value": {"bool_match": true}}"#,
             r#"{"filter": "f", "path": [{"key": "p"}], "value": {"bool_match": true}, "extra": 1}"#,
         ] {
-            assert!(serde_json::from_str::<MetadataMatcher>(bad).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<MetadataMatcher>(bad).is_err(),
+                "{bad}"
+            );
         }
         let no_path = matcher(r#"{"filter": "f", "path": [], "value": {"bool_match": true}}"#);
         assert!(no_path.check().is_err());

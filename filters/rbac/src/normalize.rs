@@ -206,7 +206,9 @@ pub fn split_host_port(authority: &str) -> (&str, Option<&str>) {
             .filter(|rest| rest.starts_with(':'))
             .map(|rest| authority.len() - rest.len())
     } else {
-        authority.rfind(':').filter(|_| authority.matches(':').count() == 1)
+        authority
+            .rfind(':')
+            .filter(|_| authority.matches(':').count() == 1)
     };
     match port_start {
         Some(colon) => {
@@ -272,7 +274,9 @@ mod tests {
 
     #[test]
     fn query_and_fragment_are_split_off() {
-        let normalized = Normalization::default().path("/a/../b?x=/../y#frag").unwrap();
+        let normalized = Normalization::default()
+            .path("/a/../b?x=/../y#frag")
+            .unwrap();
         assert_eq!(normalized.path, "/b");
         assert_eq!(normalized.query.as_deref(), Some("x=/../y"));
         assert_eq!(normalized.with_query(), "/b?x=/../y");
@@ -345,7 +349,10 @@ mod tests {
         assert_eq!(strip.authority("::1"), "::1");
         assert_eq!(
             host_forms("Example.com:80"),
-            ("example.com:80".to_string(), Some("example.com".to_string()))
+            (
+                "example.com:80".to_string(),
+                Some("example.com".to_string())
+            )
         );
         assert_eq!(host_forms("example.com"), ("example.com".to_string(), None));
         let verbatim = Normalization {

@@ -61,10 +61,13 @@ impl Match {
             possible: self.possible || other.possible,
         }
     }
+}
+
+impl std::ops::Not for Match {
+    type Output = Match;
 
     /// Negation swaps the bounds.
-    #[must_use]
-    pub fn not(self) -> Match {
+    fn not(self) -> Match {
         Match {
             certain: !self.possible,
             possible: !self.certain,
@@ -138,7 +141,7 @@ impl Rule {
                 }
                 result
             }
-            Rule::Not(rule) => rule.evaluate(attributes).not(),
+            Rule::Not(rule) => !rule.evaluate(attributes),
             Rule::Header(matcher) => attributes.match_header(matcher),
             Rule::UrlPath(matcher) => {
                 Match::exactly(attributes.url_path().is_some_and(|p| matcher.matches(p)))
@@ -169,8 +172,12 @@ impl Rule {
             Rule::Metadata(matcher) => {
                 Match::exactly(matcher.matches(attributes.filter_metadata(&matcher.filter)))
             }
-            Rule::Authenticated(matcher) => Match::exactly(attributes.authenticated(matcher.as_ref())),
-            Rule::DirectRemoteIp(range) => Match::exactly(ip_in(attributes.direct_remote_ip(), range)),
+            Rule::Authenticated(matcher) => {
+                Match::exactly(attributes.authenticated(matcher.as_ref()))
+            }
+            Rule::DirectRemoteIp(range) => {
+                Match::exactly(ip_in(attributes.direct_remote_ip(), range))
+            }
             Rule::RemoteIp(range) => Match::exactly(ip_in(attributes.remote_ip(), range)),
             Rule::RequestPrincipal(matcher) => Match::exactly(
                 attributes
@@ -246,9 +253,9 @@ mod tests {
         assert_eq!(no.or(maybe), maybe);
         assert_eq!(yes.or(maybe), yes);
         assert_eq!(no.and(maybe), no);
-        assert_eq!(maybe.not(), maybe);
-        assert_eq!(yes.not(), no);
-        assert_eq!(no.not(), yes);
+        assert_eq!(!maybe, maybe);
+        assert_eq!(!yes, no);
+        assert_eq!(!no, yes);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use serde::{Deserialize, Deserializer};
 
 /// A string that must not be empty (proto `min_len: 1`).
-pub fn deserialize_non_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+pub fn deserialize_non_empty<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<String, D::Error> {
     let value = String::deserialize(deserializer)?;
     if value.is_empty() {
         return Err(serde::de::Error::custom("must not be empty"));

@@ -13,13 +13,33 @@ use common::{
 /// from the public policy, internal hosts, backup files, blocked client tier).
 fn envoy_format_corpus() -> Vec<Case> {
     let attacks = [
-        "/admin", "/ADMIN", "/Admin", "/aDmIn/users", "/%41DMIN", "//admin", "/./admin",
-        "/x/../admin", "/x/..%2FADMIN", "/%2Fadmin", "/%5cadmin", "/%2e%2e/admin", "/admin#x",
-        "/admin?x", "/site.BAK", "/site%2Ebak", "/site.Bak?x=.html", "/api/v1/../../admin",
-        "/beta/../admin", "/x%2F..%2Fadmin",
+        "/admin",
+        "/ADMIN",
+        "/Admin",
+        "/aDmIn/users",
+        "/%41DMIN",
+        "//admin",
+        "/./admin",
+        "/x/../admin",
+        "/x/..%2FADMIN",
+        "/%2Fadmin",
+        "/%5cadmin",
+        "/%2e%2e/admin",
+        "/admin#x",
+        "/admin?x",
+        "/site.BAK",
+        "/site%2Ebak",
+        "/site.Bak?x=.html",
+        "/api/v1/../../admin",
+        "/beta/../admin",
+        "/x%2F..%2Fadmin",
     ];
     let mut corpus: Vec<Case> = cases_from(&attacks);
-    for host in ["internal.example.com", "INTERNAL.example.com:80", "Internal.Example.Com."] {
+    for host in [
+        "internal.example.com",
+        "INTERNAL.example.com:80",
+        "Internal.Example.Com.",
+    ] {
         let mut case = cases_from(&["/"]).remove(0);
         case.authority = host;
         corpus.push(case);
@@ -76,7 +96,12 @@ fn the_controls_pass_so_the_corpus_is_not_vacuous() {
     let vectors = jwt_vectors();
     let plugin = start_in_harness(&istio_config());
     for control in istio_bypass_controls() {
-        assert_eq!(run_in_harness(&plugin, &vectors, &control), Verdict::Allowed, "{}", control.name);
+        assert_eq!(
+            run_in_harness(&plugin, &vectors, &control),
+            Verdict::Allowed,
+            "{}",
+            control.name
+        );
     }
     let plugin = start_in_harness(&sample_config());
     for path in ["/", "/index.html", "/administration-guide-is-not-admin"] {

@@ -9,7 +9,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{cases, jwt_vectors, run_in_harness, sample_config, start_in_harness, Case, JwtVectors, Verdict};
+use common::{
+    cases, jwt_vectors, run_in_harness, sample_config, start_in_harness, Case, JwtVectors, Verdict,
+};
 use serde_json::{json, Value};
 use wasmesh_harness::envoy::{
     self, BootstrapFormat, Envoy, EnvoyBuilder, HttpRequest, HttpResponse, TestServer, WasmFilter,
@@ -39,7 +41,11 @@ fn start_wasm_envoy(upstream: &TestServer, vectors: &JwtVectors, config: &str) -
     EnvoyBuilder::new()
         .connection_manager_field("use_remote_address", json!(true))
         .http_filter_json(jwt_authn(vectors))
-        .wasm_filter(WasmFilter::new(common::wasm()).name("rbac").configuration(config))
+        .wasm_filter(
+            WasmFilter::new(common::wasm())
+                .name("rbac")
+                .configuration(config),
+        )
         .upstream(upstream.addr())
         .start()
         .unwrap()
@@ -63,7 +69,10 @@ fn start_native_envoy(upstream: &TestServer, vectors: &JwtVectors, sample: &Valu
         .connection_manager_field("xff_num_trusted_hops", json!(1))
         .connection_manager_field("normalize_path", json!(true))
         .connection_manager_field("merge_slashes", json!(true))
-        .connection_manager_field("path_with_escaped_slashes_action", json!("UNESCAPE_AND_FORWARD"))
+        .connection_manager_field(
+            "path_with_escaped_slashes_action",
+            json!("UNESCAPE_AND_FORWARD"),
+        )
         .http_filter_json(jwt_authn(vectors))
         .http_filter_json(rbac)
         .upstream(upstream.addr())
@@ -112,10 +121,13 @@ fn wasm_filter_harness_and_native_rbac_agree_on_every_case() {
     for case in &cases {
         let in_harness = run_in_harness(&plugin, &vectors, case);
         let in_wasm_envoy = verdict_of(&wasm_envoy.send(&request_for(case, &vectors)).unwrap());
-        let in_native_envoy =
-            verdict_of(&native_envoy.send(&request_for(case, &vectors)).unwrap());
+        let in_native_envoy = verdict_of(&native_envoy.send(&request_for(case, &vectors)).unwrap());
 
-        assert_eq!(in_wasm_envoy, in_harness, "{}: Envoy and the harness disagree", case.name);
+        assert_eq!(
+            in_wasm_envoy, in_harness,
+            "{}: Envoy and the harness disagree",
+            case.name
+        );
         assert_eq!(in_wasm_envoy, case.expected, "{}", case.name);
         assert_eq!(
             in_native_envoy,
@@ -233,7 +245,8 @@ fn the_shipped_envoy_config_runs_the_filter() {
     let vectors = jwt_vectors();
     let upstream = TestServer::echo().unwrap();
     let shipped =
-        std::fs::read_to_string(common::crate_dir().join("../../examples/envoy/rbac.yaml")).unwrap();
+        std::fs::read_to_string(common::crate_dir().join("../../examples/envoy/rbac.yaml"))
+            .unwrap();
     // What `wasmesh build` ships: the release build through wasm-opt (when installed).
     let wasm = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rbac.wasm");
     wasmesh_harness::build::optimize(&common::wasm(), &wasm).unwrap();
@@ -271,10 +284,10 @@ fn the_shipped_envoy_config_runs_the_filter() {
     let public = envoy.send(&HttpRequest::get("/")).unwrap();
     let admin = envoy.send(&HttpRequest::get("//admin")).unwrap();
     let admin_with_jwt = envoy
-        .send(
-            &HttpRequest::get("/admin")
-                .header("authorization", format!("Bearer {}", vectors.tokens["alice"])),
-        )
+        .send(&HttpRequest::get("/admin").header(
+            "authorization",
+            format!("Bearer {}", vectors.tokens["alice"]),
+        ))
         .unwrap();
 
     assert_eq!(public.status, 200);
@@ -282,5 +295,10 @@ fn the_shipped_envoy_config_runs_the_filter() {
     assert_eq!(admin.text(), "RBAC: access denied");
     assert_eq!(admin_with_jwt.status, 200);
     assert_eq!(envoy.wasm_metric("rbac.denied").unwrap(), Some(1));
-    assert_eq!(envoy.wasm_metric("rbac.policy.admins-by-jwt-group.allowed").unwrap(), Some(1));
+    assert_eq!(
+        envoy
+            .wasm_metric("rbac.policy.admins-by-jwt-group.allowed")
+            .unwrap(),
+        Some(1)
+    );
 }

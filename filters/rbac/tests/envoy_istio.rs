@@ -10,7 +10,9 @@ use common::{
     run_in_harness, start_in_harness, Case, JwtVectors, Verdict,
 };
 use serde_json::json;
-use wasmesh_harness::envoy::{self, EnvoyBuilder, HttpRequest, HttpResponse, TestServer, WasmFilter};
+use wasmesh_harness::envoy::{
+    self, EnvoyBuilder, HttpRequest, HttpResponse, TestServer, WasmFilter,
+};
 
 fn request_for(case: &Case, vectors: &JwtVectors) -> HttpRequest {
     let mut request = HttpRequest::new(case.method, case.path).header("host", case.authority);
@@ -61,7 +63,11 @@ fn istio_policies_in_envoy_agree_with_the_harness_and_resist_the_bypass_corpus()
     let envoy = EnvoyBuilder::new()
         .connection_manager_field("use_remote_address", json!(true))
         .http_filter_json(jwt_authn)
-        .wasm_filter(WasmFilter::new(common::wasm()).name("rbac").configuration(istio_config()))
+        .wasm_filter(
+            WasmFilter::new(common::wasm())
+                .name("rbac")
+                .configuration(istio_config()),
+        )
         .upstream(upstream.addr())
         .start()
         .unwrap();
@@ -71,7 +77,11 @@ fn istio_policies_in_envoy_agree_with_the_harness_and_resist_the_bypass_corpus()
     for case in &cases {
         let in_harness = run_in_harness(&plugin, &vectors, case);
         let in_envoy = verdict_of(&envoy.send(&request_for(case, &vectors)).unwrap());
-        assert_eq!(in_envoy, in_harness, "{}: Envoy and the harness disagree", case.name);
+        assert_eq!(
+            in_envoy, in_harness,
+            "{}: Envoy and the harness disagree",
+            case.name
+        );
         assert_eq!(in_envoy, case.expected, "{}", case.name);
     }
 
@@ -111,7 +121,12 @@ fn istio_policies_in_envoy_agree_with_the_harness_and_resist_the_bypass_corpus()
     assert!(corpus.len() >= 30, "{}", corpus.len());
     assert_eq!(bypasses, Vec::new(), "bypasses of {} attacks", corpus.len());
     for control in istio_bypass_controls() {
-        assert_eq!(run_in_harness(&plugin, &vectors, &control), Verdict::Allowed, "{}", control.name);
+        assert_eq!(
+            run_in_harness(&plugin, &vectors, &control),
+            Verdict::Allowed,
+            "{}",
+            control.name
+        );
         assert_eq!(
             verdict_of(&envoy.send(&request_for(&control, &vectors)).unwrap()),
             Verdict::Allowed,
@@ -119,5 +134,4 @@ fn istio_policies_in_envoy_agree_with_the_harness_and_resist_the_bypass_corpus()
             control.name
         );
     }
-
 }

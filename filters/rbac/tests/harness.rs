@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    cases, istio_cases, istio_config, jwt_vectors, run_in_harness, sample_config,
-    start_in_harness, Verdict,
+    cases, istio_cases, istio_config, jwt_vectors, run_in_harness, sample_config, start_in_harness,
+    Verdict,
 };
 use wasmesh_harness::{Harness, HarnessError, LogLevel, MetricValue, PropertyValue};
 
@@ -44,16 +44,25 @@ fn envoy_format_sample_gives_every_expected_verdict_and_counts_them() {
         counter(&plugin, "rbac.shadow_allowed"),
         Some(cases.len() as u64 - shadow_denied - 1)
     );
-    assert_eq!(counter(&plugin, "rbac.policy.admins-by-jwt-group.allowed"), Some(2));
-    assert_eq!(counter(&plugin, "rbac.policy.users-with-jwt.allowed"), Some(1));
+    assert_eq!(
+        counter(&plugin, "rbac.policy.admins-by-jwt-group.allowed"),
+        Some(2)
+    );
+    assert_eq!(
+        counter(&plugin, "rbac.policy.users-with-jwt.allowed"),
+        Some(1)
+    );
     assert_eq!(
         counter(&plugin, "rbac.policy.no-debug-header.shadow_denied"),
         Some(shadow_denied)
     );
-    assert!(plugin.logs().iter().any(|entry| entry.level == LogLevel::Info
-        && entry
-            .message
-            .contains("shadow denied, matched policy no-debug-header")));
+    assert!(plugin
+        .logs()
+        .iter()
+        .any(|entry| entry.level == LogLevel::Info
+            && entry
+                .message
+                .contains("shadow denied, matched policy no-debug-header")));
 }
 
 #[test]
@@ -79,7 +88,10 @@ fn istio_sample_gives_every_expected_verdict_and_counts_audits_and_dry_runs() {
     assert_eq!(counter(&plugin, "rbac.logged"), Some(writes));
     assert_eq!(counter(&plugin, "rbac.shadow_denied"), Some(1));
     assert_eq!(
-        counter(&plugin, "rbac.policy.ns[shop]-policy[deny-admin-paths]-rule[0].denied"),
+        counter(
+            &plugin,
+            "rbac.policy.ns[shop]-policy[deny-admin-paths]-rule[0].denied"
+        ),
         Some(
             cases
                 .iter()
@@ -121,7 +133,10 @@ fn connection_properties_drive_port_sni_and_peer_rules() {
         stream.complete().unwrap();
         allowed
     };
-    let mesh = |destination: &str, sni: &str, peer: &str| -> Vec<(&'static [&'static str], PropertyValue)> {
+    let mesh = |destination: &str,
+                sni: &str,
+                peer: &str|
+     -> Vec<(&'static [&'static str], PropertyValue)> {
         vec![
             (&["destination", "address"], destination.into()),
             (&["connection", "requested_server_name"], sni.into()),
@@ -143,7 +158,10 @@ fn connection_properties_drive_port_sni_and_peer_rules() {
     // No TLS peer at all.
     assert!(!send(&[
         (&["destination", "address"], "10.1.2.3:8443".into()),
-        (&["connection", "requested_server_name"], "api.example.com".into()),
+        (
+            &["connection", "requested_server_name"],
+            "api.example.com".into()
+        ),
     ]));
     assert!(send(&[
         (&["destination", "address"], "10.0.0.1:9050".into()),
@@ -182,8 +200,9 @@ fn bad_configurations_are_refused_with_the_json_path_in_the_log() {
             panic!("expected the configuration to be rejected, got {error}");
         };
         assert!(
-            logs.iter().any(|entry| entry.message.contains(path)
-                && entry.message.contains("refuses to start")),
+            logs.iter()
+                .any(|entry| entry.message.contains(path)
+                    && entry.message.contains("refuses to start")),
             "{config}: {logs:?}"
         );
     }
@@ -208,10 +227,10 @@ fn forwarded_path_is_the_normalized_one_when_asked() {
         .unwrap();
 
     assert_eq!(stream.local_reply(), None);
-    assert_eq!(stream.request_header(":path").as_deref(), Some("/a/c/d/e?q=%2F"));
-    stream.complete().unwrap();
     assert_eq!(
-        plugin.metric("rbac.allowed"),
-        Some(MetricValue::Counter(1))
+        stream.request_header(":path").as_deref(),
+        Some("/a/c/d/e?q=%2F")
     );
+    stream.complete().unwrap();
+    assert_eq!(plugin.metric("rbac.allowed"), Some(MetricValue::Counter(1)));
 }

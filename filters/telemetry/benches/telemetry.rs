@@ -78,7 +78,9 @@ fn bench(c: &mut Criterion) {
                     true,
                 )
                 .unwrap();
-            stream.response_headers(&[(":status", "200")], true).unwrap();
+            stream
+                .response_headers(&[(":status", "200")], true)
+                .unwrap();
             stream.complete().unwrap();
         });
     });

@@ -151,10 +151,8 @@ mod tests {
 
     #[test]
     fn lines_are_json_with_nulls_omissions_and_extra_fields() {
-        let access_log = log(
-            r#"{"log_level": "debug", "omit_fields": ["user_agent"],
-                "fields": {"user": "request.headers['x-user']", "absent": "request.headers['nope']"}}"#,
-        );
+        let access_log = log(r#"{"log_level": "debug", "omit_fields": ["user_agent"],
+                "fields": {"user": "request.headers['x-user']", "absent": "request.headers['nope']"}}"#);
         assert_eq!(access_log.level(), LogLevel::Debug);
         let entry: Entry = vec![
             ("method", text(Some("GET"))),

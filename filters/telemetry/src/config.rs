@@ -345,7 +345,12 @@ fn standard_families() -> Vec<MetricFamily> {
         tags: tags.clone(),
     };
     vec![
-        family("requests_total", MetricKind::Counter, ValueSource::One, false),
+        family(
+            "requests_total",
+            MetricKind::Counter,
+            ValueSource::One,
+            false,
+        ),
         family(
             "request_duration_milliseconds",
             MetricKind::Histogram,
@@ -673,16 +678,22 @@ mod tests {
             error(r#"{"metrics": [{"tags_to_remove": ["nope"]}]}"#),
             "metrics[0].tags_to_remove[0]: no dimension `nope` to remove"
         );
-        assert!(error(r#"{"metrics": [{"dimensions": {"bad-name": "'x'"}}]}"#)
-            .starts_with("metrics[0].dimensions.bad-name: `bad-name` is not a valid"));
+        assert!(
+            error(r#"{"metrics": [{"dimensions": {"bad-name": "'x'"}}]}"#)
+                .starts_with("metrics[0].dimensions.bad-name: `bad-name` is not a valid")
+        );
         assert!(error(r#"{"metrics": [{"match": "request.host == 'a'"}]}"#)
             .starts_with("metrics[0].match: conditional overrides are not supported"));
-        assert!(error(r#"{"definitions": [{"name": "x", "value": "request.host"}]}"#)
-            .starts_with("definitions[0].value: `request.host` is not an integer expression"));
+        assert!(
+            error(r#"{"definitions": [{"name": "x", "value": "request.host"}]}"#)
+                .starts_with("definitions[0].value: `request.host` is not an integer expression")
+        );
         assert!(error(r#"{"definitions": [{"name": "x-y", "value": "1"}]}"#)
             .starts_with("definitions[0].name:"));
-        assert!(error(r#"{"definitions": [{"name": "x", "value": "1", "type": "SUMMARY"}]}"#)
-            .starts_with("definitions[0].type: invalid value"));
+        assert!(
+            error(r#"{"definitions": [{"name": "x", "value": "1", "type": "SUMMARY"}]}"#)
+                .starts_with("definitions[0].type: invalid value")
+        );
         assert!(error(r#"{"tcp_reporting_duration": "15s"}"#)
             .starts_with("tcp_reporting_duration: TCP metrics are not supported"));
         assert!(error(r#"{"field_separator": ";;"}"#)
@@ -701,8 +712,10 @@ mod tests {
             .starts_with("access_log.log_level: invalid value"));
         assert!(error(r#"{"access_log": {"omit_fields": ["nope"]}}"#)
             .starts_with("access_log.omit_fields[0]: no standard field `nope`"));
-        assert!(error(r#"{"access_log": {"fields": {"who": "request.headers["}}}"#)
-            .starts_with("access_log.fields.who:"));
+        assert!(
+            error(r#"{"access_log": {"fields": {"who": "request.headers["}}}"#)
+                .starts_with("access_log.fields.who:")
+        );
     }
 
     #[test]

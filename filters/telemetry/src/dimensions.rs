@@ -70,7 +70,9 @@ fn strip_port(host: &str) -> &str {
 /// destination namespace is `default`, else the host itself.
 pub fn service_name(host: &str, namespace: &str) -> String {
     match host.split_once('.') {
-        Some((name, rest)) if !namespace.is_empty() && rest.split('.').next() == Some(namespace) => {
+        Some((name, rest))
+            if !namespace.is_empty() && rest.split('.').next() == Some(namespace) =>
+        {
             name.to_string()
         }
         _ => host.to_string(),
@@ -142,7 +144,12 @@ pub fn standard_values(observed: &Observed<'_>) -> Vec<String> {
     let cluster_id = |node: &NodeInfo| node.cluster_id.clone();
 
     let values = [
-        (if observed.outbound { "source" } else { "destination" }).to_string(),
+        (if observed.outbound {
+            "source"
+        } else {
+            "destination"
+        })
+        .to_string(),
         side(source, &workload, ""),
         side(source, &namespace, ""),
         source_principal.clone().unwrap_or_default(),
@@ -196,7 +203,11 @@ mod tests {
 
     #[test]
     fn inbound_request_from_a_known_peer() {
-        let local = node("reviews-v1", "default", &[("app", "reviews"), ("version", "v1")]);
+        let local = node(
+            "reviews-v1",
+            "default",
+            &[("app", "reviews"), ("version", "v1")],
+        );
         let peer = node("productpage-v1", "default", &[("app", "productpage")]);
         let values = standard_values(&Observed {
             outbound: false,
@@ -258,10 +269,7 @@ mod tests {
         assert_eq!(values["source_canonical_service"], "frontend");
         assert_eq!(values["destination_workload"], "unknown");
         assert_eq!(values["destination_canonical_revision"], "latest");
-        assert_eq!(
-            values["destination_service"],
-            "cart.shop.svc.cluster.local"
-        );
+        assert_eq!(values["destination_service"], "cart.shop.svc.cluster.local");
         // Without the peer's namespace the short name cannot be derived.
         assert_eq!(
             values["destination_service_name"],

@@ -16,8 +16,8 @@
 //! expression, never silently evaluated as something else.
 
 use crate::peer::NodeInfo;
-use wasmesh_sdk::request::decode_int as decode_i64;
 use crate::util::{cel_duration, from_unix_nanos, rfc3339_millis};
+use wasmesh_sdk::request::decode_int as decode_i64;
 
 /// Which peer a `*_peer` attribute names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,9 +146,9 @@ fn kind_of(path: &[String]) -> Kind {
         | ["source" | "destination" | "upstream", "port"]
         | ["listener_direction"]
         | ["xds", "listener_direction"] => Kind::Int,
-        ["response", "flags"]
-        | ["connection", "id"]
-        | ["upstream", "request_attempt_count"] => Kind::Uint,
+        ["response", "flags"] | ["connection", "id"] | ["upstream", "request_attempt_count"] => {
+            Kind::Uint
+        }
         ["connection", "mtls"] => Kind::Bool,
         ["request", "duration"]
         | ["response", "backend_latency"]
@@ -433,9 +433,7 @@ impl Expr {
                 let parts: Vec<&str> = path.iter().map(String::as_str).collect();
                 let bytes = attributes.property(&parts)?;
                 match kind {
-                    Kind::Int | Kind::Uint | Kind::Duration | Kind::Timestamp => {
-                        decode_i64(&bytes)
-                    }
+                    Kind::Int | Kind::Uint | Kind::Duration | Kind::Timestamp => decode_i64(&bytes),
                     Kind::Bool => bytes.first().map(|byte| i64::from(*byte != 0)),
                     Kind::String => std::str::from_utf8(&bytes).ok()?.trim().parse().ok(),
                 }
@@ -500,7 +498,10 @@ mod tests {
         set(&["request", "host"], b"shop".to_vec());
         set(&["destination", "port"], 9080i64.to_le_bytes().to_vec());
         set(&["connection", "mtls"], vec![1]);
-        set(&["request", "duration"], 1_500_000_000i64.to_le_bytes().to_vec());
+        set(
+            &["request", "duration"],
+            1_500_000_000i64.to_le_bytes().to_vec(),
+        );
         set(&["response", "flags"], 0x20i64.to_le_bytes().to_vec());
         set(
             &[
@@ -528,7 +529,10 @@ mod tests {
     fn evaluates_attributes_headers_peers_and_literals() {
         assert_eq!(eval("request.host").as_deref(), Some("shop"));
         assert_eq!(eval("request.headers['X-User']").as_deref(), Some("alice"));
-        assert_eq!(eval("response.headers[\"x-cache\"]").as_deref(), Some("hit"));
+        assert_eq!(
+            eval("response.headers[\"x-cache\"]").as_deref(),
+            Some("hit")
+        );
         assert_eq!(eval("string(destination.port)").as_deref(), Some("9080"));
         assert_eq!(eval("destination.port").as_deref(), Some("9080"));
         assert_eq!(eval("connection.mtls").as_deref(), Some("true"));
@@ -541,9 +545,15 @@ mod tests {
         );
         assert_eq!(eval("downstream_peer.app").as_deref(), Some("sleep"));
         assert_eq!(eval("downstream_peer.labels['team']").as_deref(), Some("a"));
-        assert_eq!(eval("downstream_peer.namespace").as_deref(), Some("default"));
+        assert_eq!(
+            eval("downstream_peer.namespace").as_deref(),
+            Some("default")
+        );
         assert_eq!(eval("upstream_peer.app"), None);
-        assert_eq!(eval("'fixed \\'value\\''").as_deref(), Some("fixed 'value'"));
+        assert_eq!(
+            eval("'fixed \\'value\\''").as_deref(),
+            Some("fixed 'value'")
+        );
         assert_eq!(eval("42").as_deref(), Some("42"));
         assert_eq!(eval("request.headers['absent']"), None);
     }

@@ -137,7 +137,9 @@ impl Attributes for StreamAttributes<'_> {
     }
 
     fn response_header(&self, name: &str) -> Option<String> {
-        self.request.response_header(name).map(|value| value.into_owned())
+        self.request
+            .response_header(name)
+            .map(|value| value.into_owned())
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
@@ -190,7 +192,12 @@ impl Telemetry {
     }
 
     /// Decodes (or finds in the cache) the peer metadata carried by `value` / `id`.
-    fn peer_from(&self, value: Option<&str>, id: Option<&str>, host: &dyn Host) -> Option<Rc<NodeInfo>> {
+    fn peer_from(
+        &self,
+        value: Option<&str>,
+        id: Option<&str>,
+        host: &dyn Host,
+    ) -> Option<Rc<NodeInfo>> {
         let value = value?;
         let key = format!("{value}\n{}", id.unwrap_or_default());
         if let Some(cached) = self.peers.borrow().get(&key) {
@@ -237,7 +244,9 @@ impl Telemetry {
             return;
         }
         let value = request.header(PEER_METADATA_HEADER).map(|v| v.into_owned());
-        let id = request.header(PEER_METADATA_ID_HEADER).map(|v| v.into_owned());
+        let id = request
+            .header(PEER_METADATA_ID_HEADER)
+            .map(|v| v.into_owned());
         stream.peer = self.peer_from(value.as_deref(), id.as_deref(), host);
         if exchange && (value.is_some() || id.is_some()) {
             // The application behind this proxy never sees the exchange headers.
@@ -316,7 +325,11 @@ impl Telemetry {
                 .or_else(|| {
                     request
                         .property_string(&["response", "trailers", "grpc-status"])
-                        .or_else(|| request.response_header("grpc-status").map(|v| v.into_owned()))
+                        .or_else(|| {
+                            request
+                                .response_header("grpc-status")
+                                .map(|v| v.into_owned())
+                        })
                         .and_then(|status| status.trim().parse().ok())
                 })
         } else {
@@ -333,8 +346,8 @@ impl Telemetry {
                 request.property_string(&["connection", "uri_san_peer_certificate"]),
             )
         };
-        let cluster_name =
-            xds_property(&*request, &["cluster_name"]).and_then(|bytes| String::from_utf8(bytes).ok());
+        let cluster_name = xds_property(&*request, &["cluster_name"])
+            .and_then(|bytes| String::from_utf8(bytes).ok());
         let peer = stream.peer.clone();
         let observed = Observed {
             outbound: local.outbound,
@@ -357,7 +370,9 @@ impl Telemetry {
             peer: peer.as_deref(),
             outbound: local.outbound,
         };
-        let request_bytes = request.property_int(&["request", "total_size"]).unwrap_or(0);
+        let request_bytes = request
+            .property_int(&["request", "total_size"])
+            .unwrap_or(0);
         let response_bytes = request
             .property_int(&["response", "total_size"])
             .unwrap_or(0);
@@ -565,8 +580,8 @@ pub fn struct_text(value: &Value) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peer::tests::node;
     use crate::peer::encode_node_metadata;
+    use crate::peer::tests::node;
     use crate::proto::encode_struct;
     use crate::stats::decode_stat_name;
     use std::time::Duration;
@@ -580,17 +595,33 @@ mod tests {
     }
 
     fn inbound_request(peer: Option<&NodeInfo>) -> MemoryRequest {
-        let local = node("reviews-v1", "default", &[("app", "reviews"), ("version", "v1")]);
+        let local = node(
+            "reviews-v1",
+            "default",
+            &[("app", "reviews"), ("version", "v1")],
+        );
         let mut request = MemoryRequest::get("/reviews/1")
-            .with_header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+            .with_header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
             // As Envoy 1.40 serves them.
-            .with_property(&["xds", "node", "metadata"], encode_node_metadata(&local.raw))
-            .with_property(&["xds", "node", "id"], "sidecar~10.0.0.2~reviews.default~default.svc.cluster.local")
+            .with_property(
+                &["xds", "node", "metadata"],
+                encode_node_metadata(&local.raw),
+            )
+            .with_property(
+                &["xds", "node", "id"],
+                "sidecar~10.0.0.2~reviews.default~default.svc.cluster.local",
+            )
             .with_property(&["xds", "listener_direction"], encode_int(1));
         if let Some(peer) = peer {
             request = request
                 .with_header(PEER_METADATA_HEADER, &peer.header_value())
-                .with_header(PEER_METADATA_ID_HEADER, "sidecar~10.0.0.1~productpage.default~x");
+                .with_header(
+                    PEER_METADATA_ID_HEADER,
+                    "sidecar~10.0.0.1~productpage.default~x",
+                );
         }
         request
             .set_request_header(":authority", "reviews.default.svc.cluster.local:9080")
@@ -689,17 +720,25 @@ mod tests {
             .with_header("content-type", "application/grpc")
             .with_property(&["node", "metadata"], encode_struct(&local.raw))
             .with_property(&["listener_direction"], encode_int(2))
-            .with_property(&["cluster_name"], "outbound|8080||cart.shop.svc.cluster.local")
+            .with_property(
+                &["cluster_name"],
+                "outbound|8080||cart.shop.svc.cluster.local",
+            )
             .with_property(&["response", "code"], encode_int(200))
             .with_response_header(":status", "200")
             .with_response_header(PEER_METADATA_HEADER, &server.header_value())
             .with_response_header("grpc-status", "5");
-        request.set_request_header(":authority", "cart:8080").unwrap();
+        request
+            .set_request_header(":authority", "cart:8080")
+            .unwrap();
         let mut stream = StreamState::default();
         filter.on_request_headers(&mut stream, &mut request, &mut host);
         // The client side announces itself upstream.
         let sent = request.header(PEER_METADATA_HEADER).unwrap().into_owned();
-        assert_eq!(decode_peer_header(&sent, None).unwrap().workload_name, "frontend");
+        assert_eq!(
+            decode_peer_header(&sent, None).unwrap().workload_name,
+            "frontend"
+        );
         let frames = [0, 0, 0, 0, 2, b'h', b'i', 0, 0, 0, 0, 0];
         filter.on_request_body(&mut stream, &MemoryBody(frames.to_vec()).view(true));
         filter.on_response_headers(&mut stream, &mut request, &mut host);
@@ -725,7 +764,10 @@ mod tests {
             .collect();
         assert_eq!(
             messages,
-            ["istio_request_messages_total", "istio_response_messages_total"]
+            [
+                "istio_request_messages_total",
+                "istio_response_messages_total"
+            ]
         );
     }
 
@@ -747,7 +789,11 @@ mod tests {
             filter.on_log(&mut stream, &mut request, &mut host);
         }
         let recorded = series(&host, &filter);
-        assert_eq!(recorded.len(), 5, "same dimensions, same series: {recorded:?}");
+        assert_eq!(
+            recorded.len(),
+            5,
+            "same dimensions, same series: {recorded:?}"
+        );
         let requests = recorded
             .iter()
             .find(|(name, _)| name == "istio_requests_total")

@@ -329,7 +329,10 @@ pub(crate) mod tests {
         let mut pairs = vec![2, 0, 0, 0, 9, 0, 0, 0, 2, 0, 0, 0, 13, 0, 0, 0, 1, 0, 0, 0];
         pairs.extend_from_slice(b"NAMESPACE\0ns\0WORKLOAD_NAME\0w\0");
         let flat = decode_node_metadata(&pairs).unwrap();
-        assert_eq!((flat.namespace.as_str(), flat.workload_name.as_str()), ("ns", "w"));
+        assert_eq!(
+            (flat.namespace.as_str(), flat.workload_name.as_str()),
+            ("ns", "w")
+        );
         assert_eq!(decode_pairs(&pairs[..pairs.len() - 1]), None);
         assert_eq!(decode_pairs(&[9, 0, 0, 0]), None);
         // A binary value (a number) is skipped, the rest is kept.

@@ -14,8 +14,8 @@ use regex_lite::Regex;
 
 /// Envoy's default histogram buckets (`stats_config.histogram_bucket_settings` changes them).
 pub const ENVOY_DEFAULT_BUCKETS: &[f64] = &[
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
 /// The namespace Envoy files wasm-defined metrics under.
@@ -70,7 +70,10 @@ pub fn extract_tags(name: &str, extractors: &[TagExtractor]) -> (String, Vec<(St
     let mut tags = Vec::new();
     let mut removed: Vec<(usize, usize)> = Vec::new();
     for extractor in extractors {
-        if tags.iter().any(|(tag, _): &(String, String)| *tag == extractor.name) {
+        if tags
+            .iter()
+            .any(|(tag, _): &(String, String)| *tag == extractor.name)
+        {
             continue;
         }
         let Some(captures) = extractor.regex.captures(name) else {
@@ -162,7 +165,10 @@ pub fn render(
             Sample::Gauge(_) => "gauge",
             Sample::Histogram(_) => "histogram",
         };
-        let lines = &mut families.entry(family.clone()).or_insert((kind, Vec::new())).1;
+        let lines = &mut families
+            .entry(family.clone())
+            .or_insert((kind, Vec::new()))
+            .1;
         match sample {
             Sample::Counter(value) | Sample::Gauge(value) => {
                 lines.push(format!("{family}{} {value}", labels(&tags, None)));
@@ -219,7 +225,11 @@ pub struct Exposition {
 
 impl Exposition {
     /// The series named `name` whose labels include every pair of `labels`.
-    pub fn find<'a>(&'a self, name: &'a str, labels: &'a [(&str, &str)]) -> impl Iterator<Item = &'a Series> + 'a {
+    pub fn find<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a Series> + 'a {
         self.series.iter().filter(move |series| {
             series.name == name
                 && labels
@@ -318,10 +328,17 @@ mod tests {
             "wasmcustom.{}",
             encode_stat_name(
                 "istio_requests_total",
-                &[("reporter", "destination"), ("grpc_response_status", ""), ("host", "a.b.c")]
+                &[
+                    ("reporter", "destination"),
+                    ("grpc_response_status", ""),
+                    ("host", "a.b.c")
+                ]
             )
         );
-        let (extracted, tags) = extract_tags(&name, &extractors(&["grpc_response_status", "reporter", "host"]));
+        let (extracted, tags) = extract_tags(
+            &name,
+            &extractors(&["grpc_response_status", "reporter", "host"]),
+        );
         assert_eq!(extracted, "wasmcustom.istio_requests_total");
         assert_eq!(
             tags,
@@ -332,13 +349,22 @@ mod tests {
             ]
         );
         assert_eq!(prometheus_name(&extracted), "istio_requests_total");
-        assert_eq!(prometheus_name("http.ingress.rq_total"), "envoy_http_ingress_rq_total");
+        assert_eq!(
+            prometheus_name("http.ingress.rq_total"),
+            "envoy_http_ingress_rq_total"
+        );
     }
 
     #[test]
     fn renders_and_parses_counters_and_histograms() {
-        let counter = encode_stat_name("istio_requests_total", &[("reporter", "destination"), ("quote", "say \"hi\"")]);
-        let histogram = encode_stat_name("istio_request_duration_milliseconds", &[("reporter", "destination")]);
+        let counter = encode_stat_name(
+            "istio_requests_total",
+            &[("reporter", "destination"), ("quote", "say \"hi\"")],
+        );
+        let histogram = encode_stat_name(
+            "istio_request_duration_milliseconds",
+            &[("reporter", "destination")],
+        );
         let text = render(
             &[
                 (counter, Sample::Counter(3)),
@@ -366,7 +392,10 @@ mod tests {
         assert_eq!(series.len(), 1);
         assert_eq!(series[0].value, 3.0);
         let infinite: Vec<_> = parsed
-            .find("istio_request_duration_milliseconds_bucket", &[("le", "+Inf")])
+            .find(
+                "istio_request_duration_milliseconds_bucket",
+                &[("le", "+Inf")],
+            )
             .collect();
         assert_eq!(infinite[0].value, 3.0);
         assert!(parse("name{a=\"x} 1").is_err());

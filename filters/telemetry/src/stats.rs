@@ -133,7 +133,10 @@ mod tests {
     fn names_round_trip_and_values_cannot_forge_separators() {
         let name = encode_stat_name(
             "istio_requests_total",
-            &[("reporter", "destination"), ("destination_service", "a.b.svc")],
+            &[
+                ("reporter", "destination"),
+                ("destination_service", "a.b.svc"),
+            ],
         );
         assert_eq!(
             name,
@@ -159,7 +162,10 @@ mod tests {
         );
         assert_eq!(decode_stat_name(&forged).1.len(), 2);
         assert_eq!(metric_name("", "requests_total"), "requests_total");
-        assert_eq!(metric_name("istio", "requests_total"), "istio_requests_total");
+        assert_eq!(
+            metric_name("istio", "requests_total"),
+            "istio_requests_total"
+        );
     }
 
     #[test]

@@ -23,14 +23,22 @@ use wasmesh_telemetry::prometheus::{self, Exposition};
 
 /// A port nothing listens on.
 fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Envoy as the inbound sidecar of `reviews-v2` (node metadata as Istio's agent writes it),
 /// with the `stats_tags` of the configuration, `/dead` routed to a closed port.
 fn start_envoy(upstream: &TestServer, config: &str) -> Envoy {
     let builder = EnvoyBuilder::new()
-        .wasm_filter(WasmFilter::new(common::wasm()).name("telemetry").configuration(config))
+        .wasm_filter(
+            WasmFilter::new(common::wasm())
+                .name("telemetry")
+                .configuration(config),
+        )
         .upstream(upstream.addr())
         .cluster(Cluster::new("dead", ([127, 0, 0, 1], closed_port()).into()));
     let mut bootstrap = builder.bootstrap();
@@ -45,7 +53,8 @@ fn start_envoy(upstream: &TestServer, config: &str) -> Envoy {
     let routes = &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
         ["virtual_hosts"][0]["routes"];
     let catch_all = routes[0].clone();
-    *routes = json!([{ "match": { "prefix": "/dead" }, "route": { "cluster": "dead" } }, catch_all]);
+    *routes =
+        json!([{ "match": { "prefix": "/dead" }, "route": { "cluster": "dead" } }, catch_all]);
     builder
         .start_with_bootstrap(&bootstrap.to_string(), BootstrapFormat::Json)
         .unwrap()
@@ -75,7 +84,10 @@ fn send(envoy: &Envoy, exchange: &Exchange) -> HttpResponse {
 
 /// Envoy's exposition once its histograms show `expected` (merged on admin reads, which is
 /// asynchronous: a few reads may be needed).
-fn envoy_exposition(envoy: &Envoy, expected: &[(String, std::collections::BTreeMap<String, String>, u64)]) -> Exposition {
+fn envoy_exposition(
+    envoy: &Envoy,
+    expected: &[(String, std::collections::BTreeMap<String, String>, u64)],
+) -> Exposition {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = envoy.admin_get("/stats/prometheus").unwrap().text();
@@ -114,10 +126,13 @@ fn envoy_shows_the_same_labelled_series_access_log_and_headers_as_the_harness() 
             traced_response = Some(response.clone());
         }
         let stream = run_in_harness(&plugin, &exchange);
-        let harness_status = stream
-            .response_header(":status")
-            .unwrap_or_default();
-        assert_eq!(response.status.to_string(), harness_status, "{}", exchange.name);
+        let harness_status = stream.response_header(":status").unwrap_or_default();
+        assert_eq!(
+            response.status.to_string(),
+            harness_status,
+            "{}",
+            exchange.name
+        );
         stream.complete().unwrap();
     }
 
@@ -125,11 +140,18 @@ fn envoy_shows_the_same_labelled_series_access_log_and_headers_as_the_harness() 
     let expected = istio_rows(&harness);
     assert!(expected.len() > 10, "{expected:?}");
     let in_envoy = envoy_exposition(&envoy, &expected);
-    assert_eq!(istio_rows(&in_envoy), expected, "Envoy and the harness disagree");
+    assert_eq!(
+        istio_rows(&in_envoy),
+        expected,
+        "Envoy and the harness disagree"
+    );
 
     // A few values read straight off Envoy's endpoint, independently of the harness.
     let value = |name: &str, labels: &[(&str, &str)]| -> Vec<f64> {
-        in_envoy.find(name, labels).map(|series| series.value).collect()
+        in_envoy
+            .find(name, labels)
+            .map(|series| series.value)
+            .collect()
     };
     assert_eq!(
         value(
@@ -149,20 +171,39 @@ fn envoy_shows_the_same_labelled_series_access_log_and_headers_as_the_harness() 
         [2.0]
     );
     assert_eq!(
-        value("istio_requests_total", &[("response_code", "503"), ("response_flags", "UF")]),
+        value(
+            "istio_requests_total",
+            &[("response_code", "503"), ("response_flags", "UF")]
+        ),
         [1.0]
     );
     assert_eq!(
-        value("istio_request_messages_total", &[("grpc_response_status", "0")]),
+        value(
+            "istio_request_messages_total",
+            &[("grpc_response_status", "0")]
+        ),
         [2.0]
     );
-    assert_eq!(value("istio_response_messages_total", &[("request_protocol", "grpc")]), [3.0]);
-    assert_eq!(in_envoy.types["istio_request_duration_milliseconds"], "histogram");
+    assert_eq!(
+        value(
+            "istio_response_messages_total",
+            &[("request_protocol", "grpc")]
+        ),
+        [3.0]
+    );
+    assert_eq!(
+        in_envoy.types["istio_request_duration_milliseconds"],
+        "histogram"
+    );
     if std::env::var_os("WASMESH_WRITE_VECTORS").is_some() {
         // Input of testdata/make_vectors.py (the reference Prometheus parser's vector).
         let text = envoy.admin_get("/stats/prometheus").unwrap().text();
         // Counters and one histogram family keep the vector small.
-        let kept = ["istio_requests_total", "istio_re", "istio_request_duration_milliseconds"];
+        let kept = [
+            "istio_requests_total",
+            "istio_re",
+            "istio_request_duration_milliseconds",
+        ];
         let istio: Vec<&str> = text
             .lines()
             .filter(|line| kept.iter().any(|prefix| line.contains(prefix)))
@@ -184,9 +225,12 @@ fn envoy_shows_the_same_labelled_series_access_log_and_headers_as_the_harness() 
     }
     assert_eq!(upstream_saw.header(PEER_METADATA_HEADER), None);
     assert_eq!(upstream_saw.header("x-envoy-peer-metadata-id"), None);
-    assert!(received.iter().all(|request| request.header(PEER_METADATA_HEADER).is_none()));
+    assert!(received
+        .iter()
+        .all(|request| request.header(PEER_METADATA_HEADER).is_none()));
     let response = &traced_response;
-    let announced = decode_peer_header(response.header(PEER_METADATA_HEADER).unwrap(), None).unwrap();
+    let announced =
+        decode_peer_header(response.header(PEER_METADATA_HEADER).unwrap(), None).unwrap();
     assert_eq!(announced.workload_name, "reviews-v2");
     assert_eq!(
         response.header("x-envoy-peer-metadata-id"),
@@ -196,7 +240,10 @@ fn envoy_shows_the_same_labelled_series_access_log_and_headers_as_the_harness() 
     // One access-log line per request; the traced one in detail.
     let lines = envoy_access_log(&envoy);
     assert_eq!(lines.len(), exchanges().len(), "{}", envoy.log_tail(20));
-    let line = lines.iter().find(|line| !line["traceparent"].is_null()).unwrap();
+    let line = lines
+        .iter()
+        .find(|line| !line["traceparent"].is_null())
+        .unwrap();
     assert_eq!(line["method"], "GET");
     assert_eq!(line["path"], "/reviews/1");
     assert_eq!(line["authority"], AUTHORITY);
@@ -206,8 +253,15 @@ fn envoy_shows_the_same_labelled_series_access_log_and_headers_as_the_harness() 
     assert_eq!(line["protocol"], "HTTP/1.1");
     assert_eq!(line["upstream_cluster"], "upstream");
     assert_eq!(line["upstream_host"], upstream.addr().to_string());
-    assert_eq!(line["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
-    assert_eq!(line["request_id"].as_str().map(str::len), Some(36), "Envoy's x-request-id");
+    assert_eq!(
+        line["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    assert_eq!(
+        line["request_id"].as_str().map(str::len),
+        Some(36),
+        "Envoy's x-request-id"
+    );
     assert!(line["start_time"].as_str().unwrap().ends_with('Z'));
     let unreachable = lines.iter().find(|line| line["path"] == "/dead/1").unwrap();
     assert_eq!(unreachable["response_flags"], "UF");
@@ -223,11 +277,18 @@ fn envoy_refuses_a_bad_configuration_as_the_harness_does() {
     let bad = r#"{"metrics": [{"name": "requests_totl"}]}"#;
     let upstream = upstream();
     let error = EnvoyBuilder::new()
-        .wasm_filter(WasmFilter::new(common::wasm()).name("telemetry").configuration(bad))
+        .wasm_filter(
+            WasmFilter::new(common::wasm())
+                .name("telemetry")
+                .configuration(bad),
+        )
         .upstream(upstream.addr())
         .start()
         .unwrap_err();
     let message = error.to_string();
-    assert!(message.contains("metrics[0].name: no metric `requests_totl`"), "{message}");
+    assert!(
+        message.contains("metrics[0].name: no metric `requests_totl`"),
+        "{message}"
+    );
     assert!(common::builder(bad, "reviews").start().is_err());
 }

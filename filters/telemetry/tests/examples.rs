@@ -43,7 +43,10 @@ fn shipped_configs_embed_the_sample_and_extract_every_dimension() {
     let istio_yaml = std::fs::read_to_string(examples_dir().join("istio/telemetry.yaml")).unwrap();
     let sample = sample_config();
     assert_eq!(block_under(&envoy_yaml, "value: |").trim(), sample.trim());
-    assert_eq!(block_under(&istio_yaml, "pluginConfig:").trim(), sample.trim());
+    assert_eq!(
+        block_under(&istio_yaml, "pluginConfig:").trim(),
+        sample.trim()
+    );
     assert!(istio_yaml.contains("phase: STATS"));
 
     let config: Config = wasmesh_sdk::config::load(sample.as_bytes()).unwrap();
@@ -52,7 +55,10 @@ fn shipped_configs_embed_the_sample_and_extract_every_dimension() {
     for dimension in &dimensions {
         // In YAML's double-quoted form, each backslash is doubled.
         let line = format!("regex: \"{}\"", tag_regex(dimension).replace('\\', "\\\\"));
-        assert!(envoy_yaml.contains(&line), "no stats_tags entry for {dimension}");
+        assert!(
+            envoy_yaml.contains(&line),
+            "no stats_tags entry for {dimension}"
+        );
     }
     assert_eq!(envoy_yaml.matches("- tag_name: ").count(), dimensions.len());
 }
@@ -111,6 +117,8 @@ fn the_shipped_envoy_config_runs_the_filter() {
         .collect();
     assert_eq!(requests.len(), 1, "{text}");
     assert_eq!(requests[0].value, 1.0);
-    assert!(exposition.types.contains_key("istio_request_duration_milliseconds"));
+    assert!(exposition
+        .types
+        .contains_key("istio_request_duration_milliseconds"));
     assert!(envoy.log().contains(r#""path":"/reviews/7""#));
 }

@@ -48,7 +48,10 @@ fn productpage_to_reviews(code: &str) -> Vec<(&'static str, String)> {
     .collect()
 }
 
-fn with(mut base: Vec<(&'static str, String)>, changes: &[(&'static str, &str)]) -> std::collections::BTreeMap<String, String> {
+fn with(
+    mut base: Vec<(&'static str, String)>,
+    changes: &[(&'static str, &str)],
+) -> std::collections::BTreeMap<String, String> {
     for (key, value) in changes {
         match base.iter_mut().find(|(k, _)| k == key) {
             Some(entry) => entry.1 = (*value).to_string(),
@@ -74,7 +77,10 @@ fn every_exchange_records_its_series_with_exact_labels() {
             .clone()
     };
     // "success" and "success with trace context" share one series.
-    assert_eq!(requests(&[("request_method", "GET")]), MetricValue::Counter(2));
+    assert_eq!(
+        requests(&[("request_method", "GET")]),
+        MetricValue::Counter(2)
+    );
     assert_eq!(
         requests(&[("request_method", "GET"), ("response_code", "404")]),
         MetricValue::Counter(1)
@@ -84,7 +90,11 @@ fn every_exchange_records_its_series_with_exact_labels() {
         MetricValue::Counter(1)
     );
     assert_eq!(
-        requests(&[("request_method", "GET"), ("response_code", "503"), ("response_flags", "UF")]),
+        requests(&[
+            ("request_method", "GET"),
+            ("response_code", "503"),
+            ("response_flags", "UF")
+        ]),
         MetricValue::Counter(1)
     );
     assert_eq!(
@@ -117,18 +127,29 @@ fn every_exchange_records_its_series_with_exact_labels() {
     // Histograms carry the standard labels only (request_method was added to requests_total).
     let durations = series(&recorded, "istio_request_duration_milliseconds", &[]);
     assert_eq!(durations.len(), 6, "{durations:?}");
-    assert!(durations.iter().all(|(labels, _)| !labels.contains_key("request_method")));
+    assert!(durations
+        .iter()
+        .all(|(labels, _)| !labels.contains_key("request_method")));
     let success = with(productpage_to_reviews("200"), &[]);
     assert_eq!(
-        recorded[&("istio_request_duration_milliseconds".to_string(), success.clone())],
+        recorded[&(
+            "istio_request_duration_milliseconds".to_string(),
+            success.clone()
+        )],
         MetricValue::Histogram(vec![0, 0])
     );
     // request.total_size: headers (names and values) plus body, as Envoy counts it.
-    let MetricValue::Histogram(sizes) = &recorded[&("istio_response_bytes".to_string(), success)] else {
+    let MetricValue::Histogram(sizes) = &recorded[&("istio_response_bytes".to_string(), success)]
+    else {
         panic!("response_bytes is a histogram");
     };
     assert_eq!(sizes.len(), 2);
-    assert!(sizes.iter().all(|size| *size > "{\"ok\":true}".len() as u64), "{sizes:?}");
+    assert!(
+        sizes
+            .iter()
+            .all(|size| *size > "{\"ok\":true}".len() as u64),
+        "{sizes:?}"
+    );
 
     // gRPC message counters exist for the gRPC call only.
     let grpc = with(
@@ -143,7 +164,10 @@ fn every_exchange_records_its_series_with_exact_labels() {
         recorded[&("istio_response_messages_total".to_string(), grpc)],
         MetricValue::Counter(3)
     );
-    assert_eq!(series(&recorded, "istio_request_messages_total", &[]).len(), 1);
+    assert_eq!(
+        series(&recorded, "istio_request_messages_total", &[]).len(),
+        1
+    );
 }
 
 #[test]
@@ -152,7 +176,11 @@ fn latency_runs_from_request_start_to_stream_end_across_pauses() {
     let mut stream = plugin.http_stream();
     stream
         .request_headers(
-            &[(":method", "GET"), (":path", "/slow"), (":authority", AUTHORITY)],
+            &[
+                (":method", "GET"),
+                (":path", "/slow"),
+                (":authority", AUTHORITY),
+            ],
             true,
         )
         .unwrap();
@@ -177,15 +205,23 @@ fn trace_context_passes_unchanged_and_exchange_headers_are_handled() {
     let mut traced = exchanges()[1].clone();
     assert_eq!(traced.name, "success with trace context");
     // The upstream answers with trace headers too; they must reach the client unchanged.
-    traced.headers.push(("x-extra".to_string(), "1".to_string()));
+    traced
+        .headers
+        .push(("x-extra".to_string(), "1".to_string()));
     let stream = run_in_harness(&plugin, &traced);
     let upstream_saw = stream.request_headers_now();
     for (name, value) in trace_headers() {
-        let seen: Vec<&String> = upstream_saw.iter().filter(|(n, _)| *n == name).map(|(_, v)| v).collect();
+        let seen: Vec<&String> = upstream_saw
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+            .collect();
         assert_eq!(seen, [&value], "{name}");
     }
     // The client's metadata is consumed, not forwarded to the application.
-    assert!(upstream_saw.iter().all(|(name, _)| !name.starts_with("x-envoy-peer-metadata")));
+    assert!(upstream_saw
+        .iter()
+        .all(|(name, _)| !name.starts_with("x-envoy-peer-metadata")));
     // The server side announces itself to the client.
     let announced = stream.response_header(PEER_METADATA_HEADER).unwrap();
     let node = decode_peer_header(&announced, None).unwrap();
@@ -205,7 +241,10 @@ fn outbound_client_announces_itself_and_learns_the_server() {
         .unwrap();
     let cart = workload("cart");
     let mut stream = plugin.http_stream();
-    stream.property(&["xds", "cluster_name"], "outbound|8080||cart.shop.svc.cluster.local");
+    stream.property(
+        &["xds", "cluster_name"],
+        "outbound|8080||cart.shop.svc.cluster.local",
+    );
     stream
         .request_headers(
             &[
@@ -213,15 +252,26 @@ fn outbound_client_announces_itself_and_learns_the_server() {
                 (":path", "/cart.Cart/Get"),
                 (":authority", "cart:8080"),
                 ("content-type", "application/grpc"),
-                ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
             ],
             false,
         )
         .unwrap();
-    stream.request_body(&common::grpc_frames(&[b"a"]), true).unwrap();
+    stream
+        .request_body(&common::grpc_frames(&[b"a"]), true)
+        .unwrap();
     let sent = stream.request_header(PEER_METADATA_HEADER).unwrap();
-    assert_eq!(decode_peer_header(&sent, None).unwrap().workload_name, "frontend");
-    assert_eq!(stream.request_header(PEER_METADATA_ID_HEADER).unwrap(), workload("frontend").id);
+    assert_eq!(
+        decode_peer_header(&sent, None).unwrap().workload_name,
+        "frontend"
+    );
+    assert_eq!(
+        stream.request_header(PEER_METADATA_ID_HEADER).unwrap(),
+        workload("frontend").id
+    );
     stream
         .response_headers(
             &[
@@ -236,7 +286,9 @@ fn outbound_client_announces_itself_and_learns_the_server() {
     // The server's metadata is consumed before the client application sees the response.
     assert_eq!(stream.response_header(PEER_METADATA_HEADER), None);
     assert_eq!(stream.response_header(PEER_METADATA_ID_HEADER), None);
-    stream.response_body(&common::grpc_frames(&[b"x", b"y"]), false).unwrap();
+    stream
+        .response_body(&common::grpc_frames(&[b"x", b"y"]), false)
+        .unwrap();
     stream.response_trailers(&[("grpc-status", "5")]).unwrap();
     stream.complete().unwrap();
 
@@ -272,7 +324,11 @@ fn outbound_client_announces_itself_and_learns_the_server() {
     for (key, value) in expected {
         assert_eq!(labels.get(key).map(String::as_str), Some(value), "{key}");
     }
-    let messages = series(&recorded, "istio_response_messages_total", &[("reporter", "source")]);
+    let messages = series(
+        &recorded,
+        "istio_response_messages_total",
+        &[("reporter", "source")],
+    );
     assert_eq!(*messages[0].1, MetricValue::Counter(2));
 }
 
@@ -296,11 +352,20 @@ fn one_json_access_log_line_per_request_with_istio_fields() {
     assert_eq!(unreachable["downstream_remote_address"], "127.0.0.1:40000");
     assert!(unreachable["upstream_host"].is_null());
     let traced = &lines[1];
-    assert_eq!(traced["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    assert_eq!(
+        traced["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
     assert_eq!(traced["x_b3_traceid"], "80f198ee56343ba864fe8b2a57d3eff7");
     let grpc = &lines[5];
-    assert_eq!(grpc["bytes_received"], common::grpc_frames(&[b"page=1", b"page=2"]).len());
-    assert!(plugin.logs().iter().all(|entry| entry.level == wasmesh_harness::LogLevel::Info));
+    assert_eq!(
+        grpc["bytes_received"],
+        common::grpc_frames(&[b"page=1", b"page=2"]).len()
+    );
+    assert!(plugin
+        .logs()
+        .iter()
+        .all(|entry| entry.level == wasmesh_harness::LogLevel::Info));
 }
 
 #[test]
@@ -332,15 +397,29 @@ fn overrides_drop_and_custom_definitions() {
     }"#;
     let plugin = start(config, "reviews");
     let mut exchange = exchanges()[0].clone();
-    exchange.headers.push(("x-user".to_string(), "alice".to_string()));
+    exchange
+        .headers
+        .push(("x-user".to_string(), "alice".to_string()));
     run_in_harness(&plugin, &exchange).complete().unwrap();
     let recorded = recorded(&plugin);
-    let names: std::collections::BTreeSet<&str> = recorded.keys().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["mesh_denied_total", "mesh_requests_total"]);
-    let requests = series(&recorded, "mesh_requests_total", &[("user", "alice"), ("peer_sa", "bookinfo-productpage")]);
+    let names: std::collections::BTreeSet<&str> =
+        recorded.keys().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["mesh_denied_total", "mesh_requests_total"]
+    );
+    let requests = series(
+        &recorded,
+        "mesh_requests_total",
+        &[("user", "alice"), ("peer_sa", "bookinfo-productpage")],
+    );
     assert_eq!(requests.len(), 1);
     assert!(!requests[0].0.contains_key("source_principal"));
-    let denied = series(&recorded, "mesh_denied_total", &[("reporter", "destination")]);
+    let denied = series(
+        &recorded,
+        "mesh_denied_total",
+        &[("reporter", "destination")],
+    );
     assert!(!denied[0].0.contains_key("user"));
 }
 
@@ -353,56 +432,92 @@ fn prometheus_exposition_shows_labelled_series_and_parses_back() {
     let text = common::prometheus_of(&plugin, &sample_config());
     let exposition = prometheus::parse(&text).unwrap();
     assert_eq!(exposition.types["istio_requests_total"], "counter");
-    assert_eq!(exposition.types["istio_request_duration_milliseconds"], "histogram");
+    assert_eq!(
+        exposition.types["istio_request_duration_milliseconds"],
+        "histogram"
+    );
     assert_eq!(exposition.types["istio_request_messages_total"], "counter");
     let ok: Vec<_> = exposition
         .find(
             "istio_requests_total",
-            &[("source_workload", "productpage-v1"), ("response_code", "200"), ("request_protocol", "http")],
+            &[
+                ("source_workload", "productpage-v1"),
+                ("response_code", "200"),
+                ("request_protocol", "http"),
+            ],
         )
         .collect();
     assert_eq!(ok.len(), 1);
     assert_eq!(ok[0].value, 2.0);
-    assert_eq!(ok[0].labels.len(), 26, "25 standard labels and request_method");
+    assert_eq!(
+        ok[0].labels.len(),
+        26,
+        "25 standard labels and request_method"
+    );
     let buckets: Vec<f64> = exposition
-        .find("istio_request_duration_milliseconds_bucket", &[("response_code", "200"), ("request_protocol", "http")])
+        .find(
+            "istio_request_duration_milliseconds_bucket",
+            &[("response_code", "200"), ("request_protocol", "http")],
+        )
         .filter(|series| series.labels["source_workload"] == "productpage-v1")
         .map(|series| series.value)
         .collect();
     assert_eq!(buckets.len(), prometheus::ENVOY_DEFAULT_BUCKETS.len() + 1);
-    assert!(buckets.iter().all(|count| *count == 2.0), "both durations are 0 ms");
+    assert!(
+        buckets.iter().all(|count| *count == 2.0),
+        "both durations are 0 ms"
+    );
     // No series name still carries an encoded dimension.
-    assert!(exposition.series.iter().all(|series| !series.name.contains('=')));
+    assert!(exposition
+        .series
+        .iter()
+        .all(|series| !series.name.contains('=')));
 }
 
 #[test]
 fn every_worker_vm_reports_into_the_same_series() {
-    let plugin = common::builder(&sample_config(), "reviews").workers(2).start().unwrap();
+    let plugin = common::builder(&sample_config(), "reviews")
+        .workers(2)
+        .start()
+        .unwrap();
     let success = exchanges()[0].clone();
     for worker in [0, 1, 0, 1, 1] {
         let mut stream = plugin.http_stream_on(worker);
         stream
             .request_headers(
-                &[(":method", "GET"), (":path", success.path), (":authority", AUTHORITY),
-                  ("x-envoy-peer-metadata", &success.headers[0].1)],
+                &[
+                    (":method", "GET"),
+                    (":path", success.path),
+                    (":authority", AUTHORITY),
+                    ("x-envoy-peer-metadata", &success.headers[0].1),
+                ],
                 true,
             )
             .unwrap();
-        stream.response_headers(&[(":status", "200")], true).unwrap();
+        stream
+            .response_headers(&[(":status", "200")], true)
+            .unwrap();
         stream.complete().unwrap();
     }
     let recorded = recorded(&plugin);
-    let requests = series(&recorded, "istio_requests_total", &[("source_workload", "productpage-v1")]);
+    let requests = series(
+        &recorded,
+        "istio_requests_total",
+        &[("source_workload", "productpage-v1")],
+    );
     assert_eq!(requests.len(), 1);
     assert_eq!(*requests[0].1, MetricValue::Counter(5));
 }
 
 #[test]
 fn malformed_configuration_is_refused_with_its_json_path() {
-    let error = common::builder(r#"{"metrics": [{"dimensions": {"x": "has(request.host)"}}]}"#, "reviews")
-        .start()
-        .err()
-        .unwrap();
+    let error = common::builder(
+        r#"{"metrics": [{"dimensions": {"x": "has(request.host)"}}]}"#,
+        "reviews",
+    )
+    .start()
+    .err()
+    .unwrap();
     let HarnessError::ConfigRejected { logs } = &error else {
         panic!("expected ConfigRejected, got {error}");
     };
@@ -430,13 +545,18 @@ fn forged_peer_metadata_cannot_inject_labels() {
             true,
         )
         .unwrap();
-    stream.response_headers(&[(":status", "200")], true).unwrap();
+    stream
+        .response_headers(&[(":status", "200")], true)
+        .unwrap();
     stream.complete().unwrap();
     let recorded = recorded(&plugin);
     let requests = series(&recorded, "istio_requests_total", &[]);
     assert_eq!(requests.len(), 1);
     let labels = requests[0].0;
     assert_eq!(labels["reporter"], "destination");
-    assert_eq!(labels["destination_service"], "evil_._reporter_._source_._x");
+    assert_eq!(
+        labels["destination_service"],
+        "evil_._reporter_._source_._x"
+    );
     assert_eq!(labels["source_workload"], "unknown");
 }

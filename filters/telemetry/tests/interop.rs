@@ -39,7 +39,11 @@ fn metadata_serialized_by_google_protobuf_decodes_exactly() {
             panic!("metadata is an object");
         };
         // The Struct, every kind of value included.
-        assert_eq!(decode_struct(&workload.metadata).unwrap(), expected, "{name}");
+        assert_eq!(
+            decode_struct(&workload.metadata).unwrap(),
+            expected,
+            "{name}"
+        );
         // The header as a sidecar sends it, and the labels Istio derives from it.
         let node = decode_peer_header(&workload.header, Some(&workload.id)).unwrap();
         let expect = &vector["expect"];
@@ -70,7 +74,10 @@ fn node_metadata_reads_the_way_envoy_1_40_and_older_hosts_serve_it() {
         let fields: Struct = decode_struct(&workload.metadata).unwrap();
         let from_struct = decode_node_metadata(&workload.metadata).unwrap();
         let from_pairs = decode_node_metadata(&encode_node_metadata(&fields)).unwrap();
-        assert_eq!(from_struct.workload_name, from_pairs.workload_name, "{name}");
+        assert_eq!(
+            from_struct.workload_name, from_pairs.workload_name,
+            "{name}"
+        );
         assert_eq!(from_struct.labels, from_pairs.labels, "{name}");
     }
 }
@@ -79,9 +86,10 @@ fn node_metadata_reads_the_way_envoy_1_40_and_older_hosts_serve_it() {
 fn envoy_prometheus_output_parses_as_the_reference_parser_reads_it() {
     let dir = common::crate_dir().join("testdata");
     let text = std::fs::read_to_string(dir.join("envoy_prometheus.txt")).unwrap();
-    let reference: Vec<Json> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("envoy_prometheus.parsed.json")).unwrap())
-            .unwrap();
+    let reference: Vec<Json> = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("envoy_prometheus.parsed.json")).unwrap(),
+    )
+    .unwrap();
     let ours = prometheus::parse(&text).unwrap();
     type Row = (String, BTreeMap<String, String>, f64);
     let mut ours: Vec<Row> = ours
@@ -117,6 +125,9 @@ fn envoy_prometheus_output_parses_as_the_reference_parser_reads_it() {
         assert!(same, "{}: {} vs {}", mine.0, mine.2, theirs.2);
     }
     // The counters Envoy exposed carry every standard label.
-    let requests: Vec<&Row> = ours.iter().filter(|row| row.0 == "istio_requests_total").collect();
+    let requests: Vec<&Row> = ours
+        .iter()
+        .filter(|row| row.0 == "istio_requests_total")
+        .collect();
     assert!(requests.iter().all(|row| row.1.len() == 26));
 }

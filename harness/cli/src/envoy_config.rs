@@ -142,8 +142,9 @@ pub struct Args {
     #[arg(long, conflicts_with = "direct_response")]
     upstream: Option<String>,
 
-    /// Answer every request itself with this status (the default, 200, without --upstream).
-    #[arg(long)]
+    /// Answer every request itself, with this status (200 when not given); the default
+    /// without --upstream.
+    #[arg(long, num_args = 0..=1, default_missing_value = "200", value_name = "STATUS")]
     direct_response: Option<u16>,
 
     /// Listener address.

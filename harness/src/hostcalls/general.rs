@@ -6,7 +6,7 @@ use std::time::Duration;
 use wasmtime::Caller;
 
 use super::{
-    copy_to_pointer_size, guard, lossy, read_bytes, status, write_u32, write_u64, HostResult,
+    charge, copy_to_pointer_size, guard, lossy, read_bytes, status, write_u32, write_u64, HostResult,
     Registrar,
 };
 use crate::engine::AbiVersion;
@@ -72,14 +72,24 @@ pub(crate) fn register(r: &mut Registrar<'_>, abi: AbiVersion) -> Result<(), Har
     )?;
     r.func("env", "proxy_get_status", proxy_get_status)?;
     // Emscripten/threads helpers Envoy registers for C++ modules.
-    r.func("env", "pthread_equal", |left: u32, right: u32| {
-        u32::from(left == right)
-    })?;
-    r.func("env", "emscripten_notify_memory_growth", |_index: u32| {})?;
+    r.func(
+        "env",
+        "pthread_equal",
+        |mut caller: Caller<'_, VmState>, left: u32, right: u32| {
+            charge(&mut caller).map(|()| u32::from(left == right))
+        },
+    )?;
+    r.func(
+        "env",
+        "emscripten_notify_memory_growth",
+        |mut caller: Caller<'_, VmState>, _index: u32| charge(&mut caller),
+    )?;
     Ok(())
 }
 
 fn proxy_log(mut caller: Caller<'_, VmState>, level: u32, ptr: u32, len: u32) -> HostResult<u32> {
+    // Allowed while the module starts, so charged without the start-up guard.
+    charge(&mut caller)?;
     let Some(level) = LogLevel::from_code(level) else {
         return status(Status::BadArgument);
     };
@@ -92,7 +102,7 @@ fn proxy_log(mut caller: Caller<'_, VmState>, level: u32, ptr: u32, len: u32) ->
 }
 
 fn proxy_get_log_level(mut caller: Caller<'_, VmState>, ptr: u32) -> HostResult<u32> {
-    guard(&caller, "proxy_get_log_level")?;
+    guard(&mut caller, "proxy_get_log_level")?;
     let level = caller
         .data()
         .shared
@@ -109,7 +119,7 @@ fn proxy_get_current_time_nanoseconds(
     mut caller: Caller<'_, VmState>,
     ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_get_current_time_nanoseconds")?;
+    guard(&mut caller, "proxy_get_current_time_nanoseconds")?;
     let now = now_nanos(&caller);
     if !write_u64(&mut caller, ptr, now) {
         return status(Status::InvalidMemoryAccess);
@@ -130,7 +140,7 @@ fn proxy_set_tick_period_milliseconds(
     mut caller: Caller<'_, VmState>,
     period_ms: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_set_tick_period_milliseconds")?;
+    guard(&mut caller, "proxy_set_tick_period_milliseconds")?;
     let elapsed = caller
         .data()
         .shared
@@ -152,7 +162,7 @@ fn proxy_get_property(
     value_ptr_ptr: u32,
     value_size_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_get_property")?;
+    guard(&mut caller, "proxy_get_property")?;
     let Some(path) = read_bytes(&caller, path_ptr, path_len) else {
         return status(Status::InvalidMemoryAccess);
     };
@@ -182,7 +192,7 @@ fn proxy_set_property(
     value_ptr: u32,
     value_len: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_set_property")?;
+    guard(&mut caller, "proxy_set_property")?;
     let (Some(key), Some(value)) = (
         read_bytes(&caller, key_ptr, key_len),
         read_bytes(&caller, value_ptr, value_len),
@@ -210,7 +220,7 @@ fn proxy_get_shared_data(
     value_size_ptr: u32,
     cas_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_get_shared_data")?;
+    guard(&mut caller, "proxy_get_shared_data")?;
     let Some(key) = read_bytes(&caller, key_ptr, key_len) else {
         return status(Status::InvalidMemoryAccess);
     };
@@ -232,23 +242,30 @@ fn proxy_get_shared_data(
 }
 
 fn proxy_set_shared_data(
-    caller: Caller<'_, VmState>,
+    mut caller: Caller<'_, VmState>,
     key_ptr: u32,
     key_len: u32,
     value_ptr: u32,
     value_len: u32,
     cas: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_set_shared_data")?;
+    guard(&mut caller, "proxy_set_shared_data")?;
     let (Some(key), Some(value)) = (
         read_bytes(&caller, key_ptr, key_len),
         read_bytes(&caller, value_ptr, value_len),
     ) else {
         return status(Status::InvalidMemoryAccess);
     };
-    match caller.data().shared.try_borrow_mut() {
-        Ok(mut shared) => status(shared.set_shared_data(&key, &value, cas)),
-        Err(_) => status(Status::InternalFailure),
+    let outcome = match caller.data().shared.try_borrow_mut() {
+        Ok(mut shared) => match shared.shared_data_fits(&key, &value) {
+            Ok(()) => Ok(shared.set_shared_data(&key, &value, cas)),
+            Err(exceeded) => Err(exceeded),
+        },
+        Err(_) => Ok(Status::InternalFailure),
+    };
+    match outcome {
+        Ok(code) => status(code),
+        Err((resource, limit)) => Err(caller.data_mut().exceed(resource, limit)),
     }
 }
 
@@ -258,7 +275,7 @@ fn proxy_register_shared_queue(
     name_len: u32,
     token_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_register_shared_queue")?;
+    guard(&mut caller, "proxy_register_shared_queue")?;
     let Some(name) = read_bytes(&caller, name_ptr, name_len) else {
         return status(Status::InvalidMemoryAccess);
     };
@@ -295,7 +312,7 @@ fn proxy_resolve_shared_queue(
     name_len: u32,
     token_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_resolve_shared_queue")?;
+    guard(&mut caller, "proxy_resolve_shared_queue")?;
     let (Some(vm_id), Some(name)) = (
         read_bytes(&caller, vm_id_ptr, vm_id_len),
         read_bytes(&caller, name_ptr, name_len),
@@ -321,7 +338,7 @@ fn proxy_dequeue_shared_queue(
     data_ptr_ptr: u32,
     data_size_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_dequeue_shared_queue")?;
+    guard(&mut caller, "proxy_dequeue_shared_queue")?;
     let item = match caller.data().shared.try_borrow_mut() {
         Ok(mut shared) => shared.dequeue(token),
         Err(_) => Err(Status::InternalFailure),
@@ -338,18 +355,27 @@ fn proxy_dequeue_shared_queue(
 }
 
 fn proxy_enqueue_shared_queue(
-    caller: Caller<'_, VmState>,
+    mut caller: Caller<'_, VmState>,
     token: u32,
     data_ptr: u32,
     data_len: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_enqueue_shared_queue")?;
+    guard(&mut caller, "proxy_enqueue_shared_queue")?;
     let Some(data) = read_bytes(&caller, data_ptr, data_len) else {
         return status(Status::InvalidMemoryAccess);
     };
-    match caller.data().shared.try_borrow_mut() {
-        Ok(mut shared) => status(shared.enqueue(token, &data)),
-        Err(_) => status(Status::InternalFailure),
+    let outcome = match caller.data().shared.try_borrow_mut() {
+        // An unknown token is NotFound before any cap applies.
+        Ok(shared) if !shared.queues.contains_key(&token) => Ok(Status::NotFound),
+        Ok(mut shared) => match shared.enqueue_fits(&data) {
+            Ok(()) => Ok(shared.enqueue(token, &data)),
+            Err(exceeded) => Err(exceeded),
+        },
+        Err(_) => Ok(Status::InternalFailure),
+    };
+    match outcome {
+        Ok(code) => status(code),
+        Err((resource, limit)) => Err(caller.data_mut().exceed(resource, limit)),
     }
 }
 
@@ -363,7 +389,7 @@ fn proxy_define_metric(
     name_len: u32,
     id_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_define_metric")?;
+    guard(&mut caller, "proxy_define_metric")?;
     let Some(name) = read_bytes(&caller, name_ptr, name_len) else {
         return status(Status::InvalidMemoryAccess);
     };
@@ -396,8 +422,8 @@ fn with_metric<R>(state: &VmState, id: u32, f: impl FnOnce(&mut MetricValue) -> 
     shared.metrics.get_mut(*kind, name).map(f)
 }
 
-fn proxy_increment_metric(caller: Caller<'_, VmState>, id: u32, offset: i64) -> HostResult<u32> {
-    guard(&caller, "proxy_increment_metric")?;
+fn proxy_increment_metric(mut caller: Caller<'_, VmState>, id: u32, offset: i64) -> HostResult<u32> {
+    guard(&mut caller, "proxy_increment_metric")?;
     let state = caller.data();
     let result = match id & METRIC_TYPE_MASK {
         0 => with_metric(state, id, |m| match m {
@@ -424,8 +450,8 @@ fn proxy_increment_metric(caller: Caller<'_, VmState>, id: u32, offset: i64) -> 
     status(result.unwrap_or(Status::NotFound))
 }
 
-fn proxy_record_metric(caller: Caller<'_, VmState>, id: u32, value: u64) -> HostResult<u32> {
-    guard(&caller, "proxy_record_metric")?;
+fn proxy_record_metric(mut caller: Caller<'_, VmState>, id: u32, value: u64) -> HostResult<u32> {
+    guard(&mut caller, "proxy_record_metric")?;
     let result = with_metric(caller.data(), id, |m| match m {
         // Envoy adds the value to a counter, sets a gauge and records into a histogram.
         MetricValue::Counter(v) => *v = v.saturating_add(value),
@@ -440,7 +466,7 @@ fn proxy_record_metric(caller: Caller<'_, VmState>, id: u32, value: u64) -> Host
 }
 
 fn proxy_get_metric(mut caller: Caller<'_, VmState>, id: u32, value_ptr: u32) -> HostResult<u32> {
-    guard(&caller, "proxy_get_metric")?;
+    guard(&mut caller, "proxy_get_metric")?;
     if id & METRIC_TYPE_MASK > 1 {
         return status(Status::BadArgument);
     }
@@ -457,7 +483,7 @@ fn proxy_set_effective_context(
     mut caller: Caller<'_, VmState>,
     context_id: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_set_effective_context")?;
+    guard(&mut caller, "proxy_set_effective_context")?;
     let state = caller.data_mut();
     match state.contexts.get(&context_id) {
         Some(context) if !context.deleted => {
@@ -469,7 +495,7 @@ fn proxy_set_effective_context(
 }
 
 fn proxy_done(mut caller: Caller<'_, VmState>) -> HostResult<u32> {
-    guard(&caller, "proxy_done")?;
+    guard(&mut caller, "proxy_done")?;
     let state = caller.data_mut();
     let context = state.active_context();
     // Only a root context that answered false to proxy_on_done is pending finalization.
@@ -489,7 +515,7 @@ fn proxy_call_foreign_function(
     results_ptr: u32,
     results_size_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_call_foreign_function")?;
+    guard(&mut caller, "proxy_call_foreign_function")?;
     let (Some(name), Some(args)) = (
         read_bytes(&caller, name_ptr, name_len),
         read_bytes(&caller, args_ptr, args_len),
@@ -534,7 +560,7 @@ fn proxy_get_status(
     message_ptr_ptr: u32,
     message_size_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_get_status")?;
+    guard(&mut caller, "proxy_get_status")?;
     let (code, message) = caller.data().status.clone();
     if !write_u32(&mut caller, code_ptr, code) {
         return status(Status::InvalidMemoryAccess);

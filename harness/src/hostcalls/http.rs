@@ -94,7 +94,7 @@ fn proxy_get_header_map_value(
     value_ptr_ptr: u32,
     value_size_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_get_header_map_value")?;
+    guard(&mut caller, "proxy_get_header_map_value")?;
     let Some(map_type) = MapType::from_code(map_type) else {
         return status(Status::BadArgument);
     };
@@ -133,7 +133,7 @@ fn edit_map(
     value: Option<(u32, u32)>,
     edit: fn(&mut Vec<(String, String)>, &str, &str),
 ) -> HostResult<u32> {
-    guard(&caller, name)?;
+    guard(&mut caller, name)?;
     let Some(map_type) = MapType::from_code(map_type) else {
         return status(Status::BadArgument);
     };
@@ -219,7 +219,7 @@ fn proxy_get_header_map_pairs(
     ptr_ptr: u32,
     size_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_get_header_map_pairs")?;
+    guard(&mut caller, "proxy_get_header_map_pairs")?;
     let Some(map_type) = MapType::from_code(map_type) else {
         return status(Status::BadArgument);
     };
@@ -246,7 +246,7 @@ fn proxy_set_header_map_pairs(
     ptr: u32,
     len: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_set_header_map_pairs")?;
+    guard(&mut caller, "proxy_set_header_map_pairs")?;
     let Some(map_type) = MapType::from_code(map_type) else {
         return status(Status::BadArgument);
     };
@@ -273,7 +273,7 @@ fn proxy_get_header_map_size(
     map_type: u32,
     size_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_get_header_map_size")?;
+    guard(&mut caller, "proxy_get_header_map_size")?;
     let Some(map_type) = MapType::from_code(map_type) else {
         return status(Status::BadArgument);
     };
@@ -379,7 +379,7 @@ fn proxy_get_buffer_bytes(
     ptr_ptr: u32,
     size_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_get_buffer_bytes")?;
+    guard(&mut caller, "proxy_get_buffer_bytes")?;
     let Some(buffer_type) = BufferType::from_code(buffer_type) else {
         return status(Status::BadArgument);
     };
@@ -408,7 +408,7 @@ fn proxy_get_buffer_status(
     len_ptr: u32,
     flags_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_get_buffer_status")?;
+    guard(&mut caller, "proxy_get_buffer_status")?;
     let Some(buffer_type) = BufferType::from_code(buffer_type) else {
         return status(Status::BadArgument);
     };
@@ -430,7 +430,7 @@ fn proxy_set_buffer_bytes(
     data_ptr: u32,
     data_len: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_set_buffer_bytes")?;
+    guard(&mut caller, "proxy_set_buffer_bytes")?;
     let Some(buffer_type) = BufferType::from_code(buffer_type) else {
         return status(Status::BadArgument);
     };
@@ -482,7 +482,7 @@ fn proxy_send_local_response(
     headers_len: u32,
     grpc_status: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_send_local_response")?;
+    guard(&mut caller, "proxy_send_local_response")?;
     let (Some(details), Some(body), Some(headers)) = (
         read_bytes(&caller, details_ptr, details_len),
         read_bytes(&caller, body_ptr, body_len),
@@ -524,8 +524,8 @@ fn stream_type(code: u32) -> Option<Option<StreamKind>> {
     }
 }
 
-fn proxy_continue_stream(caller: Caller<'_, VmState>, stream: u32) -> HostResult<u32> {
-    guard(&caller, "proxy_continue_stream")?;
+fn proxy_continue_stream(mut caller: Caller<'_, VmState>, stream: u32) -> HostResult<u32> {
+    guard(&mut caller, "proxy_continue_stream")?;
     match stream {
         0 => continue_stream(caller, StreamKind::Request),
         1 => continue_stream(caller, StreamKind::Response),
@@ -537,7 +537,7 @@ fn proxy_continue_stream(caller: Caller<'_, VmState>, stream: u32) -> HostResult
 }
 
 fn continue_stream(mut caller: Caller<'_, VmState>, kind: StreamKind) -> HostResult<u32> {
-    guard(&caller, "proxy_continue_stream")?;
+    guard(&mut caller, "proxy_continue_stream")?;
     let state = caller.data_mut();
     let context = state.active_context();
     if let Some(exchange) = state.exchange_mut(context) {
@@ -556,7 +556,7 @@ fn continue_stream(mut caller: Caller<'_, VmState>, kind: StreamKind) -> HostRes
 }
 
 fn proxy_close_stream(mut caller: Caller<'_, VmState>, stream: u32) -> HostResult<u32> {
-    guard(&caller, "proxy_close_stream")?;
+    guard(&mut caller, "proxy_close_stream")?;
     let Some(kind) = stream_type(stream) else {
         return status(Status::BadArgument);
     };
@@ -588,7 +588,7 @@ fn proxy_http_call(
     timeout_ms: u32,
     token_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_http_call")?;
+    guard(&mut caller, "proxy_http_call")?;
     let (Some(upstream), Some(body), Some(headers), Some(trailers)) = (
         read_bytes(&caller, upstream_ptr, upstream_len),
         read_bytes(&caller, body_ptr, body_len),
@@ -601,6 +601,7 @@ fn proxy_http_call(
     if !write_u32(&mut caller, token_ptr, 0) {
         return status(Status::InvalidMemoryAccess);
     }
+    count_callout(&mut caller)?;
     // Envoy takes the timeout as a signed int.
     if (timeout_ms as i32) < 0 {
         return status(Status::BadArgument);
@@ -671,6 +672,19 @@ fn proxy_http_call(
         return status(Status::InvalidMemoryAccess);
     }
     status(Status::Ok)
+}
+
+/// Counts a callout of the running callback against
+/// [`crate::Limits::max_callouts_per_callback`]; over the cap the module traps with
+/// [`HarnessError::ResourceLimit`].
+fn count_callout(caller: &mut Caller<'_, VmState>) -> HostResult<()> {
+    let state = caller.data_mut();
+    if state.callouts_this_callback >= state.max_callouts_per_callback {
+        let limit = u64::from(state.max_callouts_per_callback);
+        return Err(state.exceed("callouts dispatched by one callback", limit));
+    }
+    state.callouts_this_callback = state.callouts_this_callback.saturating_add(1);
+    Ok(())
 }
 
 // ------------------------------------------------------------------------------------ gRPC
@@ -862,7 +876,7 @@ fn proxy_grpc_call(
     timeout_ms: u32,
     token_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_grpc_call")?;
+    guard(&mut caller, "proxy_grpc_call")?;
     let (Some(service), Some(service_name), Some(method), Some(metadata), Some(message)) = (
         read_bytes(&caller, service_ptr, service_len),
         read_bytes(&caller, service_name_ptr, service_name_len),
@@ -876,6 +890,7 @@ fn proxy_grpc_call(
         Ok(open) => open,
         Err(code) => return status(code),
     };
+    count_callout(&mut caller)?;
     let token = record_grpc(&mut caller, open, false, Some(message), timeout_ms);
     if !write_u32(&mut caller, token_ptr, token) {
         return status(Status::InvalidMemoryAccess);
@@ -897,7 +912,7 @@ fn proxy_grpc_stream(
     metadata_len: u32,
     token_ptr: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_grpc_stream")?;
+    guard(&mut caller, "proxy_grpc_stream")?;
     let (Some(service), Some(service_name), Some(method), Some(metadata)) = (
         read_bytes(&caller, service_ptr, service_len),
         read_bytes(&caller, service_name_ptr, service_name_len),
@@ -910,6 +925,7 @@ fn proxy_grpc_stream(
         Ok(open) => open,
         Err(code) => return status(code),
     };
+    count_callout(&mut caller)?;
     let token = record_grpc(&mut caller, open, true, None, 0);
     if !write_u32(&mut caller, token_ptr, token) {
         return status(Status::InvalidMemoryAccess);
@@ -936,13 +952,13 @@ fn update_grpc_record(state: &VmState, token: u32, f: impl FnOnce(&mut GrpcCallo
 }
 
 fn proxy_grpc_send(
-    caller: Caller<'_, VmState>,
+    mut caller: Caller<'_, VmState>,
     token: u32,
     message_ptr: u32,
     message_len: u32,
     end_stream: u32,
 ) -> HostResult<u32> {
-    guard(&caller, "proxy_grpc_send")?;
+    guard(&mut caller, "proxy_grpc_send")?;
     let Some(message) = read_bytes(&caller, message_ptr, message_len) else {
         return status(Status::InvalidMemoryAccess);
     };
@@ -963,7 +979,7 @@ fn proxy_grpc_send(
 }
 
 fn proxy_grpc_cancel(mut caller: Caller<'_, VmState>, token: u32) -> HostResult<u32> {
-    guard(&caller, "proxy_grpc_cancel")?;
+    guard(&mut caller, "proxy_grpc_cancel")?;
     let kind = token & CALLOUT_TYPE_MASK;
     if kind != GRPC_CALL_TYPE && kind != GRPC_STREAM_TYPE {
         return status(Status::BadArgument);
@@ -977,7 +993,7 @@ fn proxy_grpc_cancel(mut caller: Caller<'_, VmState>, token: u32) -> HostResult<
 }
 
 fn proxy_grpc_close(mut caller: Caller<'_, VmState>, token: u32) -> HostResult<u32> {
-    guard(&caller, "proxy_grpc_close")?;
+    guard(&mut caller, "proxy_grpc_close")?;
     let kind = token & CALLOUT_TYPE_MASK;
     let state = caller.data_mut();
     if kind == GRPC_CALL_TYPE {

@@ -82,7 +82,8 @@ pub(crate) fn linker(
                     import.module(),
                     import.name(),
                     func_type.clone(),
-                    move |_caller: Caller<'_, VmState>, _params: &[Val], results: &mut [Val]| {
+                    move |mut caller: Caller<'_, VmState>, _params: &[Val], results: &mut [Val]| {
+                        charge(&mut caller)?;
                         if let Some(slot) = results.first_mut() {
                             *slot = Val::I32(Status::Unimplemented.code() as i32);
                         }
@@ -95,8 +96,40 @@ pub(crate) fn linker(
     Ok(linker)
 }
 
-/// Refuses hostcalls that Envoy does not allow while `_initialize`/`_start` run.
-pub(crate) fn guard(caller: &Caller<'_, VmState>, name: &str) -> HostResult<()> {
+/// Fuel charged for every hostcall, on top of the module's own instructions: the host work of
+/// one call is worth roughly this many wasm instructions. Without it a module looping on a
+/// cheap hostcall (`loop { proxy_log(..) }`) would make tens of millions of calls per callback
+/// (a loop iteration costs ~6 fuel), hanging the test and growing host-side state (logs,
+/// shared data, callout records) until the host runs out of memory. With it the default budget
+/// allows a million hostcalls per callback; real filters make tens.
+pub(crate) const HOSTCALL_FUEL: u64 = 1_000;
+
+/// Bytes copied between guest and host per unit of fuel charged (see [`charge`]).
+pub(crate) const BYTES_PER_FUEL: u64 = 1;
+
+/// Charges [`HOSTCALL_FUEL`] plus the bytes copied by the previous hostcalls to the callback's
+/// fuel budget; running out traps like the module's own code would
+/// ([`HarnessError::FuelExhausted`]).
+pub(crate) fn charge(caller: &mut Caller<'_, VmState>) -> HostResult<()> {
+    let bytes = caller.data().copied_bytes.take();
+    let cost = HOSTCALL_FUEL.saturating_add(bytes / BYTES_PER_FUEL);
+    // Fuel metering is always on in the harness engine; if it were not, there is nothing to do.
+    let Ok(fuel) = caller.get_fuel() else {
+        return Ok(());
+    };
+    match fuel.checked_sub(cost) {
+        Some(left) => caller.set_fuel(left),
+        None => {
+            caller.set_fuel(0)?;
+            Err(wasmtime::Trap::OutOfFuel.into())
+        }
+    }
+}
+
+/// Charges the hostcall (see [`charge`]) and refuses hostcalls that Envoy does not allow while
+/// `_initialize`/`_start` run.
+pub(crate) fn guard(caller: &mut Caller<'_, VmState>, name: &str) -> HostResult<()> {
+    charge(caller)?;
     if caller.data().restricted {
         return Err(wasmtime::Error::msg(format!(
             "`{name}` cannot be called while the module starts (_initialize/_start): Envoy only \
@@ -111,7 +144,9 @@ pub(crate) fn read_bytes(caller: &Caller<'_, VmState>, ptr: u32, len: u32) -> Op
     let memory = caller.data().memory?;
     let start = ptr as usize;
     let end = start.checked_add(len as usize)?;
-    memory.data(caller).get(start..end).map(<[u8]>::to_vec)
+    let bytes = memory.data(caller).get(start..end).map(<[u8]>::to_vec)?;
+    note_copied(caller.data(), bytes.len());
+    Some(bytes)
 }
 
 /// Writes `bytes` at `ptr`; false when out of bounds.
@@ -123,13 +158,22 @@ pub(crate) fn write_bytes(caller: &mut Caller<'_, VmState>, ptr: u32, bytes: &[u
     let Some(end) = start.checked_add(bytes.len()) else {
         return false;
     };
-    match memory.data_mut(caller).get_mut(start..end) {
+    match memory.data_mut(&mut *caller).get_mut(start..end) {
         Some(slot) => {
             slot.copy_from_slice(bytes);
+            note_copied(caller.data(), bytes.len());
             true
         }
         None => false,
     }
+}
+
+/// Records bytes copied across the guest boundary, charged at the next hostcall.
+fn note_copied(state: &VmState, len: usize) {
+    let len = u64::try_from(len).unwrap_or(u64::MAX);
+    state
+        .copied_bytes
+        .set(state.copied_bytes.get().saturating_add(len));
 }
 
 pub(crate) fn write_u32(caller: &mut Caller<'_, VmState>, ptr: u32, value: u32) -> bool {

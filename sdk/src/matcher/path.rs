@@ -18,6 +18,9 @@
 //!    * characters that are not allowed in a path (space, `"`, `<`, `>`, `` ` ``, `{`, `|`,
 //!      `}`, `^`, controls, non-ASCII bytes) are percent-encoded with upper-case hex;
 //!    * a path not starting with `/` gets one;
+//!    * the pass is repeated until nothing changes, so escapes formed by decoding (`%2%65` is
+//!      `%2e` after one pass) are resolved too and the result is idempotent (Envoy runs one
+//!      pass; the two differ only on such double-encoding tricks, see [`canonicalize_path`]);
 //! 3. merges runs of `/` into one.
 //!
 //! A NUL byte, raw or as `%00`, makes the path invalid: Envoy rejects such requests with 400.
@@ -157,8 +160,31 @@ fn back_up_to_previous_slash(output: &mut Vec<u8>) {
     output.truncate(previous + 1);
 }
 
-/// Chromium/Envoy path canonicalization of a path **without** query or fragment.
+/// Chromium/Envoy path canonicalization of a path **without** query or fragment, repeated until
+/// nothing changes.
+///
+/// One pass is exactly Chromium's (and so Envoy's) canonicalizer. One pass is not idempotent,
+/// though: a malformed escape followed by an escape that decodes to a hex digit forms a new
+/// escape (`%2%65` becomes `%2e`), so `/%2%65%2%65/admin` comes out of one pass as
+/// `/%2e%2e/admin`, which an upstream that decodes once more reads as `/admin`. Matching on the
+/// fixed point closes that gap; paths without such constructs (every path a client sends in
+/// good faith) need exactly one pass, so the result matches Envoy's.
 pub fn canonicalize_path(path: &str) -> Result<String, PathError> {
+    let mut current = canonicalize_once(path)?;
+    loop {
+        let next = canonicalize_once(&current)?;
+        // A pass that changes anything only decodes escapes it formed or drops dot segments,
+        // so it strictly shortens the path: the loop ends after at most `len` passes (in
+        // practice a handful: each level of nesting triples the input length).
+        if next.len() >= current.len() {
+            return Ok(current);
+        }
+        current = next;
+    }
+}
+
+/// One pass of Chromium's path canonicalizer.
+fn canonicalize_once(path: &str) -> Result<String, PathError> {
     let input = path.as_bytes();
     let mut output: Vec<u8> = Vec::with_capacity(input.len() + 1);
     if !is_slash(input.first()) {

@@ -151,9 +151,7 @@ pub fn istio_rows(exposition: &Exposition) -> Vec<(String, BTreeMap<String, Stri
         .series
         .iter()
         .filter(|series| series.name.starts_with("istio_"))
-        .filter(|series| {
-            !series.name.ends_with("_bucket") && !series.name.ends_with("_sum")
-        })
+        .filter(|series| !series.name.ends_with("_bucket") && !series.name.ends_with("_sum"))
         .map(|series| {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let value = series.value as u64;
@@ -193,14 +191,29 @@ pub fn grpc_frames(messages: &[&[u8]]) -> Vec<u8> {
 pub fn upstream_answer(path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let header = |name: &str, value: &str| (name.to_string(), value.to_string());
     match path {
-        "/reviews/missing" => (404, vec![header("content-type", "text/plain")], b"no such review".to_vec()),
-        "/reviews/broken" => (503, vec![header("content-type", "text/plain")], b"overloaded".to_vec()),
+        "/reviews/missing" => (
+            404,
+            vec![header("content-type", "text/plain")],
+            b"no such review".to_vec(),
+        ),
+        "/reviews/broken" => (
+            503,
+            vec![header("content-type", "text/plain")],
+            b"overloaded".to_vec(),
+        ),
         "/reviews.Reviews/List" => (
             200,
-            vec![header("content-type", "application/grpc"), header("grpc-status", "0")],
+            vec![
+                header("content-type", "application/grpc"),
+                header("grpc-status", "0"),
+            ],
             grpc_frames(&[b"one", b"two", b"three"]),
         ),
-        _ => (200, vec![header("content-type", "application/json")], b"{\"ok\":true}".to_vec()),
+        _ => (
+            200,
+            vec![header("content-type", "application/json")],
+            b"{\"ok\":true}".to_vec(),
+        ),
     }
 }
 
@@ -233,13 +246,19 @@ pub fn productpage_headers() -> Vec<(String, String)> {
 /// Trace context headers (W3C and B3) the filter must pass through unchanged.
 pub fn trace_headers() -> Vec<(String, String)> {
     [
-        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
         ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
         ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
         ("x-b3-spanid", "e457b5a2e4d86bd1"),
         ("x-b3-parentspanid", "05e3ac9a4f6e3b90"),
         ("x-b3-sampled", "1"),
-        ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90"),
+        (
+            "b3",
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+        ),
     ]
     .iter()
     .map(|(name, value)| ((*name).to_string(), (*value).to_string()))
@@ -260,7 +279,8 @@ pub fn exchanges() -> Vec<Exchange> {
     let mut traced = from_productpage("success with trace context", "GET", "/reviews/1");
     traced.headers.extend(trace_headers());
     let mut grpc = from_productpage("gRPC call", "POST", "/reviews.Reviews/List");
-    grpc.headers.push(("content-type".to_string(), "application/grpc".to_string()));
+    grpc.headers
+        .push(("content-type".to_string(), "application/grpc".to_string()));
     grpc.body = grpc_frames(&[b"page=1", b"page=2"]);
     let mut unreachable = from_productpage("local reply: upstream unreachable", "GET", "/dead/1");
     unreachable.unreachable = true;
@@ -317,7 +337,8 @@ pub fn run_in_harness(plugin: &Plugin, exchange: &Exchange) -> wasmesh_harness::
     };
     let status = status.to_string();
     let body_length = body.len().to_string();
-    let mut response: Vec<(&str, &str)> = vec![(":status", &status), ("content-length", &body_length)];
+    let mut response: Vec<(&str, &str)> =
+        vec![(":status", &status), ("content-length", &body_length)];
     for (name, value) in &answer_headers {
         response.push((name, value));
     }

@@ -1,0 +1,388 @@
+//! The differential corpus: a JSON data file of groups of exchanges.
+//!
+//! ```json
+//! {
+//!   "format": 1,
+//!   "filters": {"rbac": {"package": "wasmesh-rbac"}, "trap": {"wat": "trap.wat"}},
+//!   "groups": [{
+//!     "name": "rbac: allow policies",
+//!     "filter": "rbac",
+//!     "config": {"rules": {"action": "ALLOW", "policies": {}}},
+//!     "requests": [{"name": "denied", "method": "GET", "path": "/", "headers": [["x-a", "1"]]}]
+//!   }]
+//! }
+//! ```
+//!
+//! The expected verdict is implicit: whatever real Envoy does, the harness must do too. Strings
+//! in configurations and requests may contain `${jwks}` (the key set of `tokens.json`, as JSON
+//! text) and `${token:NAME}` (a token of `tokens.json`, made with PyJWT by `make_tokens.py`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+use wasmesh_harness::envoy::FailurePolicy;
+
+use crate::E2eError;
+
+/// Host header of requests that do not set one.
+pub const DEFAULT_HOST: &str = "api.example.com";
+
+/// The corpus file, relative to this crate.
+pub const CORPUS_FILE: &str = "corpus/corpus.json";
+
+/// The tokens file, relative to this crate.
+pub const TOKENS_FILE: &str = "corpus/tokens.json";
+
+/// The whole corpus, placeholders resolved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Corpus {
+    /// Format version (1).
+    pub format: u32,
+    /// What the corpus is for (free text).
+    #[serde(default)]
+    pub description: String,
+    /// Filter name (as groups refer to it) to where its wasm comes from.
+    pub filters: BTreeMap<String, FilterSource>,
+    /// The groups, each run in its own Envoy and its own harness plugin.
+    pub groups: Vec<Group>,
+}
+
+/// Where a filter's wasm comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum FilterSource {
+    /// A workspace package built for `wasm32-wasip1` (release) by `wasmesh_harness::build`.
+    Package(String),
+    /// A WAT file next to the corpus (a deliberately misbehaving module).
+    Wat(String),
+}
+
+/// One filter configuration and the exchanges run through it, in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// What the group is about.
+    pub name: String,
+    /// Key of [`Corpus::filters`].
+    pub filter: String,
+    /// The plugin configuration: a JSON value (sent as its JSON text) or a string (sent as is).
+    #[serde(default)]
+    pub config: Option<Value>,
+    /// The plugin configuration as a file, relative to the workspace root (a shipped sample).
+    #[serde(default)]
+    pub config_file: Option<String>,
+    /// Envoy's `failure_policy` (and the harness's): `FAIL_CLOSED` (default), `FAIL_OPEN`,
+    /// `FAIL_RELOAD`.
+    #[serde(default)]
+    pub failure_policy: FailurePolicyName,
+    /// Response headers compared for presence only (their values depend on wall-clock time,
+    /// which differs between Envoy and the harness's virtual clock).
+    #[serde(default)]
+    pub volatile_headers: Vec<String>,
+    /// The exchanges.
+    pub requests: Vec<Exchange>,
+}
+
+/// `failure_policy` as Envoy spells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum FailurePolicyName {
+    /// `FAIL_CLOSED`.
+    #[default]
+    #[serde(rename = "FAIL_CLOSED")]
+    FailClosed,
+    /// `FAIL_OPEN`.
+    #[serde(rename = "FAIL_OPEN")]
+    FailOpen,
+    /// `FAIL_RELOAD`.
+    #[serde(rename = "FAIL_RELOAD")]
+    FailReload,
+}
+
+impl FailurePolicyName {
+    /// The policy for Envoy's bootstrap.
+    pub fn for_envoy(self) -> FailurePolicy {
+        match self {
+            Self::FailClosed => FailurePolicy::FailClosed,
+            Self::FailOpen => FailurePolicy::FailOpen,
+            Self::FailReload => FailurePolicy::FailReload,
+        }
+    }
+
+    /// The same policy for the harness.
+    pub fn for_harness(self) -> wasmesh_harness::FailurePolicy {
+        match self {
+            Self::FailClosed => wasmesh_harness::FailurePolicy::FailClosed,
+            Self::FailOpen => wasmesh_harness::FailurePolicy::FailOpen,
+            Self::FailReload => wasmesh_harness::FailurePolicy::FailReload,
+        }
+    }
+}
+
+/// One request a client sends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exchange {
+    /// What the exchange checks.
+    pub name: String,
+    /// Method (default `GET`).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Path with query, sent as is (no normalization on the way).
+    pub path: String,
+    /// Headers in order (`[["name", "value"], ...]`); `host` defaults to [`DEFAULT_HOST`].
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Request body (sent with `content-length` when not empty).
+    #[serde(default)]
+    pub body: String,
+    /// Set when Envoy and the harness are known to differ on this exchange: the anchor of the
+    /// README's DIVERGENCES entry that explains why. The test requires such an exchange to
+    /// still differ, so the documentation cannot go stale.
+    #[serde(default)]
+    pub divergence: Option<String>,
+}
+
+fn default_method() -> String {
+    "GET".to_string()
+}
+
+impl Exchange {
+    /// The `host` the client sends.
+    pub fn host(&self) -> &str {
+        self.headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("host"))
+            .map_or(DEFAULT_HOST, |(_, value)| value.as_str())
+    }
+
+    /// Headers other than `host`, in order.
+    pub fn headers_without_host(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers
+            .iter()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("host"))
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+}
+
+/// The key set and tokens placeholders refer to.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tokens {
+    /// What made them.
+    #[serde(default)]
+    pub generator: String,
+    /// The JWKS document.
+    pub jwks: Value,
+    /// Token name to compact JWT.
+    pub tokens: BTreeMap<String, String>,
+}
+
+impl Tokens {
+    /// Reads `corpus/tokens.json`.
+    pub fn load() -> Result<Self, E2eError> {
+        let path = crate::crate_dir().join(TOKENS_FILE);
+        parse_json(&path, &read(&path)?)
+    }
+
+    /// The key set as JSON text.
+    pub fn jwks_text(&self) -> String {
+        self.jwks.to_string()
+    }
+
+    /// Replaces every `${jwks}` and `${token:NAME}` in `text`.
+    pub fn expand(&self, text: &str) -> Result<String, E2eError> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| E2eError::Corpus(format!("unterminated placeholder in {text:?}")))?;
+            let name = &after[..end];
+            if name == "jwks" {
+                out.push_str(&self.jwks_text());
+            } else if let Some(token) = name.strip_prefix("token:") {
+                let value = self.tokens.get(token).ok_or_else(|| {
+                    E2eError::Corpus(format!("unknown token {token:?} (see {TOKENS_FILE})"))
+                })?;
+                out.push_str(value);
+            } else {
+                return Err(E2eError::Corpus(format!(
+                    "unknown placeholder ${{{name}}} in {text:?}"
+                )));
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn expand_value(&self, value: &mut Value) -> Result<(), E2eError> {
+        match value {
+            Value::String(text) => *text = self.expand(text)?,
+            Value::Array(items) => {
+                for item in items {
+                    self.expand_value(item)?;
+                }
+            }
+            Value::Object(fields) => {
+                for field in fields.values_mut() {
+                    self.expand_value(field)?;
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+        Ok(())
+    }
+}
+
+impl Corpus {
+    /// Reads `corpus/corpus.json` and resolves its placeholders with `corpus/tokens.json`.
+    pub fn load() -> Result<Self, E2eError> {
+        let path = crate::crate_dir().join(CORPUS_FILE);
+        let mut corpus: Corpus = parse_json(&path, &read(&path)?)?;
+        corpus.resolve(&Tokens::load()?)?;
+        corpus.validate()?;
+        Ok(corpus)
+    }
+
+    fn resolve(&mut self, tokens: &Tokens) -> Result<(), E2eError> {
+        for group in &mut self.groups {
+            if let Some(config) = &mut group.config {
+                tokens.expand_value(config)?;
+            }
+            for exchange in &mut group.requests {
+                exchange.path = tokens.expand(&exchange.path)?;
+                exchange.body = tokens.expand(&exchange.body)?;
+                for (_, value) in &mut exchange.headers {
+                    *value = tokens.expand(value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), E2eError> {
+        if self.format != 1 {
+            return Err(E2eError::Corpus(format!(
+                "format {} is not supported (1 is)",
+                self.format
+            )));
+        }
+        for group in &self.groups {
+            if !self.filters.contains_key(&group.filter) {
+                return Err(E2eError::Corpus(format!(
+                    "group {:?}: unknown filter {:?}",
+                    group.name, group.filter
+                )));
+            }
+            if group.config.is_some() && group.config_file.is_some() {
+                return Err(E2eError::Corpus(format!(
+                    "group {:?}: `config` and `config_file` are exclusive",
+                    group.name
+                )));
+            }
+            if group.requests.is_empty() {
+                return Err(E2eError::Corpus(format!(
+                    "group {:?}: no requests",
+                    group.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of exchanges over all groups.
+    pub fn exchange_count(&self) -> usize {
+        self.groups.iter().map(|group| group.requests.len()).sum()
+    }
+}
+
+impl Group {
+    /// The plugin configuration text.
+    pub fn config_text(&self) -> Result<String, E2eError> {
+        match (&self.config, &self.config_file) {
+            (Some(Value::String(text)), _) => Ok(text.clone()),
+            (Some(value), _) => Ok(value.to_string()),
+            (None, Some(file)) => read(&crate::workspace_root().join(file)),
+            (None, None) => Ok(String::new()),
+        }
+    }
+}
+
+impl FilterSource {
+    /// The `.wasm` file to load: builds the package, or compiles the WAT into `scratch`.
+    pub fn wasm(&self, scratch: &Path) -> Result<PathBuf, E2eError> {
+        match self {
+            Self::Package(package) => Ok(wasmesh_harness::build::wasm(package)?),
+            Self::Wat(file) => {
+                let source = crate::crate_dir().join("corpus").join(file);
+                let text = read(&source)?;
+                let bytes = wat::parse_str(&text)
+                    .map_err(|error| E2eError::Corpus(format!("{}: {error}", source.display())))?;
+                std::fs::create_dir_all(scratch).map_err(|source| E2eError::Io {
+                    path: scratch.to_path_buf(),
+                    source,
+                })?;
+                let wasm = scratch.join(Path::new(file).with_extension("wasm"));
+                std::fs::write(&wasm, bytes).map_err(|source| E2eError::Io {
+                    path: wasm.clone(),
+                    source,
+                })?;
+                Ok(wasm)
+            }
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, E2eError> {
+    std::fs::read_to_string(path).map_err(|source| E2eError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, E2eError> {
+    serde_json::from_str(text).map_err(|error| E2eError::Corpus(format!("{}: {error}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> Tokens {
+        Tokens {
+            generator: String::new(),
+            jwks: serde_json::json!({"keys": []}),
+            tokens: BTreeMap::from([("a".to_string(), "x.y.z".to_string())]),
+        }
+    }
+
+    #[test]
+    fn placeholders_expand_to_the_key_set_and_tokens() {
+        assert_eq!(
+            tokens().expand("Bearer ${token:a}; ${jwks}").unwrap(),
+            r#"Bearer x.y.z; {"keys":[]}"#
+        );
+        assert_eq!(tokens().expand("$ {plain}").unwrap(), "$ {plain}");
+    }
+
+    #[test]
+    fn unknown_or_broken_placeholders_are_errors() {
+        assert!(tokens().expand("${token:b}").is_err());
+        assert!(tokens().expand("${other}").is_err());
+        assert!(tokens().expand("${jwks").is_err());
+    }
+
+    #[test]
+    fn the_corpus_loads_and_is_large_enough() {
+        let corpus = Corpus::load().unwrap();
+        assert!(corpus.exchange_count() >= 50, "{}", corpus.exchange_count());
+        for group in &corpus.groups {
+            group.config_text().unwrap();
+        }
+    }
+}

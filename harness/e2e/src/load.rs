@@ -1,0 +1,1 @@
+//! Load generation for the overhead benchmark (filled in below).

@@ -1,0 +1,383 @@
+//! One exchange, observed from outside the filter: what the client got and what the upstream
+//! saw. The same [`Observed`] is built from a real Envoy (client response, and the echo
+//! upstream's copy of the forwarded request) and from the harness (the stream's local reply, or
+//! the request and response headers as the filter left them), so the two can be compared with
+//! `==`.
+//!
+//! What Envoy adds on its own and the harness does not emulate is left out of the comparison
+//! (see [`IGNORED_RESPONSE_HEADERS`] and [`IGNORED_UPSTREAM_HEADERS`]); what Envoy adds before
+//! the filter runs is given to the harness as well ([`harness_request_headers`]).
+
+use std::time::Duration;
+
+use wasmesh_harness::envoy::{
+    self, Envoy, HttpRequest, HttpResponse, ReceivedRequest, RESPONSE_CODE_DETAILS_HEADER,
+};
+use wasmesh_harness::{HarnessError, HttpStream, LocalReply, Plugin, StreamState};
+
+use crate::corpus::Exchange;
+use crate::E2eError;
+
+/// Response headers Envoy (or the echo upstream's framing) sets regardless of the filter, or
+/// that the comparison reads elsewhere: not compared.
+pub const IGNORED_RESPONSE_HEADERS: &[&str] = &[
+    ":status",
+    "date",
+    "server",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "x-envoy-upstream-service-time",
+    RESPONSE_CODE_DETAILS_HEADER,
+];
+
+/// Upstream request headers the router adds after the filter chain (or that are read
+/// elsewhere): not compared.
+pub const IGNORED_UPSTREAM_HEADERS: &[&str] = &[
+    ":method",
+    ":path",
+    ":scheme",
+    "x-envoy-expected-rq-timeout-ms",
+    "connection",
+    "transfer-encoding",
+];
+
+/// Header the client sends so that Envoy's `x-request-id` is the same as the harness's (Envoy
+/// keeps a client's request id when the connection manager does not use the remote address).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The headers the echo upstream answers with, besides the `content-length` of its body.
+pub const ECHO_RESPONSE_HEADERS: &[(&str, &str)] = &[("content-type", "application/json")];
+
+/// Step of the virtual clock while the harness holds a request (a fault delay, a callout
+/// timeout), and how far it may go.
+const CLOCK_STEP: Duration = Duration::from_millis(5);
+const CLOCK_LIMIT: Duration = Duration::from_secs(120);
+
+/// Value shown for a volatile header (compared for presence only).
+pub const VOLATILE: &str = "<volatile>";
+
+/// The request as the upstream received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamView {
+    /// Method.
+    pub method: String,
+    /// Path with query.
+    pub path: String,
+    /// Headers, names lower-cased, sorted, without [`IGNORED_UPSTREAM_HEADERS`] (`:authority`
+    /// shown as `host`).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+/// What the client and the upstream observed for one exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// Status the client got.
+    pub status: u16,
+    /// Response code details, for a local reply (`None`: the upstream answered).
+    pub details: Option<String>,
+    /// Body of a local reply.
+    pub local_body: Option<String>,
+    /// The forwarded request (`None`: it never reached the upstream).
+    pub upstream: Option<UpstreamView>,
+    /// Response headers the client got, names lower-cased, sorted, without
+    /// [`IGNORED_RESPONSE_HEADERS`], volatile values replaced by [`VOLATILE`].
+    pub response_headers: Vec<(String, String)>,
+}
+
+impl Observed {
+    /// One line, for reports.
+    pub fn summary(&self) -> String {
+        match &self.details {
+            Some(details) => format!("{} local reply ({details})", self.status),
+            None => format!("{} from the upstream", self.status),
+        }
+    }
+}
+
+fn normalize(
+    headers: impl IntoIterator<Item = (String, String)>,
+    ignored: &[&str],
+    volatile: &[String],
+) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = headers
+        .into_iter()
+        .map(|(name, value)| {
+            let name = name.to_ascii_lowercase();
+            let name = if name == ":authority" {
+                "host".to_string()
+            } else {
+                name
+            };
+            let value = if volatile.iter().any(|v| v.eq_ignore_ascii_case(&name)) {
+                VOLATILE.to_string()
+            } else {
+                value
+            };
+            (name, value)
+        })
+        .filter(|(name, _)| !ignored.contains(&name.as_str()))
+        .collect();
+    headers.sort();
+    headers
+}
+
+/// The request a client sends to Envoy for `exchange`.
+pub fn client_request(exchange: &Exchange, request_id: &str) -> HttpRequest {
+    let mut request = HttpRequest::new(exchange.method.as_str(), exchange.path.as_str())
+        .header("host", exchange.host())
+        .header(REQUEST_ID_HEADER, request_id)
+        .body(exchange.body.as_bytes().to_vec());
+    for (name, value) in exchange.headers_without_host() {
+        request = request.header(name, value);
+    }
+    request
+}
+
+/// The request headers Envoy's filter chain gets for `exchange`: pseudo-headers from the
+/// request line and `host`, the client's headers, then what the connection manager adds before
+/// the filters run (`x-forwarded-proto`; the client's `x-request-id` is kept).
+pub fn harness_request_headers(exchange: &Exchange, request_id: &str) -> Vec<(String, String)> {
+    let mut headers = vec![
+        (":authority".to_string(), exchange.host().to_string()),
+        (":path".to_string(), exchange.path.clone()),
+        (":method".to_string(), exchange.method.clone()),
+        (":scheme".to_string(), "http".to_string()),
+        (REQUEST_ID_HEADER.to_string(), request_id.to_string()),
+    ];
+    headers.extend(
+        exchange
+            .headers_without_host()
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string())),
+    );
+    if !exchange.body.is_empty() {
+        headers.push(("content-length".to_string(), exchange.body.len().to_string()));
+    }
+    headers.push(("x-forwarded-proto".to_string(), "http".to_string()));
+    headers
+}
+
+/// Sends `exchange` through a real Envoy routing to an echo upstream. Also returns the raw
+/// response (its body is the upstream's answer, which the harness is then given).
+pub fn observe_envoy(
+    envoy: &Envoy,
+    exchange: &Exchange,
+    request_id: &str,
+    volatile: &[String],
+) -> Result<(Observed, HttpResponse), E2eError> {
+    let response = envoy.send(&client_request(exchange, request_id))?;
+    let response_headers = normalize(
+        response.headers.iter().cloned(),
+        IGNORED_RESPONSE_HEADERS,
+        volatile,
+    );
+    let observed = match response.response_code_details() {
+        Some(details) => Observed {
+            status: response.status,
+            details: Some(details.to_string()),
+            local_body: Some(response.text()),
+            upstream: None,
+            response_headers,
+        },
+        None => {
+            let seen = ReceivedRequest::from_echo(&response)?;
+            Observed {
+                status: response.status,
+                details: None,
+                local_body: None,
+                upstream: Some(UpstreamView {
+                    method: seen.method.clone(),
+                    path: seen.path.clone(),
+                    headers: normalize(seen.headers.clone(), IGNORED_UPSTREAM_HEADERS, &[]),
+                    body: String::from_utf8_lossy(&seen.body).into_owned(),
+                }),
+                response_headers,
+            }
+        }
+    };
+    Ok((observed, response))
+}
+
+/// What happened inside the harness besides the observation: errors its calls returned (a
+/// trapping module), which Envoy turns into its failure policy and which are reported, not
+/// compared.
+#[derive(Debug, Default)]
+pub struct HarnessNotes {
+    /// Errors returned by stream calls, in order.
+    pub errors: Vec<String>,
+}
+
+impl HarnessNotes {
+    fn record<T>(&mut self, result: Result<T, HarnessError>) {
+        if let Err(error) = result {
+            self.errors
+                .push(error.to_string().lines().next().unwrap_or_default().to_string());
+        }
+    }
+}
+
+/// Runs `exchange` through the harness as Envoy runs it: request headers (and body), the
+/// virtual clock advanced while the filter holds the request, then (unless it replied) the
+/// echo upstream's answer `upstream_body` with the echo's headers, and the end of the stream.
+pub fn observe_harness(
+    plugin: &Plugin,
+    exchange: &Exchange,
+    request_id: &str,
+    upstream_body: &[u8],
+    volatile: &[String],
+) -> Result<(Observed, HarnessNotes), E2eError> {
+    let mut notes = HarnessNotes::default();
+    let mut stream = plugin.http_stream();
+    let headers = harness_request_headers(exchange, request_id);
+    let header_refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let has_body = !exchange.body.is_empty();
+    notes.record(stream.request_headers(&header_refs, !has_body));
+    if has_body {
+        notes.record(stream.request_body(exchange.body.as_bytes(), true));
+    }
+    settle(plugin, &stream, HttpStream::request_state)?;
+
+    let observed = match stream.local_reply() {
+        Some(reply) => replied(&reply, volatile),
+        None => {
+            let forwarded = stream.request_headers_now();
+            let method = header_of(&forwarded, ":method").unwrap_or_default();
+            let path = header_of(&forwarded, ":path").unwrap_or_default();
+            let upstream = UpstreamView {
+                method,
+                path,
+                headers: normalize(forwarded, IGNORED_UPSTREAM_HEADERS, &[]),
+                body: String::from_utf8_lossy(&stream.request_body_now()).into_owned(),
+            };
+            let length = upstream_body.len().to_string();
+            let mut response: Vec<(&str, &str)> = vec![(":status", "200")];
+            response.extend_from_slice(ECHO_RESPONSE_HEADERS);
+            response.push(("content-length", &length));
+            notes.record(stream.response_headers(&response, upstream_body.is_empty()));
+            if !upstream_body.is_empty() {
+                notes.record(stream.response_body(upstream_body, true));
+            }
+            settle(plugin, &stream, HttpStream::response_state)?;
+            match stream.local_reply() {
+                Some(reply) => replied(&reply, volatile),
+                None => Observed {
+                    status: 200,
+                    details: None,
+                    local_body: None,
+                    upstream: Some(upstream),
+                    response_headers: normalize(
+                        stream.response_headers_now(),
+                        IGNORED_RESPONSE_HEADERS,
+                        volatile,
+                    ),
+                },
+            }
+        }
+    };
+    notes.record(stream.complete());
+    Ok((observed, notes))
+}
+
+fn replied(reply: &LocalReply, volatile: &[String]) -> Observed {
+    Observed {
+        status: u16::try_from(reply.status).unwrap_or(u16::MAX),
+        details: Some(reply.details.clone()),
+        local_body: Some(String::from_utf8_lossy(&reply.body).into_owned()),
+        upstream: None,
+        response_headers: normalize(reply.headers.clone(), IGNORED_RESPONSE_HEADERS, volatile),
+    }
+}
+
+fn header_of(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.clone())
+}
+
+/// Advances the virtual clock while the filter holds this direction of the stream (a delay, a
+/// callout waiting for its timeout), as real time passes in Envoy.
+fn settle(
+    plugin: &Plugin,
+    stream: &HttpStream,
+    state: fn(&HttpStream) -> StreamState,
+) -> Result<(), E2eError> {
+    let mut waited = Duration::ZERO;
+    while state(stream) == StreamState::Paused && stream.local_reply().is_none() {
+        if waited >= CLOCK_LIMIT {
+            return Err(E2eError::Corpus(format!(
+                "the filter still holds the stream after {CLOCK_LIMIT:?} of virtual time"
+            )));
+        }
+        plugin.advance_clock(CLOCK_STEP)?;
+        waited += CLOCK_STEP;
+    }
+    Ok(())
+}
+
+/// `true` unless `WASMESH_SKIP_ENVOY=1` asks to skip real-Envoy work (announced loudly by
+/// `wasmesh_harness::envoy::skip_requested`).
+pub fn envoy_wanted() -> bool {
+    !envoy::skip_requested()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange() -> Exchange {
+        serde_json::from_str(
+            r#"{"name": "n", "method": "POST", "path": "/p?q=1",
+                "headers": [["Host", "h.example"], ["X-A", "1"]], "body": "abc"}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_harness_gets_what_envoy_hands_its_filter_chain() {
+        let headers = harness_request_headers(&exchange(), "id-1");
+        let names: Vec<&str> = headers.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                ":authority",
+                ":path",
+                ":method",
+                ":scheme",
+                "x-request-id",
+                "x-a",
+                "content-length",
+                "x-forwarded-proto"
+            ]
+        );
+        assert_eq!(headers[0].1, "h.example");
+        assert_eq!(headers[6].1, "3");
+    }
+
+    #[test]
+    fn normalization_sorts_lowercases_maps_authority_and_hides_volatile_values() {
+        let headers = normalize(
+            [
+                ("X-B".to_string(), "2".to_string()),
+                (":authority".to_string(), "h".to_string()),
+                ("date".to_string(), "now".to_string()),
+                ("x-reset".to_string(), "59".to_string()),
+            ],
+            IGNORED_RESPONSE_HEADERS,
+            &["x-reset".to_string()],
+        );
+        assert_eq!(
+            headers,
+            [
+                ("host".to_string(), "h".to_string()),
+                ("x-b".to_string(), "2".to_string()),
+                ("x-reset".to_string(), VOLATILE.to_string()),
+            ]
+        );
+    }
+}

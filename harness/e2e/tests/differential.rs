@@ -1,0 +1,112 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The differential corpus (`corpus/corpus.json`) through the harness and through real Envoy:
+//! every exchange must be observed alike (status, response code details, local-reply body,
+//! upstream request, client response headers), and so must the callouts and the counters of
+//! each group. Known Envoy/spec divergences are marked in the corpus and documented in the
+//! README's DIVERGENCES section. Set `WASMESH_SKIP_ENVOY=1` to skip on a machine without Envoy.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use wasmesh_e2e::corpus::{Corpus, FilterSource, Tokens};
+use wasmesh_e2e::differential::{run_group, GroupReport};
+use wasmesh_harness::envoy;
+
+/// Groups run at once: each holds an Envoy and a harness plugin; the machine has few cores.
+const PARALLEL_GROUPS: usize = 3;
+
+#[test]
+fn the_harness_and_real_envoy_observe_every_exchange_of_the_corpus_alike() {
+    if envoy::skip_requested() {
+        return;
+    }
+    let corpus = Corpus::load().unwrap();
+    let tokens = Tokens::load().unwrap();
+    let scratch = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-corpus");
+    // Build every filter first (memoized per process), so groups do not queue on cargo's lock.
+    for source in corpus.filters.values() {
+        source.wasm(&scratch).unwrap();
+    }
+
+    let next = AtomicUsize::new(0);
+    let reports: Mutex<Vec<(usize, GroupReport)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..PARALLEL_GROUPS {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::SeqCst);
+                if index >= corpus.groups.len() {
+                    return;
+                }
+                let report = run_group(&corpus, index, &tokens, &scratch)
+                    .unwrap_or_else(|error| panic!("group {:?}: {error}", corpus.groups[index].name));
+                reports.lock().unwrap().push((index, report));
+            });
+        }
+    });
+    let mut reports = reports.into_inner().unwrap();
+    reports.sort_by_key(|(index, _)| *index);
+
+    let mut failures = Vec::new();
+    for (_, report) in &reports {
+        let agreeing = report.exchanges.iter().filter(|e| e.agrees()).count();
+        println!(
+            "{:<60} {:>2}/{:>2} agree, {} difference(s), {:.1}s",
+            report.group,
+            agreeing,
+            report.exchanges.len(),
+            report.differences.len(),
+            report.elapsed.as_secs_f64()
+        );
+        for exchange in &report.exchanges {
+            println!(
+                "    {:<55} envoy {:<40} harness {}{}",
+                exchange.name,
+                exchange.envoy.summary(),
+                exchange.harness.summary(),
+                exchange
+                    .divergence
+                    .as_ref()
+                    .map(|d| format!("  [known divergence: {d}]"))
+                    .unwrap_or_default()
+            );
+        }
+        for difference in &report.differences {
+            failures.push(format!("{}: {difference}", report.group));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} difference(s) between Envoy and the harness:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_corpus_spans_every_filter_of_the_workspace() {
+    let corpus = Corpus::load().unwrap();
+    assert!(corpus.exchange_count() >= 50, "{}", corpus.exchange_count());
+    let packages: BTreeSet<String> = corpus
+        .filters
+        .values()
+        .filter_map(|source| match source {
+            FilterSource::Package(package) => Some(package.clone()),
+            FilterSource::Wat(_) => None,
+        })
+        .collect();
+    let used: BTreeSet<&String> = corpus.groups.iter().map(|group| &group.filter).collect();
+    assert_eq!(used.len(), corpus.filters.len(), "a filter of the corpus has no group");
+    let root = wasmesh_e2e::workspace_root();
+    let mut expected = BTreeSet::from(["wasmesh-example-header-filter".to_string()]);
+    for entry in std::fs::read_dir(root.join("filters")).unwrap() {
+        let dir = entry.unwrap().path();
+        if dir.join("Cargo.toml").is_file() {
+            expected.insert(format!(
+                "wasmesh-{}",
+                dir.file_name().unwrap().to_string_lossy()
+            ));
+        }
+    }
+    assert_eq!(packages, expected);
+}
