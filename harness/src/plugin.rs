@@ -261,9 +261,13 @@ impl PluginBuilder {
         };
         for worker in 0..self.workers {
             let vm = inner.start_vm(worker, 0)?;
+            // Envoy stamps a worker's plugin handle with its load time (`last_load`), so the
+            // reload backoff also runs from the first load: a VM that crashes within the
+            // backoff of Envoy's start is not reloaded until the backoff has passed.
+            let loaded = inner.elapsed();
             inner.workers.push(Worker {
                 vms: vec![vm],
-                last_reload: None,
+                last_reload: Some(loaded),
                 reload_error: None,
             });
         }
@@ -423,8 +427,10 @@ impl PluginInner {
             .and_then(|w| w.vms.iter().find(|vm| vm.generation == generation))
     }
 
-    /// `FailReload`: a new stream on a failed VM recreates it, at most once per backoff period
-    /// (the first time immediately).
+    /// `FailReload`: a new stream on a failed VM recreates it once the backoff period has passed
+    /// since the VM's last load (the first load included), as Envoy's
+    /// `PluginConfig::maybeReloadHandleIfNeeded` does. Envoy jitters the period between 1 and
+    /// 1.5 times its base; the harness uses the base, deterministically.
     pub(crate) fn maybe_reload(&mut self, worker: usize) -> Result<(), HarnessError> {
         if self.policy != FailurePolicy::FailReload {
             return Ok(());

@@ -58,8 +58,8 @@ pub enum FailurePolicy {
     /// already in flight on it) still gets the 503, as in Envoy.
     FailOpen,
     /// `FAIL_RELOAD`: the failing request gets the 503 of `FAIL_CLOSED`; the next request on that
-    /// worker recreates the VM (rate-limited by [`Limits::reload_backoff`], like Envoy's
-    /// `reload_config.backoff`).
+    /// worker recreates the VM once [`Limits::reload_backoff`] has passed since the VM was loaded
+    /// (like Envoy's `reload_config.backoff`); until then requests get the 503.
     FailReload,
 }
 
@@ -75,8 +75,10 @@ pub struct Limits {
     /// charged too: 1,000 units per hostcall plus one per byte copied between the module and
     /// the host, so a loop of hostcalls is interrupted like any other runaway loop.
     pub fuel_per_callback: Option<u64>,
-    /// Minimum virtual time between two VM reloads under [`FailurePolicy::FailReload`]
-    /// (Envoy's default base interval is 1s). The first reload after a crash is immediate.
+    /// Minimum virtual time between two loads of a worker's VM under
+    /// [`FailurePolicy::FailReload`] (Envoy's default base interval is 1s). As in Envoy, it also
+    /// runs from the first load: a VM that crashes less than this after the plugin started is
+    /// reloaded only once the clock has passed it.
     pub reload_backoff: Duration,
     /// Cap on the number of shared-data keys the plugin's modules may create (all VM ids
     /// together). Default 100,000: a hundred times what a filter keeping per-descriptor state

@@ -214,6 +214,15 @@ fn fail_reload_answers_503_then_recreates_the_vm_for_the_next_request() {
     assert_eq!(stream.local_reply().unwrap().status, 503);
     assert_eq!(plugin.reload_count(0), 0);
     plugin.clear_logs();
+    // As in Envoy, the backoff also runs from the first load: within a second of the start,
+    // requests are answered 503 by the failed VM (real Envoy does the same, see the
+    // `FAIL_RELOAD` group of harness/e2e's differential corpus).
+    let mut early = plugin.http_stream();
+    let outcome = early.request_headers(GET, true).unwrap();
+    assert!(!outcome.invoked);
+    assert_eq!(outcome.local_reply().unwrap().status, 503);
+    assert_eq!(plugin.reload_count(0), 0);
+    plugin.advance_clock(Duration::from_secs(1)).unwrap();
     let mut next = plugin.http_stream();
     let outcome = next.request_headers(GET, true).unwrap();
     assert!(outcome.invoked, "a fresh VM handles the request");

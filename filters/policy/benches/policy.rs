@@ -60,7 +60,10 @@ fn native(c: &mut Criterion) {
     // Warm the cache with one answered check.
     let mut driver = StreamDriver::new(Some(Rc::clone(&filter)));
     let mut first = request();
-    assert_eq!(driver.on_request_headers(&mut first, &mut host), Outcome::Pause);
+    assert_eq!(
+        driver.on_request_headers(&mut first, &mut host),
+        Outcome::Pause
+    );
     let token = host.http_callouts()[0].0;
     driver.on_callout_response(&mut first, &mut host, allow(token));
     group.bench_function("cache_hit", |b| {
@@ -84,13 +87,15 @@ fn wasm(c: &mut Criterion) {
         .http_callout_handler(|_| CalloutReply::with_headers(200, &[("x-user", "alice")], ""))
         .start()
         .unwrap();
-    let mut run = |path: &str| {
+    let run = |path: &str| {
         let mut headers = HEADERS;
         headers[1].1 = path;
         let mut stream = plugin.http_stream();
         stream.request_headers(&headers, true).unwrap();
         assert_eq!(stream.request_header("x-user").as_deref(), Some("alice"));
-        stream.response_headers(&[(":status", "200")], true).unwrap();
+        stream
+            .response_headers(&[(":status", "200")], true)
+            .unwrap();
         stream.complete().unwrap();
     };
     run("/orders?page=1");

@@ -79,8 +79,16 @@ fn check_responses_from_python_protobuf_decide_as_envoy() {
         match verdict {
             Verdict::Allow(allow) => {
                 assert!(expected["allow"].as_bool().unwrap(), "{name}: allowed");
-                assert_eq!(allow.upstream_set, pairs(&expected["upstream_set"]), "{name}");
-                assert_eq!(allow.upstream_append, pairs(&expected["upstream_append"]), "{name}");
+                assert_eq!(
+                    allow.upstream_set,
+                    pairs(&expected["upstream_set"]),
+                    "{name}"
+                );
+                assert_eq!(
+                    allow.upstream_append,
+                    pairs(&expected["upstream_append"]),
+                    "{name}"
+                );
                 let removed: Vec<String> = expected["upstream_remove"]
                     .as_array()
                     .unwrap()
@@ -88,7 +96,11 @@ fn check_responses_from_python_protobuf_decide_as_envoy() {
                     .map(|name| name.as_str().unwrap().to_string())
                     .collect();
                 assert_eq!(allow.upstream_remove, removed, "{name}");
-                assert_eq!(allow.response_set, pairs(&expected["response_set"]), "{name}");
+                assert_eq!(
+                    allow.response_set,
+                    pairs(&expected["response_set"]),
+                    "{name}"
+                );
                 assert_eq!(
                     allow.response_add_if_absent,
                     pairs(&expected["response_add_if_absent"]),
@@ -97,9 +109,17 @@ fn check_responses_from_python_protobuf_decide_as_envoy() {
             }
             Verdict::Deny(deny) => {
                 assert!(!expected["allow"].as_bool().unwrap(), "{name}: denied");
-                assert_eq!(u64::from(deny.status), expected["status"].as_u64().unwrap(), "{name}");
+                assert_eq!(
+                    u64::from(deny.status),
+                    expected["status"].as_u64().unwrap(),
+                    "{name}"
+                );
                 assert_eq!(deny.headers, pairs(&expected["headers"]), "{name}");
-                assert_eq!(deny.body, expected["body"].as_str().unwrap().as_bytes(), "{name}");
+                assert_eq!(
+                    deny.body,
+                    expected["body"].as_str().unwrap().as_bytes(),
+                    "{name}"
+                );
             }
         }
     }
@@ -113,7 +133,8 @@ fn a_check_request_from_python_protobuf_decodes_field_by_field() {
         .find(|v| v["kind"] == "CheckRequest")
         .unwrap();
     let expected = &vector["expected"];
-    let request = CheckRequest::decode(base64(vector["base64"].as_str().unwrap()).as_slice()).unwrap();
+    let request =
+        CheckRequest::decode(base64(vector["base64"].as_str().unwrap()).as_slice()).unwrap();
     let attributes = request.attributes.unwrap();
     let source = attributes.source.unwrap();
     let address = source.address.unwrap().socket_address.unwrap();
@@ -151,5 +172,8 @@ fn a_check_request_from_python_protobuf_decodes_field_by_field() {
         .as_slice(),
     )
     .unwrap();
-    assert_eq!(reencoded.attributes.unwrap().request.unwrap().http.unwrap(), http);
+    assert_eq!(
+        reencoded.attributes.unwrap().request.unwrap().http.unwrap(),
+        http
+    );
 }

@@ -83,6 +83,9 @@ impl Registry {
             accept_invalid_certificates: args.insecure,
             ..ClientConfig::default()
         };
+        // The TLS stack is built without a default crypto provider; an error only means one is
+        // installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::try_from(config).context("creating the registry client")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -346,7 +346,8 @@ fn read(path: &Path) -> Result<String, E2eError> {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, E2eError> {
-    serde_json::from_str(text).map_err(|error| E2eError::Corpus(format!("{}: {error}", path.display())))
+    serde_json::from_str(text)
+        .map_err(|error| E2eError::Corpus(format!("{}: {error}", path.display())))
 }
 
 #[cfg(test)]

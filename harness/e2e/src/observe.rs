@@ -32,7 +32,8 @@ pub const IGNORED_RESPONSE_HEADERS: &[&str] = &[
 ];
 
 /// Upstream request headers the router adds after the filter chain (or that are read
-/// elsewhere): not compared.
+/// elsewhere): not compared. (A `content-length: 0` the HTTP/1 codec adds to a body-less
+/// `OPTIONS`/`POST` is dropped too, see [`codec_framing`].)
 pub const IGNORED_UPSTREAM_HEADERS: &[&str] = &[
     ":method",
     ":path",
@@ -153,10 +154,32 @@ pub fn harness_request_headers(exchange: &Exchange, request_id: &str) -> Vec<(St
             .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string())),
     );
     if !exchange.body.is_empty() {
-        headers.push(("content-length".to_string(), exchange.body.len().to_string()));
+        headers.push((
+            "content-length".to_string(),
+            exchange.body.len().to_string(),
+        ));
     }
     headers.push(("x-forwarded-proto".to_string(), "http".to_string()));
     headers
+}
+
+/// The `source.address` Envoy gives the filter chain for `exchange`. Envoy's connection manager
+/// with its defaults (`use_remote_address: false`, `xff_num_trusted_hops: 0`) takes the
+/// downstream remote address from the last `x-forwarded-for` entry when it is an IP address
+/// (port 0), and every filter sees that as `source.address`; without one it is the TCP peer,
+/// 127.0.0.1 like the harness's default. The harness emulates no connection manager, so the
+/// runner sets the property as Envoy would.
+pub fn envoy_source_address(exchange: &Exchange) -> Option<String> {
+    let forwarded: Vec<&str> = exchange
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("x-forwarded-for"))
+        .map(|(_, value)| value.as_str())
+        .collect();
+    let joined = forwarded.join(",");
+    let last = joined.rsplit(',').next()?.trim();
+    let ip: std::net::IpAddr = last.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, 0).to_string())
 }
 
 /// Sends `exchange` through a real Envoy routing to an echo upstream. Also returns the raw
@@ -190,7 +213,11 @@ pub fn observe_envoy(
                 upstream: Some(UpstreamView {
                     method: seen.method.clone(),
                     path: seen.path.clone(),
-                    headers: normalize(seen.headers.clone(), IGNORED_UPSTREAM_HEADERS, &[]),
+                    headers: normalize(
+                        codec_framing(seen.headers.clone()),
+                        IGNORED_UPSTREAM_HEADERS,
+                        &[],
+                    ),
                     body: String::from_utf8_lossy(&seen.body).into_owned(),
                 }),
                 response_headers,
@@ -212,8 +239,14 @@ pub struct HarnessNotes {
 impl HarnessNotes {
     fn record<T>(&mut self, result: Result<T, HarnessError>) {
         if let Err(error) = result {
-            self.errors
-                .push(error.to_string().lines().next().unwrap_or_default().to_string());
+            self.errors.push(
+                error
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
         }
     }
 }
@@ -230,6 +263,9 @@ pub fn observe_harness(
 ) -> Result<(Observed, HarnessNotes), E2eError> {
     let mut notes = HarnessNotes::default();
     let mut stream = plugin.http_stream();
+    if let Some(address) = envoy_source_address(exchange) {
+        stream.property(&["source", "address"], address);
+    }
     let headers = harness_request_headers(exchange, request_id);
     let header_refs: Vec<(&str, &str)> = headers
         .iter()
@@ -281,6 +317,16 @@ pub fn observe_harness(
     };
     notes.record(stream.complete());
     Ok((observed, notes))
+}
+
+/// Drops a `content-length: 0` from the upstream's copy of a request: Envoy's HTTP/1 codec
+/// frames a body-less request whose method may carry a body (`OPTIONS`, `POST`, ...) with it,
+/// after the filter chain, so no filter ever sees it.
+fn codec_framing(headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    headers
+        .into_iter()
+        .filter(|(name, value)| !(name.eq_ignore_ascii_case("content-length") && value == "0"))
+        .collect()
 }
 
 fn replied(reply: &LocalReply, volatile: &[String]) -> Observed {
@@ -357,6 +403,32 @@ mod tests {
         );
         assert_eq!(headers[0].1, "h.example");
         assert_eq!(headers[6].1, "3");
+    }
+
+    #[test]
+    fn the_source_address_is_the_last_forwarded_for_entry_as_envoy_derives_it() {
+        let with = |headers: &str| -> Exchange {
+            serde_json::from_str(&format!(
+                r#"{{"name": "n", "path": "/", "headers": {headers}}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(
+            envoy_source_address(&with(r#"[["x-forwarded-for", "1.1.1.1, 10.1.2.3"]]"#)).as_deref(),
+            Some("10.1.2.3:0")
+        );
+        assert_eq!(
+            envoy_source_address(&with(
+                r#"[["X-Forwarded-For", "1.1.1.1"], ["x-forwarded-for", "2001:db8::1"]]"#
+            ))
+            .as_deref(),
+            Some("[2001:db8::1]:0")
+        );
+        assert_eq!(
+            envoy_source_address(&with(r#"[["x-forwarded-for", "unknown"]]"#)),
+            None
+        );
+        assert_eq!(envoy_source_address(&with("[]")), None);
     }
 
     #[test]

@@ -163,8 +163,16 @@ impl Services {
 
     /// Requests the callout services received, by cluster, in arrival order.
     pub fn callouts_received(&self) -> Vec<(String, ReceivedRequest)> {
-        let jwks = self.jwks.requests().into_iter().map(|r| (JWKS_CLUSTER.to_string(), r));
-        let authz = self.authz.requests().into_iter().map(|r| (AUTHZ_CLUSTER.to_string(), r));
+        let jwks = self
+            .jwks
+            .requests()
+            .into_iter()
+            .map(|r| (JWKS_CLUSTER.to_string(), r));
+        let authz = self
+            .authz
+            .requests()
+            .into_iter()
+            .map(|r| (AUTHZ_CLUSTER.to_string(), r));
         jwks.chain(authz).collect()
     }
 }

@@ -38,8 +38,9 @@ fn the_harness_and_real_envoy_observe_every_exchange_of_the_corpus_alike() {
                 if index >= corpus.groups.len() {
                     return;
                 }
-                let report = run_group(&corpus, index, &tokens, &scratch)
-                    .unwrap_or_else(|error| panic!("group {:?}: {error}", corpus.groups[index].name));
+                let report = run_group(&corpus, index, &tokens, &scratch).unwrap_or_else(|error| {
+                    panic!("group {:?}: {error}", corpus.groups[index].name)
+                });
                 reports.lock().unwrap().push((index, report));
             });
         }
@@ -96,7 +97,11 @@ fn the_corpus_spans_every_filter_of_the_workspace() {
         })
         .collect();
     let used: BTreeSet<&String> = corpus.groups.iter().map(|group| &group.filter).collect();
-    assert_eq!(used.len(), corpus.filters.len(), "a filter of the corpus has no group");
+    assert_eq!(
+        used.len(),
+        corpus.filters.len(),
+        "a filter of the corpus has no group"
+    );
     let root = wasmesh_e2e::workspace_root();
     let mut expected = BTreeSet::from(["wasmesh-example-header-filter".to_string()]);
     for entry in std::fs::read_dir(root.join("filters")).unwrap() {

@@ -601,7 +601,6 @@ fn proxy_http_call(
     if !write_u32(&mut caller, token_ptr, 0) {
         return status(Status::InvalidMemoryAccess);
     }
-    count_callout(&mut caller)?;
     // Envoy takes the timeout as a signed int.
     if (timeout_ms as i32) < 0 {
         return status(Status::BadArgument);
@@ -640,6 +639,7 @@ fn proxy_http_call(
     for (key, value) in headermap::pairs_to_strings(headermap::parse_lenient(&trailers)) {
         maps::add_header(&mut request_trailers, &key, &value);
     }
+    count_callout(&mut caller)?;
     let timeout = Duration::from_millis(u64::from(timeout_ms));
     let state = caller.data_mut();
     state.next_http_call_id = state.next_http_call_id.wrapping_add(4);
