@@ -62,7 +62,13 @@ pub(crate) fn engine() -> Result<&'static Engine, HarnessError> {
                 .wasm_backtrace_details(WasmBacktraceDetails::Disable)
                 .cranelift_opt_level(OptLevel::Speed)
                 // Deep recursion in a module must trap, not exhaust the host stack.
-                .max_wasm_stack(1024 * 1024);
+                .max_wasm_stack(1024 * 1024)
+                // Proposals proxy-wasm modules do not use and Envoy's runtimes do not offer,
+                // refused at load: a second linear memory would escape the per-VM memory cap
+                // (the limiter caps each memory, not their sum), and GC objects live outside
+                // linear memory, where `Limits::max_memory_bytes` does not reach.
+                .wasm_multi_memory(false)
+                .wasm_gc(false);
             Engine::new(&config).map_err(|e| format!("{e:#}"))
         })
         .as_ref()

@@ -18,6 +18,9 @@ use crate::property::PropertyValue;
 use crate::shared::SharedState;
 use crate::types::{LocalReply, LogLevel, StreamState};
 
+/// Tables a module may define (Rust and C++ modules have one; reference types allow more).
+const MAX_TABLES: usize = 16;
+
 /// Caps linear memory growth and remembers a denied growth so that the resulting crash can be
 /// reported as [`HarnessError::MemoryLimit`] rather than as the allocator's abort.
 #[derive(Debug, Clone)]
@@ -51,6 +54,21 @@ impl ResourceLimiter for MemoryLimiter {
     ) -> wasmtime::Result<bool> {
         // Tables hold function references; 100k entries is far beyond any real filter.
         Ok(desired <= 100_000)
+    }
+
+    // One instance with one memory per store (the engine also refuses multi-memory modules);
+    // a few tables. wasmtime's defaults (10,000 each) would let one module reserve thousands
+    // of capped memories or tables, multiplying every per-memory or per-table cap.
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 

@@ -14,9 +14,19 @@ use wasmesh_harness::envoy::{Envoy, EnvoyBuilder, WasmFilter};
 use wasmesh_harness::{Harness, MetricValue, Plugin};
 
 use crate::corpus::{Corpus, Group, Tokens};
-use crate::observe::{observe_envoy, observe_harness, Observed};
+use crate::observe::{normalize, observe_envoy, observe_harness, Observed};
 use crate::services::{self, Services};
 use crate::E2eError;
+
+/// Callout request headers Envoy's async client (its router) adds, and pseudo-headers compared
+/// in the request line: not compared.
+const IGNORED_CALLOUT_HEADERS: &[&str] = &[
+    ":method",
+    ":path",
+    ":scheme",
+    "x-envoy-internal",
+    "x-envoy-expected-rq-timeout-ms",
+];
 
 /// How long Envoy's counters may lag behind the last response (access logs and `on_log` run
 /// after the response is written; stats are merged asynchronously).
@@ -252,12 +262,25 @@ fn start_harness(
         .start()?)
 }
 
-/// `<cluster> <method> <path>`, sorted: what the services received from Envoy.
+/// One callout as `<cluster> <method> <path> <headers>`, headers normalized like an upstream
+/// request's, without what Envoy's async client adds after the module handed the call over.
+fn callout_line(cluster: &str, method: &str, path: &str, headers: &[(String, String)]) -> String {
+    let headers = normalize(headers.to_vec(), IGNORED_CALLOUT_HEADERS, &[]);
+    let headers: Vec<String> = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}"))
+        .collect();
+    format!("{cluster} {method} {path} [{}]", headers.join(", "))
+}
+
+/// `<cluster> <method> <path> <headers>`, sorted: what the services received from Envoy.
 fn envoy_callouts(services: &Services) -> Vec<String> {
     let mut lines: Vec<String> = services
         .callouts_received()
         .iter()
-        .map(|(cluster, request)| format!("{cluster} {} {}", request.method, request.path))
+        .map(|(cluster, request)| {
+            callout_line(cluster, &request.method, &request.path, &request.headers)
+        })
         .collect();
     lines.sort();
     lines
@@ -269,11 +292,11 @@ fn harness_callouts(plugin: &Plugin) -> Vec<String> {
         .http_callouts()
         .iter()
         .map(|callout| {
-            format!(
-                "{} {} {}",
-                callout.upstream,
+            callout_line(
+                &callout.upstream,
                 callout.header(":method").unwrap_or_default(),
-                callout.header(":path").unwrap_or_default()
+                callout.header(":path").unwrap_or_default(),
+                &callout.headers,
             )
         })
         .collect();

@@ -98,7 +98,9 @@ impl Observed {
     }
 }
 
-fn normalize(
+/// Names lower-cased (`:authority` shown as `host`), `ignored` names dropped, `volatile` values
+/// replaced by [`VOLATILE`], sorted: the form in which header lists are compared.
+pub fn normalize(
     headers: impl IntoIterator<Item = (String, String)>,
     ignored: &[&str],
     volatile: &[String],
