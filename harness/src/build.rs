@@ -293,21 +293,24 @@ fn find_wasm_artifact(package: &str, cargo_json: &str) -> Result<PathBuf, BuildE
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if message["reason"] != "compiler-artifact" {
+        if message.get("reason").and_then(serde_json::Value::as_str) != Some("compiler-artifact") {
             continue;
         }
-        let is_cdylib = message["target"]["kind"]
-            .as_array()
+        let is_cdylib = message
+            .pointer("/target/kind")
+            .and_then(serde_json::Value::as_array)
             .is_some_and(|kinds| kinds.iter().any(|kind| kind == "cdylib"));
         if !is_cdylib {
             continue;
         }
-        let target_name = message["target"]["name"]
-            .as_str()
+        let target_name = message
+            .pointer("/target/name")
+            .and_then(serde_json::Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let wasm_files = message["filenames"]
-            .as_array()
+        let wasm_files = message
+            .get("filenames")
+            .and_then(serde_json::Value::as_array)
             .into_iter()
             .flatten()
             .filter_map(|name| name.as_str())
@@ -391,8 +394,9 @@ pub fn locate_workspace(start: &Path) -> Result<Workspace, BuildError> {
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)
         .map_err(|error| not_found(format!("unreadable cargo metadata: {error}")))?;
     let path = |field: &str| {
-        metadata[field]
-            .as_str()
+        metadata
+            .get(field)
+            .and_then(serde_json::Value::as_str)
             .map(PathBuf::from)
             .ok_or_else(|| not_found(format!("cargo metadata has no `{field}`")))
     };

@@ -321,7 +321,7 @@ impl WasmFilter {
             "code": { "local": { "filename": self.wasm.display().to_string() } },
         });
         if let Some(configuration) = &self.vm_configuration {
-            vm_config["configuration"] = string_value(configuration);
+            set_field(&mut vm_config, "configuration", string_value(configuration));
         }
         let mut config = json!({
             "name": self.name,
@@ -331,7 +331,7 @@ impl WasmFilter {
             "vm_config": vm_config,
         });
         if self.allow_on_headers_stop_iteration {
-            config["allow_on_headers_stop_iteration"] = json!(true);
+            set_field(&mut config, "allow_on_headers_stop_iteration", json!(true));
         }
         json!({
             "name": "envoy.filters.http.wasm",
@@ -414,12 +414,16 @@ impl Cluster {
             },
         });
         if self.http2 {
-            cluster["typed_extension_protocol_options"] = json!({
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": { "http2_protocol_options": {} },
-                },
-            });
+            set_field(
+                &mut cluster,
+                "typed_extension_protocol_options",
+                json!({
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": { "http2_protocol_options": {} },
+                    },
+                }),
+            );
         }
         cluster
     }
@@ -588,18 +592,22 @@ impl EnvoyBuilder {
         if self.report_response_code_details {
             // A local-reply mapper applies to every locally generated response; its filter must
             // match everything, which `not_health_check_filter` does for test traffic.
-            connection_manager["local_reply_config"] = json!({
-                "mappers": [{
-                    "filter": { "not_health_check_filter": {} },
-                    "headers_to_add": [{ "header": {
-                        "key": RESPONSE_CODE_DETAILS_HEADER,
-                        "value": "%RESPONSE_CODE_DETAILS%",
-                    } }],
-                }],
-            });
+            set_field(
+                &mut connection_manager,
+                "local_reply_config",
+                json!({
+                    "mappers": [{
+                        "filter": { "not_health_check_filter": {} },
+                        "headers_to_add": [{ "header": {
+                            "key": RESPONSE_CODE_DETAILS_HEADER,
+                            "value": "%RESPONSE_CODE_DETAILS%",
+                        } }],
+                    }],
+                }),
+            );
         }
         for (name, value) in &self.connection_manager_fields {
-            connection_manager[name.as_str()] = value.clone();
+            set_field(&mut connection_manager, name, value.clone());
         }
         json!({
             "node": { "id": "wasmesh-test", "cluster": "wasmesh-test" },
@@ -791,9 +799,9 @@ impl Envoy {
     fn first_listener_address(&self) -> Result<SocketAddr, EnvoyError> {
         let path = "/listeners?format=json";
         let document = self.admin_json(path)?;
-        let address = &document["listener_statuses"][0]["local_address"]["socket_address"];
-        let host = address["address"].as_str();
-        let port = address["port_value"].as_u64();
+        let address = document.pointer("/listener_statuses/0/local_address/socket_address");
+        let host = address.and_then(|a| a.get("address")).and_then(Value::as_str);
+        let port = address.and_then(|a| a.get("port_value")).and_then(Value::as_u64);
         match (host, port) {
             (Some(host), Some(port)) => {
                 format!("{host}:{port}")
@@ -851,8 +859,9 @@ impl Envoy {
     pub fn stats(&self) -> Result<BTreeMap<String, u64>, EnvoyError> {
         let path = "/stats?format=json";
         let document = self.admin_json(path)?;
-        let entries = document["stats"]
-            .as_array()
+        let entries = document
+            .get("stats")
+            .and_then(Value::as_array)
             .ok_or_else(|| EnvoyError::Admin {
                 path: path.to_string(),
                 problem: "no `stats` array".to_string(),
@@ -861,8 +870,8 @@ impl Envoy {
             .iter()
             .filter_map(|entry| {
                 Some((
-                    entry["name"].as_str()?.to_string(),
-                    entry["value"].as_u64()?,
+                    entry.get("name")?.as_str()?.to_string(),
+                    entry.get("value")?.as_u64()?,
                 ))
             })
             .collect())
@@ -917,7 +926,9 @@ impl Envoy {
     pub fn log_tail(&self, lines: usize) -> String {
         let log = self.log();
         let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        all.get(all.len().saturating_sub(lines)..)
+            .unwrap_or_default()
+            .join("\n")
     }
 
     /// Directory holding the bootstrap and the log (removed on drop).
@@ -1132,7 +1143,7 @@ fn read_head(reader: &mut impl BufRead) -> io::Result<Option<Vec<u8>>> {
                 "HTTP head too large",
             ));
         }
-        let line = &head[before..];
+        let line = head.get(before..).unwrap_or_default();
         if line == b"\r\n" || line == b"\n" {
             return Ok(Some(head));
         }
@@ -1210,7 +1221,9 @@ fn read_chunked(reader: &mut impl BufRead) -> Result<Vec<u8>, EnvoyError> {
         }
         let start = body.len();
         body.resize(start + size, 0);
-        reader.read_exact(&mut body[start..]).map_err(io_error)?;
+        reader
+            .read_exact(body.get_mut(start..).unwrap_or_default())
+            .map_err(io_error)?;
         let mut crlf = String::new();
         reader.read_line(&mut crlf).map_err(io_error)?;
     }
@@ -1256,16 +1269,18 @@ impl ReceivedRequest {
         };
         let document = response.json().map_err(|_| malformed("not JSON"))?;
         let text = |field: &str| {
-            document[field]
-                .as_str()
+            document
+                .get(field)
+                .and_then(Value::as_str)
                 .map(str::to_string)
                 .ok_or_else(|| malformed(field))
         };
-        let headers = document["headers"]
-            .as_array()
+        let headers = document
+            .get("headers")
+            .and_then(Value::as_array)
             .ok_or_else(|| malformed("headers"))?
             .iter()
-            .map(|pair| match (pair[0].as_str(), pair[1].as_str()) {
+            .map(|pair| match (pair.get(0).and_then(Value::as_str), pair.get(1).and_then(Value::as_str)) {
                 (Some(name), Some(value)) => Ok((name.to_string(), value.to_string())),
                 _ => Err(malformed("header pair")),
             })
@@ -1470,6 +1485,14 @@ fn reason_phrase(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "Status",
+    }
+}
+
+/// Sets `key` on a JSON object (built with `json!({...})`, so always an object); unlike
+/// `value[key] = ...`, this cannot panic whatever `object` is.
+fn set_field(object: &mut Value, key: &str, value: Value) {
+    if let Some(map) = object.as_object_mut() {
+        map.insert(key.to_string(), value);
     }
 }
 

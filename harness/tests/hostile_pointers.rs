@@ -373,7 +373,7 @@ fn hostcall_table(t: &mut Strings) -> Vec<Call> {
         )
         .with_setup(format!(
             "(drop (call $proxy_enqueue_shared_queue (i32.load (i32.const {QUEUE_TOKEN})) {}))",
-            render(&[body.clone()])
+            render(std::slice::from_ref(&body))
         )),
         Call::proxy(
             "proxy_define_metric",

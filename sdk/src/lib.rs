@@ -34,6 +34,10 @@
 //! * [`body`]: the request body a filter sees while it buffers;
 //! * [`error`]: the panic-free [`Error`](error::Error).
 
+// No panic paths: the workspace denies `unwrap`/`expect`/`panic!`; indexing is denied here
+// until every crate of the workspace is clean (then it moves to `[workspace.lints.clippy]`).
+#![deny(clippy::indexing_slicing)]
+
 pub mod adapter;
 pub mod body;
 pub mod callout;

@@ -111,8 +111,9 @@ proptest! {
         parts in prop::collection::vec(prop::sample::select(vec!["%2f", "%2F", "%5c", "%5C", "a", "..", ".", "%2e"]), 1..8)
     ) {
         let segment = parts.concat();
-        prop_assume!(segment != "." && segment != ".." && segment.to_ascii_lowercase() != "%2e"
-            && !matches!(segment.to_ascii_lowercase().as_str(), ".%2e" | "%2e." | "%2e%2e"));
+        // A whole segment that is a dot segment in some encoding is resolved, not kept.
+        let lower = segment.to_ascii_lowercase();
+        prop_assume!(!matches!(lower.as_str(), "." | ".." | "%2e" | ".%2e" | "%2e." | "%2e%2e"));
         let out = normalize_path(&format!("/{segment}")).unwrap();
         prop_assert_eq!(out.matches('/').count(), 1, "/{} -> {}", segment, out);
     }

@@ -1,7 +1,9 @@
 ;; A deliberately crashing filter for the failure-policy groups of the corpus: it traps
-;; (`unreachable`) in `proxy_on_request_headers` when the request carries `x-crash`, and
-;; otherwise counts the requests its VM has seen and reports the count in the response header
-;; `x-vm-requests`, so a client can tell a reloaded VM (count restarts at 1) from the old one.
+;; (`unreachable`) in `proxy_on_request_headers` when the request carries `x-crash`, or in
+;; `proxy_on_response_headers` when it carried `x-crash-response`. Otherwise it counts the
+;; requests its VM has seen and reports the count in the response header `x-vm-requests`, so a
+;; client can tell a reloaded VM (count restarts at 1) from the old one. (Requests of the corpus
+;; are sequential, so one global remembers what the current stream asked for.)
 (module
   (import "env" "proxy_get_header_map_value"
     (func $get_header (param i32 i32 i32 i32 i32) (result i32)))
@@ -11,8 +13,10 @@
   ;; 0..64: header names; 512/516: out-parameters; 600..: the decimal count.
   (data (i32.const 16) "x-crash")
   (data (i32.const 32) "x-vm-requests")
+  (data (i32.const 48) "x-crash-response")
   (global $heap (mut i32) (i32.const 4096))
   (global $requests (mut i32) (i32.const 0))
+  (global $crash_on_response (mut i32) (i32.const 0))
   (func (export "proxy_abi_version_0_2_1"))
   ;; Bump allocator: Envoy copies configuration and header values into the module through it.
   (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
@@ -30,9 +34,12 @@
     ;; map type 0 = request headers; status 0 = Ok (the header is present).
     (if (i32.eqz (call $get_header (i32.const 0) (i32.const 16) (i32.const 7) (i32.const 512) (i32.const 516)))
       (then (unreachable)))
+    (global.set $crash_on_response
+      (i32.eqz (call $get_header (i32.const 0) (i32.const 48) (i32.const 16) (i32.const 512) (i32.const 516))))
     (global.set $requests (i32.add (global.get $requests) (i32.const 1)))
     (i32.const 0))
   (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (if (global.get $crash_on_response) (then (unreachable)))
     ;; map type 2 = response headers.
     (drop (call $add_header (i32.const 2) (i32.const 32) (i32.const 13)
       (i32.const 600) (call $decimal (global.get $requests) (i32.const 600))))

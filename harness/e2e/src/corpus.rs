@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -328,10 +329,20 @@ impl FilterSource {
                     source,
                 })?;
                 let wasm = scratch.join(Path::new(file).with_extension("wasm"));
-                std::fs::write(&wasm, bytes).map_err(|source| E2eError::Io {
-                    path: wasm.clone(),
-                    source,
-                })?;
+                // Several groups (threads) load the same module: write a private file and
+                // rename it into place, so no reader ever sees a half-written module.
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                let private = scratch.join(format!(
+                    "{file}.{}.{}.tmp",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::write(&private, bytes)
+                    .and_then(|()| std::fs::rename(&private, &wasm))
+                    .map_err(|source| E2eError::Io {
+                        path: wasm.clone(),
+                        source,
+                    })?;
                 Ok(wasm)
             }
         }

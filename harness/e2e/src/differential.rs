@@ -134,6 +134,10 @@ pub struct GroupReport {
     pub exchanges: Vec<ExchangeResult>,
     /// Every unexpected difference (documented divergences are not listed, stale ones are).
     pub differences: Vec<Difference>,
+    /// Callouts compared (as the harness's module dispatched them).
+    pub callouts_compared: usize,
+    /// Counters and gauges compared.
+    pub metrics_compared: usize,
     /// How long the group took (Envoy start included).
     pub elapsed: Duration,
 }
@@ -163,8 +167,15 @@ pub fn run_group(
     let config = group.config_text()?;
     let services = Services::start(tokens.jwks_text())?;
 
-    let envoy = start_envoy(group, &wasm, &config, &services)?;
-    let plugin = start_harness(group, &wasm, &config, tokens)?;
+    // Envoy boots (V8 compiles the module) while wasmtime compiles it for the harness.
+    let (envoy, plugin) = std::thread::scope(|scope| {
+        let booting = scope.spawn(|| start_envoy(group, &wasm, &config, &services));
+        let plugin = start_harness(group, &wasm, &config, tokens);
+        let envoy = booting
+            .join()
+            .map_err(|_| E2eError::Corpus("the thread starting Envoy panicked".to_string()))?;
+        Ok::<_, E2eError>((envoy?, plugin?))
+    })?;
 
     let mut exchanges = Vec::new();
     let mut differences = Vec::new();
@@ -208,19 +219,23 @@ pub fn run_group(
 
     let envoy_callouts = envoy_callouts(&services);
     let harness_callouts = harness_callouts(&plugin);
+    let callouts_compared = harness_callouts.len();
     if envoy_callouts != harness_callouts {
         differences.push(Difference::Callouts {
             envoy: envoy_callouts,
             harness: harness_callouts,
         });
     }
-    differences.extend(metric_differences(&envoy, &plugin)?);
+    let (metrics_compared, metric_differences) = compare_metrics(&envoy, &plugin)?;
+    differences.extend(metric_differences);
 
     Ok(GroupReport {
         group: group.name.clone(),
         filter: group.filter.clone(),
         exchanges,
         differences,
+        callouts_compared,
+        metrics_compared,
         elapsed: started.elapsed(),
     })
 }
@@ -304,9 +319,9 @@ fn harness_callouts(plugin: &Plugin) -> Vec<String> {
     lines
 }
 
-/// Counters and gauges the module defined whose Envoy value (`wasmcustom.<name>`) differs,
-/// once Envoy's stats have had time to settle.
-fn metric_differences(envoy: &Envoy, plugin: &Plugin) -> Result<Vec<Difference>, E2eError> {
+/// Compares the counters and gauges the module defined with Envoy's (`wasmcustom.<name>`),
+/// once Envoy's stats have had time to settle: how many were compared, and which differ.
+fn compare_metrics(envoy: &Envoy, plugin: &Plugin) -> Result<(usize, Vec<Difference>), E2eError> {
     let expected: Vec<(String, u64)> = plugin
         .metrics()
         .into_iter()
@@ -330,7 +345,7 @@ fn metric_differences(envoy: &Envoy, plugin: &Plugin) -> Result<Vec<Difference>,
             })
             .collect();
         if differences.is_empty() || Instant::now() >= deadline {
-            return Ok(differences);
+            return Ok((expected.len(), differences));
         }
         // Stats settle asynchronously and have no change notification: poll.
         std::thread::sleep(Duration::from_millis(20));

@@ -52,10 +52,12 @@ fn the_harness_and_real_envoy_observe_every_exchange_of_the_corpus_alike() {
     for (_, report) in &reports {
         let agreeing = report.exchanges.iter().filter(|e| e.agrees()).count();
         println!(
-            "{:<60} {:>2}/{:>2} agree, {} difference(s), {:.1}s",
+            "{:<60} {:>2}/{:>2} agree, {} callouts, {} metrics, {} difference(s), {:.1}s",
             report.group,
             agreeing,
             report.exchanges.len(),
+            report.callouts_compared,
+            report.metrics_compared,
             report.differences.len(),
             report.elapsed.as_secs_f64()
         );
@@ -76,6 +78,21 @@ fn the_harness_and_real_envoy_observe_every_exchange_of_the_corpus_alike() {
             failures.push(format!("{}: {difference}", report.group));
         }
     }
+    // The comparison has teeth: callouts and metrics were compared, not only verdicts.
+    assert!(
+        reports
+            .iter()
+            .map(|(_, r)| r.callouts_compared)
+            .sum::<usize>()
+            > 0
+    );
+    assert!(
+        reports
+            .iter()
+            .map(|(_, r)| r.metrics_compared)
+            .sum::<usize>()
+            > 0
+    );
     assert!(
         failures.is_empty(),
         "{} difference(s) between Envoy and the harness:\n{}",

@@ -140,10 +140,16 @@ fn is_slash(byte: Option<&u8>) -> bool {
 }
 
 fn push_escaped(output: &mut Vec<u8>, byte: u8) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // A nibble is always a valid index; `get` keeps the code free of panic paths anyway.
+    let hex = |nibble: u8| {
+        b"0123456789ABCDEF"
+            .get(usize::from(nibble))
+            .copied()
+            .unwrap_or(b'0')
+    };
     output.push(b'%');
-    output.push(HEX[usize::from(byte >> 4)]);
-    output.push(HEX[usize::from(byte & 0x0f)]);
+    output.push(hex(byte >> 4));
+    output.push(hex(byte & 0x0f));
 }
 
 /// Drops the last segment of `output` (which ends with `/`), never going above the leading `/`.

@@ -1,0 +1,179 @@
+//! Code shared by the fuzz targets (`fuzz_targets/*.rs`). Each target is one line that calls
+//! a function here, so the oracles can be read (and reused) in one place.
+//!
+//! The oracle of every target is first "no panic, no hang" (libFuzzer reports both); some add
+//! semantic checks that panic on a violation (a canonical path must be idempotent, an accepted
+//! token must verify independently, a parsed header map has one encoding).
+
+pub mod hostcalls;
+
+use std::rc::Rc;
+use std::sync::OnceLock;
+
+use wasmesh_sdk::adapter::{configure, HttpFilter, Outcome, StreamDriver};
+use wasmesh_sdk::request::MemoryRequest;
+use wasmesh_sdk::testing::MemoryHost;
+
+/// Parses `data` as the plugin configuration of filter `F` and builds the filter, exactly as
+/// `proxy_on_configure` does. Refusing is fine (and must say why); panicking is a bug.
+pub fn configure_filter<F: HttpFilter>(data: &[u8]) {
+    let mut host = MemoryHost::new();
+    match configure::<F>(data, &mut host) {
+        Ok(filter) => drop(filter),
+        Err(error) => assert!(
+            !error.to_string().is_empty(),
+            "a configuration error must explain itself"
+        ),
+    }
+}
+
+/// The independent test vectors of the JWT filter (keys and tokens made by PyJWT).
+const VECTORS: &str = include_str!("../../filters/jwt-authn/tests/fixtures/vectors.json");
+
+fn vectors() -> &'static serde_json::Value {
+    static VALUE: OnceLock<serde_json::Value> = OnceLock::new();
+    VALUE.get_or_init(|| serde_json::from_str(VECTORS).unwrap_or_default())
+}
+
+fn fixture_jwks() -> &'static wasmesh_jwt_authn::jwks::Jwks {
+    static JWKS: OnceLock<wasmesh_jwt_authn::jwks::Jwks> = OnceLock::new();
+    JWKS.get_or_init(|| {
+        let text = vectors().get("jwks").map(|v| v.to_string()).unwrap_or_default();
+        wasmesh_jwt_authn::jwks::parse(text.as_bytes()).expect("the fixture JWKS parses")
+    })
+}
+
+/// The JWT filter, configured once with the fixture keys and every token location.
+fn jwt_filter() -> Rc<wasmesh_jwt_authn::JwtAuthn> {
+    thread_local! {
+        static FILTER: Rc<wasmesh_jwt_authn::JwtAuthn> = {
+            let jwks = vectors().get("jwks").map(|v| v.to_string()).unwrap_or_default();
+            let config = serde_json::json!({
+                "providers": {"p": {
+                    "issuer": "https://issuer.example.com",
+                    "audiences": ["https://api.example.com"],
+                    "local_jwks": {"inline_string": jwks},
+                    "from_headers": [{"name": "authorization", "value_prefix": "Bearer "},
+                                     {"name": "x-token"}],
+                    "from_params": ["access_token"],
+                    "forward_payload_header": "x-jwt-payload",
+                    "payload_in_metadata": "payload",
+                    "claim_to_headers": [{"header_name": "x-sub", "claim_name": "sub"},
+                                         {"header_name": "x-level", "claim_name": "realm.level"}],
+                }},
+                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}],
+            });
+            let mut host = MemoryHost::new();
+            let filter = configure::<wasmesh_jwt_authn::JwtAuthn>(config.to_string().as_bytes(), &mut host)
+                .expect("the fuzzing configuration is valid");
+            Rc::new(filter)
+        };
+    }
+    FILTER.with(Rc::clone)
+}
+
+/// A token, parsed and verified on its own, then presented to the configured filter in each
+/// place it looks. Oracle: the filter only lets a request through when the token parses and
+/// its signature verifies with the fixture keys (checked here independently of the filter's
+/// decision path).
+pub fn check_token(data: &[u8]) {
+    let token = String::from_utf8_lossy(data);
+    let independently_valid = match wasmesh_jwt_authn::jwt::parse(&token) {
+        Ok(jwt) => {
+            let _ = jwt.claim("realm.roles");
+            let _ = jwt.claim("a.b.c.d");
+            wasmesh_jwt_authn::verify::verify_signature(&jwt, fixture_jwks())
+                == wasmesh_jwt_authn::Status::Ok
+        }
+        Err(_) => false,
+    };
+    let filter = jwt_filter();
+    let requests = [
+        base_request().with_header("authorization", &format!("Bearer {token}")),
+        base_request().with_header("x-token", &token),
+        MemoryRequest::new()
+            .with_header(":method", "GET")
+            .with_header(":path", &format!("/api?access_token={token}"))
+            .with_header(":authority", "api.example.com"),
+    ];
+    for mut request in requests {
+        let mut host = MemoryHost::new();
+        let mut driver = StreamDriver::new(Some(filter.clone()));
+        let outcome = driver.on_request_headers(&mut request, &mut host);
+        // Only for tokens made of JWT characters: extraction legitimately cuts a token at a
+        // `&` (query), a `,` or a space (header), so a longer input can carry a valid token.
+        let jwt_alphabet = token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if outcome == Outcome::Continue && jwt_alphabet {
+            assert!(
+                independently_valid,
+                "the filter accepted a token that does not verify: {token:?}"
+            );
+        }
+    }
+}
+
+fn base_request() -> MemoryRequest {
+    MemoryRequest::new()
+        .with_header(":method", "GET")
+        .with_header(":path", "/api")
+        .with_header(":authority", "api.example.com")
+        .with_header(":scheme", "https")
+}
+
+/// A JWKS document: parsing must not panic, and every token of the fixture must verify or be
+/// refused against the parsed keys without panicking.
+pub fn check_jwks(data: &[u8]) {
+    let Ok(jwks) = wasmesh_jwt_authn::jwks::parse(data) else {
+        return;
+    };
+    let tokens = vectors()
+        .get("valid")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .chain(vectors().get("attacks").and_then(|v| v.as_array()).into_iter().flatten())
+        .filter_map(|vector| vector.get("token").and_then(|t| t.as_str()));
+    for token in tokens {
+        if let Ok(jwt) = wasmesh_jwt_authn::jwt::parse(token) {
+            let _ = wasmesh_jwt_authn::verify::verify_signature(&jwt, &jwks);
+        }
+    }
+}
+
+/// Header-map deserialization. Oracle: what parses has exactly one encoding, and re-parses to
+/// the same pairs.
+pub fn check_headermap(data: &[u8]) {
+    use wasmesh_harness::headermap::{deserialize, serialize, serialized_len};
+    if let Ok(pairs) = deserialize(data) {
+        let bytes = serialize(&pairs);
+        assert_eq!(bytes.len(), serialized_len(&pairs));
+        if data.len() > 1 {
+            assert_eq!(bytes, data, "a header map has one encoding");
+        }
+        assert_eq!(deserialize(&bytes).ok(), Some(pairs));
+    }
+}
+
+/// Path normalization (`normalize_path`, as RBAC, JWT rules and ext_authz allow-lists use it).
+/// Oracle: the output is canonical and a fixed point.
+pub fn check_path(data: &[u8]) {
+    use wasmesh_sdk::matcher::path::{canonicalize_path, merge_slashes, normalize_path};
+    let path = String::from_utf8_lossy(data);
+    let _ = canonicalize_path(&path);
+    let _ = merge_slashes(&path);
+    let Ok(out) = normalize_path(&path) else {
+        return;
+    };
+    assert_eq!(normalize_path(&out).as_deref(), Ok(out.as_str()), "not idempotent: {path:?}");
+    assert!(out.starts_with('/'), "{path:?} -> {out:?}");
+    assert!(!out.contains("//"), "{path:?} -> {out:?}");
+    assert!(
+        !out.split('/').any(|segment| segment == "." || segment == ".."),
+        "dot segment left: {path:?} -> {out:?}"
+    );
+    assert!(out.is_ascii() && !out.contains(['\\', '?', '#']), "{path:?} -> {out:?}");
+    let lower = out.to_ascii_lowercase();
+    assert!(!lower.contains("%2e") && !lower.contains("%00"), "{path:?} -> {out:?}");
+}
