@@ -41,20 +41,25 @@ fn stream(plugin: &Plugin, headers: &[(&str, &str)]) -> StreamState {
     let mut stream = plugin.http_stream();
     stream.request_headers(headers, true).unwrap();
     let state = stream.request_state();
-    stream.response_headers(&[(":status", "200")], true).unwrap();
+    stream
+        .response_headers(&[(":status", "200")], true)
+        .unwrap();
     stream.complete().unwrap();
     state
 }
 
 fn borrowed(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
-    pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 fn main() {
     let mut c = criterion();
     let recorder = Recorder::new();
-    let noop_sdk = std::fs::read(wasmesh_harness::build::wasm("wasmesh-noop-filter").unwrap())
-        .unwrap();
+    let noop_sdk =
+        std::fs::read(wasmesh_harness::build::wasm("wasmesh-noop-filter").unwrap()).unwrap();
     let jwt = std::fs::read(wasmesh_harness::build::wasm("wasmesh-jwt-authn").unwrap()).unwrap();
     let wat_none = wat::module(0, false);
     let wat_calls = wat::module(HOSTCALLS, false);
@@ -95,7 +100,9 @@ fn main() {
             let id = format!("header map/deserialize {count}");
             group.bench_function(format!("deserialize {count}"), |b| {
                 b.iter_custom(|iters| {
-                    recorder.time(&id, iters, || headermap::deserialize(&bytes).map(|p| p.len()))
+                    recorder.time(&id, iters, || {
+                        headermap::deserialize(&bytes).map(|p| p.len())
+                    })
                 });
             });
             let pairs = borrowed(&headers);
@@ -122,7 +129,9 @@ fn main() {
             let id = format!("vm/load from cache, {name}");
             group.bench_function(format!("load from cache, {name}"), |b| {
                 b.iter_custom(|iters| {
-                    recorder.time(&id, iters, || Harness::from_bytes(module).unwrap().from_cache())
+                    recorder.time(&id, iters, || {
+                        Harness::from_bytes(module).unwrap().from_cache()
+                    })
                 });
             });
             let id = format!("vm/load + start, {name}");
@@ -144,7 +153,9 @@ fn main() {
     println!("| what | time |\n|---|---:|");
     println!(
         "| empty hostcall round trip (`proxy_get_current_time_nanoseconds`) | {} |",
-        show(diff("stream/wat 1000 hostcalls", "stream/wat no-op").map(|d| d / f64::from(HOSTCALLS)))
+        show(
+            diff("stream/wat 1000 hostcalls", "stream/wat no-op").map(|d| d / f64::from(HOSTCALLS))
+        )
     );
     println!(
         "| stream lifecycle, WAT no-op module (harness only) | {} |",

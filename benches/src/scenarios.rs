@@ -205,8 +205,7 @@ fn policy() -> Vec<Scenario> {
 
 fn rate_limit() -> Vec<Scenario> {
     // Buckets large enough never to run dry: every request is checked and admitted.
-    let bucket =
-        json!({"max_tokens": 1_000_000_000, "tokens_per_fill": 1_000_000_000, "fill_interval": "1s"});
+    let bucket = json!({"max_tokens": 1_000_000_000, "tokens_per_fill": 1_000_000_000, "fill_interval": "1s"});
     let config = json!({
         "stat_prefix": "bench",
         "token_bucket": bucket,

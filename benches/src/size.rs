@@ -34,14 +34,46 @@ pub struct Budget {
 /// Every shipped module's budget (the SDK's example filter and the no-op baseline too: they
 /// show what the SDK alone costs). Measured sizes are in BENCHMARKS.md.
 pub const BUDGETS: &[Budget] = &[
-    Budget { package: "wasmesh-noop-filter", release_bytes: 0, optimized_bytes: 0 },
-    Budget { package: "wasmesh-example-header-filter", release_bytes: 0, optimized_bytes: 0 },
-    Budget { package: "wasmesh-fault", release_bytes: 0, optimized_bytes: 0 },
-    Budget { package: "wasmesh-jwt-authn", release_bytes: 0, optimized_bytes: 0 },
-    Budget { package: "wasmesh-policy", release_bytes: 0, optimized_bytes: 0 },
-    Budget { package: "wasmesh-rate-limit", release_bytes: 0, optimized_bytes: 0 },
-    Budget { package: "wasmesh-rbac", release_bytes: 0, optimized_bytes: 0 },
-    Budget { package: "wasmesh-telemetry", release_bytes: 0, optimized_bytes: 0 },
+    Budget {
+        package: "wasmesh-noop-filter",
+        release_bytes: 0,
+        optimized_bytes: 0,
+    },
+    Budget {
+        package: "wasmesh-example-header-filter",
+        release_bytes: 0,
+        optimized_bytes: 0,
+    },
+    Budget {
+        package: "wasmesh-fault",
+        release_bytes: 0,
+        optimized_bytes: 0,
+    },
+    Budget {
+        package: "wasmesh-jwt-authn",
+        release_bytes: 0,
+        optimized_bytes: 0,
+    },
+    Budget {
+        package: "wasmesh-policy",
+        release_bytes: 0,
+        optimized_bytes: 0,
+    },
+    Budget {
+        package: "wasmesh-rate-limit",
+        release_bytes: 0,
+        optimized_bytes: 0,
+    },
+    Budget {
+        package: "wasmesh-rbac",
+        release_bytes: 0,
+        optimized_bytes: 0,
+    },
+    Budget {
+        package: "wasmesh-telemetry",
+        release_bytes: 0,
+        optimized_bytes: 0,
+    },
 ];
 
 /// `bytes` plus [`MARGIN_PERCENT`], rounded up to a multiple of 4 KiB: the budget for a module
@@ -101,7 +133,11 @@ pub fn optimized_copy(wasm: &Path) -> Result<Option<PathBuf>, BenchError> {
     std::fs::create_dir_all(&dir)?;
     // Written under a private name first: concurrent test processes may optimize the same
     // module, and a reader must never see a half-written file.
-    let partial = dir.join(format!("{stem}-{}.{}.partial", &digest[..16], std::process::id()));
+    let partial = dir.join(format!(
+        "{stem}-{}.{}.partial",
+        &digest[..16],
+        std::process::id()
+    ));
     build::optimize_with(&wasm_opt, wasm, &partial)?;
     std::fs::rename(&partial, &output)?;
     remove_stale_copies(&dir, &stem, &output);

@@ -79,7 +79,9 @@ mod tests {
         let mut stream = plugin.http_stream();
         stream.request_headers(&borrowed, true).unwrap();
         assert_eq!(stream.request_state(), StreamState::Continued);
-        stream.response_headers(&[(":status", "200")], true).unwrap();
+        stream
+            .response_headers(&[(":status", "200")], true)
+            .unwrap();
         stream.complete().unwrap();
         assert!(plugin.vm_failure(0).is_none());
     }

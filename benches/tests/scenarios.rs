@@ -38,7 +38,10 @@ fn every_filter_has_one_primary_scenario_and_the_baseline_comes_first() {
             .iter()
             .filter(|scenario| scenario.filter == *filter && scenario.primary)
             .count();
-        assert_eq!(primaries, 1, "{filter} must have exactly one primary scenario");
+        assert_eq!(
+            primaries, 1,
+            "{filter} must have exactly one primary scenario"
+        );
     }
     // One entry per filter crate of the workspace, plus the baseline.
     let filter_dirs = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../filters"))
@@ -91,7 +94,11 @@ fn assert_memory_flat(filter: &str) {
         },
         || plugin.worker_memory_bytes(0),
     );
-    assert!(verdicts_ok, "{}: a request got another verdict", scenario.id());
+    assert!(
+        verdicts_ok,
+        "{}: a request got another verdict",
+        scenario.id()
+    );
     assert!(before > 0);
     assert_eq!(
         after,

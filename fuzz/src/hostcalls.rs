@@ -268,7 +268,7 @@ pub fn module_wat() -> String {
         (then (call $dispatch (i32.rem_u (i32.load8_u (local.get $rec)) (i32.const {total})) (local.get $rec))))
       (local.set $rec (i32.add (local.get $rec) (i32.const {RECORD})))
       (br $next))))
-  (func (export "proxy_on_configure") (param i32 $size i32) (result i32)
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
     (if (i32.eqz (call $imp6 (i32.const 7) (i32.const 0) (i32.const {PROGRAM_MAX}) (i32.const 0x200) (i32.const 0x204)))
       (then
         (memory.copy (i32.const {PROGRAM_AT}) (i32.load (i32.const 0x200)) (i32.load (i32.const 0x204)))

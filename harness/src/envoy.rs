@@ -42,8 +42,13 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 mod grpc;
+mod shipped;
 
 pub use grpc::{GrpcAnswer, GrpcRequest, GrpcTestServer};
+pub use shipped::{
+    block_under, shipped_wasm, ShippedBootstrap, ShippedError, ShippedExample, SHIPPED_ADMIN_PORT,
+    SHIPPED_LISTENER_PORT, SHIPPED_UPSTREAM_PORT,
+};
 
 /// Environment variable naming the Envoy binary to use.
 pub const ENVOY_BIN_ENV: &str = "ENVOY_BIN";
@@ -800,8 +805,12 @@ impl Envoy {
         let path = "/listeners?format=json";
         let document = self.admin_json(path)?;
         let address = document.pointer("/listener_statuses/0/local_address/socket_address");
-        let host = address.and_then(|a| a.get("address")).and_then(Value::as_str);
-        let port = address.and_then(|a| a.get("port_value")).and_then(Value::as_u64);
+        let host = address
+            .and_then(|a| a.get("address"))
+            .and_then(Value::as_str);
+        let port = address
+            .and_then(|a| a.get("port_value"))
+            .and_then(Value::as_u64);
         match (host, port) {
             (Some(host), Some(port)) => {
                 format!("{host}:{port}")
@@ -1280,9 +1289,14 @@ impl ReceivedRequest {
             .and_then(Value::as_array)
             .ok_or_else(|| malformed("headers"))?
             .iter()
-            .map(|pair| match (pair.get(0).and_then(Value::as_str), pair.get(1).and_then(Value::as_str)) {
-                (Some(name), Some(value)) => Ok((name.to_string(), value.to_string())),
-                _ => Err(malformed("header pair")),
+            .map(|pair| {
+                match (
+                    pair.get(0).and_then(Value::as_str),
+                    pair.get(1).and_then(Value::as_str),
+                ) {
+                    (Some(name), Some(value)) => Ok((name.to_string(), value.to_string())),
+                    _ => Err(malformed("header pair")),
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {

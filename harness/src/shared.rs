@@ -148,7 +148,10 @@ impl SharedState {
             .saturating_sub(freed)
             .saturating_add(len_u64(key.len().saturating_add(value.len())));
         if needed > self.caps.shared_bytes {
-            return Err(("bytes held in shared data and queues", self.caps.shared_bytes));
+            return Err((
+                "bytes held in shared data and queues",
+                self.caps.shared_bytes,
+            ));
         }
         Ok(())
     }
@@ -159,7 +162,10 @@ impl SharedState {
             return Err(("queued items", len_u64(self.caps.queued_items)));
         }
         if self.shared_bytes.saturating_add(len_u64(data.len())) > self.caps.shared_bytes {
-            return Err(("bytes held in shared data and queues", self.caps.shared_bytes));
+            return Err((
+                "bytes held in shared data and queues",
+                self.caps.shared_bytes,
+            ));
         }
         Ok(())
     }

@@ -55,7 +55,9 @@ pub(crate) fn register(r: &mut Registrar<'_>, module: &str) -> Result<(), Harnes
     r.func(
         module,
         "fd_filestat_get",
-        |mut c: Caller<'_, VmState>, _: u32, _: u32| restricted(&mut c, "fd_filestat_get").map(|()| BADF),
+        |mut c: Caller<'_, VmState>, _: u32, _: u32| {
+            restricted(&mut c, "fd_filestat_get").map(|()| BADF)
+        },
     )?;
     // No preopened directories: libc's preopen scan stops at the first BADF.
     r.func(

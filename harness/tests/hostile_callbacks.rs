@@ -114,7 +114,10 @@ fn trapping_module(target: &str, at_start: bool) -> String {
 /// previous ones; returns the first error.
 fn drive(plugin: &Plugin) -> Result<(), HarnessError> {
     let mut stream = plugin.http_stream();
-    stream.request_headers(&[(":method", "POST"), (":path", "/"), (":authority", "a")], false)?;
+    stream.request_headers(
+        &[(":method", "POST"), (":path", "/"), (":authority", "a")],
+        false,
+    )?;
     stream.request_body(b"body", false)?;
     stream.request_trailers(&[("x-trailer", "1")])?;
     stream.response_headers(&[(":status", "200")], false)?;
@@ -145,7 +148,9 @@ fn assert_names(error: &HarnessError, callback: &str) {
             assert_eq!(got, callback);
             assert!(message.contains("unreachable"), "{callback}: {message}");
             assert!(
-                backtrace.first().is_some_and(|frame| frame.contains("explode")),
+                backtrace
+                    .first()
+                    .is_some_and(|frame| frame.contains("explode")),
                 "{callback}: {backtrace:?}"
             );
         }
@@ -179,7 +184,11 @@ fn a_trap_in_any_later_callback_fails_the_vm_and_later_requests_fail_closed() {
         let outcome = later.request_headers(GET, true).unwrap();
         assert!(!outcome.invoked, "{target}");
         let reply = outcome.local_reply().unwrap();
-        assert_eq!((reply.status, reply.details.as_str()), (503, "wasm_fail_stream"), "{target}");
+        assert_eq!(
+            (reply.status, reply.details.as_str()),
+            (503, "wasm_fail_stream"),
+            "{target}"
+        );
     }
 }
 
@@ -210,7 +219,10 @@ fn the_failure_policy_applies_to_traps_outside_any_request() {
     // ...after it, the next request gets a fresh VM.
     reload.advance_clock(Duration::from_secs(1)).unwrap();
     let outcome = reload.http_stream().request_headers(GET, true).unwrap();
-    assert!(outcome.invoked && outcome.local_reply().is_none(), "{outcome:?}");
+    assert!(
+        outcome.invoked && outcome.local_reply().is_none(),
+        "{outcome:?}"
+    );
     assert_eq!(reload.reload_count(0), 1);
 }
 
@@ -229,7 +241,10 @@ fn a_trap_in_the_allocator_called_by_a_hostcall_fails_the_callback_that_made_the
   (func $ask_for_headers (drop (call $pairs (i32.const 0) (i32.const 512) (i32.const 516))))
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     (call $ask_for_headers) (i32.const 0)))"#;
-    let plugin = Harness::from_bytes(wat.as_bytes()).unwrap().start().unwrap();
+    let plugin = Harness::from_bytes(wat.as_bytes())
+        .unwrap()
+        .start()
+        .unwrap();
     let mut stream = plugin.http_stream();
     match stream.request_headers(GET, true) {
         Err(HarnessError::Trap {
@@ -240,7 +255,9 @@ fn a_trap_in_the_allocator_called_by_a_hostcall_fails_the_callback_that_made_the
             assert_eq!(callback, "proxy_on_request_headers");
             assert!(backtrace[0].contains("allocator_explodes"), "{backtrace:?}");
             assert!(
-                backtrace.iter().any(|frame| frame.contains("ask_for_headers")),
+                backtrace
+                    .iter()
+                    .any(|frame| frame.contains("ask_for_headers")),
                 "the backtrace goes through the hostcall back into the callback: {backtrace:?}"
             );
         }
@@ -280,4 +297,3 @@ fn an_uncaught_exception_or_a_failed_call_indirect_is_a_trap() {
         assert!(plugin.vm_failure(0).is_some(), "{name}");
     }
 }
-

@@ -96,7 +96,11 @@ const MEMORY_END: &str = "(i32.shl (memory.size) (i32.const 16))";
 /// Bad replacements for an in-buffer (pointer, length).
 fn bad_in(ptr: &str, len: &str) -> Vec<(&'static str, String, String)> {
     vec![
-        ("pointer far out of bounds", "(i32.const -16)".into(), len.into()),
+        (
+            "pointer far out of bounds",
+            "(i32.const -16)".into(),
+            len.into(),
+        ),
         ("length u32::MAX", ptr.into(), "(i32.const -1)".into()),
         (
             "pointer + length wraps around 2^32",
@@ -115,7 +119,10 @@ fn bad_in(ptr: &str, len: &str) -> Vec<(&'static str, String, String)> {
 fn bad_out() -> Vec<(&'static str, String)> {
     vec![
         ("out-pointer far out of bounds", "(i32.const -16)".into()),
-        ("out-pointer u32::MAX (write wraps)", "(i32.const -1)".into()),
+        (
+            "out-pointer u32::MAX (write wraps)",
+            "(i32.const -1)".into(),
+        ),
         (
             "out-pointer straddles the end of memory",
             format!("(i32.sub {MEMORY_END} (i32.const 2))"),
@@ -301,10 +308,7 @@ fn hostcall_table(t: &mut Strings) -> Vec<Call> {
             vec![konst(0), Arg::Out(OUT_A), Arg::Out(OUT_B)],
         ),
         Call::proxy("proxy_set_header_map_pairs", vec![konst(0), map.clone()]),
-        Call::proxy(
-            "proxy_get_header_map_size",
-            vec![konst(0), Arg::Out(OUT_A)],
-        ),
+        Call::proxy("proxy_get_header_map_size", vec![konst(0), Arg::Out(OUT_A)]),
         Call::proxy(
             "proxy_http_call",
             vec![
@@ -352,7 +356,12 @@ fn hostcall_table(t: &mut Strings) -> Vec<Call> {
         ),
         Call::proxy(
             "proxy_get_shared_data",
-            vec![shared_key, Arg::Out(OUT_A), Arg::Out(OUT_B), Arg::Out(OUT_C)],
+            vec![
+                shared_key,
+                Arg::Out(OUT_A),
+                Arg::Out(OUT_B),
+                Arg::Out(OUT_C),
+            ],
         ),
         Call::proxy(
             "proxy_register_shared_queue",
@@ -390,11 +399,11 @@ fn hostcall_table(t: &mut Strings) -> Vec<Call> {
             vec![konst(0), value("(i64.const 1)"), Arg::Out(OUT_A)],
         ),
         Call::wasi("clock_res_get", vec![konst(0), Arg::Out(OUT_A)]),
-        Call::wasi("random_get", vec![Arg::In("(i32.const 700)".into(), "(i32.const 16)".into())]),
         Call::wasi(
-            "environ_sizes_get",
-            vec![Arg::Out(OUT_A), Arg::Out(OUT_B)],
+            "random_get",
+            vec![Arg::In("(i32.const 700)".into(), "(i32.const 16)".into())],
         ),
+        Call::wasi("environ_sizes_get", vec![Arg::Out(OUT_A), Arg::Out(OUT_B)]),
         Call::wasi("environ_get", vec![Arg::Out(OUT_A), Arg::Out(800)]),
         Call::wasi("args_sizes_get", vec![Arg::Out(OUT_A), Arg::Out(OUT_B)]),
         Call::wasi(
@@ -414,7 +423,11 @@ fn every_bad_pointer_and_length_in_every_hostcall_is_refused_and_the_vm_survives
     let mut t = Strings::new();
     let table = hostcall_table(&mut t);
     let cases: Vec<Case> = table.iter().flat_map(cases).collect();
-    let calls: String = cases.iter().map(|c| c.wat.as_str()).collect::<Vec<_>>().join("\n");
+    let calls: String = cases
+        .iter()
+        .map(|c| c.wat.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
     let wat = module_with_extra_imports(&format!(
         r#"{}
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
@@ -434,14 +447,25 @@ fn every_bad_pointer_and_length_in_every_hostcall_is_refused_and_the_vm_survives
         .into_iter()
         .filter(|m| !m.starts_with('#'))
         .collect();
-    assert_eq!(statuses.len(), cases.len(), "one status per call: {statuses:?}");
+    assert_eq!(
+        statuses.len(),
+        cases.len(),
+        "one status per call: {statuses:?}"
+    );
     let mut wrong = Vec::new();
     for (case, got) in cases.iter().zip(&statuses) {
         if !case.expected.contains(&got.as_str()) {
-            wrong.push(format!("{}: got {got}, expected {:?}", case.label, case.expected));
+            wrong.push(format!(
+                "{}: got {got}, expected {:?}",
+                case.label, case.expected
+            ));
         }
     }
-    assert!(wrong.is_empty(), "unexpected statuses:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "unexpected statuses:\n{}",
+        wrong.join("\n")
+    );
     // Every hostcall with a pointer is covered, with at least one bad variant each.
     assert!(cases.len() > 3 * table.len(), "{} cases", cases.len());
     // The good calls really ran: the stdout line and the log line are there, the local reply
@@ -503,8 +527,8 @@ fn hostile_allocator_module(t: &mut Strings) -> String {
 }
 
 #[test]
-fn allocators_returning_overlapping_or_out_of_bounds_memory_get_invalid_memory_access_not_a_crash(
-) {
+fn allocators_returning_overlapping_or_out_of_bounds_memory_get_invalid_memory_access_not_a_crash()
+{
     let mut t = Strings::new();
     let wat = hostile_allocator_module(&mut t);
     let bytes = wat::parse_str(&wat).unwrap();
@@ -559,8 +583,12 @@ fn sizes_that_overflow_u32_are_clamped_or_refused() {
     let mut t = Strings::new();
     // A serialized map announcing u32::MAX pairs, one announcing a key of u32::MAX bytes, and
     // one whose count * 8 wraps a 32-bit multiplication to a small number.
-    let huge_count = t.bytes(&[0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 1, 0, 0, 0, b'a', 0, b'b', 0]);
-    let huge_key = t.bytes(&[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, b'a', 0, b'b', 0]);
+    let huge_count = t.bytes(&[
+        0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 1, 0, 0, 0, b'a', 0, b'b', 0,
+    ]);
+    let huge_key = t.bytes(&[
+        1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, b'a', 0, b'b', 0,
+    ]);
     let wrapping_count = t.bytes(&[1, 0, 0, 0x20, 1, 0, 0, 0, 1, 0, 0, 0, b'a', 0, b'b', 0]);
     let cluster = t.s("c");
     let empty = t.s("");
@@ -589,7 +617,10 @@ fn sizes_that_overflow_u32_are_clamped_or_refused() {
     let plugin = builder(&wat).start().unwrap();
     let mut stream = plugin.http_stream();
     stream
-        .request_headers(&[(":method", "POST"), (":path", "/"), (":authority", "a")], false)
+        .request_headers(
+            &[(":method", "POST"), (":path", "/"), (":authority", "a")],
+            false,
+        )
         .unwrap();
     let outcome = stream.request_body(b"hello", false).unwrap();
     assert_eq!(

@@ -42,11 +42,16 @@ fn an_allocator_that_recurses_through_the_host_overflows_the_wasm_stack_not_the_
         "(drop (call $proxy_get_header_map_pairs (i32.const 0) (i32.const 520) (i32.const 524)))",
         "",
     );
-    assert!(wat.contains("(global $armed"), "the allocator was instrumented");
+    assert!(
+        wat.contains("(global $armed"),
+        "the allocator was instrumented"
+    );
     let plugin = builder(&wat).start().unwrap();
     let mut stream = plugin.http_stream();
     match stream.request_headers(GET, true) {
-        Err(HarnessError::Trap { callback, message, .. }) => {
+        Err(HarnessError::Trap {
+            callback, message, ..
+        }) => {
             assert_eq!(callback, "proxy_on_request_headers");
             assert!(message.contains("stack"), "{message}");
         }
@@ -85,7 +90,10 @@ fn an_allocator_that_changes_host_state_mid_copy_gets_a_consistent_answer() {
         Some(b"from malloc".to_vec())
     );
     let reply = outcome.local_reply().unwrap();
-    assert_eq!((reply.status, reply.details.as_str()), (429, "denied_in_malloc"));
+    assert_eq!(
+        (reply.status, reply.details.as_str()),
+        (429, "denied_in_malloc")
+    );
     assert!(plugin.vm_failure(0).is_none());
 }
 
@@ -166,14 +174,18 @@ fn test_code_that_calls_back_into_a_busy_plugin_gets_an_invalid_use_error() {
         .http_callout_handler(move |_| {
             if let Some(plugin) = handler_slot.borrow().as_ref() {
                 let nested = plugin.http_stream().request_headers(GET, true);
-                handler_seen.borrow_mut().push(format!("handler: {}", kind(nested)));
+                handler_seen
+                    .borrow_mut()
+                    .push(format!("handler: {}", kind(nested)));
             }
             CalloutReply::ok(200, "")
         })
         .foreign_function("reenter", move |_| {
             if let Some(plugin) = foreign_slot.borrow().as_ref() {
                 let nested = plugin.advance_clock(std::time::Duration::from_secs(1));
-                foreign_seen.borrow_mut().push(format!("foreign: {}", kind(nested)));
+                foreign_seen
+                    .borrow_mut()
+                    .push(format!("foreign: {}", kind(nested)));
                 // Reading is fine while the plugin is busy.
                 foreign_seen
                     .borrow_mut()
@@ -194,7 +206,11 @@ fn test_code_that_calls_back_into_a_busy_plugin_gets_an_invalid_use_error() {
             "handler: InvalidUse"
         ]
     );
-    assert_eq!(messages(&plugin), vec!["0"], "the foreign call itself succeeded");
+    assert_eq!(
+        messages(&plugin),
+        vec!["0"],
+        "the foreign call itself succeeded"
+    );
     assert!(plugin.vm_failure(0).is_none());
     slot.borrow_mut().take();
 }

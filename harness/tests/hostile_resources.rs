@@ -61,7 +61,11 @@ fn a_million_shared_data_keys_stop_at_the_key_cap() {
     };
     let plugin = builder(&wat).limits(limits).start().unwrap();
     let mut stream = plugin.http_stream();
-    expect_resource_limit(stream.request_headers(GET, true), "shared data keys", 20_000);
+    expect_resource_limit(
+        stream.request_headers(GET, true),
+        "shared data keys",
+        20_000,
+    );
     // The keys written before the cap are there; the one that hit it is not.
     let key = |i: u32| String::from_utf8(i.to_le_bytes().to_vec()).unwrap();
     assert!(plugin.shared_data(&key(0)).is_some());

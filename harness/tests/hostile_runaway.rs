@@ -41,7 +41,10 @@ fn a_loop_of_cheap_hostcalls_is_charged_and_interrupted() {
     ));
     let plugin = builder(&wat).limits(fuel(10_000_000)).start().unwrap();
     let mut stream = plugin.http_stream();
-    expect_fuel_exhausted(stream.request_headers(GET, true), "proxy_on_request_headers");
+    expect_fuel_exhausted(
+        stream.request_headers(GET, true),
+        "proxy_on_request_headers",
+    );
     let lines = plugin.logs().len();
     assert!((9_000..=10_000).contains(&lines), "{lines} log lines");
     assert_eq!(stream.local_reply().unwrap().status, 503);
@@ -164,9 +167,18 @@ fn infinite_loops_in_timers_logs_and_tail_calls_are_interrupted() {
   (func (export "proxy_on_tick") (param i32) (loop $forever (br $forever)))"#,
     );
     let plugin = builder(&tick).limits(fuel(5_000_000)).start().unwrap();
-    expect_fuel_exhausted(plugin.advance_clock(Duration::from_millis(10)), "proxy_on_tick");
+    expect_fuel_exhausted(
+        plugin.advance_clock(Duration::from_millis(10)),
+        "proxy_on_tick",
+    );
     assert_eq!(
-        plugin.http_stream().request_headers(GET, true).unwrap().local_reply().unwrap().status,
+        plugin
+            .http_stream()
+            .request_headers(GET, true)
+            .unwrap()
+            .local_reply()
+            .unwrap()
+            .status,
         503,
         "the crashed VM fails closed"
     );
@@ -175,7 +187,9 @@ fn infinite_loops_in_timers_logs_and_tail_calls_are_interrupted() {
     let plugin = builder(&log).limits(fuel(5_000_000)).start().unwrap();
     let mut stream = plugin.http_stream();
     stream.request_headers(GET, true).unwrap();
-    stream.response_headers(&[(":status", "200")], true).unwrap();
+    stream
+        .response_headers(&[(":status", "200")], true)
+        .unwrap();
     expect_fuel_exhausted(stream.complete(), "proxy_on_log");
 
     // Tail calls never grow the stack, so only fuel can stop them.
@@ -200,7 +214,10 @@ fn memory_cap(bytes: u64) -> Limits {
 #[test]
 fn a_module_declaring_more_memory_than_the_cap_does_not_start() {
     // 2048 pages = 128 MiB, over the default 64 MiB cap.
-    let wat = module("").replace(r#"(memory (export "memory") 2)"#, r#"(memory (export "memory") 2048)"#);
+    let wat = module("").replace(
+        r#"(memory (export "memory") 2)"#,
+        r#"(memory (export "memory") 2048)"#,
+    );
     match builder(&wat).start() {
         Err(HarnessError::MemoryLimit {
             callback,
@@ -226,7 +243,10 @@ fn a_refused_memory_grow_the_module_tolerates_is_not_a_failure() {
     (call $log_status (i32.add (memory.grow (i32.const 1)) (i32.const 2)))
     (i32.const 0))"#,
     );
-    let plugin = builder(&wat).limits(memory_cap(1024 * 1024)).start().unwrap();
+    let plugin = builder(&wat)
+        .limits(memory_cap(1024 * 1024))
+        .start()
+        .unwrap();
     plugin.http_stream().request_headers(GET, true).unwrap();
     // -1 + 2 = 1 (refused); 2 + 2 = 4 (grown from 2 pages to 16); refused again at the cap.
     assert_eq!(messages(&plugin), vec!["1", "4", "1"]);
@@ -243,10 +263,16 @@ fn a_host_copy_that_needs_more_memory_than_the_cap_is_a_memory_limit() {
     (drop (call $proxy_get_buffer_bytes (i32.const 0) (i32.const 0) (i32.const -1) (i32.const 512) (i32.const 516)))
     (i32.const 0))"#,
     );
-    let plugin = builder(&wat).limits(memory_cap(1024 * 1024)).start().unwrap();
+    let plugin = builder(&wat)
+        .limits(memory_cap(1024 * 1024))
+        .start()
+        .unwrap();
     let mut stream = plugin.http_stream();
     stream
-        .request_headers(&[(":method", "POST"), (":path", "/"), (":authority", "a")], false)
+        .request_headers(
+            &[(":method", "POST"), (":path", "/"), (":authority", "a")],
+            false,
+        )
         .unwrap();
     match stream.request_body(&vec![b'x'; 2 * 1024 * 1024], true) {
         Err(HarnessError::MemoryLimit {
@@ -265,7 +291,10 @@ fn a_host_copy_that_needs_more_memory_than_the_cap_is_a_memory_limit() {
 #[test]
 fn tables_are_capped_too() {
     let big_table = module(r#"(table 200000 funcref)"#);
-    assert!(builder(&big_table).start().is_err(), "a 200k-entry table is refused");
+    assert!(
+        builder(&big_table).start().is_err(),
+        "a 200k-entry table is refused"
+    );
 
     let growing = module(
         r#"(table $t 1 funcref)

@@ -359,6 +359,103 @@ pub mod proto {
         }
         deserializer.deserialize_option(OptionalVisitor)
     }
+
+    /// `envoy.type.v3.HttpStatus`: `{"code": 429}` or `{"code": "TooManyRequests"}` (see
+    /// [`status_code`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct HttpStatus {
+        /// The status code.
+        #[serde(deserialize_with = "status_code")]
+        pub code: u16,
+    }
+
+    impl super::Validate for HttpStatus {}
+
+    /// `envoy.type.v3.StatusCode`: the names proto3 JSON writes for each defined HTTP status.
+    pub const STATUS_CODES: &[(&str, u16)] = &[
+        ("Continue", 100),
+        ("OK", 200),
+        ("Created", 201),
+        ("Accepted", 202),
+        ("NonAuthoritativeInformation", 203),
+        ("NoContent", 204),
+        ("ResetContent", 205),
+        ("PartialContent", 206),
+        ("MultiStatus", 207),
+        ("AlreadyReported", 208),
+        ("IMUsed", 226),
+        ("MultipleChoices", 300),
+        ("MovedPermanently", 301),
+        ("Found", 302),
+        ("SeeOther", 303),
+        ("NotModified", 304),
+        ("UseProxy", 305),
+        ("TemporaryRedirect", 307),
+        ("PermanentRedirect", 308),
+        ("BadRequest", 400),
+        ("Unauthorized", 401),
+        ("PaymentRequired", 402),
+        ("Forbidden", 403),
+        ("NotFound", 404),
+        ("MethodNotAllowed", 405),
+        ("NotAcceptable", 406),
+        ("ProxyAuthenticationRequired", 407),
+        ("RequestTimeout", 408),
+        ("Conflict", 409),
+        ("Gone", 410),
+        ("LengthRequired", 411),
+        ("PreconditionFailed", 412),
+        ("PayloadTooLarge", 413),
+        ("URITooLong", 414),
+        ("UnsupportedMediaType", 415),
+        ("RangeNotSatisfiable", 416),
+        ("ExpectationFailed", 417),
+        ("MisdirectedRequest", 421),
+        ("UnprocessableEntity", 422),
+        ("Locked", 423),
+        ("FailedDependency", 424),
+        ("UpgradeRequired", 426),
+        ("PreconditionRequired", 428),
+        ("TooManyRequests", 429),
+        ("RequestHeaderFieldsTooLarge", 431),
+        ("InternalServerError", 500),
+        ("NotImplemented", 501),
+        ("BadGateway", 502),
+        ("ServiceUnavailable", 503),
+        ("GatewayTimeout", 504),
+        ("HTTPVersionNotSupported", 505),
+        ("VariantAlsoNegotiates", 506),
+        ("InsufficientStorage", 507),
+        ("LoopDetected", 508),
+        ("NotExtended", 510),
+        ("NetworkAuthenticationRequired", 511),
+    ];
+
+    /// `#[serde(deserialize_with = "wasmesh_sdk::config::proto::status_code")]`: an
+    /// `envoy.type.v3.StatusCode` written as its number (`429`) or its enum name
+    /// (`"TooManyRequests"`). Numbers that name no defined status are refused, as protobuf
+    /// refuses an unknown enum value.
+    pub fn status_code<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+        const EXPECTED: &str =
+            "an envoy.type.v3.StatusCode (a defined HTTP status number or name such as \"TooManyRequests\")";
+        let value: serde_json::Value = serde::Deserialize::deserialize(deserializer)?;
+        match &value {
+            serde_json::Value::String(name) => STATUS_CODES
+                .iter()
+                .find(|(candidate, _)| candidate == name)
+                .map(|(_, code)| *code)
+                .ok_or_else(|| {
+                    de::Error::custom(format!("unknown status code name {name:?}: not {EXPECTED}"))
+                }),
+            serde_json::Value::Number(number) => number
+                .as_u64()
+                .and_then(|code| u16::try_from(code).ok())
+                .filter(|code| STATUS_CODES.iter().any(|(_, known)| known == code))
+                .ok_or_else(|| de::Error::custom(format!("{number} is not {EXPECTED}"))),
+            other => Err(de::Error::custom(format!("{other} is not {EXPECTED}"))),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -529,6 +626,28 @@ mod tests {
         maybe: Option<u32>,
     }
     impl Validate for Wrapped {}
+
+    #[test]
+    fn status_codes_accept_defined_numbers_and_enum_names() {
+        let status = |json: &str| load::<proto::HttpStatus>(json.as_bytes());
+        assert_eq!(status(r#"{"code": 429}"#).unwrap().code, 429);
+        assert_eq!(
+            status(r#"{"code": "ServiceUnavailable"}"#).unwrap().code,
+            503
+        );
+        let unknown_name = status(r#"{"code": "Teapot"}"#).unwrap_err().to_string();
+        assert!(
+            unknown_name.starts_with("code: unknown status code name \"Teapot\""),
+            "{unknown_name}"
+        );
+        let undefined = status(r#"{"code": 299}"#).unwrap_err().to_string();
+        assert!(
+            undefined.starts_with("code: 299 is not an envoy.type.v3.StatusCode"),
+            "{undefined}"
+        );
+        assert!(status(r#"{"code": 70000}"#).is_err());
+        assert!(status(r#"{"code": true}"#).is_err());
+    }
 
     #[test]
     fn uint32_wrappers_accept_numbers_and_decimal_strings() {

@@ -49,6 +49,8 @@ pub mod header_option;
 pub mod host;
 pub mod matcher;
 pub mod metrics;
+pub mod protobuf;
+pub mod random;
 pub mod request;
 pub mod shared;
 pub mod testing;

@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::{cases, run_in_harness, sample_config, start_in_harness, Case, Verdict};
 use wasmesh_harness::envoy::{
-    self, BootstrapFormat, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse,
-    ReceivedRequest, TestServer, WasmFilter,
+    self, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse, ReceivedRequest,
+    ShippedBootstrap, ShippedExample, TestServer, WasmFilter,
 };
 
 /// Envoy with the example filter in front of `upstream`, configured with `config`.
@@ -151,41 +149,15 @@ fn envoy_refuses_a_bad_configuration_as_the_harness_does() {
     ));
 }
 
-/// The text nested under the first line containing `marker`, dedented.
-fn block_under(text: &str, marker: &str) -> String {
-    let mut lines = text.lines().skip_while(|line| !line.contains(marker));
-    let header = lines.next().unwrap_or_else(|| panic!("no {marker:?}"));
-    let depth = header.len() - header.trim_start().len();
-    let block: Vec<&str> = lines
-        .take_while(|line| line.trim().is_empty() || line.len() - line.trim_start().len() > depth)
-        .collect();
-    let indent = block
-        .iter()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| line.len() - line.trim_start().len())
-        .min()
-        .unwrap_or(0);
-    block
-        .iter()
-        .map(|line| line.get(indent..).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn shipped_envoy_and_istio_configs_embed_the_sample_configuration() {
-    let examples = common::example_dir().join("..");
-    let envoy_yaml = std::fs::read_to_string(examples.join("envoy/header-filter.yaml")).unwrap();
-    let istio_yaml = std::fs::read_to_string(examples.join("istio/header-filter.yaml")).unwrap();
+    let shipped = ShippedExample::read(&common::example_dir().join(".."), "header-filter").unwrap();
     let sample = sample_config();
 
     // Verbatim copies, so that a change to the sample must be made in the shipped configs too.
-    assert_eq!(block_under(&envoy_yaml, "value: |").trim(), sample.trim());
+    assert_eq!(shipped.envoy_filter_config().unwrap().trim(), sample.trim());
     // JSON is YAML: the WasmPlugin's pluginConfig is the same document.
-    assert_eq!(
-        block_under(&istio_yaml, "pluginConfig:").trim(),
-        sample.trim()
-    );
+    assert_eq!(shipped.istio_plugin_config().unwrap().trim(), sample.trim());
 }
 
 #[test]
@@ -194,31 +166,14 @@ fn the_shipped_envoy_config_runs_the_filter() {
         return;
     }
     let upstream = TestServer::echo().unwrap();
-    let shipped =
-        std::fs::read_to_string(common::example_dir().join("../envoy/header-filter.yaml")).unwrap();
-    // What `wasmesh build` ships: the release build through wasm-opt (when installed).
-    let wasm = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("header-filter.wasm");
-    wasmesh_harness::build::optimize(&common::wasm(), &wasm).unwrap();
-    // Point the copy-paste config at that module, at the test upstream, and at free ports.
-    let replacements = [
-        (
-            "filename: /etc/envoy/header-filter.wasm".to_string(),
-            format!("filename: {}", wasm.display()),
-        ),
-        ("port_value: 10000".to_string(), "port_value: 0".to_string()),
-        ("port_value: 9901".to_string(), "port_value: 0".to_string()),
-        (
-            "port_value: 8080".to_string(),
-            format!("port_value: {}", upstream.addr().port()),
-        ),
-    ];
-    let mut bootstrap = shipped.clone();
-    for (from, to) in &replacements {
-        assert_eq!(shipped.matches(from.as_str()).count(), 1, "{from}");
-        bootstrap = bootstrap.replace(from.as_str(), to);
-    }
-    let envoy = EnvoyBuilder::new()
-        .start_with_bootstrap(&bootstrap, BootstrapFormat::Yaml)
+    // Point the copy-paste config at what `wasmesh build` ships (the release build through
+    // wasm-opt, when installed), at the test upstream, and at free ports.
+    let envoy = ShippedBootstrap::read(&common::example_dir().join(".."), "header-filter")
+        .unwrap()
+        .shipped_wasm(&common::wasm(), env!("CARGO_TARGET_TMPDIR").as_ref())
+        .unwrap()
+        .upstream(upstream.addr())
+        .start()
         .unwrap();
 
     let denied = envoy.send(&HttpRequest::get("/admin")).unwrap();

@@ -8,17 +8,20 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 
-/// SplitMix64 (Steele, Lea, Flood 2014): full period, passes BigCrush, one multiply-xorshift
-/// round per draw. Plenty for deciding which requests get a fault.
+use wasmesh_sdk::random::SplitMix64;
+
+/// The fault dice: [`SplitMix64`], plenty for deciding which requests get a fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dice {
-    state: u64,
+    rng: SplitMix64,
 }
 
 impl Dice {
     /// A generator starting from `seed`.
     pub fn seeded(seed: u64) -> Self {
-        Dice { state: seed }
+        Dice {
+            rng: SplitMix64::seeded(seed),
+        }
     }
 
     /// A generator seeded from the host's randomness.
@@ -28,11 +31,7 @@ impl Dice {
 
     /// The next uniformly distributed `u64`.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.rng.next_u64()
     }
 }
 

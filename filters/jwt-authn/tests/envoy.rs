@@ -14,8 +14,8 @@ use common::{
 };
 use serde_json::{json, Value};
 use wasmesh_harness::envoy::{
-    self, BootstrapFormat, Cluster, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse,
-    ReceivedRequest, TestServer, WasmFilter,
+    self, Cluster, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse, ReceivedRequest,
+    ShippedBootstrap, ShippedExample, TestServer, WasmFilter,
 };
 use wasmesh_jwt_authn::config::TYPE_URL;
 
@@ -191,38 +191,13 @@ fn sample_config() -> String {
     std::fs::read_to_string(crate_dir().join("config.json")).unwrap()
 }
 
-/// The text nested under the first line containing `marker`, dedented.
-fn block_under(text: &str, marker: &str) -> String {
-    let mut lines = text.lines().skip_while(|line| !line.contains(marker));
-    let header = lines.next().unwrap_or_else(|| panic!("no {marker:?}"));
-    let depth = header.len() - header.trim_start().len();
-    let block: Vec<&str> = lines
-        .take_while(|line| line.trim().is_empty() || line.len() - line.trim_start().len() > depth)
-        .collect();
-    let indent = block
-        .iter()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| line.len() - line.trim_start().len())
-        .min()
-        .unwrap_or(0);
-    block
-        .iter()
-        .map(|line| line.get(indent..).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn shipped_envoy_and_istio_configs_embed_the_sample_configuration() {
-    let envoy_yaml = std::fs::read_to_string(examples_dir().join("envoy/jwt-authn.yaml")).unwrap();
-    let istio_yaml = std::fs::read_to_string(examples_dir().join("istio/jwt-authn.yaml")).unwrap();
+    let shipped = ShippedExample::read(&examples_dir(), "jwt-authn").unwrap();
     let sample = sample_config();
-    assert_eq!(block_under(&envoy_yaml, "value: |").trim(), sample.trim());
-    assert_eq!(
-        block_under(&istio_yaml, "pluginConfig:").trim(),
-        sample.trim()
-    );
-    assert!(istio_yaml.contains("phase: AUTHN"));
+    assert_eq!(shipped.envoy_filter_config().unwrap().trim(), sample.trim());
+    assert_eq!(shipped.istio_plugin_config().unwrap().trim(), sample.trim());
+    assert!(shipped.istio_yaml.contains("phase: AUTHN"));
 }
 
 #[test]
@@ -232,33 +207,15 @@ fn the_shipped_envoy_config_runs_the_filter() {
     }
     let upstream = TestServer::echo().unwrap();
     let jwks = jwks_server();
-    let shipped = std::fs::read_to_string(examples_dir().join("envoy/jwt-authn.yaml")).unwrap();
-    // What `wasmesh build` ships: the release build through wasm-opt (when installed).
-    let optimized = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("jwt-authn.wasm");
-    wasmesh_harness::build::optimize(&wasm(), &optimized).unwrap();
-    let replacements = [
-        (
-            "filename: /etc/envoy/jwt-authn.wasm".to_string(),
-            format!("filename: {}", optimized.display()),
-        ),
-        ("port_value: 10000".to_string(), "port_value: 0".to_string()),
-        ("port_value: 9901".to_string(), "port_value: 0".to_string()),
-        (
-            "port_value: 8080".to_string(),
-            format!("port_value: {}", upstream.addr().port()),
-        ),
-        (
-            "port_value: 8443".to_string(),
-            format!("port_value: {}", jwks.addr().port()),
-        ),
-    ];
-    let mut bootstrap = shipped.clone();
-    for (from, to) in &replacements {
-        assert_eq!(shipped.matches(from.as_str()).count(), 1, "{from}");
-        bootstrap = bootstrap.replace(from.as_str(), to);
-    }
-    let envoy = EnvoyBuilder::new()
-        .start_with_bootstrap(&bootstrap, BootstrapFormat::Yaml)
+    // What `wasmesh build` ships (the release build through wasm-opt, when installed), pointed
+    // at the test upstream and at free ports.
+    let envoy = ShippedBootstrap::read(&examples_dir(), "jwt-authn")
+        .unwrap()
+        .shipped_wasm(&wasm(), env!("CARGO_TARGET_TMPDIR").as_ref())
+        .unwrap()
+        .upstream(upstream.addr())
+        .port(8443, jwks.addr().port())
+        .start()
         .unwrap();
 
     let health = envoy.send(&HttpRequest::get("/healthz")).unwrap();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
+pub use wasmesh_sdk::config::proto::HttpStatus;
 use wasmesh_sdk::config::{proto, validate_each, validate_field, ConfigError, Validate};
 use wasmesh_sdk::matcher::{CidrRange, HeaderMatcher, StringMatcher};
 use wasmesh_sdk::request::validate_header_name;
@@ -288,94 +289,6 @@ pub struct BufferSettings {
     /// gRPC: send the body as `raw_body` bytes instead of the UTF-8 `body` string.
     #[serde(default)]
     pub pack_as_bytes: bool,
-}
-
-/// `type.v3.HttpStatus`: `{"code": 503}` or `{"code": "ServiceUnavailable"}`.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpStatus {
-    /// The status code.
-    #[serde(deserialize_with = "status_code")]
-    pub code: u32,
-}
-
-/// `type.v3.StatusCode` enum names as proto3 JSON writes them.
-const STATUS_CODES: &[(&str, u32)] = &[
-    ("Continue", 100),
-    ("OK", 200),
-    ("Created", 201),
-    ("Accepted", 202),
-    ("NonAuthoritativeInformation", 203),
-    ("NoContent", 204),
-    ("ResetContent", 205),
-    ("PartialContent", 206),
-    ("MultiStatus", 207),
-    ("AlreadyReported", 208),
-    ("IMUsed", 226),
-    ("MultipleChoices", 300),
-    ("MovedPermanently", 301),
-    ("Found", 302),
-    ("SeeOther", 303),
-    ("NotModified", 304),
-    ("UseProxy", 305),
-    ("TemporaryRedirect", 307),
-    ("PermanentRedirect", 308),
-    ("BadRequest", 400),
-    ("Unauthorized", 401),
-    ("PaymentRequired", 402),
-    ("Forbidden", 403),
-    ("NotFound", 404),
-    ("MethodNotAllowed", 405),
-    ("NotAcceptable", 406),
-    ("ProxyAuthenticationRequired", 407),
-    ("RequestTimeout", 408),
-    ("Conflict", 409),
-    ("Gone", 410),
-    ("LengthRequired", 411),
-    ("PreconditionFailed", 412),
-    ("PayloadTooLarge", 413),
-    ("URITooLong", 414),
-    ("UnsupportedMediaType", 415),
-    ("RangeNotSatisfiable", 416),
-    ("ExpectationFailed", 417),
-    ("MisdirectedRequest", 421),
-    ("UnprocessableEntity", 422),
-    ("Locked", 423),
-    ("FailedDependency", 424),
-    ("UpgradeRequired", 426),
-    ("PreconditionRequired", 428),
-    ("TooManyRequests", 429),
-    ("RequestHeaderFieldsTooLarge", 431),
-    ("InternalServerError", 500),
-    ("NotImplemented", 501),
-    ("BadGateway", 502),
-    ("ServiceUnavailable", 503),
-    ("GatewayTimeout", 504),
-    ("HTTPVersionNotSupported", 505),
-    ("VariantAlsoNegotiates", 506),
-    ("InsufficientStorage", 507),
-    ("LoopDetected", 508),
-    ("NotExtended", 510),
-    ("NetworkAuthenticationRequired", 511),
-];
-
-fn status_code<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
-    use serde::de::Error as _;
-    match Value::deserialize(deserializer)? {
-        Value::String(name) => STATUS_CODES
-            .iter()
-            .find(|(candidate, _)| *candidate == name)
-            .map(|(_, code)| *code)
-            .ok_or_else(|| D::Error::custom(format!("unknown status code name {name:?}"))),
-        Value::Number(number) => number
-            .as_u64()
-            .and_then(|code| u32::try_from(code).ok())
-            .filter(|code| STATUS_CODES.iter().any(|(_, known)| known == code))
-            .ok_or_else(|| D::Error::custom(format!("{number} is not a type.v3.StatusCode"))),
-        other => Err(D::Error::custom(format!(
-            "expected a status code name or number, got {other}"
-        ))),
-    }
 }
 
 /// wasmesh extension: the decision cache.
@@ -914,9 +827,7 @@ impl Config {
 
     /// The status of a failure reply (default 403).
     pub fn status_on_error(&self) -> u16 {
-        self.status_on_error
-            .and_then(|status| u16::try_from(status.code).ok())
-            .unwrap_or(403)
+        self.status_on_error.map_or(403, |status| status.code)
     }
 
     /// The header allow-list of the check: top-level `allowed_headers`, else the deprecated

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::Value;
+pub use wasmesh_sdk::config::proto::HttpStatus;
 use wasmesh_sdk::config::{proto, validate_each, validate_field, ConfigError, Validate};
 use wasmesh_sdk::header_option::HeaderValueOption;
 use wasmesh_sdk::matcher::{HeaderMatcher, RuntimeFractionalPercent, StringMatcher};
@@ -134,16 +135,6 @@ pub struct Config {
     /// Settings Envoy has no equivalent for.
     #[serde(default)]
     pub wasmesh: WasmeshOptions,
-}
-
-/// `envoy.type.v3.HttpStatus`: `{"code": 429}` (number or enum name such as
-/// `"TooManyRequests"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpStatus {
-    /// The status code.
-    #[serde(deserialize_with = "status_code")]
-    pub code: u16,
 }
 
 /// `envoy.type.v3.TokenBucket`.
@@ -1147,84 +1138,6 @@ fn optional_uint64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<
             .map_err(|_| de::Error::custom(format!("{text:?} is not an unsigned 64-bit integer"))),
         Some(other) => Err(de::Error::custom(format!(
             "expected an unsigned 64-bit integer, found {other}"
-        ))),
-    }
-}
-
-/// Names of `envoy.type.v3.StatusCode`, for `{"code": "TooManyRequests"}`.
-const STATUS_NAMES: &[(&str, u16)] = &[
-    ("Continue", 100),
-    ("OK", 200),
-    ("Created", 201),
-    ("Accepted", 202),
-    ("NonAuthoritativeInformation", 203),
-    ("NoContent", 204),
-    ("ResetContent", 205),
-    ("PartialContent", 206),
-    ("MultiStatus", 207),
-    ("AlreadyReported", 208),
-    ("IMUsed", 226),
-    ("MultipleChoices", 300),
-    ("MovedPermanently", 301),
-    ("Found", 302),
-    ("SeeOther", 303),
-    ("NotModified", 304),
-    ("UseProxy", 305),
-    ("TemporaryRedirect", 307),
-    ("PermanentRedirect", 308),
-    ("BadRequest", 400),
-    ("Unauthorized", 401),
-    ("PaymentRequired", 402),
-    ("Forbidden", 403),
-    ("NotFound", 404),
-    ("MethodNotAllowed", 405),
-    ("NotAcceptable", 406),
-    ("ProxyAuthenticationRequired", 407),
-    ("RequestTimeout", 408),
-    ("Conflict", 409),
-    ("Gone", 410),
-    ("LengthRequired", 411),
-    ("PreconditionFailed", 412),
-    ("PayloadTooLarge", 413),
-    ("URITooLong", 414),
-    ("UnsupportedMediaType", 415),
-    ("RangeNotSatisfiable", 416),
-    ("ExpectationFailed", 417),
-    ("MisdirectedRequest", 421),
-    ("UnprocessableEntity", 422),
-    ("Locked", 423),
-    ("FailedDependency", 424),
-    ("UpgradeRequired", 426),
-    ("PreconditionRequired", 428),
-    ("TooManyRequests", 429),
-    ("RequestHeaderFieldsTooLarge", 431),
-    ("InternalServerError", 500),
-    ("NotImplemented", 501),
-    ("BadGateway", 502),
-    ("ServiceUnavailable", 503),
-    ("GatewayTimeout", 504),
-    ("HTTPVersionNotSupported", 505),
-    ("VariantAlsoNegotiates", 506),
-    ("InsufficientStorage", 507),
-    ("LoopDetected", 508),
-    ("NotExtended", 510),
-    ("NetworkAuthenticationRequired", 511),
-];
-
-fn status_code<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
-    let value = Value::deserialize(deserializer)?;
-    let code = match &value {
-        Value::Number(number) => number.as_u64().and_then(|n| u16::try_from(n).ok()),
-        Value::String(name) => STATUS_NAMES
-            .iter()
-            .find(|(candidate, _)| candidate == name)
-            .map(|(_, code)| *code),
-        _ => None,
-    };
-    match code {
-        Some(code) if STATUS_NAMES.iter().any(|(_, known)| *known == code) => Ok(code),
-        _ => Err(de::Error::custom(format!(
-            "{value} is not an envoy.type.v3.StatusCode (a defined HTTP status number or name such as \"TooManyRequests\")"
         ))),
     }
 }

@@ -10,7 +10,7 @@ use wasmesh_sdk::callout::{CalloutResponse, GrpcCallout, GrpcCalloutResponse};
 use wasmesh_sdk::clock::since_epoch;
 use wasmesh_sdk::decision::{Decision, GrpcStatusCode, LocalReply};
 use wasmesh_sdk::error::Error;
-use wasmesh_sdk::header_option::{AppendAction, HeaderValueOption};
+use wasmesh_sdk::header_option::{self, AppendAction, HeaderValueOption};
 use wasmesh_sdk::host::{Host, LogLevel};
 use wasmesh_sdk::matcher::RuntimeFractionalPercent;
 use wasmesh_sdk::metrics::{stat_name, Counter};
@@ -328,7 +328,7 @@ impl RateLimitFilter {
         }
         stats.rate_limited.increment(host);
         if !self.enforced(false) {
-            if let Err(error) = apply_options(
+            if let Err(error) = header_option::apply_all(
                 &self.config.request_headers_to_add_when_not_enforced,
                 request,
                 HeaderMapKind::Request,
@@ -528,7 +528,7 @@ impl RateLimitFilter {
     pub fn on_response(&self, stream: &mut Stream, request: &mut dyn Request, host: &dyn Host) {
         let mut failed = None;
         if stream.add_configured_response_headers {
-            if let Err(error) = apply_options(
+            if let Err(error) = header_option::apply_all(
                 &self.config.response_headers_to_add,
                 request,
                 HeaderMapKind::Response,
@@ -557,17 +557,6 @@ impl RateLimitFilter {
             Engine::Local { .. } => None,
         }
     }
-}
-
-/// Applies header options to a request or response.
-fn apply_options(
-    options: &[HeaderValueOption],
-    request: &mut dyn Request,
-    map: HeaderMapKind,
-) -> Result<(), Error> {
-    options
-        .iter()
-        .try_for_each(|option| option.apply(request, map))
 }
 
 /// Applies header options to the (initially empty) headers of a local reply.

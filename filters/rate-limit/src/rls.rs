@@ -19,6 +19,10 @@
 
 use std::time::Duration;
 
+use wasmesh_sdk::protobuf::{
+    put_key, put_len, put_varint, Reader, WireError, WIRE_LEN, WIRE_VARINT,
+};
+
 use crate::descriptor::RequestDescriptor;
 
 /// gRPC service name.
@@ -126,59 +130,43 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-// ---- encoding ----
-
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
+impl From<WireError> for DecodeError {
+    fn from(error: WireError) -> Self {
+        DecodeError(error.0)
     }
-    out.push(value as u8);
 }
 
-fn put_tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
-    put_varint(out, (u64::from(field) << 3) | u64::from(wire_type));
-}
-
-fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    put_tag(out, field, 2);
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
+// ---- encoding ----
 
 /// Encodes a `RateLimitRequest`. A descriptor's `hits` other than 1 is sent as its
 /// `hits_addend`; the request-level `hits_addend` is left unset (the service counts 1).
 pub fn encode_request(domain: &str, descriptors: &[RequestDescriptor]) -> Vec<u8> {
     let mut out = Vec::new();
     if !domain.is_empty() {
-        put_bytes(&mut out, 1, domain.as_bytes());
+        put_len(&mut out, 1, domain.as_bytes());
     }
     for descriptor in descriptors {
         let mut message = Vec::new();
         for (key, value) in &descriptor.entries {
             let mut entry = Vec::new();
-            put_bytes(&mut entry, 1, key.as_bytes());
-            put_bytes(&mut entry, 2, value.as_bytes());
-            put_bytes(&mut message, 1, &entry);
+            put_len(&mut entry, 1, key.as_bytes());
+            put_len(&mut entry, 2, value.as_bytes());
+            put_len(&mut message, 1, &entry);
         }
         if descriptor.hits != 1 {
             let mut wrapper = Vec::new();
             if descriptor.hits != 0 {
-                put_tag(&mut wrapper, 1, 0);
+                put_key(&mut wrapper, 1, WIRE_VARINT);
                 put_varint(&mut wrapper, descriptor.hits);
             }
-            put_bytes(&mut message, 3, &wrapper);
+            put_len(&mut message, 3, &wrapper);
         }
-        put_bytes(&mut out, 2, &message);
+        put_len(&mut out, 2, &message);
     }
     out
 }
 
 // ---- decoding ----
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
 
 enum Field<'a> {
     Varint(u64),
@@ -186,65 +174,21 @@ enum Field<'a> {
     Fixed,
 }
 
-impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        Reader { bytes }
+/// The next field of `reader`, `None` at the end.
+fn next_field<'a>(reader: &mut Reader<'a>) -> Result<Option<(u64, Field<'a>)>, DecodeError> {
+    if reader.is_done() {
+        return Ok(None);
     }
-
-    fn varint(&mut self) -> Result<u64, DecodeError> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = self
-                .bytes
-                .split_first()
-                .ok_or(DecodeError("truncated varint"))?;
-            self.bytes = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
+    let (number, wire) = reader.tag()?;
+    let field = match wire {
+        WIRE_VARINT => Field::Varint(reader.varint()?),
+        WIRE_LEN => Field::Bytes(reader.length_delimited()?),
+        _ => {
+            reader.skip(wire)?;
+            Field::Fixed
         }
-        Err(DecodeError("varint longer than 10 bytes"))
-    }
-
-    fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
-        if len > self.bytes.len() {
-            return Err(DecodeError("truncated field"));
-        }
-        let (head, rest) = self.bytes.split_at(len);
-        self.bytes = rest;
-        Ok(head)
-    }
-
-    /// The next field, `None` at the end.
-    fn next(&mut self) -> Result<Option<(u64, Field<'a>)>, DecodeError> {
-        if self.bytes.is_empty() {
-            return Ok(None);
-        }
-        let tag = self.varint()?;
-        let number = tag >> 3;
-        if number == 0 {
-            return Err(DecodeError("field number 0"));
-        }
-        let field = match tag & 7 {
-            0 => Field::Varint(self.varint()?),
-            1 => {
-                self.take(8)?;
-                Field::Fixed
-            }
-            2 => {
-                let len = usize::try_from(self.varint()?)
-                    .map_err(|_| DecodeError("length out of range"))?;
-                Field::Bytes(self.take(len)?)
-            }
-            5 => {
-                self.take(4)?;
-                Field::Fixed
-            }
-            _ => return Err(DecodeError("unsupported wire type")),
-        };
-        Ok(Some((number, field)))
-    }
+    };
+    Ok(Some((number, field)))
 }
 
 fn string(bytes: &[u8]) -> Result<String, DecodeError> {
@@ -266,7 +210,7 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
         raw_body: Vec::new(),
     };
     let mut reader = Reader::new(bytes);
-    while let Some((number, field)) = reader.next()? {
+    while let Some((number, field)) = next_field(&mut reader)? {
         match (number, field) {
             (1, Field::Varint(code)) => response.overall_code = Code::from_wire(code),
             (2, Field::Bytes(status)) => response.statuses.push(decode_status(status)?),
@@ -292,7 +236,7 @@ fn decode_status(bytes: &[u8]) -> Result<DescriptorStatus, DecodeError> {
         duration_until_reset: Duration::ZERO,
     };
     let mut reader = Reader::new(bytes);
-    while let Some((number, field)) = reader.next()? {
+    while let Some((number, field)) = next_field(&mut reader)? {
         match (number, field) {
             (1, Field::Varint(code)) => status.code = Code::from_wire(code),
             (2, Field::Bytes(limit)) => status.current_limit = Some(decode_limit(limit)?),
@@ -312,7 +256,7 @@ fn decode_limit(bytes: &[u8]) -> Result<CurrentLimit, DecodeError> {
         name: String::new(),
     };
     let mut reader = Reader::new(bytes);
-    while let Some((number, field)) = reader.next()? {
+    while let Some((number, field)) = next_field(&mut reader)? {
         match (number, field) {
             (1, Field::Varint(rpu)) => limit.requests_per_unit = u32_of(rpu),
             (2, Field::Varint(unit)) => limit.unit = Unit::from_wire(unit),
@@ -327,7 +271,7 @@ fn decode_limit(bytes: &[u8]) -> Result<CurrentLimit, DecodeError> {
 fn decode_duration(bytes: &[u8]) -> Result<Duration, DecodeError> {
     let (mut seconds, mut nanos) = (0i64, 0i32);
     let mut reader = Reader::new(bytes);
-    while let Some((number, field)) = reader.next()? {
+    while let Some((number, field)) = next_field(&mut reader)? {
         match (number, field) {
             (1, Field::Varint(value)) => seconds = value as i64,
             (2, Field::Varint(value)) => nanos = value as i32,
@@ -344,7 +288,7 @@ fn decode_duration(bytes: &[u8]) -> Result<Duration, DecodeError> {
 fn decode_header(bytes: &[u8]) -> Result<(String, String), DecodeError> {
     let (mut key, mut value, mut raw) = (String::new(), String::new(), None);
     let mut reader = Reader::new(bytes);
-    while let Some((number, field)) = reader.next()? {
+    while let Some((number, field)) = next_field(&mut reader)? {
         match (number, field) {
             (1, Field::Bytes(bytes)) => key = string(bytes)?,
             (2, Field::Bytes(bytes)) => value = string(bytes)?,

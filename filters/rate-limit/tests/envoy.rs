@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::{run_in_harness, sample_cases, sample_config, start, Verdict, VERDICT_HEADERS};
 use wasmesh_harness::envoy::{
-    self, BootstrapFormat, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse, TestServer,
-    WasmFilter,
+    self, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse, ShippedBootstrap,
+    ShippedExample, TestServer, WasmFilter,
 };
 use wasmesh_harness::MetricValue;
 
@@ -157,38 +156,13 @@ fn envoy_refuses_a_bad_configuration_as_the_harness_does() {
     assert!(common::builder(bad).start().is_err());
 }
 
-/// The text nested under the first line containing `marker`, dedented.
-fn block_under(text: &str, marker: &str) -> String {
-    let mut lines = text.lines().skip_while(|line| !line.contains(marker));
-    let header = lines.next().unwrap_or_else(|| panic!("no {marker:?}"));
-    let depth = header.len() - header.trim_start().len();
-    let block: Vec<&str> = lines
-        .take_while(|line| line.trim().is_empty() || line.len() - line.trim_start().len() > depth)
-        .collect();
-    let indent = block
-        .iter()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| line.len() - line.trim_start().len())
-        .min()
-        .unwrap_or(0);
-    block
-        .iter()
-        .map(|line| line.get(indent..).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn shipped_envoy_and_istio_configs_embed_the_sample_configuration() {
-    let examples = common::crate_dir().join("../../examples");
-    let envoy_yaml = std::fs::read_to_string(examples.join("envoy/rate-limit.yaml")).unwrap();
-    let istio_yaml = std::fs::read_to_string(examples.join("istio/rate-limit.yaml")).unwrap();
+    let shipped =
+        ShippedExample::read(&common::crate_dir().join("../../examples"), "rate-limit").unwrap();
     let sample = sample_config();
-    assert_eq!(block_under(&envoy_yaml, "value: |").trim(), sample.trim());
-    assert_eq!(
-        block_under(&istio_yaml, "pluginConfig:").trim(),
-        sample.trim()
-    );
+    assert_eq!(shipped.envoy_filter_config().unwrap().trim(), sample.trim());
+    assert_eq!(shipped.istio_plugin_config().unwrap().trim(), sample.trim());
 }
 
 #[test]
@@ -197,30 +171,14 @@ fn the_shipped_envoy_config_runs_the_filter() {
         return;
     }
     let upstream = TestServer::echo().unwrap();
-    let shipped =
-        std::fs::read_to_string(common::crate_dir().join("../../examples/envoy/rate-limit.yaml"))
-            .unwrap();
-    let wasm = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rate-limit.wasm");
-    wasmesh_harness::build::optimize(&common::wasm(), &wasm).unwrap();
-    let replacements = [
-        (
-            "filename: /etc/envoy/rate-limit.wasm".to_string(),
-            format!("filename: {}", wasm.display()),
-        ),
-        ("port_value: 10000".to_string(), "port_value: 0".to_string()),
-        ("port_value: 9901".to_string(), "port_value: 0".to_string()),
-        (
-            "port_value: 8080".to_string(),
-            format!("port_value: {}", upstream.addr().port()),
-        ),
-    ];
-    let mut bootstrap = shipped.clone();
-    for (from, to) in &replacements {
-        assert_eq!(shipped.matches(from.as_str()).count(), 1, "{from}");
-        bootstrap = bootstrap.replace(from.as_str(), to);
-    }
-    let envoy = EnvoyBuilder::new()
-        .start_with_bootstrap(&bootstrap, BootstrapFormat::Yaml)
+    // What `wasmesh build` ships (the release build through wasm-opt, when installed), pointed
+    // at the test upstream and at free ports.
+    let envoy = ShippedBootstrap::read(&common::crate_dir().join("../../examples"), "rate-limit")
+        .unwrap()
+        .shipped_wasm(&common::wasm(), env!("CARGO_TARGET_TMPDIR").as_ref())
+        .unwrap()
+        .upstream(upstream.addr())
+        .start()
         .unwrap();
     let statuses: Vec<u16> = (0..4)
         .map(|_| {

@@ -40,7 +40,12 @@ fn arrivals() -> impl Strategy<Value = Vec<(u64, u32)>> {
 }
 
 /// Admitted (time, hits) of a run of `acquire` calls.
-fn run(location: &Location, quota: &BucketQuota, arrivals: &[(u64, u32)], store: &MemoryHost) -> Vec<(u64, u64)> {
+fn run(
+    location: &Location,
+    quota: &BucketQuota,
+    arrivals: &[(u64, u32)],
+    store: &MemoryHost,
+) -> Vec<(u64, u64)> {
     let mut now = START;
     let mut admitted = Vec::new();
     for (eighths, hits) in arrivals {
@@ -53,14 +58,20 @@ fn run(location: &Location, quota: &BucketQuota, arrivals: &[(u64, u32)], store:
             admitted.push((now, u64::from(*hits)));
         } else if *hits <= quota.burst() {
             // Hits that fit in the burst are only refused for now: the answer says when.
-            assert!(decision.reset > Duration::ZERO, "a denial says when to retry");
+            assert!(
+                decision.reset > Duration::ZERO,
+                "a denial says when to retry"
+            );
         }
     }
     admitted
 }
 
 /// Checks every window that starts and ends at an admitted request.
-fn assert_never_over_admits(admitted: &[(u64, u64)], quota: &BucketQuota) -> Result<(), TestCaseError> {
+fn assert_never_over_admits(
+    admitted: &[(u64, u64)],
+    quota: &BucketQuota,
+) -> Result<(), TestCaseError> {
     for (i, (start, _)) in admitted.iter().enumerate() {
         let mut tokens = 0u64;
         for (end, hits) in admitted.iter().skip(i) {
@@ -69,7 +80,11 @@ fn assert_never_over_admits(admitted: &[(u64, u64)], quota: &BucketQuota) -> Res
             prop_assert!(
                 tokens <= bound,
                 "{} tokens admitted in {} ns, bound {} (burst {}, period {} ns)",
-                tokens, end - start, bound, quota.burst(), quota.period_nanos()
+                tokens,
+                end - start,
+                bound,
+                quota.burst(),
+                quota.period_nanos()
             );
         }
     }

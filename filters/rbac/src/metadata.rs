@@ -12,6 +12,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 use wasmesh_sdk::matcher::StringMatcher;
+use wasmesh_sdk::protobuf::{put_len, put_varint, Reader, WIRE_FIXED64, WIRE_LEN, WIRE_VARINT};
 
 use crate::util::deserialize_non_empty;
 
@@ -23,25 +24,24 @@ const MAX_DEPTH: usize = 32;
 /// (namespace → decoded `Struct`). `typed_filter_metadata` is skipped.
 pub fn decode_metadata(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
     let mut namespaces = Vec::new();
-    let mut reader = Reader { bytes, at: 0 };
-    while let Some((field, wire)) = reader.key()? {
+    let mut reader = Reader::new(bytes);
+    while let Some((field, wire)) = next_key(&mut reader)? {
         if (field, wire) != (1, WIRE_LEN) {
-            reader.skip(wire)?;
+            reader.skip(wire).ok()?;
             continue;
         }
-        let mut entry = Reader {
-            bytes: reader.len_delimited()?,
-            at: 0,
-        };
+        let mut entry = Reader::new(reader.length_delimited().ok()?);
         let mut key = String::new();
         let mut value = Value::Object(Map::new());
-        while let Some((entry_field, entry_wire)) = entry.key()? {
+        while let Some((entry_field, entry_wire)) = next_key(&mut entry)? {
             match (entry_field, entry_wire) {
-                (1, WIRE_LEN) => key = String::from_utf8(entry.len_delimited()?.to_vec()).ok()?,
-                (2, WIRE_LEN) => {
-                    value = Value::Object(decode_struct_at(entry.len_delimited()?, 0)?)
+                (1, WIRE_LEN) => {
+                    key = String::from_utf8(entry.length_delimited().ok()?.to_vec()).ok()?
                 }
-                _ => entry.skip(entry_wire)?,
+                (2, WIRE_LEN) => {
+                    value = Value::Object(decode_struct_at(entry.length_delimited().ok()?, 0)?)
+                }
+                _ => entry.skip(entry_wire).ok()?,
             }
         }
         namespaces.push((key, value));
@@ -72,29 +72,31 @@ fn decode_struct_at(bytes: &[u8], depth: usize) -> Option<Map<String, Value>> {
         return None;
     }
     let mut fields = Map::new();
-    let mut reader = Reader { bytes, at: 0 };
-    while let Some((field, wire)) = reader.key()? {
+    let mut reader = Reader::new(bytes);
+    while let Some((field, wire)) = next_key(&mut reader)? {
         match (field, wire) {
             (1, WIRE_LEN) => {
-                let entry = reader.len_delimited()?;
+                let entry = reader.length_delimited().ok()?;
                 let (key, value) = decode_entry(entry, depth)?;
                 fields.insert(key, value);
             }
-            _ => reader.skip(wire)?,
+            _ => reader.skip(wire).ok()?,
         }
     }
     Some(fields)
 }
 
 fn decode_entry(bytes: &[u8], depth: usize) -> Option<(String, Value)> {
-    let mut reader = Reader { bytes, at: 0 };
+    let mut reader = Reader::new(bytes);
     let mut key = String::new();
     let mut value = Value::Null;
-    while let Some((field, wire)) = reader.key()? {
+    while let Some((field, wire)) = next_key(&mut reader)? {
         match (field, wire) {
-            (1, WIRE_LEN) => key = String::from_utf8(reader.len_delimited()?.to_vec()).ok()?,
-            (2, WIRE_LEN) => value = decode_value(reader.len_delimited()?, depth + 1)?,
-            _ => reader.skip(wire)?,
+            (1, WIRE_LEN) => {
+                key = String::from_utf8(reader.length_delimited().ok()?.to_vec()).ok()?
+            }
+            (2, WIRE_LEN) => value = decode_value(reader.length_delimited().ok()?, depth + 1)?,
+            _ => reader.skip(wire).ok()?,
         }
     }
     Some((key, value))
@@ -104,39 +106,42 @@ fn decode_value(bytes: &[u8], depth: usize) -> Option<Value> {
     if depth > MAX_DEPTH {
         return None;
     }
-    let mut reader = Reader { bytes, at: 0 };
+    let mut reader = Reader::new(bytes);
     // An empty `Value` has no kind set; it reads as null, as Envoy's JSON conversion does.
     let mut value = Value::Null;
-    while let Some((field, wire)) = reader.key()? {
+    while let Some((field, wire)) = next_key(&mut reader)? {
         value = match (field, wire) {
             (1, WIRE_VARINT) => {
-                reader.varint()?;
+                reader.varint().ok()?;
                 Value::Null
             }
             (2, WIRE_FIXED64) => {
-                let number = f64::from_le_bytes(reader.fixed64()?);
+                let number = f64::from_le_bytes(reader.fixed64().ok()?);
                 Number::from_f64(number).map_or(Value::Null, Value::Number)
             }
             (3, WIRE_LEN) => {
-                Value::String(String::from_utf8(reader.len_delimited()?.to_vec()).ok()?)
+                Value::String(String::from_utf8(reader.length_delimited().ok()?.to_vec()).ok()?)
             }
-            (4, WIRE_VARINT) => Value::Bool(reader.varint()? != 0),
-            (5, WIRE_LEN) => Value::Object(decode_struct_at(reader.len_delimited()?, depth + 1)?),
+            (4, WIRE_VARINT) => Value::Bool(reader.varint().ok()? != 0),
+            (5, WIRE_LEN) => Value::Object(decode_struct_at(
+                reader.length_delimited().ok()?,
+                depth + 1,
+            )?),
             (6, WIRE_LEN) => {
-                let list = reader.len_delimited()?;
+                let list = reader.length_delimited().ok()?;
                 let mut items = Vec::new();
-                let mut inner = Reader { bytes: list, at: 0 };
-                while let Some((item_field, item_wire)) = inner.key()? {
+                let mut inner = Reader::new(list);
+                while let Some((item_field, item_wire)) = next_key(&mut inner)? {
                     if (item_field, item_wire) == (1, WIRE_LEN) {
-                        items.push(decode_value(inner.len_delimited()?, depth + 1)?);
+                        items.push(decode_value(inner.length_delimited().ok()?, depth + 1)?);
                     } else {
-                        inner.skip(item_wire)?;
+                        inner.skip(item_wire).ok()?;
                     }
                 }
                 Value::Array(items)
             }
             _ => {
-                reader.skip(wire)?;
+                reader.skip(wire).ok()?;
                 continue;
             }
         };
@@ -144,73 +149,12 @@ fn decode_value(bytes: &[u8], depth: usize) -> Option<Value> {
     Some(value)
 }
 
-const WIRE_VARINT: u8 = 0;
-const WIRE_FIXED64: u8 = 1;
-const WIRE_LEN: u8 = 2;
-const WIRE_FIXED32: u8 = 5;
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    /// The next field key; `Some(None)` at the end, `None` on malformed input.
-    fn key(&mut self) -> Option<Option<(u64, u8)>> {
-        if self.at >= self.bytes.len() {
-            return Some(None);
-        }
-        let key = self.varint()?;
-        let wire = u8::try_from(key & 7).ok()?;
-        Some(Some((key >> 3, wire)))
+/// The next field key of `reader`: `Some(None)` at the end, `None` on malformed input.
+fn next_key(reader: &mut Reader<'_>) -> Option<Option<(u64, u8)>> {
+    if reader.is_done() {
+        return Some(None);
     }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *self.bytes.get(self.at)?;
-            self.at += 1;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    fn fixed64(&mut self) -> Option<[u8; 8]> {
-        let bytes: [u8; 8] = self.bytes.get(self.at..self.at + 8)?.try_into().ok()?;
-        self.at += 8;
-        Some(bytes)
-    }
-
-    fn len_delimited(&mut self) -> Option<&'a [u8]> {
-        let len = usize::try_from(self.varint()?).ok()?;
-        let end = self.at.checked_add(len)?;
-        let slice = self.bytes.get(self.at..end)?;
-        self.at = end;
-        Some(slice)
-    }
-
-    fn skip(&mut self, wire: u8) -> Option<()> {
-        match wire {
-            WIRE_VARINT => {
-                self.varint()?;
-            }
-            WIRE_FIXED64 => {
-                self.fixed64()?;
-            }
-            WIRE_LEN => {
-                self.len_delimited()?;
-            }
-            WIRE_FIXED32 => {
-                self.bytes.get(self.at..self.at + 4)?;
-                self.at += 4;
-            }
-            _ => return None,
-        }
-        Some(())
-    }
+    reader.key().ok().map(Some)
 }
 
 /// Encodes a JSON object as a protobuf `google.protobuf.Struct` (what Envoy hands a wasm filter
@@ -255,24 +199,6 @@ fn encode_value(value: &Value) -> Vec<u8> {
         }
     }
     out
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    loop {
-        let byte = u8::try_from(value & 0x7f).unwrap_or_default();
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn put_len(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-    put_varint(out, (field << 3) | u64::from(WIRE_LEN));
-    put_varint(out, u64::try_from(bytes.len()).unwrap_or(u64::MAX));
-    out.extend_from_slice(bytes);
 }
 
 /// `envoy.type.matcher.v3.MetadataMatcher`.

@@ -14,7 +14,8 @@ use common::{
 };
 use serde_json::{json, Value};
 use wasmesh_harness::envoy::{
-    self, BootstrapFormat, Envoy, EnvoyBuilder, HttpRequest, HttpResponse, TestServer, WasmFilter,
+    self, Envoy, EnvoyBuilder, HttpRequest, HttpResponse, ShippedBootstrap, ShippedExample,
+    TestServer, WasmFilter,
 };
 
 /// Envoy's jwt_authn: tokens optional, payload stored as dynamic metadata `jwt_payload`.
@@ -192,39 +193,17 @@ fn wasm_filter_harness_and_native_rbac_agree_on_every_case() {
     }
 }
 
-/// The text nested under the first line containing `marker`, dedented.
-fn block_under(text: &str, marker: &str) -> String {
-    let mut lines = text.lines().skip_while(|line| !line.contains(marker));
-    let header = lines.next().unwrap_or_else(|| panic!("no {marker:?}"));
-    let depth = header.len() - header.trim_start().len();
-    let block: Vec<&str> = lines
-        .take_while(|line| line.trim().is_empty() || line.len() - line.trim_start().len() > depth)
-        .collect();
-    let indent = block
-        .iter()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| line.len() - line.trim_start().len())
-        .min()
-        .unwrap_or(0);
-    block
-        .iter()
-        .map(|line| line.get(indent..).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn shipped_configs_embed_the_samples() {
-    let examples = common::crate_dir().join("../../examples");
-    let envoy_yaml = std::fs::read_to_string(examples.join("envoy/rbac.yaml")).unwrap();
-    let istio_yaml = std::fs::read_to_string(examples.join("istio/rbac.yaml")).unwrap();
+    let shipped =
+        ShippedExample::read(&common::crate_dir().join("../../examples"), "rbac").unwrap();
 
     assert_eq!(
-        block_under(&envoy_yaml, "value: |").trim(),
+        shipped.envoy_filter_config().unwrap().trim(),
         sample_config().trim()
     );
     let plugin_config: Value =
-        serde_json::from_str(&block_under(&istio_yaml, "pluginConfig:")).unwrap();
+        serde_json::from_str(&shipped.istio_plugin_config().unwrap()).unwrap();
     let mut istio_sample: Value = serde_json::from_str(&common::istio_config()).unwrap();
     // In Istio, jwt_authn stores each payload under its issuer (istiod sets
     // `payload_in_metadata: <issuer>`); the shipped WasmPlugin says so.
@@ -244,41 +223,24 @@ fn the_shipped_envoy_config_runs_the_filter() {
     }
     let vectors = jwt_vectors();
     let upstream = TestServer::echo().unwrap();
-    let shipped =
-        std::fs::read_to_string(common::crate_dir().join("../../examples/envoy/rbac.yaml"))
-            .unwrap();
-    // What `wasmesh build` ships: the release build through wasm-opt (when installed).
-    let wasm = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rbac.wasm");
-    wasmesh_harness::build::optimize(&common::wasm(), &wasm).unwrap();
     let jwks = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rbac-jwks.json");
     std::fs::write(&jwks, &vectors.jwks).unwrap();
-    let replacements = [
-        (
-            "filename: /etc/envoy/rbac.wasm".to_string(),
-            format!("filename: {}", wasm.display()),
-        ),
-        (
-            "filename: /etc/envoy/jwks.json".to_string(),
+    // What `wasmesh build` ships (the release build through wasm-opt, when installed), pointed
+    // at the test upstream and at free ports.
+    let envoy = ShippedBootstrap::read(&common::crate_dir().join("../../examples"), "rbac")
+        .unwrap()
+        .shipped_wasm(&common::wasm(), env!("CARGO_TARGET_TMPDIR").as_ref())
+        .unwrap()
+        .upstream(upstream.addr())
+        .replace(
+            "filename: /etc/envoy/jwks.json",
             format!("filename: {}", jwks.display()),
-        ),
-        (
-            "issuer: https://issuer.example.com".to_string(),
+        )
+        .replace(
+            "issuer: https://issuer.example.com",
             format!("issuer: {}", vectors.issuer),
-        ),
-        ("port_value: 10000".to_string(), "port_value: 0".to_string()),
-        ("port_value: 9901".to_string(), "port_value: 0".to_string()),
-        (
-            "port_value: 8080".to_string(),
-            format!("port_value: {}", upstream.addr().port()),
-        ),
-    ];
-    let mut bootstrap = shipped.clone();
-    for (from, to) in &replacements {
-        assert_eq!(shipped.matches(from.as_str()).count(), 1, "{from}");
-        bootstrap = bootstrap.replace(from.as_str(), to);
-    }
-    let envoy = EnvoyBuilder::new()
-        .start_with_bootstrap(&bootstrap, BootstrapFormat::Yaml)
+        )
+        .start()
         .unwrap();
 
     let public = envoy.send(&HttpRequest::get("/")).unwrap();

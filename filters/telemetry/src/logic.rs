@@ -10,6 +10,7 @@ use wasmesh_sdk::config::ConfigError;
 use wasmesh_sdk::error::Error;
 use wasmesh_sdk::host::{Host, LogLevel};
 use wasmesh_sdk::metrics::MetricKind;
+use wasmesh_sdk::random::SplitMix64;
 use wasmesh_sdk::request::Request;
 
 use crate::access_log::{number, request_id_integer, text, AccessLog, Entry};
@@ -112,7 +113,7 @@ pub struct Telemetry {
     /// Decoded peer metadata by header value.
     peers: RefCell<HashMap<String, Rc<NodeInfo>>>,
     /// Sampling draw for requests without a usable `x-request-id`.
-    draw: Cell<u64>,
+    draw: Cell<SplitMix64>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -178,7 +179,7 @@ impl Telemetry {
             local: OnceCell::new(),
             series: RefCell::new(HashMap::new()),
             peers: RefCell::new(HashMap::new()),
-            draw: Cell::new(0x9e37_79b9_7f4a_7c15),
+            draw: Cell::new(SplitMix64::seeded(0x9e37_79b9_7f4a_7c15)),
         })
     }
 
@@ -442,13 +443,11 @@ impl Telemetry {
     }
 
     fn next_draw(&self) -> u64 {
-        // splitmix64: well spread, deterministic (tests can rely on it).
-        let state = self.draw.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        self.draw.set(state);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        // SplitMix64: well spread, deterministic (tests can rely on it).
+        let mut draws = self.draw.get();
+        let draw = draws.next_u64();
+        self.draw.set(draws);
+        draw
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -8,6 +8,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use wasmesh_sdk::protobuf::{
+    put_len, put_varint, Reader, WireError, WIRE_FIXED64, WIRE_LEN, WIRE_VARINT,
+};
+
 /// A `google.protobuf.Value`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -38,92 +42,17 @@ impl fmt::Display for DecodeError {
     }
 }
 
+impl From<WireError> for DecodeError {
+    fn from(error: WireError) -> Self {
+        DecodeError(error.0)
+    }
+}
+
 /// Largest input [`decode_struct`] accepts (Envoy's default header limit is 60 KiB).
 pub const MAX_STRUCT_BYTES: usize = 64 * 1024;
 
 /// Deepest nesting of structs and lists accepted.
 pub const MAX_DEPTH: usize = 16;
-
-const WIRE_VARINT: u8 = 0;
-const WIRE_FIXED64: u8 = 1;
-const WIRE_LEN: u8 = 2;
-const WIRE_FIXED32: u8 = 5;
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    position: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        Reader { bytes, position: 0 }
-    }
-
-    fn done(&self) -> bool {
-        self.position >= self.bytes.len()
-    }
-
-    fn byte(&mut self) -> Result<u8, DecodeError> {
-        let byte = *self
-            .bytes
-            .get(self.position)
-            .ok_or(DecodeError("truncated"))?;
-        self.position += 1;
-        Ok(byte)
-    }
-
-    fn varint(&mut self) -> Result<u64, DecodeError> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.byte()?;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(DecodeError("varint too long"))
-    }
-
-    fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self
-            .position
-            .checked_add(len)
-            .ok_or(DecodeError("length overflow"))?;
-        let slice = self
-            .bytes
-            .get(self.position..end)
-            .ok_or(DecodeError("length past the end"))?;
-        self.position = end;
-        Ok(slice)
-    }
-
-    fn length_delimited(&mut self) -> Result<&'a [u8], DecodeError> {
-        let len = usize::try_from(self.varint()?).map_err(|_| DecodeError("length overflow"))?;
-        self.take(len)
-    }
-
-    /// The next field's number and wire type.
-    fn tag(&mut self) -> Result<(u64, u8), DecodeError> {
-        let tag = self.varint()?;
-        let field = tag >> 3;
-        if field == 0 {
-            return Err(DecodeError("field number 0"));
-        }
-        // The mask keeps 3 bits, so the value fits in a u8.
-        let wire = u8::try_from(tag & 7).unwrap_or(u8::MAX);
-        Ok((field, wire))
-    }
-
-    fn skip(&mut self, wire: u8) -> Result<(), DecodeError> {
-        match wire {
-            WIRE_VARINT => self.varint().map(|_| ()),
-            WIRE_FIXED64 => self.take(8).map(|_| ()),
-            WIRE_LEN => self.length_delimited().map(|_| ()),
-            WIRE_FIXED32 => self.take(4).map(|_| ()),
-            _ => Err(DecodeError("unsupported wire type")),
-        }
-    }
-}
 
 /// Decodes a serialized `google.protobuf.Struct`. Unknown fields are skipped, as protobuf does.
 pub fn decode_struct(bytes: &[u8]) -> Result<Struct, DecodeError> {
@@ -139,7 +68,7 @@ fn struct_at(bytes: &[u8], depth: usize) -> Result<Struct, DecodeError> {
     }
     let mut reader = Reader::new(bytes);
     let mut fields = Struct::new();
-    while !reader.done() {
+    while !reader.is_done() {
         let (field, wire) = reader.tag()?;
         if field == 1 && wire == WIRE_LEN {
             let (key, value) = entry(reader.length_delimited()?, depth)?;
@@ -157,7 +86,7 @@ fn entry(bytes: &[u8], depth: usize) -> Result<(String, Value), DecodeError> {
     let mut reader = Reader::new(bytes);
     let mut key = String::new();
     let mut value = Value::Null;
-    while !reader.done() {
+    while !reader.is_done() {
         let (field, wire) = reader.tag()?;
         match (field, wire) {
             (1, WIRE_LEN) => key = utf8(reader.length_delimited()?)?,
@@ -179,7 +108,7 @@ fn value_at(bytes: &[u8], depth: usize) -> Result<Value, DecodeError> {
     let mut reader = Reader::new(bytes);
     // A Value with no kind set reads as null.
     let mut value = Value::Null;
-    while !reader.done() {
+    while !reader.is_done() {
         let (field, wire) = reader.tag()?;
         value = match (field, wire) {
             (1, WIRE_VARINT) => {
@@ -210,7 +139,7 @@ fn list_at(bytes: &[u8], depth: usize) -> Result<Vec<Value>, DecodeError> {
     }
     let mut reader = Reader::new(bytes);
     let mut values = Vec::new();
-    while !reader.done() {
+    while !reader.is_done() {
         let (field, wire) = reader.tag()?;
         if field == 1 && wire == WIRE_LEN {
             values.push(value_at(reader.length_delimited()?, depth + 1)?);
@@ -219,21 +148,6 @@ fn list_at(bytes: &[u8], depth: usize) -> Result<Vec<Value>, DecodeError> {
         }
     }
     Ok(values)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        // Low 7 bits plus the continuation bit.
-        out.push(u8::try_from(value & 0x7f).unwrap_or(0) | 0x80);
-        value >>= 7;
-    }
-    out.push(u8::try_from(value).unwrap_or(0));
-}
-
-fn put_len(out: &mut Vec<u8>, field: u64, payload: &[u8]) {
-    put_varint(out, (field << 3) | u64::from(WIRE_LEN));
-    put_varint(out, payload.len() as u64);
-    out.extend_from_slice(payload);
 }
 
 /// Serializes a `Struct` (entries in key order).

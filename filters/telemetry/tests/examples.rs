@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::sample_config;
-use wasmesh_harness::envoy::{self, BootstrapFormat, EnvoyBuilder, HttpRequest, TestServer};
+use wasmesh_harness::envoy::{self, HttpRequest, ShippedBootstrap, ShippedExample, TestServer};
 use wasmesh_telemetry::config::Config;
 use wasmesh_telemetry::prometheus;
 use wasmesh_telemetry::stats::tag_regex;
@@ -16,38 +16,13 @@ fn examples_dir() -> PathBuf {
     common::crate_dir().join("../../examples")
 }
 
-/// The text nested under the first line containing `marker`, dedented.
-fn block_under(text: &str, marker: &str) -> String {
-    let mut lines = text.lines().skip_while(|line| !line.contains(marker));
-    let header = lines.next().unwrap_or_else(|| panic!("no {marker:?}"));
-    let depth = header.len() - header.trim_start().len();
-    let block: Vec<&str> = lines
-        .take_while(|line| line.trim().is_empty() || line.len() - line.trim_start().len() > depth)
-        .collect();
-    let indent = block
-        .iter()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| line.len() - line.trim_start().len())
-        .min()
-        .unwrap_or(0);
-    block
-        .iter()
-        .map(|line| line.get(indent..).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn shipped_configs_embed_the_sample_and_extract_every_dimension() {
-    let envoy_yaml = std::fs::read_to_string(examples_dir().join("envoy/telemetry.yaml")).unwrap();
-    let istio_yaml = std::fs::read_to_string(examples_dir().join("istio/telemetry.yaml")).unwrap();
+    let shipped = ShippedExample::read(&examples_dir(), "telemetry").unwrap();
     let sample = sample_config();
-    assert_eq!(block_under(&envoy_yaml, "value: |").trim(), sample.trim());
-    assert_eq!(
-        block_under(&istio_yaml, "pluginConfig:").trim(),
-        sample.trim()
-    );
-    assert!(istio_yaml.contains("phase: STATS"));
+    assert_eq!(shipped.envoy_filter_config().unwrap().trim(), sample.trim());
+    assert_eq!(shipped.istio_plugin_config().unwrap().trim(), sample.trim());
+    assert!(shipped.istio_yaml.contains("phase: STATS"));
 
     let config: Config = wasmesh_sdk::config::load(sample.as_bytes()).unwrap();
     let dimensions = config.dimension_names().unwrap();
@@ -56,11 +31,14 @@ fn shipped_configs_embed_the_sample_and_extract_every_dimension() {
         // In YAML's double-quoted form, each backslash is doubled.
         let line = format!("regex: \"{}\"", tag_regex(dimension).replace('\\', "\\\\"));
         assert!(
-            envoy_yaml.contains(&line),
+            shipped.envoy_yaml.contains(&line),
             "no stats_tags entry for {dimension}"
         );
     }
-    assert_eq!(envoy_yaml.matches("- tag_name: ").count(), dimensions.len());
+    assert_eq!(
+        shipped.envoy_yaml.matches("- tag_name: ").count(),
+        dimensions.len()
+    );
 }
 
 #[test]
@@ -69,29 +47,14 @@ fn the_shipped_envoy_config_runs_the_filter() {
         return;
     }
     let upstream = TestServer::echo().unwrap();
-    let shipped = std::fs::read_to_string(examples_dir().join("envoy/telemetry.yaml")).unwrap();
-    // What `wasmesh build` ships: the release build through wasm-opt (when installed).
-    let wasm = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("telemetry.wasm");
-    wasmesh_harness::build::optimize(&common::wasm(), &wasm).unwrap();
-    let replacements = [
-        (
-            "filename: /etc/envoy/telemetry.wasm".to_string(),
-            format!("filename: {}", wasm.display()),
-        ),
-        ("port_value: 10000".to_string(), "port_value: 0".to_string()),
-        ("port_value: 9901".to_string(), "port_value: 0".to_string()),
-        (
-            "port_value: 8080".to_string(),
-            format!("port_value: {}", upstream.addr().port()),
-        ),
-    ];
-    let mut bootstrap = shipped.clone();
-    for (from, to) in &replacements {
-        assert_eq!(shipped.matches(from.as_str()).count(), 1, "{from}");
-        bootstrap = bootstrap.replace(from.as_str(), to);
-    }
-    let envoy = EnvoyBuilder::new()
-        .start_with_bootstrap(&bootstrap, BootstrapFormat::Yaml)
+    // What `wasmesh build` ships (the release build through wasm-opt, when installed), pointed
+    // at the test upstream and at free ports.
+    let envoy = ShippedBootstrap::read(&examples_dir(), "telemetry")
+        .unwrap()
+        .shipped_wasm(&common::wasm(), env!("CARGO_TARGET_TMPDIR").as_ref())
+        .unwrap()
+        .upstream(upstream.addr())
+        .start()
         .unwrap();
 
     let mut request = HttpRequest::get("/reviews/7").header("host", common::AUTHORITY);

@@ -6,8 +6,8 @@ use std::time::Duration;
 use wasmtime::Caller;
 
 use super::{
-    charge, copy_to_pointer_size, guard, lossy, read_bytes, status, write_u32, write_u64, HostResult,
-    Registrar,
+    charge, copy_to_pointer_size, guard, lossy, read_bytes, status, write_u32, write_u64,
+    HostResult, Registrar,
 };
 use crate::engine::AbiVersion;
 use crate::error::{HarnessError, Status};
@@ -422,7 +422,11 @@ fn with_metric<R>(state: &VmState, id: u32, f: impl FnOnce(&mut MetricValue) -> 
     shared.metrics.get_mut(*kind, name).map(f)
 }
 
-fn proxy_increment_metric(mut caller: Caller<'_, VmState>, id: u32, offset: i64) -> HostResult<u32> {
+fn proxy_increment_metric(
+    mut caller: Caller<'_, VmState>,
+    id: u32,
+    offset: i64,
+) -> HostResult<u32> {
     guard(&mut caller, "proxy_increment_metric")?;
     let state = caller.data();
     let result = match id & METRIC_TYPE_MASK {

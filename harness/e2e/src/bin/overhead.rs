@@ -1,1 +1,696 @@
-fn main() {}
+//! Overhead of wasmesh filters in a real Envoy, next to no filter and to Envoy's native filter
+//! given the same policy.
+//!
+//! ```sh
+//! apt-get install -y wrk
+//! cargo run --release -p wasmesh-e2e --bin overhead -- --write BENCHMARKS.md
+//! ```
+//!
+//! For each filter (RBAC, local rate limit, JWT, fault, ext_authz) it starts Envoys (one worker
+//! each, direct-response route, logs at `warn`) with no filter, with the wasm filter (the
+//! release build through `wasm-opt`, as `wasmesh build` ships it) and with the native filter,
+//! warms each up, then loads them in turn with `wrk` from a second process on loopback, for a
+//! bounded time, in a rotated order each round so that a noisy neighbour hurts every
+//! configuration alike. Every response must be a 2xx (so the allowed path is what is measured).
+//! Results are ratios paired within a round, with their spread over rounds; `--write` replaces
+//! the "Overhead in real Envoy" section of a markdown file (created if missing) and leaves the
+//! rest of the file alone.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use serde_json::{json, Value};
+use wasmesh_e2e::corpus::Tokens;
+use wasmesh_e2e::load::{find_wrk, run_wrk, LoadResult, LoadSpec};
+use wasmesh_e2e::services::{authz_decision, AUTHZ_CLUSTER};
+use wasmesh_e2e::E2eError;
+use wasmesh_harness::envoy::{
+    self, Cluster, Envoy, EnvoyBuilder, ReceivedRequest, TestServer, WasmFilter,
+};
+
+/// Title of the section this benchmark owns in BENCHMARKS.md.
+const SECTION_TITLE: &str = "## Overhead in real Envoy";
+
+/// Path every request uses.
+const REQUEST_PATH: &str = "/api/v1/orders";
+
+#[derive(Debug, Parser)]
+#[command(about = "Overhead of wasmesh filters in real Envoy vs no filter and native filters")]
+struct Args {
+    /// Seconds of load per configuration and round.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Rounds (each loads every configuration once, in a rotated order).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds of warm-up load per configuration before the first round (V8 tiers up).
+    #[arg(long, default_value_t = 1.0)]
+    warmup_seconds: f64,
+    /// Concurrent connections of the load generator.
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+    /// Only these filters (comma-separated: rbac, rate-limit, jwt-authn, fault, ext_authz).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Markdown file whose "Overhead in real Envoy" section is replaced with the results.
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+/// What the wasm filter is held to, relative to the native filter's throughput.
+#[derive(Debug, Clone, Copy)]
+struct Goal {
+    /// Minimum wasm/native throughput ratio.
+    min_ratio: f64,
+    /// How the goal reads in the report.
+    text: &'static str,
+}
+
+/// One configuration of a scenario.
+struct Variant {
+    label: String,
+    role: Role,
+    envoy: Envoy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Baseline,
+    Wasm,
+    Native,
+}
+
+/// One filter: its configurations, the request they all get, and the goal.
+struct Scenario {
+    name: &'static str,
+    headers: Vec<(String, String)>,
+    variants: Vec<Variant>,
+    goal: Option<Goal>,
+}
+
+/// Measurements of one variant over the rounds.
+#[derive(Debug, Default, Clone)]
+struct Series {
+    runs: Vec<LoadResult>,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(error) = run(&args) {
+        eprintln!("overhead: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<(), E2eError> {
+    let wrk = find_wrk()?;
+    let envoy_version = envoy_version()?;
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".to_string());
+    let tokens = Tokens::load()?;
+    let authz = TestServer::start(|request: &ReceivedRequest| {
+        authz_decision(&request.path, &request.headers).to_http()
+    })?;
+    let baseline = base_builder().start()?;
+
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|only| only == name);
+    let mut scenarios = Vec::new();
+    for name in ["rbac", "rate-limit", "jwt-authn", "fault", "ext_authz"] {
+        if wanted(name) {
+            eprintln!("starting the Envoys of {name}");
+            scenarios.push(scenario(name, &tokens, &authz)?);
+        }
+    }
+
+    let mut results: Vec<Vec<(String, Series)>> = Vec::new();
+    for scenario in &scenarios {
+        results.push(measure(args, &wrk, scenario, &baseline)?);
+    }
+
+    let report = render(args, &envoy_version, &load_average, &scenarios, &results);
+    println!("{report}");
+    if let Some(path) = &args.write {
+        write_section(path, &report)?;
+        eprintln!(
+            "wrote the \"{}\" section of {}",
+            &SECTION_TITLE[3..],
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn envoy_version() -> Result<String, E2eError> {
+    let binary = envoy::find_envoy()?;
+    let output = std::process::Command::new(&binary)
+        .arg("--version")
+        .output()
+        .map_err(|source| E2eError::Io {
+            path: binary.clone(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    Ok(text
+        .split('/')
+        .nth(1)
+        .map_or_else(|| text.trim().to_string(), str::to_string))
+}
+
+/// Envoy for benchmarking: one worker, quiet logs, no local-reply mapper, direct response.
+fn base_builder() -> EnvoyBuilder {
+    EnvoyBuilder::new()
+        .concurrency(1)
+        .log_level("warn")
+        .component_log_levels("wasm:warn")
+        .report_response_code_details(false)
+        .direct_response(200, "ok")
+}
+
+/// The release build of `package` through `wasm-opt`, as `wasmesh build` ships it.
+fn shipped_wasm(package: &str) -> Result<PathBuf, E2eError> {
+    let built = wasmesh_harness::build::wasm(package)?;
+    let dir = std::env::temp_dir().join(format!("wasmesh-overhead-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|source| E2eError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let optimized = dir.join(format!("{package}.wasm"));
+    wasmesh_harness::build::optimize(&built, &optimized)?;
+    Ok(optimized)
+}
+
+fn wasm_variant(
+    label: &str,
+    package: &str,
+    config: &Value,
+    builder: EnvoyBuilder,
+) -> Result<Variant, E2eError> {
+    let filter = WasmFilter::new(shipped_wasm(package)?)
+        .name(package)
+        .configuration(config.to_string());
+    Ok(Variant {
+        label: label.to_string(),
+        role: Role::Wasm,
+        envoy: builder.wasm_filter(filter).start()?,
+    })
+}
+
+fn native_variant(
+    label: &str,
+    filter: &str,
+    type_url: &str,
+    config: &Value,
+    builder: EnvoyBuilder,
+) -> Result<Variant, E2eError> {
+    let mut typed_config = config.clone();
+    typed_config["@type"] = json!(type_url);
+    Ok(Variant {
+        label: label.to_string(),
+        role: Role::Native,
+        envoy: builder
+            .http_filter_json(json!({"name": filter, "typed_config": typed_config}))
+            .start()?,
+    })
+}
+
+fn scenario(name: &'static str, tokens: &Tokens, authz: &TestServer) -> Result<Scenario, E2eError> {
+    let header = |name: &str, value: &str| vec![(name.to_string(), value.to_string())];
+    Ok(match name {
+        "rbac" => {
+            let rules = json!({"action": "ALLOW", "policies": {
+                "admins": {
+                    "permissions": [{"url_path": {"path": {"prefix": "/admin"}}}],
+                    "principals": [{"header": {"name": "x-role", "string_match": {"exact": "admin"}}}]
+                },
+                "api-readers": {
+                    "permissions": [{"and_rules": {"rules": [
+                        {"header": {"name": ":method", "string_match": {"exact": "GET"}}},
+                        {"url_path": {"path": {"safe_regex": {"regex": "/api/v[0-9]+/.*"}}}}
+                    ]}}],
+                    "principals": [{"header": {"name": "x-api-key", "present_match": true}}]
+                },
+                "health": {
+                    "permissions": [{"url_path": {"path": {"exact": "/healthz"}}}],
+                    "principals": [{"any": true}]
+                }
+            }});
+            let config = json!({"rules": rules});
+            Scenario {
+                name,
+                headers: header("x-api-key", "bench"),
+                variants: vec![
+                    wasm_variant("wasm", "wasmesh-rbac", &config, base_builder())?,
+                    native_variant(
+                        "native",
+                        "envoy.filters.http.rbac",
+                        "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                        &config,
+                        base_builder(),
+                    )?,
+                ],
+                goal: Some(Goal {
+                    min_ratio: 0.9,
+                    text: "wasm ≥ 90% of native",
+                }),
+            }
+        }
+        "rate-limit" => {
+            // A bucket that never runs dry: the admitted path is what is measured.
+            let config = json!({
+                "stat_prefix": "bench",
+                "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"},
+                "filter_enabled": {"runtime_key": "rl_enabled", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+                "filter_enforced": {"runtime_key": "rl_enforced", "default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+            });
+            Scenario {
+                name,
+                headers: Vec::new(),
+                variants: vec![
+                    wasm_variant("wasm", "wasmesh-rate-limit", &config, base_builder())?,
+                    native_variant(
+                        "native (local_ratelimit)",
+                        "envoy.filters.http.local_ratelimit",
+                        "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                        &config,
+                        base_builder(),
+                    )?,
+                ],
+                goal: Some(Goal {
+                    min_ratio: 0.9,
+                    text: "wasm ≥ 90% of native",
+                }),
+            }
+        }
+        "jwt-authn" => {
+            let token = tokens
+                .tokens
+                .get("rs256")
+                .ok_or_else(|| E2eError::Corpus("tokens.json has no rs256 token".to_string()))?;
+            let provider = |cache: bool| {
+                let mut provider = json!({
+                    "issuer": "https://issuer.example.com",
+                    "audiences": ["api.example.com"],
+                    "local_jwks": {"inline_string": tokens.jwks_text()},
+                    "forward": true
+                });
+                if cache {
+                    provider["jwt_cache_config"] = json!({"jwt_cache_size": 100});
+                }
+                json!({
+                    "providers": {"bench": provider},
+                    "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]
+                })
+            };
+            let type_url =
+                "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
+            Scenario {
+                name,
+                headers: header("authorization", &format!("Bearer {token}")),
+                variants: vec![
+                    wasm_variant(
+                        "wasm (jwt_cache_config)",
+                        "wasmesh-jwt-authn",
+                        &provider(true),
+                        base_builder(),
+                    )?,
+                    native_variant(
+                        "native (jwt_cache_config)",
+                        "envoy.filters.http.jwt_authn",
+                        type_url,
+                        &provider(true),
+                        base_builder(),
+                    )?,
+                    native_variant(
+                        "native (no cache)",
+                        "envoy.filters.http.jwt_authn",
+                        type_url,
+                        &provider(false),
+                        base_builder(),
+                    )?,
+                ],
+                goal: Some(Goal {
+                    min_ratio: 1.0,
+                    text: "wasm with cache ≥ native",
+                }),
+            }
+        }
+        "fault" => {
+            // Faults configured but not rolled (0%): the pass-through path every request takes.
+            let config = json!({
+                "delay": {"fixed_delay": "1s", "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
+                "abort": {"http_status": 503, "percentage": {"numerator": 0, "denominator": "HUNDRED"}}
+            });
+            Scenario {
+                name,
+                headers: Vec::new(),
+                variants: vec![
+                    wasm_variant("wasm", "wasmesh-fault", &config, base_builder())?,
+                    native_variant(
+                        "native",
+                        "envoy.filters.http.fault",
+                        "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                        &config,
+                        base_builder(),
+                    )?,
+                ],
+                goal: None,
+            }
+        }
+        _ => {
+            let service = json!({
+                "server_uri": {"uri": "http://authz.internal", "cluster": AUTHZ_CLUSTER, "timeout": "2s"},
+                "path_prefix": "/authz",
+                "authorization_response": {"allowed_upstream_headers": {"patterns": [{"exact": "x-user"}]}}
+            });
+            let plain = json!({"http_service": service});
+            let mut cached = plain.clone();
+            cached["decision_cache"] = json!({
+                "key": {"method": true, "path": true, "headers": ["authorization"]},
+                "ttl": "30s",
+                "max_entries": 1000
+            });
+            let with_authz = || base_builder().cluster(Cluster::new(AUTHZ_CLUSTER, authz.addr()));
+            Scenario {
+                name,
+                headers: header("authorization", "Bearer alice"),
+                variants: vec![
+                    wasm_variant("wasm (policy)", "wasmesh-policy", &plain, with_authz())?,
+                    wasm_variant(
+                        "wasm (policy, decision cache)",
+                        "wasmesh-policy",
+                        &cached,
+                        with_authz(),
+                    )?,
+                    native_variant(
+                        "native (ext_authz)",
+                        "envoy.filters.http.ext_authz",
+                        "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                        &plain,
+                        with_authz(),
+                    )?,
+                ],
+                goal: None,
+            }
+        }
+    })
+}
+
+fn spec(args: &Args, envoy: &Envoy, headers: &[(String, String)], seconds: f64) -> LoadSpec {
+    LoadSpec {
+        url: format!("http://{}{REQUEST_PATH}", envoy.listener_addr()),
+        headers: headers.to_vec(),
+        duration: Duration::from_secs_f64(seconds),
+        connections: args.connections,
+    }
+}
+
+/// Warms up, then runs the rounds; returns each configuration's runs (baseline first).
+fn measure(
+    args: &Args,
+    wrk: &Path,
+    scenario: &Scenario,
+    baseline: &Envoy,
+) -> Result<Vec<(String, Series)>, E2eError> {
+    let mut configurations: Vec<(&str, &Envoy)> = vec![("no filter", baseline)];
+    configurations.extend(
+        scenario
+            .variants
+            .iter()
+            .map(|variant| (variant.label.as_str(), &variant.envoy)),
+    );
+    let mut series: Vec<(String, Series)> = configurations
+        .iter()
+        .map(|(label, _)| (label.to_string(), Series::default()))
+        .collect();
+    for (label, envoy) in &configurations {
+        let warm = run_wrk(
+            wrk,
+            &spec(args, envoy, &scenario.headers, args.warmup_seconds),
+        )?;
+        check(scenario.name, label, &warm)?;
+    }
+    for round in 0..args.rounds {
+        for offset in 0..configurations.len() {
+            let index = (round + offset) % configurations.len();
+            let (label, envoy) = configurations[index];
+            let result = run_wrk(wrk, &spec(args, envoy, &scenario.headers, args.seconds))?;
+            check(scenario.name, label, &result)?;
+            eprintln!(
+                "{} / {label}: round {}: {:.0} req/s, p50 {:?}, p99 {:?}",
+                scenario.name,
+                round + 1,
+                result.requests_per_second,
+                result.p50,
+                result.p99
+            );
+            series[index].1.runs.push(result);
+        }
+    }
+    Ok(series)
+}
+
+/// A run with errors or non-2xx answers measured something else than the allowed path.
+fn check(scenario: &str, label: &str, result: &LoadResult) -> Result<(), E2eError> {
+    if result.non_2xx > 0 || result.socket_errors > 0 || result.requests == 0 {
+        return Err(E2eError::Load(format!(
+            "{scenario} / {label}: {} non-2xx answers and {} socket errors in {} requests",
+            result.non_2xx, result.socket_errors, result.requests
+        )));
+    }
+    Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(*v), hi.max(*v))
+        })
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+/// Per-round throughput ratios `a / b` (runs of the same round are paired).
+fn paired_ratios(a: &Series, b: &Series) -> Vec<f64> {
+    a.runs
+        .iter()
+        .zip(&b.runs)
+        .map(|(a, b)| a.requests_per_second / b.requests_per_second)
+        .collect()
+}
+
+fn ratio_cell(ratios: &[f64]) -> String {
+    let (lo, hi) = min_max(ratios);
+    format!("{:.2} ({:.2}–{:.2})", median(ratios.to_vec()), lo, hi)
+}
+
+fn render(
+    args: &Args,
+    envoy_version: &str,
+    load_average: &str,
+    scenarios: &[Scenario],
+    results: &[Vec<(String, Series)>],
+) -> String {
+    let mut out = String::new();
+    out.push_str(SECTION_TITLE);
+    out.push_str("\n\n");
+    out.push_str(&format!(
+        "Measured on {} with `cargo run --release -p wasmesh-e2e --bin overhead` \
+         (`harness/e2e/src/bin/overhead.rs`). Envoy {envoy_version} (V8), one worker \
+         (`--concurrency 1`), direct-response route (no upstream), logs at `warn`; the wasm \
+         filters are the release builds through `wasm-opt`. Load from `wrk` in a second process \
+         on loopback: 1 thread, {} connections, {} round(s) of {:.0} s per configuration after a \
+         {:.0} s warm-up, configurations rotated each round; every response was a 2xx. The \
+         machine has {} cores and was shared with other builds (1-minute load average {load_average} \
+         at the start): absolute figures are noisy, ratios are paired within a round and shown \
+         as median (min–max over rounds).\n\n",
+        today(),
+        args.connections,
+        args.rounds,
+        args.seconds,
+        args.warmup_seconds,
+        std::thread::available_parallelism().map_or(0, usize::from),
+    ));
+    out.push_str(
+        "| Filter | Configuration | req/s, median (min–max) | p50 ms | p99 ms | vs no filter |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|\n");
+    for (scenario, series) in scenarios.iter().zip(results) {
+        let Some((_, baseline)) = series.first() else {
+            continue;
+        };
+        for (label, runs) in series {
+            let rates: Vec<f64> = runs.runs.iter().map(|r| r.requests_per_second).collect();
+            let (lo, hi) = min_max(&rates);
+            let p50 = median(runs.runs.iter().map(|r| millis(r.p50)).collect());
+            let p99 = median(runs.runs.iter().map(|r| millis(r.p99)).collect());
+            out.push_str(&format!(
+                "| {} | {label} | {:.0} ({:.0}–{:.0}) | {p50:.2} | {p99:.2} | {} |\n",
+                scenario.name,
+                median(rates.clone()),
+                lo,
+                hi,
+                ratio_cell(&paired_ratios(runs, baseline)),
+            ));
+        }
+    }
+    out.push_str("\n| Filter | wasm / native throughput | Goal | Met |\n|---|---|---|---|\n");
+    for (scenario, series) in scenarios.iter().zip(results) {
+        let by_label: BTreeMap<&str, &Series> = series
+            .iter()
+            .map(|(label, s)| (label.as_str(), s))
+            .collect();
+        let role = |role: Role| {
+            scenario
+                .variants
+                .iter()
+                .filter(move |variant| variant.role == role)
+                .filter_map(|variant| {
+                    by_label
+                        .get(variant.label.as_str())
+                        .map(|series| (variant.label.as_str(), *series))
+                })
+        };
+        let Some((native_label, native)) = role(Role::Native).next() else {
+            continue;
+        };
+        for (wasm_label, wasm) in role(Role::Wasm) {
+            let ratios = paired_ratios(wasm, native);
+            let (goal, met) = match scenario.goal {
+                Some(goal) => {
+                    let typical = median(ratios.clone());
+                    let (worst, _) = min_max(&ratios);
+                    let met = if worst >= goal.min_ratio {
+                        "yes, every round"
+                    } else if typical >= goal.min_ratio {
+                        "yes at the median, not in every round"
+                    } else {
+                        "**no**"
+                    };
+                    (goal.text, met)
+                }
+                None => ("— (reported)", "—"),
+            };
+            out.push_str(&format!(
+                "| {} | {wasm_label} / {native_label}: {} | {goal} | {met} |\n",
+                scenario.name,
+                ratio_cell(&ratios)
+            ));
+        }
+    }
+    out
+}
+
+/// Today's date (UTC), `YYYY-MM-DD`.
+fn today() -> String {
+    let days = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() / 86_400);
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Replaces this benchmark's section of `path` (up to the next `## ` heading) with `section`,
+/// or appends it; creates the file if missing. Reads the file right before writing, since other
+/// sections are edited by others.
+fn write_section(path: &Path, section: &str) -> Result<(), E2eError> {
+    let current = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_string(),
+        Err(source) => {
+            return Err(E2eError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let updated = replace_section(&current, section);
+    std::fs::write(path, updated).map_err(|source| E2eError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn replace_section(document: &str, section: &str) -> String {
+    let section = format!("{}\n", section.trim_end());
+    let start = document
+        .match_indices(SECTION_TITLE)
+        .map(|(at, _)| at)
+        .find(|at| *at == 0 || document[..*at].ends_with('\n'));
+    match start {
+        Some(start) => {
+            let after_title = start + SECTION_TITLE.len();
+            let end = document[after_title..]
+                .find("\n## ")
+                .map_or(document.len(), |offset| after_title + offset + 1);
+            let rest = &document[end..];
+            let separator = if rest.is_empty() { "" } else { "\n" };
+            format!("{}{section}{separator}{rest}", &document[..start])
+        }
+        None => format!("{}\n\n{section}", document.trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_section_is_replaced_in_place_and_the_rest_kept() {
+        let document = "# Benchmarks\n\n## Harness\n\nmine\n\n## Overhead in real Envoy\n\nold\n\n## Later\n\ntheirs\n";
+        let updated = replace_section(document, "## Overhead in real Envoy\n\nnew\n");
+        assert_eq!(
+            updated,
+            "# Benchmarks\n\n## Harness\n\nmine\n\n## Overhead in real Envoy\n\nnew\n\n## Later\n\ntheirs\n"
+        );
+    }
+
+    #[test]
+    fn a_missing_section_is_appended() {
+        let updated = replace_section(
+            "# Benchmarks\n\n## Harness\n\nmine\n",
+            "## Overhead in real Envoy\n\nnew",
+        );
+        assert_eq!(
+            updated,
+            "# Benchmarks\n\n## Harness\n\nmine\n\n## Overhead in real Envoy\n\nnew\n"
+        );
+    }
+
+    #[test]
+    fn medians_and_dates() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(today().len(), 10);
+    }
+}

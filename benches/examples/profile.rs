@@ -1,0 +1,62 @@
+//! Runs one benchmark scenario many times, for a profiler (callgrind counts instructions, which
+//! stays stable on a noisy machine where wall-clock time does not):
+//!
+//! ```text
+//! cargo build --release -p wasmesh-benches --example profile
+//! valgrind --tool=callgrind --callgrind-out-file=callgrind.out \
+//!     target/release/examples/profile wasm "no-op/pass" 10000
+//! callgrind_annotate callgrind.out | head -60
+//! ```
+//!
+//! Arguments: `native` or `wasm`, a scenario id (`filter/case`, as `cargo bench` names it), and
+//! the number of requests (after 100 warm-up requests, also run under the profiler: use
+//! `--toggle-collect` or subtract a run with 0 requests to exclude setup).
+
+use std::process::ExitCode;
+
+use wasmesh_benches::{scenarios, BenchError, Verdict};
+
+fn run(mode: &str, id: &str, requests: usize) -> Result<(), BenchError> {
+    let all = scenarios::all()?;
+    let Some(scenario) = all.iter().find(|scenario| scenario.id() == id) else {
+        let ids: Vec<String> = all.iter().map(|scenario| scenario.id()).collect();
+        return Err(BenchError(format!(
+            "no scenario {id:?}; scenarios: {}",
+            ids.join(", ")
+        )));
+    };
+    let mut once: Box<dyn FnMut() -> Result<Verdict, BenchError>> = match mode {
+        "native" => {
+            let mut native = scenario.native()?;
+            Box::new(move || Ok(native.run_once()))
+        }
+        "wasm" => {
+            let mut wasm = scenario.wasm()?;
+            Box::new(move || wasm.run_once())
+        }
+        other => return Err(BenchError(format!("mode must be native or wasm, not {other:?}"))),
+    };
+    scenario.check(100, &mut once)?;
+    scenario.check(requests, &mut once)?;
+    eprintln!("{id} ({mode}): {requests} requests, every verdict {:?}", scenario.expect);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [mode, id, requests] = args.as_slice() else {
+        eprintln!("usage: profile native|wasm <filter/case> <requests>");
+        return ExitCode::from(2);
+    };
+    let Ok(requests) = requests.parse::<usize>() else {
+        eprintln!("requests must be a number, not {requests:?}");
+        return ExitCode::from(2);
+    };
+    match run(mode, id, requests) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Fuzz target: the header-filter filter's configuration parser (`configure`: JSON load, validation, construction).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    wasmesh_fuzz::configure_filter::<wasmesh_example_header_filter::HeaderFilter>(data);
+});
