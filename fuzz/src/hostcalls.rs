@@ -255,7 +255,8 @@ pub fn module_wat() -> String {
     for extra in extras {
         let _ = writeln!(w, "      {extra} (br $end))");
     }
-    w.push_str("    ))\n");
+    // The last case closed `$end`; close the function.
+    w.push_str("    )\n");
     let _ = write!(
         w,
         r#"  (func $run (param $bit i32)

@@ -169,7 +169,9 @@ fn cases(call: &Call) -> Vec<Case> {
             Arg::In(ptr, len) => {
                 for (what, bad_ptr, bad_len) in bad_in(ptr, len) {
                     let mut args = call.args.clone();
-                    args[index] = Arg::Value(format!("{bad_ptr} {bad_len}"));
+                    if let Some(slot) = args.get_mut(index) {
+                        *slot = Arg::Value(format!("{bad_ptr} {bad_len}"));
+                    }
                     let mut expected = fault.clone();
                     if call.name == "random_get" {
                         // WASI random_get refuses oversized requests before looking at memory.
@@ -185,7 +187,9 @@ fn cases(call: &Call) -> Vec<Case> {
             Arg::Out(_) => {
                 for (what, bad_ptr) in bad_out() {
                     let mut args = call.args.clone();
-                    args[index] = Arg::Value(bad_ptr);
+                    if let Some(slot) = args.get_mut(index) {
+                        *slot = Arg::Value(bad_ptr);
+                    }
                     out.push(Case {
                         label: format!("{} argument {index}: {what}", call.name),
                         wat: invoke(&args),

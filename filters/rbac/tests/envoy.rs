@@ -9,48 +9,14 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::envoy::{jwt_authn, request_for, start_wasm_envoy, verdict_of};
 use common::{
-    cases, jwt_vectors, run_in_harness, sample_config, start_in_harness, Case, JwtVectors, Verdict,
+    cases, jwt_vectors, run_in_harness, sample_config, start_in_harness, JwtVectors, Verdict,
 };
 use serde_json::{json, Value};
 use wasmesh_harness::envoy::{
-    self, Envoy, EnvoyBuilder, HttpRequest, HttpResponse, ShippedBootstrap, ShippedExample,
-    TestServer, WasmFilter,
+    self, Envoy, EnvoyBuilder, HttpRequest, ShippedBootstrap, ShippedExample, TestServer,
 };
-
-/// Envoy's jwt_authn: tokens optional, payload stored as dynamic metadata `jwt_payload`.
-fn jwt_authn(vectors: &JwtVectors) -> Value {
-    json!({
-        "name": "envoy.filters.http.jwt_authn",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-            "providers": {"test": {
-                "issuer": vectors.issuer,
-                "local_jwks": {"inline_string": vectors.jwks},
-                "payload_in_metadata": "jwt_payload",
-            }},
-            "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
-                {"provider_name": "test"}, {"allow_missing": {}}
-            ]}}}],
-        },
-    })
-}
-
-/// Envoy with jwt_authn and the wasm filter; the connection manager appends the peer to
-/// `x-forwarded-for` and does no path normalization (the filter does its own).
-fn start_wasm_envoy(upstream: &TestServer, vectors: &JwtVectors, config: &str) -> Envoy {
-    EnvoyBuilder::new()
-        .connection_manager_field("use_remote_address", json!(true))
-        .http_filter_json(jwt_authn(vectors))
-        .wasm_filter(
-            WasmFilter::new(common::wasm())
-                .name("rbac")
-                .configuration(config),
-        )
-        .upstream(upstream.addr())
-        .start()
-        .unwrap()
-}
 
 /// Envoy with jwt_authn and the native RBAC filter, with the connection manager normalizing
 /// paths as the wasm filter does by default and trusting one `x-forwarded-for` hop as the
@@ -79,31 +45,6 @@ fn start_native_envoy(upstream: &TestServer, vectors: &JwtVectors, sample: &Valu
         .upstream(upstream.addr())
         .start()
         .unwrap()
-}
-
-fn request_for(case: &Case, vectors: &JwtVectors) -> HttpRequest {
-    let mut request = HttpRequest::new(case.method, case.path).header("host", case.authority);
-    for (name, value) in &case.headers {
-        request = request.header(*name, *value);
-    }
-    if let Some(user) = case.user {
-        request = request.header("authorization", format!("Bearer {}", vectors.tokens[user]));
-    }
-    request
-}
-
-pub fn verdict_of(response: &HttpResponse) -> Verdict {
-    match response.response_code_details() {
-        Some(details) => Verdict::Denied {
-            status: u32::from(response.status),
-            details: details.to_string(),
-            body: response.text(),
-        },
-        None => {
-            assert_eq!(response.status, 200, "upstream answer: {}", response.text());
-            Verdict::Allowed
-        }
-    }
 }
 
 #[test]

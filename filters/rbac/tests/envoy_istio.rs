@@ -5,39 +5,12 @@
 
 mod common;
 
+use common::envoy::{request_for, start_wasm_envoy, verdict_of};
 use common::{
     istio_bypass_controls, istio_bypass_corpus, istio_cases, istio_config, jwt_vectors,
-    run_in_harness, start_in_harness, Case, JwtVectors, Verdict,
+    run_in_harness, start_in_harness, Verdict,
 };
-use serde_json::json;
-use wasmesh_harness::envoy::{
-    self, EnvoyBuilder, HttpRequest, HttpResponse, TestServer, WasmFilter,
-};
-
-fn request_for(case: &Case, vectors: &JwtVectors) -> HttpRequest {
-    let mut request = HttpRequest::new(case.method, case.path).header("host", case.authority);
-    for (name, value) in &case.headers {
-        request = request.header(*name, *value);
-    }
-    if let Some(user) = case.user {
-        request = request.header("authorization", format!("Bearer {}", vectors.tokens[user]));
-    }
-    request
-}
-
-fn verdict_of(response: &HttpResponse) -> Verdict {
-    match response.response_code_details() {
-        Some(details) => Verdict::Denied {
-            status: u32::from(response.status),
-            details: details.to_string(),
-            body: response.text(),
-        },
-        None => {
-            assert_eq!(response.status, 200, "upstream answer: {}", response.text());
-            Verdict::Allowed
-        }
-    }
-}
+use wasmesh_harness::envoy::{self, TestServer};
 
 #[test]
 fn istio_policies_in_envoy_agree_with_the_harness_and_resist_the_bypass_corpus() {
@@ -46,31 +19,7 @@ fn istio_policies_in_envoy_agree_with_the_harness_and_resist_the_bypass_corpus()
     }
     let vectors = jwt_vectors();
     let upstream = TestServer::echo().unwrap();
-    let jwt_authn = json!({
-        "name": "envoy.filters.http.jwt_authn",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-            "providers": {"test": {
-                "issuer": vectors.issuer,
-                "local_jwks": {"inline_string": vectors.jwks},
-                "payload_in_metadata": "jwt_payload",
-            }},
-            "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
-                {"provider_name": "test"}, {"allow_missing": {}}
-            ]}}}],
-        },
-    });
-    let envoy = EnvoyBuilder::new()
-        .connection_manager_field("use_remote_address", json!(true))
-        .http_filter_json(jwt_authn)
-        .wasm_filter(
-            WasmFilter::new(common::wasm())
-                .name("rbac")
-                .configuration(istio_config()),
-        )
-        .upstream(upstream.addr())
-        .start()
-        .unwrap();
+    let envoy = start_wasm_envoy(&upstream, &vectors, &istio_config());
     let plugin = start_in_harness(&istio_config());
     let cases = istio_cases();
 

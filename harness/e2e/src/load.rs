@@ -18,7 +18,7 @@ pub struct LoadSpec {
     pub url: String,
     /// Headers sent with every request.
     pub headers: Vec<(String, String)>,
-    /// How long the run lasts.
+    /// How long the run lasts (whole seconds, at least 1).
     pub duration: Duration,
     /// Connections kept open (each sends its next request when the previous answer arrived).
     pub connections: u32,
@@ -64,7 +64,8 @@ pub fn run_wrk(wrk: &std::path::Path, spec: &LoadSpec) -> Result<LoadResult, E2e
     command
         .arg("-t1")
         .arg(format!("-c{}", spec.connections))
-        .arg(format!("-d{}ms", spec.duration.as_millis()))
+        // wrk takes whole seconds.
+        .arg(format!("-d{}s", spec.duration.as_secs().max(1)))
         .arg("--timeout")
         .arg("5s")
         .arg("--latency");

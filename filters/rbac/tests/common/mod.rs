@@ -14,6 +14,8 @@
 //!   `jwt_authn` does.
 #![allow(dead_code)]
 
+pub mod envoy;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

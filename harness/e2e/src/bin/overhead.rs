@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! apt-get install -y wrk
-//! cargo run --release -p wasmesh-e2e --bin overhead -- --write BENCHMARKS.md
+//! cargo run -p wasmesh-e2e --bin overhead -- --write BENCHMARKS.md
 //! ```
 //!
 //! For each filter (RBAC, local rate limit, JWT, fault, ext_authz) it starts Envoys (one worker
@@ -40,14 +40,14 @@ const REQUEST_PATH: &str = "/api/v1/orders";
 #[command(about = "Overhead of wasmesh filters in real Envoy vs no filter and native filters")]
 struct Args {
     /// Seconds of load per configuration and round.
-    #[arg(long, default_value_t = 3.0)]
-    seconds: f64,
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
     /// Rounds (each loads every configuration once, in a rotated order).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Seconds of warm-up load per configuration before the first round (V8 tiers up).
-    #[arg(long, default_value_t = 1.0)]
-    warmup_seconds: f64,
+    #[arg(long, default_value_t = 1)]
+    warmup_seconds: u64,
     /// Concurrent connections of the load generator.
     #[arg(long, default_value_t = 16)]
     connections: u32,
@@ -77,7 +77,6 @@ struct Variant {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
-    Baseline,
     Wasm,
     Native,
 }
@@ -154,10 +153,10 @@ fn envoy_version() -> Result<String, E2eError> {
             source,
         })?;
     let text = String::from_utf8_lossy(&output.stdout);
-    // "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    // "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
     Ok(text
-        .split('/')
-        .nth(1)
+        .split_once("version:")
+        .and_then(|(_, version)| version.trim().split('/').nth(1))
         .map_or_else(|| text.trim().to_string(), str::to_string))
 }
 
@@ -400,11 +399,11 @@ fn scenario(name: &'static str, tokens: &Tokens, authz: &TestServer) -> Result<S
     })
 }
 
-fn spec(args: &Args, envoy: &Envoy, headers: &[(String, String)], seconds: f64) -> LoadSpec {
+fn spec(args: &Args, envoy: &Envoy, headers: &[(String, String)], seconds: u64) -> LoadSpec {
     LoadSpec {
         url: format!("http://{}{REQUEST_PATH}", envoy.listener_addr()),
         headers: headers.to_vec(),
-        duration: Duration::from_secs_f64(seconds),
+        duration: Duration::from_secs(seconds),
         connections: args.connections,
     }
 }
@@ -511,12 +510,12 @@ fn render(
     out.push_str(SECTION_TITLE);
     out.push_str("\n\n");
     out.push_str(&format!(
-        "Measured on {} with `cargo run --release -p wasmesh-e2e --bin overhead` \
+        "Measured on {} with `cargo run -p wasmesh-e2e --bin overhead` \
          (`harness/e2e/src/bin/overhead.rs`). Envoy {envoy_version} (V8), one worker \
          (`--concurrency 1`), direct-response route (no upstream), logs at `warn`; the wasm \
          filters are the release builds through `wasm-opt`. Load from `wrk` in a second process \
-         on loopback: 1 thread, {} connections, {} round(s) of {:.0} s per configuration after a \
-         {:.0} s warm-up, configurations rotated each round; every response was a 2xx. The \
+         on loopback: 1 thread, {} connections, {} round(s) of {} s per configuration after a \
+         {} s warm-up, configurations rotated each round; every response was a 2xx. The \
          machine has {} cores and was shared with other builds (1-minute load average {load_average} \
          at the start): absolute figures are noisy, ratios are paired within a round and shown \
          as median (min–max over rounds).\n\n",
