@@ -203,7 +203,9 @@ pub fn module_wat() -> String {
     }
     // The dispatcher: one block per operation, selected with br_table.
     let total = ops();
-    w.push_str("  (func $dispatch (param $op i32) (param $rec i32) (local $i i32)\n    (block $end\n");
+    w.push_str(
+        "  (func $dispatch (param $op i32) (param $rec i32) (local $i i32)\n    (block $end\n",
+    );
     for case in (0..total).rev() {
         let _ = writeln!(w, "    (block $c{case}");
     }
@@ -223,7 +225,11 @@ pub fn module_wat() -> String {
             }
         }
         let call = format!("(call $imp{case} {})", args.join(" "));
-        let call = if *result { format!("(drop {call})") } else { call };
+        let call = if *result {
+            format!("(drop {call})")
+        } else {
+            call
+        };
         let _ = writeln!(w, "      {call} (br $end))");
     }
     let extras = [
@@ -279,21 +285,71 @@ pub fn module_wat() -> String {
 "#
     );
     let callbacks: [(&str, &str, u16, &str); 15] = [
-        ("proxy_on_request_headers", "(param i32 i32 i32) (result i32)", 1 << 1, "(global.get $ret)"),
-        ("proxy_on_request_body", "(param i32 i32 i32) (result i32)", 1 << 2, "(global.get $ret)"),
-        ("proxy_on_request_trailers", "(param i32 i32) (result i32)", 1 << 3, "(global.get $ret)"),
-        ("proxy_on_response_headers", "(param i32 i32 i32) (result i32)", 1 << 4, "(global.get $ret)"),
-        ("proxy_on_response_body", "(param i32 i32 i32) (result i32)", 1 << 5, "(global.get $ret)"),
-        ("proxy_on_response_trailers", "(param i32 i32) (result i32)", 1 << 6, "(global.get $ret)"),
+        (
+            "proxy_on_request_headers",
+            "(param i32 i32 i32) (result i32)",
+            1 << 1,
+            "(global.get $ret)",
+        ),
+        (
+            "proxy_on_request_body",
+            "(param i32 i32 i32) (result i32)",
+            1 << 2,
+            "(global.get $ret)",
+        ),
+        (
+            "proxy_on_request_trailers",
+            "(param i32 i32) (result i32)",
+            1 << 3,
+            "(global.get $ret)",
+        ),
+        (
+            "proxy_on_response_headers",
+            "(param i32 i32 i32) (result i32)",
+            1 << 4,
+            "(global.get $ret)",
+        ),
+        (
+            "proxy_on_response_body",
+            "(param i32 i32 i32) (result i32)",
+            1 << 5,
+            "(global.get $ret)",
+        ),
+        (
+            "proxy_on_response_trailers",
+            "(param i32 i32) (result i32)",
+            1 << 6,
+            "(global.get $ret)",
+        ),
         ("proxy_on_log", "(param i32)", 1 << 7, ""),
         ("proxy_on_tick", "(param i32)", 1 << 8, ""),
-        ("proxy_on_http_call_response", "(param i32 i32 i32 i32 i32)", 1 << 9, ""),
-        ("proxy_on_grpc_receive_initial_metadata", "(param i32 i32 i32)", 1 << 10, ""),
+        (
+            "proxy_on_http_call_response",
+            "(param i32 i32 i32 i32 i32)",
+            1 << 9,
+            "",
+        ),
+        (
+            "proxy_on_grpc_receive_initial_metadata",
+            "(param i32 i32 i32)",
+            1 << 10,
+            "",
+        ),
         ("proxy_on_grpc_receive", "(param i32 i32 i32)", 1 << 10, ""),
-        ("proxy_on_grpc_receive_trailing_metadata", "(param i32 i32 i32)", 1 << 10, ""),
+        (
+            "proxy_on_grpc_receive_trailing_metadata",
+            "(param i32 i32 i32)",
+            1 << 10,
+            "",
+        ),
         ("proxy_on_grpc_close", "(param i32 i32 i32)", 1 << 10, ""),
         ("proxy_on_queue_ready", "(param i32 i32)", 1 << 11, ""),
-        ("proxy_on_foreign_function", "(param i32 i32 i32)", 1 << 12, ""),
+        (
+            "proxy_on_foreign_function",
+            "(param i32 i32 i32)",
+            1 << 12,
+            "",
+        ),
     ];
     for (name, signature, bit, result) in callbacks {
         let _ = writeln!(
@@ -342,7 +398,9 @@ pub fn run_program(program: &[u8]) {
         .config(program.to_vec())
         .env("FUZZ", "1")
         .limits(Limits {
-            fuel_per_callback: Some(20_000_000),
+            // Enough for every hostcall of a long program; small enough that a program that
+            // keeps feeding itself events stops quickly (10 budgets per event drain).
+            fuel_per_callback: Some(5_000_000),
             max_memory_bytes: 8 * 1024 * 1024,
             max_shared_data_keys: 1_000,
             max_shared_bytes: 1024 * 1024,
@@ -368,14 +426,23 @@ pub fn run_program(program: &[u8]) {
     check(
         stream
             .request_headers(
-                &[(":method", "POST"), (":path", "/a/../b?x=1"), (":authority", "example.com"), ("x-fuzz", "1")],
+                &[
+                    (":method", "POST"),
+                    (":path", "/a/../b?x=1"),
+                    (":authority", "example.com"),
+                    ("x-fuzz", "1"),
+                ],
                 false,
             )
             .map(drop),
     );
     check(stream.request_body(b"request body", false).map(drop));
     check(stream.request_trailers(&[("x-trailer", "t")]).map(drop));
-    check(stream.response_headers(&[(":status", "200"), ("content-type", "text/plain")], false).map(drop));
+    check(
+        stream
+            .response_headers(&[(":status", "200"), ("content-type", "text/plain")], false)
+            .map(drop),
+    );
     check(stream.response_body(b"response body", false).map(drop));
     check(stream.response_trailers(&[("grpc-status", "0")]).map(drop));
     for callout in plugin.pending_http_callouts() {
@@ -402,7 +469,14 @@ pub fn run_program(program: &[u8]) {
     check(plugin.advance_clock(Duration::from_secs(2)));
     check(stream.complete());
     let mut second = plugin.http_stream();
-    check(second.request_headers(&[(":method", "GET"), (":path", "/"), (":authority", "a")], true).map(drop));
+    check(
+        second
+            .request_headers(
+                &[(":method", "GET"), (":path", "/"), (":authority", "a")],
+                true,
+            )
+            .map(drop),
+    );
     check(second.reset());
     check(plugin.shutdown());
     let _ = plugin.metrics();

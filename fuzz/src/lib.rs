@@ -38,7 +38,10 @@ fn vectors() -> &'static serde_json::Value {
 fn fixture_jwks() -> &'static wasmesh_jwt_authn::jwks::Jwks {
     static JWKS: OnceLock<wasmesh_jwt_authn::jwks::Jwks> = OnceLock::new();
     JWKS.get_or_init(|| {
-        let text = vectors().get("jwks").map(|v| v.to_string()).unwrap_or_default();
+        let text = vectors()
+            .get("jwks")
+            .map(|v| v.to_string())
+            .unwrap_or_default();
         wasmesh_jwt_authn::jwks::parse(text.as_bytes()).expect("the fixture JWKS parses")
     })
 }
@@ -133,7 +136,13 @@ pub fn check_jwks(data: &[u8]) {
         .and_then(|v| v.as_array())
         .into_iter()
         .flatten()
-        .chain(vectors().get("attacks").and_then(|v| v.as_array()).into_iter().flatten())
+        .chain(
+            vectors()
+                .get("attacks")
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten(),
+        )
         .filter_map(|vector| vector.get("token").and_then(|t| t.as_str()));
     for token in tokens {
         if let Ok(jwt) = wasmesh_jwt_authn::jwt::parse(token) {
@@ -166,14 +175,25 @@ pub fn check_path(data: &[u8]) {
     let Ok(out) = normalize_path(&path) else {
         return;
     };
-    assert_eq!(normalize_path(&out).as_deref(), Ok(out.as_str()), "not idempotent: {path:?}");
+    assert_eq!(
+        normalize_path(&out).as_deref(),
+        Ok(out.as_str()),
+        "not idempotent: {path:?}"
+    );
     assert!(out.starts_with('/'), "{path:?} -> {out:?}");
     assert!(!out.contains("//"), "{path:?} -> {out:?}");
     assert!(
-        !out.split('/').any(|segment| segment == "." || segment == ".."),
+        !out.split('/')
+            .any(|segment| segment == "." || segment == ".."),
         "dot segment left: {path:?} -> {out:?}"
     );
-    assert!(out.is_ascii() && !out.contains(['\\', '?', '#']), "{path:?} -> {out:?}");
+    assert!(
+        out.is_ascii() && !out.contains(['\\', '?', '#']),
+        "{path:?} -> {out:?}"
+    );
     let lower = out.to_ascii_lowercase();
-    assert!(!lower.contains("%2e") && !lower.contains("%00"), "{path:?} -> {out:?}");
+    assert!(
+        !lower.contains("%2e") && !lower.contains("%00"),
+        "{path:?} -> {out:?}"
+    );
 }

@@ -157,7 +157,14 @@ impl EnvoyError {
 pub fn skip_requested() -> bool {
     let skip = std::env::var(SKIP_ENV).is_ok_and(|value| value == "1" || value == "true");
     if skip {
-        eprintln!("{SKIP_ENV} is set: skipping a real-Envoy test");
+        // Written to the stderr handle itself, not with `eprintln!`: libtest captures the
+        // macros' output of passing tests, and a skipped real-Envoy test must never pass
+        // silently.
+        let _ = writeln!(
+            io::stderr().lock(),
+            "WARNING: {SKIP_ENV} is set: SKIPPING a real-Envoy test ({})",
+            std::thread::current().name().unwrap_or("unnamed test")
+        );
     }
     skip
 }

@@ -304,6 +304,12 @@ pub(crate) struct PluginInner {
 /// enqueuing again would otherwise never let the test regain control.
 const MAX_EVENTS_PER_DRAIN: usize = 100_000;
 
+/// Upper bound on the fuel the callbacks run by one drain may use together, in callback
+/// budgets ([`Limits::fuel_per_callback`]): a module whose every event callback produces another
+/// event and burns its whole budget would otherwise keep the test busy for
+/// `MAX_EVENTS_PER_DRAIN` budgets (hours at the default). Envoy would spin the worker forever.
+const DRAIN_FUEL_IN_CALLBACK_BUDGETS: u64 = 10;
+
 impl PluginInner {
     pub(crate) fn elapsed(&self) -> Duration {
         self.shared
@@ -483,7 +489,20 @@ impl PluginInner {
 
     /// Handles asynchronous events until none is left.
     pub(crate) fn drain_events(&mut self) -> Result<(), HarnessError> {
+        let fuel_at_start = self.fuel_spent();
+        let fuel_budget = self
+            .limits
+            .fuel_per_callback
+            .map(|fuel| fuel.saturating_mul(DRAIN_FUEL_IN_CALLBACK_BUDGETS));
         for _ in 0..MAX_EVENTS_PER_DRAIN {
+            if let Some(budget) = fuel_budget {
+                if self.fuel_spent().saturating_sub(fuel_at_start) > budget {
+                    return Err(HarnessError::InvalidUse(format!(
+                        "the plugin kept producing events (their callbacks used more than \
+                         {budget} fuel without settling)"
+                    )));
+                }
+            }
             let event = match self.shared.try_borrow_mut() {
                 Ok(mut shared) => shared.events.pop_front(),
                 Err(_) => return Err(reentrancy()),
@@ -543,6 +562,11 @@ impl PluginInner {
         Err(HarnessError::InvalidUse(format!(
             "the plugin kept producing events ({MAX_EVENTS_PER_DRAIN} handled without settling)"
         )))
+    }
+
+    /// Fuel used by every callback of every VM so far.
+    fn fuel_spent(&self) -> u64 {
+        self.shared.try_borrow().map(|s| s.fuel_spent).unwrap_or(0)
     }
 
     /// A callout record and the generation of the VM that made it.

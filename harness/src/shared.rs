@@ -99,6 +99,8 @@ pub(crate) struct SharedState {
     /// Current VM generation per worker (bumped on reload).
     pub(crate) generations: Vec<u64>,
     pub(crate) caps: HostCaps,
+    /// Fuel used by every callback of every VM so far (bounds the work of one event drain).
+    pub(crate) fuel_spent: u64,
     /// Keys in `shared_data`, all VM ids together.
     shared_data_keys: usize,
     /// Bytes of keys and values in `shared_data` plus bytes of queued items.
@@ -127,6 +129,7 @@ impl SharedState {
             next_connection_id: 1,
             generations: vec![0; workers],
             caps: HostCaps::default(),
+            fuel_spent: 0,
             shared_data_keys: 0,
             shared_bytes: 0,
             queued_items: 0,

@@ -600,6 +600,11 @@ impl Vm {
         state.copied_bytes.set(0);
         state.log_mark = log_mark;
         let result = func.call(&mut self.store, params);
+        let budget = self.fuel_per_callback.unwrap_or(u64::MAX);
+        let used = budget.saturating_sub(self.store.get_fuel().unwrap_or(0));
+        if let Ok(mut shared) = self.store.data().shared.try_borrow_mut() {
+            shared.fuel_spent = shared.fuel_spent.saturating_add(used);
+        }
         let state = self.store.data_mut();
         state.current_context = saved.0;
         state.effective_context = saved.1;

@@ -23,7 +23,7 @@ const START_CALLBACKS: [&str; 5] = [
 ];
 
 /// Callbacks reached by driving a stream, callouts, queues, foreign functions and shutdown.
-const LATER_CALLBACKS: [&str; 11] = [
+const LATER_CALLBACKS: [&str; 12] = [
     "proxy_on_context_create",
     "proxy_on_request_trailers",
     "proxy_on_response_body",
@@ -35,6 +35,7 @@ const LATER_CALLBACKS: [&str; 11] = [
     "proxy_on_queue_ready",
     "proxy_on_foreign_function",
     "proxy_on_done",
+    "proxy_on_delete",
 ];
 
 /// A module that traps in `target` (for context creation: of the root context when
@@ -94,7 +95,8 @@ fn trapping_module(target: &str, at_start: bool) -> String {
   (func (export "proxy_on_grpc_close") (param i32 i32 i32) {grpc_close})
   (func (export "proxy_on_queue_ready") (param i32 i32) {queue_ready})
   (func (export "proxy_on_foreign_function") (param i32 i32 i32) {foreign})
-  (func (export "proxy_on_done") (param i32) (result i32) {done} (i32.const 1))"#,
+  (func (export "proxy_on_done") (param i32) (result i32) {done} (i32.const 1))
+  (func (export "proxy_on_delete") (param i32) {delete})"#,
         data = t.data(),
         configure = trap("proxy_on_configure"),
         request_trailers = trap("proxy_on_request_trailers"),
@@ -107,6 +109,7 @@ fn trapping_module(target: &str, at_start: bool) -> String {
         queue_ready = trap("proxy_on_queue_ready"),
         foreign = trap("proxy_on_foreign_function"),
         done = trap("proxy_on_done"),
+        delete = trap("proxy_on_delete"),
     ))
 }
 

@@ -124,6 +124,40 @@ fn a_queue_callback_that_feeds_itself_forever_is_stopped_by_the_event_loop_bound
 }
 
 #[test]
+fn a_self_feeding_callback_that_burns_fuel_is_stopped_by_the_drain_fuel_budget() {
+    // Each notification burns ~1M fuel and re-enqueues: the event count bound alone would
+    // allow 100,000 of them; the drain's fuel budget (10 callback budgets) stops it after ~20.
+    let mut t = Strings::new();
+    let name = t.s("loop");
+    let wat = module(&format!(
+        r#"{}
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $proxy_register_shared_queue {name} (i32.const 600)))
+    (i32.const 1))
+  (func (export "proxy_on_queue_ready") (param i32 i32)
+    (local $i i32)
+    (local.set $i (i32.const 200000))
+    (loop $burn (local.set $i (i32.sub (local.get $i) (i32.const 1))) (br_if $burn (local.get $i)))
+    (drop (call $proxy_dequeue_shared_queue (local.get 1) (i32.const 512) (i32.const 516)))
+    (drop (call $proxy_enqueue_shared_queue (local.get 1) (i32.const 0) (i32.const 4))))"#,
+        t.data()
+    ));
+    let limits = wasmesh_harness::Limits {
+        fuel_per_callback: Some(2_000_000),
+        ..wasmesh_harness::Limits::default()
+    };
+    let plugin = builder(&wat).limits(limits).start().unwrap();
+    match plugin.enqueue("loop", b"ping") {
+        Err(HarnessError::InvalidUse(message)) => {
+            assert!(message.contains("kept producing events"), "{message}");
+            assert!(message.contains("20000000 fuel"), "{message}");
+        }
+        other => panic!("expected the drain fuel budget, got {other:?}"),
+    }
+    assert!(plugin.vm_failure(0).is_none());
+}
+
+#[test]
 fn a_callout_answer_that_dispatches_another_callout_forever_is_stopped() {
     let mut t = Strings::new();
     let cluster = t.s("c");

@@ -327,3 +327,55 @@ fn proposals_that_escape_the_memory_cap_are_refused_at_load() {
         }
     }
 }
+
+#[test]
+fn reading_a_large_body_a_byte_at_a_time_costs_a_byte_per_read() {
+    // 8 MiB body, read one byte per call until the fuel runs out (~5,000 reads). The host
+    // borrows the body instead of copying it per call: otherwise these reads would copy 40 GB.
+    let wat = module(
+        r#"(func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+    (local $i i32)
+    (loop $next
+      (drop (call $proxy_get_buffer_bytes (i32.const 0) (local.get $i) (i32.const 1) (i32.const 512) (i32.const 516)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next))
+    (i32.const 0))"#,
+    );
+    let plugin = builder(&wat).limits(fuel(5_000_000)).start().unwrap();
+    let mut stream = plugin.http_stream();
+    stream
+        .request_headers(&[(":method", "POST"), (":path", "/"), (":authority", "a")], false)
+        .unwrap();
+    expect_fuel_exhausted(
+        stream.request_body(&vec![b'x'; 8 * 1024 * 1024], true),
+        "proxy_on_request_body",
+    );
+}
+
+#[test]
+fn growing_a_header_map_without_bound_pays_for_every_entry_it_scans() {
+    // Every edit scans the map (as Envoy's header map does), and the host charges for the
+    // scan: a module adding headers in a loop runs out of fuel after a few thousand, not after
+    // the ~50,000 the per-call charge alone would allow with this budget.
+    let mut t = Strings::new();
+    let key = t.s("x-flood");
+    let value = t.s("v");
+    let wat = module(&format!(
+        r#"{}
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (loop $more
+      (drop (call $proxy_add_header_map_value (i32.const 0) {key} {value}))
+      (br $more))
+    (i32.const 0))"#,
+        t.data()
+    ));
+    let plugin = builder(&wat).limits(fuel(50_000_000)).start().unwrap();
+    let mut stream = plugin.http_stream();
+    expect_fuel_exhausted(stream.request_headers(GET, true), "proxy_on_request_headers");
+    let flood = stream
+        .request_headers_now()
+        .iter()
+        .filter(|(name, _)| name == "x-flood")
+        .count();
+    assert!((1_000..10_000).contains(&flood), "{flood} headers added");
+}

@@ -27,7 +27,11 @@ fn pointers(value: &Value, at: String, out: &mut Vec<String>) {
     match value {
         Value::Object(map) => {
             for (key, child) in map {
-                pointers(child, format!("{at}/{}", key.replace('~', "~0").replace('/', "~1")), out);
+                pointers(
+                    child,
+                    format!("{at}/{}", key.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
             }
         }
         Value::Array(items) => {
@@ -135,7 +139,10 @@ fn the_shipped_configuration_is_accepted() {
 
 #[test]
 fn the_fuzz_corpus_is_accepted_or_explained() {
-    let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/config_telemetry");
+    let directory = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/corpus/config_telemetry"
+    );
     let Ok(entries) = std::fs::read_dir(directory) else {
         return; // The fuzz corpus is optional (e.g. a crate published on its own).
     };

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use wasmesh_harness::envoy::{
-    self, Envoy, HttpRequest, HttpResponse, ReceivedRequest, RESPONSE_CODE_DETAILS_HEADER,
+    Envoy, HttpRequest, HttpResponse, ReceivedRequest, RESPONSE_CODE_DETAILS_HEADER,
 };
 use wasmesh_harness::{HarnessError, HttpStream, LocalReply, Plugin, StreamState};
 
@@ -366,12 +366,6 @@ fn settle(
         waited += CLOCK_STEP;
     }
     Ok(())
-}
-
-/// `true` unless `WASMESH_SKIP_ENVOY=1` asks to skip real-Envoy work (announced loudly by
-/// `wasmesh_harness::envoy::skip_requested`).
-pub fn envoy_wanted() -> bool {
-    !envoy::skip_requested()
 }
 
 #[cfg(test)]

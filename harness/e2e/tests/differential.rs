@@ -63,7 +63,7 @@ fn the_harness_and_real_envoy_observe_every_exchange_of_the_corpus_alike() {
         );
         for exchange in &report.exchanges {
             println!(
-                "    {:<55} envoy {:<40} harness {}{}",
+                "    {:<55} envoy {:<40} harness {}{}{}",
                 exchange.name,
                 exchange.envoy.summary(),
                 exchange.harness.summary(),
@@ -71,7 +71,12 @@ fn the_harness_and_real_envoy_observe_every_exchange_of_the_corpus_alike() {
                     .divergence
                     .as_ref()
                     .map(|d| format!("  [known divergence: {d}]"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                if exchange.harness_errors.is_empty() {
+                    String::new()
+                } else {
+                    format!("  [module failed: {}]", exchange.harness_errors.join("; "))
+                }
             );
         }
         for difference in &report.differences {

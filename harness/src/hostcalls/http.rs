@@ -7,7 +7,8 @@ use wasmtime::Caller;
 
 use super::maps::{self, MapType};
 use super::{
-    copy_to_pointer_size, guard, lossy, read_bytes, status, write_u32, HostResult, Registrar,
+    copy_to_pointer_size, guard, lossy, note_copied, read_bytes, status, write_u32, HostResult,
+    Registrar,
 };
 use crate::callouts::{
     CalloutStatus, GrpcCallout, GrpcCalloutRecord, HttpCallout, HttpCalloutRecord,
@@ -106,9 +107,12 @@ fn proxy_get_header_map_value(
         let context = state.active_context();
         match maps::readable(state, context, map_type) {
             None => Err(maps::unavailable_status(state, context)),
-            Some(map) => maps::header_value(&map, &lossy(&key))
-                .map(str::to_string)
-                .ok_or(Status::NotFound),
+            Some(map) => {
+                note_map_work(state, &map);
+                maps::header_value(&map, &lossy(&key))
+            }
+            .map(str::to_string)
+            .ok_or(Status::NotFound),
         }
     };
     match value {
@@ -152,10 +156,25 @@ fn edit_map(
     match maps::writable(state, context, map_type) {
         Some(map) => {
             edit(map, &lossy(&key), &lossy(&value));
+            let work = map_work(map);
+            note_copied(state, work);
             status(Status::Ok)
         }
         None => status(Status::BadArgument),
     }
+}
+
+/// Host work of scanning or cloning a header map: its bytes plus a per-entry overhead. Charged
+/// so that a module that grows a map and then hammers it pays for what it costs the host
+/// (every lookup and edit is linear in the map, as in Envoy).
+fn map_work(map: &[(String, String)]) -> usize {
+    map.iter()
+        .map(|(key, value)| key.len() + value.len() + 16)
+        .sum()
+}
+
+fn note_map_work(state: &VmState, map: &[(String, String)]) {
+    note_copied(state, map_work(map));
 }
 
 fn proxy_add_header_map_value(
@@ -227,7 +246,9 @@ fn proxy_get_header_map_pairs(
     // is returned as (0, 0), not as a serialized zero count.
     let pairs = {
         let state = caller.data();
-        maps::readable(state, state.active_context(), map_type).unwrap_or_default()
+        let pairs = maps::readable(state, state.active_context(), map_type).unwrap_or_default();
+        note_map_work(state, &pairs);
+        pairs
     };
     let bytes = if pairs.is_empty() {
         Vec::new()
@@ -281,7 +302,12 @@ fn proxy_get_header_map_size(
         let state = caller.data_mut();
         let context = state.active_context();
         // Envoy uses the mutable lookup here, so read-only maps report BadArgument.
-        maps::writable(state, context, map_type).map(|m| maps::byte_size(m))
+        let size =
+            maps::writable(state, context, map_type).map(|m| (maps::byte_size(m), map_work(m)));
+        size.map(|(size, work)| {
+            note_copied(state, work);
+            size
+        })
     };
     let Some(size) = size else {
         return status(Status::BadArgument);
@@ -325,9 +351,11 @@ impl BufferType {
     }
 }
 
-/// The buffer as Envoy's `getBuffer` exposes it; `None` is NotFound. A body that is not available
-/// right now is an empty buffer in Envoy (its instance pointer is null), not NotFound.
-fn buffer_contents(state: &VmState, buffer: BufferType) -> Option<Vec<u8>> {
+/// Applies `f` to the buffer as Envoy's `getBuffer` exposes it; `None` is NotFound. A body that
+/// is not available right now is an empty buffer in Envoy (its instance pointer is null), not
+/// NotFound. The buffer is borrowed, not copied: a module reading a large body a byte at a time
+/// must cost one byte per call, not the whole body.
+fn with_buffer<R>(state: &VmState, buffer: BufferType, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
     let context = state.active_context();
     match buffer {
         BufferType::HttpRequestBody | BufferType::HttpResponseBody => {
@@ -336,38 +364,34 @@ fn buffer_contents(state: &VmState, buffer: BufferType) -> Option<Vec<u8>> {
             } else {
                 StreamKind::Response
             };
-            Some(
-                state
-                    .exchange(context)
-                    .and_then(|e| e.direction(kind).visible_body().cloned())
-                    .unwrap_or_default(),
-            )
+            let body = state
+                .exchange(context)
+                .and_then(|e| e.direction(kind).visible_body());
+            Some(f(body.map(Vec::as_slice).unwrap_or_default()))
         }
         // No TCP streams in this harness: the network buffers are always empty.
-        BufferType::DownstreamData | BufferType::UpstreamData => Some(Vec::new()),
-        BufferType::HttpCallResponseBody => {
-            state.http_call_response.as_ref().map(|r| r.body.clone())
-        }
+        BufferType::DownstreamData | BufferType::UpstreamData => Some(f(&[])),
+        BufferType::HttpCallResponseBody => state.http_call_response.as_ref().map(|r| f(&r.body)),
         BufferType::GrpcReceiveBuffer => {
-            Some(state.grpc_receive_buffer.clone().unwrap_or_default())
+            Some(f(state.grpc_receive_buffer.as_deref().unwrap_or_default()))
         }
         BufferType::VmConfiguration => state
             .shared
             .try_borrow()
             .ok()
-            .map(|s| s.settings.vm_config.clone()),
+            .map(|s| f(&s.settings.vm_config)),
         BufferType::PluginConfiguration => {
             if state.plugin_config_visible {
                 state
                     .shared
                     .try_borrow()
                     .ok()
-                    .map(|s| s.settings.plugin_config.clone())
+                    .map(|s| f(&s.settings.plugin_config))
             } else {
                 None
             }
         }
-        BufferType::CallData => Some(state.call_data.clone()),
+        BufferType::CallData => Some(f(&state.call_data)),
     }
 }
 
@@ -383,20 +407,22 @@ fn proxy_get_buffer_bytes(
     let Some(buffer_type) = BufferType::from_code(buffer_type) else {
         return status(Status::BadArgument);
     };
-    let Some(contents) = buffer_contents(caller.data(), buffer_type) else {
+    // Don't overread: clamp to what exists (a start past the end yields nothing).
+    let copy = with_buffer(caller.data(), buffer_type, |contents| {
+        let start = start as usize;
+        let end = start.saturating_add(max_len as usize).min(contents.len());
+        contents.get(start..end).unwrap_or_default().to_vec()
+    });
+    let Some(slice) = copy else {
         return status(Status::NotFound);
     };
-    // Don't overread: clamp to what exists (a start past the end yields nothing).
-    let start = start as usize;
-    let end = start.saturating_add(max_len as usize).min(contents.len());
-    let slice = contents.get(start..end).unwrap_or_default();
     if slice.is_empty() {
         if !(write_u32(&mut caller, ptr_ptr, 0) && write_u32(&mut caller, size_ptr, 0)) {
             return status(Status::InvalidMemoryAccess);
         }
         return status(Status::Ok);
     }
-    if !copy_to_pointer_size(&mut caller, slice, ptr_ptr, size_ptr)? {
+    if !copy_to_pointer_size(&mut caller, &slice, ptr_ptr, size_ptr)? {
         return status(Status::InvalidMemoryAccess);
     }
     status(Status::Ok)
@@ -412,10 +438,10 @@ fn proxy_get_buffer_status(
     let Some(buffer_type) = BufferType::from_code(buffer_type) else {
         return status(Status::BadArgument);
     };
-    let Some(contents) = buffer_contents(caller.data(), buffer_type) else {
+    let Some(len) = with_buffer(caller.data(), buffer_type, <[u8]>::len) else {
         return status(Status::NotFound);
     };
-    let len = u32::try_from(contents.len()).unwrap_or(u32::MAX);
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
     if !(write_u32(&mut caller, len_ptr, len) && write_u32(&mut caller, flags_ptr, 0)) {
         return status(Status::InvalidMemoryAccess);
     }

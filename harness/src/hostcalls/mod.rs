@@ -168,8 +168,9 @@ pub(crate) fn write_bytes(caller: &mut Caller<'_, VmState>, ptr: u32, bytes: &[u
     }
 }
 
-/// Records bytes copied across the guest boundary, charged at the next hostcall.
-fn note_copied(state: &VmState, len: usize) {
+/// Records host work (bytes copied across the guest boundary, or bytes of a host-side structure
+/// a hostcall scans or clones), charged to fuel at the next hostcall.
+pub(crate) fn note_copied(state: &VmState, len: usize) {
     let len = u64::try_from(len).unwrap_or(u64::MAX);
     state
         .copied_bytes
