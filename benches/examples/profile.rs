@@ -10,11 +10,18 @@
 //!
 //! Arguments: `native` or `wasm`, a scenario id (`filter/case`, as `cargo bench` names it), and
 //! the number of requests (after 100 warm-up requests, also run under the profiler: use
-//! `--toggle-collect` or subtract a run with 0 requests to exclude setup).
+//! `--collect-atstart=no --toggle-collect='*WasmRun*run_once*'` to count only the requests, on
+//! a build with symbols: `CARGO_PROFILE_RELEASE_STRIP=false`). `WASMESH_PROFILE_MODULE=<path>`
+//! loads another build of the module (one that keeps its name section, for JIT frame names).
 
 use std::process::ExitCode;
 
 use wasmesh_benches::{scenarios, BenchError, Verdict};
+
+/// Loads this module instead of the package's release build: e.g. one built with
+/// `CARGO_PROFILE_RELEASE_STRIP=false`, whose name section gives JIT frames their function names
+/// (with a wasmtime perf map).
+const MODULE_OVERRIDE: &str = "WASMESH_PROFILE_MODULE";
 
 fn run(mode: &str, id: &str, requests: usize) -> Result<(), BenchError> {
     let all = scenarios::all()?;
@@ -31,7 +38,10 @@ fn run(mode: &str, id: &str, requests: usize) -> Result<(), BenchError> {
             Box::new(move || Ok(native.run_once()))
         }
         "wasm" => {
-            let mut wasm = scenario.wasm()?;
+            let mut wasm = match std::env::var_os(MODULE_OVERRIDE) {
+                Some(path) => scenario.wasm_from(std::path::Path::new(&path))?,
+                None => scenario.wasm()?,
+            };
             Box::new(move || wasm.run_once())
         }
         other => return Err(BenchError(format!("mode must be native or wasm, not {other:?}"))),

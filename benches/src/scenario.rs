@@ -110,7 +110,13 @@ impl Scenario {
     /// A runner of the filter's wasm release build in the harness (builds it on first use).
     pub fn wasm(&self) -> Result<WasmRun, BenchError> {
         let module = wasmesh_harness::build::wasm(self.package)?;
-        let mut builder = Harness::load(&module)?.config(self.config.clone());
+        self.wasm_from(&module)
+    }
+
+    /// A runner of the module at `module` in the harness (e.g. a build that keeps its function
+    /// names, for a profiler).
+    pub fn wasm_from(&self, module: &std::path::Path) -> Result<WasmRun, BenchError> {
+        let mut builder = Harness::load(module)?.config(self.config.clone());
         for (path, value) in &self.plugin_properties {
             builder = builder.property(&borrow_path(path), value.clone());
         }
