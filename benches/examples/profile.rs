@@ -8,6 +8,8 @@
 //! callgrind_annotate callgrind.out | head -60
 //! ```
 //!
+//! `profile load <package> <times>` loads a module from the harness's compile cache instead.
+//!
 //! Arguments: `native` or `wasm`, a scenario id (`filter/case`, as `cargo bench` names it), and
 //! the number of requests (after 100 warm-up requests, also run under the profiler: use
 //! `--collect-atstart=no --toggle-collect='*WasmRun*run_once*'` to count only the requests, on
@@ -52,17 +54,35 @@ fn run(mode: &str, id: &str, requests: usize) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// Loads the release build of `package` `times` times from the harness's module cache.
+fn load(package: &str, times: usize) -> Result<(), BenchError> {
+    let bytes = std::fs::read(wasmesh_harness::build::wasm(package)?)?;
+    wasmesh_harness::Harness::from_bytes(&bytes)?;
+    for _ in 0..times {
+        if !wasmesh_harness::Harness::from_bytes(&bytes)?.from_cache() {
+            return Err(BenchError(format!("{package} was compiled again")));
+        }
+    }
+    eprintln!("{package}: loaded {times} times from the cache");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [mode, id, requests] = args.as_slice() else {
         eprintln!("usage: profile native|wasm <filter/case> <requests>");
+        eprintln!("       profile load <package> <times>");
         return ExitCode::from(2);
     };
     let Ok(requests) = requests.parse::<usize>() else {
         eprintln!("requests must be a number, not {requests:?}");
         return ExitCode::from(2);
     };
-    match run(mode, id, requests) {
+    let result = match mode.as_str() {
+        "load" => load(id, requests),
+        _ => run(mode, id, requests),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("{error}");

@@ -60,7 +60,6 @@ fn jwt_filter() -> Rc<wasmesh_jwt_authn::JwtAuthn> {
                                      {"name": "x-token"}],
                     "from_params": ["access_token"],
                     "forward_payload_header": "x-jwt-payload",
-                    "payload_in_metadata": "payload",
                     "claim_to_headers": [{"header_name": "x-sub", "claim_name": "sub"},
                                          {"header_name": "x-level", "claim_name": "realm.level"}],
                 }},
