@@ -46,11 +46,18 @@ fn run(mode: &str, id: &str, requests: usize) -> Result<(), BenchError> {
             };
             Box::new(move || wasm.run_once())
         }
-        other => return Err(BenchError(format!("mode must be native or wasm, not {other:?}"))),
+        other => {
+            return Err(BenchError(format!(
+                "mode must be native or wasm, not {other:?}"
+            )))
+        }
     };
     scenario.check(100, &mut once)?;
     scenario.check(requests, &mut once)?;
-    eprintln!("{id} ({mode}): {requests} requests, every verdict {:?}", scenario.expect);
+    eprintln!(
+        "{id} ({mode}): {requests} requests, every verdict {:?}",
+        scenario.expect
+    );
     Ok(())
 }
 

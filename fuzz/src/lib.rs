@@ -164,11 +164,32 @@ pub fn check_headermap(data: &[u8]) {
     }
 }
 
-/// Path normalization (`normalize_path`, as RBAC, JWT rules and ext_authz allow-lists use it).
-/// Oracle: the output is canonical and a fixed point.
+/// Path normalization: the SDK's `normalize_path` (JWT rules, ext_authz allow-lists, the
+/// example filter) and the RBAC filter's request normalization under each escaped-slash action
+/// (RBAC and Istio policies). Oracle: the output is canonical and, for the SDK, a fixed point.
 pub fn check_path(data: &[u8]) {
+    use wasmesh_rbac::normalize::{EscapedSlashesAction, Normalization};
     use wasmesh_sdk::matcher::path::{canonicalize_path, merge_slashes, normalize_path};
     let path = String::from_utf8_lossy(data);
+    for action in [
+        EscapedSlashesAction::UnescapeAndForward,
+        EscapedSlashesAction::RejectRequest,
+        EscapedSlashesAction::KeepUnchanged,
+    ] {
+        let normalization = Normalization {
+            path_with_escaped_slashes_action: action,
+            ..Normalization::default()
+        };
+        if let Ok(normalized) = normalization.path(&path) {
+            let out = normalized.path;
+            assert!(out.starts_with('/') && !out.contains("//") && !out.contains('\\'), "{path:?} -> {out:?}");
+            assert!(
+                !out.split('/').any(|segment| segment == "." || segment == ".."),
+                "dot segment left by RBAC ({action:?}): {path:?} -> {out:?}"
+            );
+        }
+        let _ = normalization.authority(&path);
+    }
     let _ = canonicalize_path(&path);
     let _ = merge_slashes(&path);
     let Ok(out) = normalize_path(&path) else {

@@ -69,7 +69,6 @@ pub(crate) fn engine() -> Result<&'static Engine, HarnessError> {
                 // linear memory, where `Limits::max_memory_bytes` does not reach.
                 .wasm_multi_memory(false)
                 .wasm_gc(false);
-            config.profiler(wasmtime::ProfilingStrategy::PerfMap); // TEMPORARY (bench profiling)
             Engine::new(&config).map_err(|e| format!("{e:#}"))
         })
         .as_ref()

@@ -542,31 +542,40 @@ impl PluginInner {
         let eos = u32::from(end_of_stream);
         let allow_stop_iteration = self.allow_on_headers_stop_iteration;
         let vm = self.vm(worker, handle.generation)?;
-        let exports = vm.exports.clone();
         vm.state_mut().stop_iteration = false;
+        // Only the one callback is cloned out of `exports`: cloning a typed function takes a
+        // reference on its registered type, and the whole table is two dozen of them.
+        let exports = &vm.exports;
         let result = match (kind, phase) {
             (StreamKind::Request, Phase::Headers) => exports
                 .on_request_headers
+                .clone()
                 .map(|f| vm.invoke("proxy_on_request_headers", f, context, (context, size, eos))),
             (StreamKind::Request, Phase::Body) => exports
                 .on_request_body
+                .clone()
                 .map(|f| vm.invoke("proxy_on_request_body", f, context, (context, size, eos))),
             (StreamKind::Request, Phase::Trailers) => exports
                 .on_request_trailers
+                .clone()
                 .map(|f| vm.invoke("proxy_on_request_trailers", f, context, (context, size))),
-            (StreamKind::Response, Phase::Headers) => exports.on_response_headers.map(|f| {
-                vm.invoke(
-                    "proxy_on_response_headers",
-                    f,
-                    context,
-                    (context, size, eos),
-                )
-            }),
+            (StreamKind::Response, Phase::Headers) => {
+                exports.on_response_headers.clone().map(|f| {
+                    vm.invoke(
+                        "proxy_on_response_headers",
+                        f,
+                        context,
+                        (context, size, eos),
+                    )
+                })
+            }
             (StreamKind::Response, Phase::Body) => exports
                 .on_response_body
+                .clone()
                 .map(|f| vm.invoke("proxy_on_response_body", f, context, (context, size, eos))),
             (StreamKind::Response, Phase::Trailers) => exports
                 .on_response_trailers
+                .clone()
                 .map(|f| vm.invoke("proxy_on_response_trailers", f, context, (context, size))),
         };
         let local_reply_sent = std::mem::take(&mut vm.state_mut().stop_iteration);

@@ -344,7 +344,10 @@ fn reading_a_large_body_a_byte_at_a_time_costs_a_byte_per_read() {
     let plugin = builder(&wat).limits(fuel(5_000_000)).start().unwrap();
     let mut stream = plugin.http_stream();
     stream
-        .request_headers(&[(":method", "POST"), (":path", "/"), (":authority", "a")], false)
+        .request_headers(
+            &[(":method", "POST"), (":path", "/"), (":authority", "a")],
+            false,
+        )
         .unwrap();
     expect_fuel_exhausted(
         stream.request_body(&vec![b'x'; 8 * 1024 * 1024], true),
@@ -371,7 +374,10 @@ fn growing_a_header_map_without_bound_pays_for_every_entry_it_scans() {
     ));
     let plugin = builder(&wat).limits(fuel(50_000_000)).start().unwrap();
     let mut stream = plugin.http_stream();
-    expect_fuel_exhausted(stream.request_headers(GET, true), "proxy_on_request_headers");
+    expect_fuel_exhausted(
+        stream.request_headers(GET, true),
+        "proxy_on_request_headers",
+    );
     let flood = stream
         .request_headers_now()
         .iter()

@@ -14,7 +14,6 @@
 //! such calls with `BadArgument`.
 
 use std::cell::{OnceCell, RefCell};
-use std::collections::HashMap;
 
 pub use proxy_wasm::types::LogLevel;
 
@@ -74,8 +73,16 @@ pub struct HostRequest<B: HeaderBackend> {
     phase: Phase,
     request_headers: OnceCell<Vec<Header>>,
     response_headers: OnceCell<Vec<Header>>,
-    properties: RefCell<HashMap<Vec<String>, Option<Vec<u8>>>>,
+    /// In the access-log phase, the snapshot of the request phase: the live request headers are
+    /// read only if the filter asks for them.
+    earlier_snapshot: Option<Vec<Header>>,
+    /// Properties read in this callback, in the order they were read. A callback reads a
+    /// handful, so a list searched without allocating beats a map keyed by owned paths.
+    properties: RefCell<Vec<CachedProperty>>,
 }
+
+/// A property path and the value the host gave for it (`None`: absent).
+type CachedProperty = (Vec<String>, Option<Vec<u8>>);
 
 impl<B: HeaderBackend> HostRequest<B> {
     /// A view for a callback in `phase`. `request_snapshot` serves request-header reads in
@@ -83,15 +90,19 @@ impl<B: HeaderBackend> HostRequest<B> {
     pub fn new(backend: B, phase: Phase, request_snapshot: Option<Vec<Header>>) -> Self {
         let request_headers = OnceCell::new();
         let live_request = matches!(phase, Phase::RequestHeaders | Phase::Log);
-        if !live_request {
+        let earlier_snapshot = if live_request {
+            request_snapshot
+        } else {
             let _ = request_headers.set(request_snapshot.unwrap_or_default());
-        }
+            None
+        };
         HostRequest {
             backend,
             phase,
             request_headers,
             response_headers: OnceCell::new(),
-            properties: RefCell::new(HashMap::new()),
+            earlier_snapshot,
+            properties: RefCell::new(Vec::new()),
         }
     }
 
@@ -102,7 +113,13 @@ impl<B: HeaderBackend> HostRequest<B> {
 
     /// The request headers as this view last saw them (read now if never read), to keep as
     /// the snapshot for later phases.
+    ///
+    /// In the access-log phase nothing comes later that could need them, so headers the filter
+    /// did not read are not fetched: the earlier snapshot is handed back as it was.
     pub fn into_request_snapshot(self) -> Vec<Header> {
+        if self.phase == Phase::Log && self.request_headers.get().is_none() {
+            return self.earlier_snapshot.unwrap_or_default();
+        }
         let _ = self.request_headers();
         self.request_headers.into_inner().unwrap_or_default()
     }
@@ -191,12 +208,18 @@ impl<B: HeaderBackend> Request for HostRequest<B> {
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        let key: Vec<String> = path.iter().map(|part| (*part).to_string()).collect();
-        if let Some(cached) = self.properties.borrow().get(&key) {
+        let same_path = |key: &[String]| key.iter().map(String::as_str).eq(path.iter().copied());
+        if let Some((_, cached)) = self
+            .properties
+            .borrow()
+            .iter()
+            .find(|(key, _)| same_path(key))
+        {
             return cached.clone();
         }
         let value = self.backend.get_property(path).unwrap_or(None);
-        self.properties.borrow_mut().insert(key, value.clone());
+        let key = path.iter().map(|part| (*part).to_string()).collect();
+        self.properties.borrow_mut().push((key, value.clone()));
         value
     }
 
@@ -321,8 +344,15 @@ mod wasm {
             .map_err(|status| Error::host("proxy_get_header_map_pairs", status))?;
         Ok(pairs
             .into_iter()
-            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+            .map(|(name, value)| (name, utf8_lossy(value)))
             .collect())
+    }
+
+    /// The value as text, reusing its buffer when it is valid UTF-8 (header values nearly
+    /// always are; copying each one again was a measurable share of every callback).
+    fn utf8_lossy(bytes: Vec<u8>) -> String {
+        String::from_utf8(bytes)
+            .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
     }
 
     fn read_buffer(buffer: BufferType, size: usize) -> Vec<u8> {
@@ -692,6 +722,43 @@ mod tests {
             1,
             "response map not readable in request phase"
         );
+    }
+
+    #[test]
+    fn access_log_phase_reads_request_headers_only_when_asked() {
+        let backend = backend();
+        let snapshot = vec![(":path".to_string(), "/snap".to_string())];
+        // The filter does not look: the host is not asked, the earlier snapshot is kept.
+        let request = HostRequest::new(&backend, Phase::Log, Some(snapshot.clone()));
+        assert_eq!(request.into_request_snapshot(), snapshot);
+        assert_eq!(backend.header_reads.get(), 0);
+        // The filter looks: it sees the live headers (the host's, not the snapshot).
+        let request = HostRequest::new(&backend, Phase::Log, Some(snapshot));
+        assert_eq!(request.path(), Some("/x"));
+        assert_eq!(backend.header_reads.get(), 1);
+        assert_eq!(request.into_request_snapshot(), *backend.request.borrow());
+        assert_eq!(backend.header_reads.get(), 1);
+        // The request phase always keeps a snapshot for later phases, read or not.
+        let request = HostRequest::new(&backend, Phase::RequestHeaders, None);
+        assert_eq!(request.into_request_snapshot(), *backend.request.borrow());
+        assert_eq!(backend.header_reads.get(), 2);
+    }
+
+    #[test]
+    fn properties_are_cached_by_whole_path() {
+        let backend = backend();
+        let request = HostRequest::new(&backend, Phase::RequestHeaders, None);
+        assert_eq!(request.property(&["source"]), None);
+        assert_eq!(
+            request.property(&["source", "address"]).as_deref(),
+            Some(&b"10.0.0.1:5000"[..])
+        );
+        assert_eq!(request.property(&["source", "address", "x"]), None);
+        assert_eq!(
+            request.property(&["source", "address"]).map(|v| v.len()),
+            Some(13)
+        );
+        assert_eq!(backend.property_reads.get(), 3);
     }
 
     #[test]
