@@ -1,29 +1,48 @@
-//! Runs one benchmark scenario many times, for a profiler (callgrind counts instructions, which
-//! stays stable on a noisy machine where wall-clock time does not):
+//! Runs one benchmark scenario many times, for a profiler: callgrind counts instructions, which
+//! stays stable on a noisy machine where wall-clock time does not.
 //!
 //! ```text
-//! cargo build --release -p wasmesh-benches --example profile
-//! valgrind --tool=callgrind --callgrind-out-file=callgrind.out \
-//!     target/release/examples/profile wasm "no-op/pass" 10000
-//! callgrind_annotate callgrind.out | head -60
+//! CARGO_PROFILE_RELEASE_STRIP=false cargo build --release -p wasmesh-benches --example profile
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*profile*measured*' \
+//!     target/release/examples/profile wasm "no-op/pass" 1000
+//! callgrind_annotate callgrind.out.<pid> | head -60
 //! ```
 //!
-//! `profile load <package> <times>` loads a module from the harness's compile cache instead.
+//! * `profile native|wasm <filter/case> <requests>`: 100 warm-up requests (caches fill, the
+//!   module is compiled), then `<requests>` requests inside [`measured`], the function to give
+//!   `--toggle-collect` so that only they are counted. A scenario id is `filter/case`, as the
+//!   `filters` bench names it; `profile list` prints them all.
+//! * `profile load <package> <times>`: loads the package's module from the harness's compile
+//!   cache `<times>` times (inside [`measured`] too).
 //!
-//! Arguments: `native` or `wasm`, a scenario id (`filter/case`, as `cargo bench` names it), and
-//! the number of requests (after 100 warm-up requests, also run under the profiler: use
-//! `--collect-atstart=no --toggle-collect='*WasmRun*run_once*'` to count only the requests, on
-//! a build with symbols: `CARGO_PROFILE_RELEASE_STRIP=false`). `WASMESH_PROFILE_MODULE=<path>`
-//! loads another build of the module (one that keeps its name section, for JIT frame names).
+//! `WASMESH_PROFILE_MODULE=<path>` loads another build of the scenario's module, e.g. one built
+//! with `CARGO_PROFILE_RELEASE_STRIP=false`, whose name section names the JIT frames in a
+//! wasmtime perf map. `benches/instructions.sh` runs every scenario this way and prints the
+//! instructions-per-request table of BENCHMARKS.md.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use wasmesh_benches::{scenarios, BenchError, Verdict};
 
-/// Loads this module instead of the package's release build: e.g. one built with
-/// `CARGO_PROFILE_RELEASE_STRIP=false`, whose name section gives JIT frames their function names
-/// (with a wasmtime perf map).
+/// Loads this module instead of the package's release build.
 const MODULE_OVERRIDE: &str = "WASMESH_PROFILE_MODULE";
+
+/// Requests run before the measured ones.
+const WARM_UP: usize = 100;
+
+/// Runs `work` `times` times; the only code a `--toggle-collect='*profile*measured*'` profile
+/// counts.
+#[inline(never)]
+fn measured(
+    times: usize,
+    mut work: impl FnMut() -> Result<(), BenchError>,
+) -> Result<(), BenchError> {
+    for _ in 0..times {
+        work()?;
+    }
+    Ok(())
+}
 
 fn run(mode: &str, id: &str, requests: usize) -> Result<(), BenchError> {
     let all = scenarios::all()?;
@@ -41,19 +60,19 @@ fn run(mode: &str, id: &str, requests: usize) -> Result<(), BenchError> {
         }
         "wasm" => {
             let mut wasm = match std::env::var_os(MODULE_OVERRIDE) {
-                Some(path) => scenario.wasm_from(std::path::Path::new(&path))?,
+                Some(path) => scenario.wasm_from(Path::new(&path))?,
                 None => scenario.wasm()?,
             };
             Box::new(move || wasm.run_once())
         }
         other => {
             return Err(BenchError(format!(
-                "mode must be native or wasm, not {other:?}"
+                "mode must be native, wasm or load, not {other:?}"
             )))
         }
     };
-    scenario.check(100, &mut once)?;
-    scenario.check(requests, &mut once)?;
+    scenario.check(WARM_UP, &mut once)?;
+    measured(requests, || scenario.check(1, &mut once))?;
     eprintln!(
         "{id} ({mode}): {requests} requests, every verdict {:?}",
         scenario.expect
@@ -65,29 +84,36 @@ fn run(mode: &str, id: &str, requests: usize) -> Result<(), BenchError> {
 fn load(package: &str, times: usize) -> Result<(), BenchError> {
     let bytes = std::fs::read(wasmesh_harness::build::wasm(package)?)?;
     wasmesh_harness::Harness::from_bytes(&bytes)?;
-    for _ in 0..times {
-        if !wasmesh_harness::Harness::from_bytes(&bytes)?.from_cache() {
-            return Err(BenchError(format!("{package} was compiled again")));
+    measured(times, || {
+        if wasmesh_harness::Harness::from_bytes(&bytes)?.from_cache() {
+            Ok(())
+        } else {
+            Err(BenchError(format!("{package} was compiled again")))
         }
-    }
+    })?;
     eprintln!("{package}: loaded {times} times from the cache");
     Ok(())
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [mode, id, requests] = args.as_slice() else {
-        eprintln!("usage: profile native|wasm <filter/case> <requests>");
-        eprintln!("       profile load <package> <times>");
-        return ExitCode::from(2);
-    };
-    let Ok(requests) = requests.parse::<usize>() else {
-        eprintln!("requests must be a number, not {requests:?}");
-        return ExitCode::from(2);
-    };
-    let result = match mode.as_str() {
-        "load" => load(id, requests),
-        _ => run(mode, id, requests),
+    let result = match args.as_slice() {
+        [list] if list == "list" => scenarios::all().map(|all| {
+            for scenario in all {
+                println!("{}", scenario.id());
+            }
+        }),
+        [mode, id, count] => match count.parse::<usize>() {
+            Ok(count) if mode == "load" => load(id, count),
+            Ok(count) => run(mode, id, count),
+            Err(_) => Err(BenchError(format!("not a number: {count:?}"))),
+        },
+        _ => {
+            eprintln!("usage: profile native|wasm <filter/case> <requests>");
+            eprintln!("       profile load <package> <times>");
+            eprintln!("       profile list");
+            return ExitCode::from(2);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -182,9 +182,13 @@ pub fn check_path(data: &[u8]) {
         };
         if let Ok(normalized) = normalization.path(&path) {
             let out = normalized.path;
-            assert!(out.starts_with('/') && !out.contains("//") && !out.contains('\\'), "{path:?} -> {out:?}");
             assert!(
-                !out.split('/').any(|segment| segment == "." || segment == ".."),
+                out.starts_with('/') && !out.contains("//") && !out.contains('\\'),
+                "{path:?} -> {out:?}"
+            );
+            assert!(
+                !out.split('/')
+                    .any(|segment| segment == "." || segment == ".."),
                 "dot segment left by RBAC ({action:?}): {path:?} -> {out:?}"
             );
         }

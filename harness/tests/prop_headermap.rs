@@ -126,3 +126,21 @@ proptest! {
         prop_assert_eq!(stream.request_headers_now(), reference.request_headers_now());
     }
 }
+
+/// Replays the corpus the `headermap` fuzz target kept (`fuzz/corpus/headermap/`).
+#[test]
+fn the_fuzz_corpus_parses_canonically_or_is_refused() {
+    let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/headermap");
+    let entries: Vec<_> = std::fs::read_dir(directory)
+        .expect("the header-map fuzz corpus is committed")
+        .collect();
+    assert!(!entries.is_empty());
+    for entry in entries {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        if let Ok(pairs) = deserialize(&bytes) {
+            if bytes.len() > 1 {
+                assert_eq!(serialize(&pairs), bytes);
+            }
+        }
+    }
+}

@@ -177,3 +177,31 @@ fn escapes_formed_by_decoding_are_resolved_too() {
     let once = normalize_path("/a/%%32%65%%32%65/b").unwrap();
     assert_eq!(normalize_path(&once).unwrap(), once);
 }
+
+/// Replays the corpus the `path_normalize` fuzz target kept (`fuzz/corpus/path_normalize/`):
+/// every input normalizes to a canonical fixed point, or is refused.
+#[test]
+fn the_fuzz_corpus_normalizes_to_canonical_fixed_points() {
+    let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/path_normalize");
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return; // The fuzz corpus is optional (e.g. the SDK published on its own).
+    };
+    let mut replayed = 0;
+    for entry in entries {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let path = String::from_utf8_lossy(&bytes);
+        if let Ok(out) = normalize_path(&path) {
+            assert_eq!(normalize_path(&out), Ok(out.clone()), "{path:?}");
+            assert!(
+                out.starts_with('/') && !out.contains("//"),
+                "{path:?} -> {out:?}"
+            );
+            assert!(
+                !has_segment(&out, ".") && !has_segment(&out, ".."),
+                "{path:?} -> {out:?}"
+            );
+        }
+        replayed += 1;
+    }
+    assert!(replayed > 0);
+}
