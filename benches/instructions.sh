@@ -3,7 +3,7 @@
 # callgrind: unlike wall-clock time, instruction counts do not move when other work shares the
 # machine, so these ratios are reproducible to a fraction of a percent.
 #
-#   benches/instructions.sh                  # every scenario (about 15 minutes on 2 cores)
+#   benches/instructions.sh                  # every scenario (about 30 minutes on 2 cores)
 #   benches/instructions.sh 'rbac/*'         # scenarios matching a shell pattern
 #   REQUESTS=500 benches/instructions.sh     # requests counted per run (default 200)
 #
@@ -39,28 +39,29 @@ count() {
 }
 
 mapfile -t scenarios < <("${profile}" list)
-noop="${scenarios[0]}"
-noop_native="$(count native "${noop}")"
-noop_wasm="$(count wasm "${noop}")"
+readonly noop="${scenarios[0]}"
 
-echo "Instructions per request (callgrind, ${requests} requests after 100 warm-up ones):"
+echo "Instructions per request (callgrind, ${requests} requests after 100 warm-up ones; no-op:"
+echo "the same requests through the no-op filter):"
 echo
-echo "| filter / case | native | wasm (harness) | wasm/native | logic wasm/native |"
-echo "|---|---:|---:|---:|---:|"
+echo "| filter / case | native | wasm (harness) | wasm/native | no-op native / wasm | logic wasm/native |"
+echo "|---|---:|---:|---:|---:|---:|"
 for scenario in "${scenarios[@]}"; do
     # shellcheck disable=SC2053 # the pattern is a glob on purpose
-    [[ "${scenario}" == ${pattern} || "${scenario}" == "${noop}" ]] || continue
+    [[ "${scenario}" == ${pattern} ]] || continue
+    native="$(count native "${scenario}")"
+    wasm="$(count wasm "${scenario}")"
     if [[ "${scenario}" == "${noop}" ]]; then
-        native="${noop_native}" wasm="${noop_wasm}"
+        noop_native="${native}" noop_wasm="${wasm}"
     else
-        native="$(count native "${scenario}")"
-        wasm="$(count wasm "${scenario}")"
+        noop_native="$(count noop-native "${scenario}")"
+        noop_wasm="$(count noop-wasm "${scenario}")"
     fi
     awk -v id="${scenario}" -v n="${native}" -v w="${wasm}" -v nn="${noop_native}" \
-        -v nw="${noop_wasm}" -v noop="${noop}" 'BEGIN {
-        logic = (id == noop || n <= nn) ? "—" : sprintf("%.2f", (w - nw) / (n - nn))
-        printf "| %s | %d | %d | %.2f | %s |\n", id, n, w, w / n, logic
+        -v nw="${noop_wasm}" 'BEGIN {
+        logic = (n > nn && w > nw) ? sprintf("%.2f", (w - nw) / (n - nn)) : "—"
+        printf "| %s | %d | %d | %.2f | %d / %d | %s |\n", id, n, w, w / n, nn, nw, logic
     }'
 done
 echo
-echo "logic wasm/native: (wasm - wasm no-op) / (native - native no-op), the filter's own work."
+echo "logic wasm/native: (wasm - no-op wasm) / (native - no-op native), the filter's own work."

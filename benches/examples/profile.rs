@@ -11,7 +11,8 @@
 //! * `profile native|wasm <filter/case> <requests>`: 100 warm-up requests (caches fill, the
 //!   module is compiled), then `<requests>` requests inside [`measured`], the function to give
 //!   `--toggle-collect` so that only they are counted. A scenario id is `filter/case`, as the
-//!   `filters` bench names it; `profile list` prints them all.
+//!   `filters` bench names it; `profile list` prints them all. `noop-native` and `noop-wasm`
+//!   run the scenario's requests through the no-op filter instead (its baseline).
 //! * `profile load <package> <times>`: loads the package's module from the harness's compile
 //!   cache `<times>` times (inside [`measured`] too).
 //!
@@ -53,6 +54,12 @@ fn run(mode: &str, id: &str, requests: usize) -> Result<(), BenchError> {
             ids.join(", ")
         )));
     };
+    // `noop-native` / `noop-wasm`: the scenario's requests through the no-op filter.
+    let (mode, baseline) = match mode.strip_prefix("noop-") {
+        Some(mode) => (mode, Some(scenarios::baseline(scenario))),
+        None => (mode, None),
+    };
+    let scenario = baseline.as_ref().unwrap_or(scenario);
     let mut once: Box<dyn FnMut() -> Result<Verdict, BenchError>> = match mode {
         "native" => {
             let mut native = scenario.native()?;
@@ -67,7 +74,7 @@ fn run(mode: &str, id: &str, requests: usize) -> Result<(), BenchError> {
         }
         other => {
             return Err(BenchError(format!(
-                "mode must be native, wasm or load, not {other:?}"
+                "mode must be native, wasm, noop-native, noop-wasm or load, not {other:?}"
             )))
         }
     };
@@ -109,7 +116,7 @@ fn main() -> ExitCode {
             Err(_) => Err(BenchError(format!("not a number: {count:?}"))),
         },
         _ => {
-            eprintln!("usage: profile native|wasm <filter/case> <requests>");
+            eprintln!("usage: profile native|wasm|noop-native|noop-wasm <filter/case> <requests>");
             eprintln!("       profile load <package> <times>");
             eprintln!("       profile list");
             return ExitCode::from(2);

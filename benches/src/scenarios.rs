@@ -34,6 +34,24 @@ pub fn primary() -> Result<Vec<Scenario>, BenchError> {
 /// Name of the baseline in the tables.
 pub const NOOP: &str = "no-op";
 
+/// The requests of `scenario` through the no-op filter: the baseline its ratios are taken
+/// against (the same headers and properties, so the same SDK and host costs for everything but
+/// the filter's own work).
+pub fn baseline(scenario: &Scenario) -> Scenario {
+    Scenario {
+        filter: NOOP,
+        case: format!("requests of {}", scenario.id()),
+        package: "wasmesh-noop-filter",
+        config: "{}".into(),
+        plugin_properties: scenario.plugin_properties.clone(),
+        exchanges: scenario.exchanges.clone(),
+        expect: Verdict::Allowed,
+        callout_answer: None,
+        primary: false,
+        native: native_runner::<wasmesh_noop_filter::NoopFilter>,
+    }
+}
+
 /// A plain `GET` of `path` on `authority`, with `extra` headers.
 fn get(path: &str, authority: &str, extra: &[(&str, &str)]) -> Exchange {
     let mut headers = vec![

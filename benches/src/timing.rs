@@ -117,51 +117,56 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-/// One row of the per-filter summary.
+/// One row of the per-filter summary: a scenario and its no-op baseline (the same requests
+/// through the no-op filter), each run natively and in wasm; times in nanoseconds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FilterRow {
     /// `filter/case`.
     pub id: String,
-    /// Native time per request (ns).
+    /// The filter, native.
     pub native: Option<f64>,
-    /// Wasm (harness) time per request (ns).
+    /// The filter, wasm in the harness.
     pub wasm: Option<f64>,
+    /// The no-op filter on the same requests, native.
+    pub noop_native: Option<f64>,
+    /// The no-op filter on the same requests, wasm in the harness.
+    pub noop_wasm: Option<f64>,
+}
+
+impl FilterRow {
+    /// `(wasm - no-op wasm) / (native - no-op native)`: the wasm/native ratio of the filter's own
+    /// work, once what every filter pays (SDK glue, host, request copies) is taken out.
+    pub fn logic_ratio(&self) -> Option<f64> {
+        let wasm = self.wasm? - self.noop_wasm?;
+        let native = self.native? - self.noop_native?;
+        (wasm > 0.0 && native > 0.0).then(|| wasm / native)
+    }
 }
 
 /// The per-filter table: absolute costs, wasm/native, filter/no-op (native and wasm), and the
-/// wasm/native ratio of the filter's own work (each side minus its no-op baseline).
-pub fn filter_table(rows: &[FilterRow], noop: &FilterRow) -> String {
-    let mut out = String::new();
-    out.push_str(
-        "| filter / case | native | wasm (harness) | wasm/native | native/no-op | wasm/no-op | \
-         logic wasm/native |\n|---|---:|---:|---:|---:|---:|---:|\n",
+/// wasm/native ratio of the filter's own work ([`FilterRow::logic_ratio`]).
+pub fn filter_table(rows: &[FilterRow]) -> String {
+    let fmt = |value: Option<f64>| value.map(human).unwrap_or_else(|| "—".into());
+    let mut out = String::from(
+        "| filter / case | native | wasm (harness) | wasm/native | no-op native / wasm | \
+         native/no-op | wasm/no-op | logic wasm/native |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
-        let fmt = |value: Option<f64>| value.map(human).unwrap_or_else(|| "—".into());
-        let logic = |value: Option<f64>, base: Option<f64>| match (value, base) {
-            (Some(value), Some(base)) => Some(value - base),
-            _ => None,
-        };
-        let is_noop = row.id == noop.id;
-        let own_native = logic(row.native, noop.native);
-        let own_wasm = logic(row.wasm, noop.wasm);
-        let logic_ratio = match (own_wasm, own_native) {
-            _ if is_noop => "—".to_string(),
-            (Some(wasm), Some(native)) if native > 0.0 && wasm > 0.0 => {
-                format!("{:.2}", wasm / native)
-            }
-            _ => "—".to_string(),
-        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} / {} | {} | {} | {} |",
             row.id,
             fmt(row.native),
             fmt(row.wasm),
             ratio(row.wasm, row.native),
-            ratio(row.native, noop.native),
-            ratio(row.wasm, noop.wasm),
-            logic_ratio,
+            fmt(row.noop_native),
+            fmt(row.noop_wasm),
+            ratio(row.native, row.noop_native),
+            ratio(row.wasm, row.noop_wasm),
+            row.logic_ratio()
+                .map(|logic| format!("{logic:.2}"))
+                .unwrap_or_else(|| "—".into()),
         );
     }
     out
@@ -200,21 +205,30 @@ mod tests {
 
     #[test]
     fn table_computes_ratios_against_the_noop_row() {
-        let noop = FilterRow {
-            id: "no-op/pass".into(),
-            native: Some(100.0),
-            wasm: Some(1000.0),
-        };
         let filter = FilterRow {
             id: "f/case".into(),
             native: Some(300.0),
             wasm: Some(1400.0),
+            noop_native: Some(100.0),
+            noop_wasm: Some(1000.0),
         };
-        let table = filter_table(&[noop.clone(), filter], &noop);
+        assert_eq!(filter.logic_ratio(), Some(2.0));
+        let cheaper_than_noop = FilterRow {
+            wasm: Some(900.0),
+            ..filter.clone()
+        };
+        assert_eq!(cheaper_than_noop.logic_ratio(), None);
+        let unmeasured = FilterRow {
+            noop_wasm: None,
+            ..filter.clone()
+        };
+        let table = filter_table(&[filter, unmeasured]);
         assert!(
-            table.contains("| f/case | 300 ns | 1.40 µs | 4.67 | 3.00 | 1.40 | 2.00 |"),
+            table.contains(
+                "| f/case | 300 ns | 1.40 µs | 4.67 | 100 ns / 1.00 µs | 3.00 | 1.40 | 2.00 |"
+            ),
             "{table}"
         );
-        assert!(table.contains("| no-op/pass | 100 ns | 1.00 µs | 10.00 | 1.00 | 1.00 | — |"));
+        assert!(table.contains("| 100 ns / — | 3.00 | — | — |"), "{table}");
     }
 }

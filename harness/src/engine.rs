@@ -2,11 +2,14 @@
 //!
 //! Compiling a filter with Cranelift takes far longer than running a request through it, so a
 //! test suite that starts hundreds of plugins compiles each distinct module once: modules are
-//! keyed by the SHA-256 of their bytes, and the cache keeps the linked [`InstancePre`] so that
-//! instantiating a VM is only memory setup. (A serialized on-disk cache is not provided:
-//! `Module::deserialize` is `unsafe`, which this crate forbids.)
+//! found by their bytes, and the cache keeps the linked [`InstancePre`] so that instantiating a
+//! VM is only memory setup. A lookup hashes a few samples of the bytes and then compares them
+//! in full (memory speed); the SHA-256 that identifies a module is computed once, when it is
+//! compiled (hashing a 1 MB module on every load took milliseconds). (A serialized on-disk cache
+//! is not provided: `Module::deserialize` is `unsafe`, which this crate forbids.)
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -45,7 +48,7 @@ pub struct CacheStats {
 }
 
 static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
-static CACHE: OnceLock<Mutex<HashMap<[u8; 32], CompiledModule>>> = OnceLock::new();
+static CACHE: OnceLock<Mutex<HashMap<ContentKey, Vec<Cached>>>> = OnceLock::new();
 static COMPILATIONS: AtomicU64 = AtomicU64::new(0);
 static HITS: AtomicU64 = AtomicU64::new(0);
 
@@ -83,15 +86,55 @@ pub fn cache_stats() -> CacheStats {
     }
 }
 
+/// A cached module and the bytes it was compiled from.
+struct Cached {
+    bytes: Box<[u8]>,
+    compiled: CompiledModule,
+}
+
+/// Where a module is looked up: its length and a hash of samples of its bytes (the first and
+/// last 4 KiB, where sections and build metadata differ, and 64 bytes of every 64 KiB). Modules
+/// with equal keys are told apart by comparing their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ContentKey {
+    len: usize,
+    samples: u64,
+}
+
+impl ContentKey {
+    const EDGE: usize = 4096;
+    const STRIDE: usize = 64 * 1024;
+    const SAMPLE: usize = 64;
+
+    fn of(bytes: &[u8]) -> Self {
+        let mut hasher = DefaultHasher::new();
+        let len = bytes.len();
+        bytes.get(..Self::EDGE.min(len)).hash(&mut hasher);
+        bytes
+            .get(len.saturating_sub(Self::EDGE)..)
+            .hash(&mut hasher);
+        for start in (Self::EDGE..len.saturating_sub(Self::EDGE)).step_by(Self::STRIDE) {
+            bytes
+                .get(start..(start + Self::SAMPLE).min(len))
+                .hash(&mut hasher);
+        }
+        ContentKey {
+            len,
+            samples: hasher.finish(),
+        }
+    }
+}
+
 /// Compiles (or fetches from the cache) the module in `bytes` (binary or text format).
 /// Returns the module and whether it came from the cache.
 pub(crate) fn load(bytes: &[u8]) -> Result<(CompiledModule, bool), HarnessError> {
-    let digest: [u8; 32] = Sha256::digest(bytes).into();
+    let key = ContentKey::of(bytes);
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(found) = lock(cache).get(&digest) {
+    if let Some(found) = cached(&lock(cache), key, bytes) {
         HITS.fetch_add(1, Ordering::Relaxed);
-        return Ok((found.clone(), true));
+        return Ok((found, true));
     }
+    let digest: [u8; 32] = Sha256::digest(bytes).into();
     // Compile outside the lock: another thread compiling a different module is not blocked.
     let engine = engine()?;
     let module = Module::new(engine, bytes).map_err(|e| HarnessError::Load(format!("{e:#}")))?;
@@ -108,8 +151,28 @@ pub(crate) fn load(bytes: &[u8]) -> Result<(CompiledModule, bool), HarnessError>
         abi,
         sha256: digest,
     };
-    lock(cache).insert(digest, compiled.clone());
+    let mut cache = lock(cache);
+    let entries = cache.entry(key).or_default();
+    // Another thread may have compiled the same module meanwhile: one entry per content.
+    if !entries.iter().any(|entry| *entry.bytes == *bytes) {
+        entries.push(Cached {
+            bytes: bytes.into(),
+            compiled: compiled.clone(),
+        });
+    }
     Ok((compiled, false))
+}
+
+fn cached(
+    cache: &HashMap<ContentKey, Vec<Cached>>,
+    key: ContentKey,
+    bytes: &[u8],
+) -> Option<CompiledModule> {
+    cache
+        .get(&key)?
+        .iter()
+        .find(|entry| *entry.bytes == *bytes)
+        .map(|entry| entry.compiled.clone())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -162,4 +225,53 @@ fn check_required_exports(module: &Module) -> Result<(), HarnessError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid module whose text is `padding` bytes long around a function returning `value`,
+    /// which sits in the middle: outside the bytes [`ContentKey`] samples.
+    fn module(value: u32, padding: usize) -> Vec<u8> {
+        let comment = format!(";; {}\n", "x".repeat(padding));
+        format!(
+            r#"(module {comment}
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) (i32.const {value}))
+  {comment})"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn modules_that_differ_only_between_samples_are_cached_apart() {
+        let first = module(1111, 20_000);
+        let second = module(2222, 20_000);
+        assert_eq!(first.len(), second.len());
+        assert_eq!(ContentKey::of(&first), ContentKey::of(&second));
+
+        let (one, cached) = load(&first).unwrap();
+        assert!(!cached);
+        let (two, cached) = load(&second).unwrap();
+        assert!(!cached, "different bytes must not be served from the cache");
+        assert_ne!(one.sha256, two.sha256);
+        let (again, cached) = load(&first).unwrap();
+        assert!(cached);
+        assert_eq!(again.sha256, one.sha256);
+        assert_eq!(again.sha256, <[u8; 32]>::from(Sha256::digest(&first)));
+    }
+
+    #[test]
+    fn content_key_sees_length_and_edges() {
+        let base = module(1, 200_000);
+        let mut tail = base.clone();
+        let last = tail.len() - 10;
+        tail[last] = b'y';
+        assert_ne!(ContentKey::of(&base), ContentKey::of(&tail));
+        assert_ne!(ContentKey::of(&base), ContentKey::of(&module(1, 200_001)));
+        assert_eq!(ContentKey::of(&base), ContentKey::of(&base.clone()));
+        assert_eq!(ContentKey::of(b"").len, 0);
+    }
 }
