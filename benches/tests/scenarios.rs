@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The benchmark scenarios, checked:
 //! * every scenario reaches its promised verdict natively and in the harness, so the benches
 //!   measure the path they claim to (an error path is cheaper, and would flatter them);
@@ -176,4 +181,16 @@ fn memory_check_catches_a_leaking_module() {
     );
     // 10,000 requests x 64 bytes = 640,000 bytes: about ten 64 KiB pages.
     assert!(after >= before + 9 * 65536, "{before} -> {after}");
+}
+
+#[test]
+fn a_filter_that_asks_nothing_costs_no_hostcall_per_request() {
+    // The SDK's glue itself reads nothing from the proxy: a filter that keeps no request
+    // headers for later phases and asks for nothing makes no VM exit at all.
+    let noop = scenarios::noop();
+    let mut wasm = noop.wasm().unwrap();
+    noop.check(3, || wasm.run_once()).unwrap();
+    wasm.plugin().reset_hostcall_counts();
+    noop.check(10, || wasm.run_once()).unwrap();
+    assert_eq!(wasm.plugin().hostcall_counts(), Default::default());
 }

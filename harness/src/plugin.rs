@@ -1106,6 +1106,24 @@ impl Plugin {
             .unwrap_or_default()
     }
 
+    /// How many times the module called each hostcall (`proxy_*` and WASI functions, by
+    /// name), every worker and VM together, since the plugin started or the counts were last
+    /// reset: what a filter asks of the proxy per request, the first thing to look at when it
+    /// is slow in Envoy (each hostcall is a VM exit).
+    pub fn hostcall_counts(&self) -> BTreeMap<String, u64> {
+        self.shared
+            .try_borrow()
+            .map(|shared| shared.hostcall_counts())
+            .unwrap_or_default()
+    }
+
+    /// Starts [`Plugin::hostcall_counts`] again from zero.
+    pub fn reset_hostcall_counts(&self) {
+        if let Ok(mut shared) = self.shared.try_borrow_mut() {
+            shared.reset_hostcall_counts();
+        }
+    }
+
     /// Forgets the log lines captured so far.
     pub fn clear_logs(&self) {
         if let Ok(mut shared) = self.shared.try_borrow_mut() {

@@ -107,9 +107,32 @@ pub(crate) struct SharedState {
     shared_bytes: u64,
     /// Items in all queues.
     queued_items: usize,
+    /// Calls of each hostcall by every VM, by function name.
+    hostcall_counts: HashMap<String, u64>,
 }
 
 impl SharedState {
+    pub(crate) fn count_hostcall(&mut self, hostcall: &str) {
+        match self.hostcall_counts.get_mut(hostcall) {
+            Some(count) => *count = count.saturating_add(1),
+            None => {
+                self.hostcall_counts.insert(hostcall.to_string(), 1);
+            }
+        }
+    }
+
+    /// Calls of each hostcall so far, sorted by name.
+    pub(crate) fn hostcall_counts(&self) -> BTreeMap<String, u64> {
+        self.hostcall_counts
+            .iter()
+            .map(|(name, count)| (name.clone(), *count))
+            .collect()
+    }
+
+    pub(crate) fn reset_hostcall_counts(&mut self) {
+        self.hostcall_counts.clear();
+    }
+
     pub(crate) fn new(settings: Settings, workers: usize, seed: u64) -> Self {
         SharedState {
             settings,
@@ -133,6 +156,7 @@ impl SharedState {
             shared_data_keys: 0,
             shared_bytes: 0,
             queued_items: 0,
+            hostcall_counts: HashMap::new(),
         }
     }
 

@@ -8,7 +8,8 @@ use wasmtime::Caller;
 
 use crate::error::HarnessError;
 use crate::hostcalls::{
-    charge, guard, read_bytes, write_bytes, write_u32, write_u64, HostResult, Registrar,
+    charge, charge_fuel, guard, read_bytes, write_bytes, write_u32, write_u64, HostResult,
+    Registrar,
 };
 use crate::types::LogLevel;
 use crate::vm::VmState;
@@ -63,12 +64,16 @@ pub(crate) fn register(r: &mut Registrar<'_>, module: &str) -> Result<(), Harnes
     r.func(
         module,
         "fd_prestat_get",
-        |mut c: Caller<'_, VmState>, _: u32, _: u32| charge(&mut c).map(|()| BADF),
+        |mut c: Caller<'_, VmState>, _: u32, _: u32| {
+            charge(&mut c, "fd_prestat_get").map(|()| BADF)
+        },
     )?;
     r.func(
         module,
         "fd_prestat_dir_name",
-        |mut c: Caller<'_, VmState>, _: u32, _: u32, _: u32| charge(&mut c).map(|()| NOSYS),
+        |mut c: Caller<'_, VmState>, _: u32, _: u32, _: u32| {
+            charge(&mut c, "fd_prestat_dir_name").map(|()| NOSYS)
+        },
     )?;
     r.func(
         module,
@@ -97,7 +102,7 @@ pub(crate) fn register(r: &mut Registrar<'_>, module: &str) -> Result<(), Harnes
     r.func(
         module,
         "args_get",
-        |mut c: Caller<'_, VmState>, _: u32, _: u32| charge(&mut c).map(|()| SUCCESS),
+        |mut c: Caller<'_, VmState>, _: u32, _: u32| charge(&mut c, "args_get").map(|()| SUCCESS),
     )?;
     r.func(module, "clock_time_get", clock_time_get)?;
     r.func(module, "clock_res_get", clock_res_get)?;
@@ -127,6 +132,7 @@ fn fd_write(
     iovs_len: u32,
     nwritten_ptr: u32,
 ) -> HostResult<u32> {
+    charge(&mut caller, "fd_write")?;
     let level = match fd {
         1 => LogLevel::Info,
         2 => LogLevel::Error,
@@ -136,7 +142,7 @@ fn fd_write(
     for index in 0..iovs_len {
         // Charged per vector: many vectors pointing at the same large buffer would otherwise
         // build an arbitrarily large message in one call.
-        charge(&mut caller)?;
+        charge_fuel(&mut caller)?;
         let Some(iovec) = index
             .checked_mul(8)
             .and_then(|offset| iovs.checked_add(offset))
@@ -198,7 +204,7 @@ fn environ_sizes_get(
     count_ptr: u32,
     size_ptr: u32,
 ) -> HostResult<u32> {
-    charge(&mut caller)?;
+    charge(&mut caller, "environ_sizes_get")?;
     let envs = envs(&caller);
     let count = u32::try_from(envs.len()).unwrap_or(u32::MAX);
     // key + '=' + value + NUL per variable.
@@ -211,7 +217,7 @@ fn environ_sizes_get(
 }
 
 fn environ_get(mut caller: Caller<'_, VmState>, array_ptr: u32, buf_ptr: u32) -> HostResult<u32> {
-    charge(&mut caller)?;
+    charge(&mut caller, "environ_get")?;
     let mut array = array_ptr;
     let mut buf = buf_ptr;
     for (key, value) in envs(&caller) {
@@ -240,7 +246,7 @@ fn args_sizes_get(
     argc_ptr: u32,
     size_ptr: u32,
 ) -> HostResult<u32> {
-    charge(&mut caller)?;
+    charge(&mut caller, "args_sizes_get")?;
     // Zero arguments, so that args_get is never needed.
     if !(write_u32(&mut caller, argc_ptr, 0) && write_u32(&mut caller, size_ptr, 0)) {
         return Ok(FAULT);
@@ -254,7 +260,7 @@ fn clock_time_get(
     _precision: i64,
     time_ptr: u32,
 ) -> HostResult<u32> {
-    charge(&mut caller)?;
+    charge(&mut caller, "clock_time_get")?;
     let now = {
         let Ok(shared) = caller.data().shared.try_borrow() else {
             return Ok(FAULT);
@@ -283,7 +289,7 @@ fn clock_res_get(mut caller: Caller<'_, VmState>, clock_id: u32, res_ptr: u32) -
 }
 
 fn random_get(mut caller: Caller<'_, VmState>, buf_ptr: u32, buf_len: u32) -> HostResult<u32> {
-    charge(&mut caller)?;
+    charge(&mut caller, "random_get")?;
     if buf_len > RANDOM_GET_MAX_BYTES {
         return Ok(INVAL);
     }

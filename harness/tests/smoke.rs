@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 mod common;
 use common::*;
 use wasmesh_harness::{Action, StreamState};
@@ -24,5 +29,30 @@ fn request_headers_flow() {
     assert_eq!(messages(&plugin), vec!["0", "/hello?x=1"]);
     assert_eq!(s.request_header("x-added").as_deref(), Some("yes"));
     assert_eq!(s.request_state(), StreamState::Continued);
+    s.complete().unwrap();
+}
+
+#[test]
+fn hostcalls_are_counted_by_name_until_reset() {
+    let wat = module(
+        r#"
+  (data (i32.const 1024) ":path")
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param $n i32) (param $eos i32) (result i32)
+    (drop (call $proxy_get_header_map_value (i32.const 0) (i32.const 1024) (i32.const 5) (i32.const 512) (i32.const 516)))
+    (drop (call $proxy_get_header_map_value (i32.const 0) (i32.const 1024) (i32.const 5) (i32.const 512) (i32.const 516)))
+    (call $info_ret)
+    (i32.const 0))
+"#,
+    );
+    let plugin = builder(&wat).start().unwrap();
+    plugin.reset_hostcall_counts();
+    let mut s = plugin.http_stream();
+    s.request_headers(GET, true).unwrap();
+    let counts = plugin.hostcall_counts();
+    assert_eq!(counts.get("proxy_get_header_map_value"), Some(&2));
+    assert_eq!(counts.get("proxy_log"), Some(&1));
+    assert_eq!(counts.values().sum::<u64>(), 3, "{counts:?}");
+    plugin.reset_hostcall_counts();
+    assert!(plugin.hostcall_counts().is_empty());
     s.complete().unwrap();
 }

@@ -21,7 +21,8 @@
 //!   [`HttpFilter::on_wake`], so a stream can wait for something the root context does for all
 //!   streams (a delay elapsing, a key set being fetched) and resume or answer when it is done;
 //! * keeps the request headers seen in the request phase as a read-only snapshot for later
-//!   phases (the proxy no longer exposes them once they were forwarded);
+//!   phases (the proxy no longer exposes them once they were forwarded), unless the filter
+//!   says it does not need them ([`HttpFilter::KEEPS_REQUEST_HEADERS`]);
 //! * does not run the filter's response hook on the filter's own local reply (Envoy sends
 //!   local replies through the encoder chain, this filter included).
 //!
@@ -55,6 +56,16 @@ pub trait HttpFilter: Sized + 'static {
 
     /// Per-stream state (`()` for stateless filters), created with `Default` for every stream.
     type Stream: Default;
+
+    /// Whether request headers stay readable after the request-headers phase: in
+    /// [`HttpFilter::on_response_headers`], and in body and callout hooks that run once the
+    /// stream went on. The proxy stops exposing them once they were forwarded, so the adapter
+    /// reads them all at the end of the request phase and keeps a copy: a hostcall and a copy
+    /// of every header on every request. A filter that reads request headers only while they
+    /// are live (the request-headers phase, while it holds the stream paused there, and
+    /// [`HttpFilter::on_log`]) sets this to `false` and saves both; later phases then see no
+    /// request headers.
+    const KEEPS_REQUEST_HEADERS: bool = true;
 
     /// Builds the filter from its validated configuration, once per root context (and again
     /// on reconfiguration). Define metrics here.
@@ -581,7 +592,8 @@ mod glue {
     }
 
     /// The request view for a callback; it borrows the stream's request snapshot (given back
-    /// with `keep_request_snapshot`, which reads the headers now if nobody did).
+    /// with `keep_request_snapshot`, which reads the headers now if nobody did, when the filter
+    /// [keeps request headers](HttpFilter::KEEPS_REQUEST_HEADERS)).
     fn request<F: HttpFilter>(
         host: ProxyWasmHost,
         driver: &mut StreamDriver<F>,
@@ -606,7 +618,9 @@ mod glue {
         let phase = phase(&driver);
         let mut request = request(host, &mut driver, phase);
         let outcome = callback(&mut driver, &mut request, &mut host);
-        driver.keep_request_snapshot(request.into_request_snapshot());
+        if F::KEEPS_REQUEST_HEADERS {
+            driver.keep_request_snapshot(request.into_request_snapshot());
+        }
         outcome
     }
 

@@ -16,6 +16,8 @@ impl HttpFilter for FaultFilter {
     const NAME: &'static str = "fault";
     type Config = Config;
     type Stream = FaultStream;
+    // Faults are chosen in the request-headers phase, and a delayed stream is held paused there.
+    const KEEPS_REQUEST_HEADERS: bool = false;
 
     fn new(config: Config, host: &mut dyn Host) -> Result<Self, Error> {
         FaultFilter::new(config, host)

@@ -16,6 +16,8 @@ impl HttpFilter for JwtAuthn {
     const NAME: &'static str = FILTER;
     type Config = JwtAuthentication;
     type Stream = StreamState;
+    // Tokens are read in the request-headers phase; a stream waiting for keys is held paused there.
+    const KEEPS_REQUEST_HEADERS: bool = false;
 
     fn new(config: JwtAuthentication, host: &mut dyn Host) -> Result<Self, Error> {
         JwtAuthn::new(config, host)

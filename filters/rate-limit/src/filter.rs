@@ -14,6 +14,9 @@ impl HttpFilter for RateLimitFilter {
     const NAME: &'static str = "rate_limit";
     type Config = Config;
     type Stream = Stream;
+    // Descriptors are built in the request-headers phase (a stream waiting for the rate limit
+    // service is held paused there); the response phase only adds headers.
+    const KEEPS_REQUEST_HEADERS: bool = false;
 
     fn new(config: Config, host: &mut dyn Host) -> Result<Self, Error> {
         RateLimitFilter::new(config, host)

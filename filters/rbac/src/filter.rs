@@ -13,6 +13,8 @@ impl HttpFilter for RbacFilter {
     const NAME: &'static str = "rbac";
     type Config = Config;
     type Stream = ();
+    // Rules see the request only in the request-headers phase.
+    const KEEPS_REQUEST_HEADERS: bool = false;
 
     fn new(config: Config, host: &mut dyn Host) -> Result<Self, Error> {
         RbacFilter::new(config, host)

@@ -76,20 +76,22 @@ pub(crate) fn register(r: &mut Registrar<'_>, abi: AbiVersion) -> Result<(), Har
         "env",
         "pthread_equal",
         |mut caller: Caller<'_, VmState>, left: u32, right: u32| {
-            charge(&mut caller).map(|()| u32::from(left == right))
+            charge(&mut caller, "pthread_equal").map(|()| u32::from(left == right))
         },
     )?;
     r.func(
         "env",
         "emscripten_notify_memory_growth",
-        |mut caller: Caller<'_, VmState>, _index: u32| charge(&mut caller),
+        |mut caller: Caller<'_, VmState>, _index: u32| {
+            charge(&mut caller, "emscripten_notify_memory_growth")
+        },
     )?;
     Ok(())
 }
 
 fn proxy_log(mut caller: Caller<'_, VmState>, level: u32, ptr: u32, len: u32) -> HostResult<u32> {
     // Allowed while the module starts, so charged without the start-up guard.
-    charge(&mut caller)?;
+    charge(&mut caller, "proxy_log")?;
     let Some(level) = LogLevel::from_code(level) else {
         return status(Status::BadArgument);
     };

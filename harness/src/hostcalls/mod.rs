@@ -75,6 +75,7 @@ pub(crate) fn linker(
         let results: Vec<ValType> = func_type.results().collect();
         let returns_status = matches!(results.as_slice(), [ValType::I32]);
         if stubbed && (returns_status || results.is_empty()) {
+            let name = import.name().to_string();
             // An ABI function this host does not implement: answer `Unimplemented` rather than
             // refusing to load the module, so a filter that only probes for it keeps working.
             linker
@@ -83,7 +84,7 @@ pub(crate) fn linker(
                     import.name(),
                     func_type.clone(),
                     move |mut caller: Caller<'_, VmState>, _params: &[Val], results: &mut [Val]| {
-                        charge(&mut caller)?;
+                        charge(&mut caller, &name)?;
                         if let Some(slot) = results.first_mut() {
                             *slot = Val::I32(Status::Unimplemented.code() as i32);
                         }
@@ -107,10 +108,19 @@ pub(crate) const HOSTCALL_FUEL: u64 = 1_000;
 /// Bytes copied between guest and host per unit of fuel charged (see [`charge`]).
 pub(crate) const BYTES_PER_FUEL: u64 = 1;
 
+/// Counts the call of `hostcall` (see `Plugin::hostcall_counts`) and charges it to the
+/// callback's fuel budget ([`charge_fuel`]).
+pub(crate) fn charge(caller: &mut Caller<'_, VmState>, hostcall: &str) -> HostResult<()> {
+    if let Ok(mut shared) = caller.data().shared.try_borrow_mut() {
+        shared.count_hostcall(hostcall);
+    }
+    charge_fuel(caller)
+}
+
 /// Charges [`HOSTCALL_FUEL`] plus the bytes copied by the previous hostcalls to the callback's
 /// fuel budget; running out traps like the module's own code would
 /// ([`HarnessError::FuelExhausted`]).
-pub(crate) fn charge(caller: &mut Caller<'_, VmState>) -> HostResult<()> {
+pub(crate) fn charge_fuel(caller: &mut Caller<'_, VmState>) -> HostResult<()> {
     let bytes = caller.data().copied_bytes.take();
     let cost = HOSTCALL_FUEL.saturating_add(bytes / BYTES_PER_FUEL);
     // Fuel metering is always on in the harness engine; if it were not, there is nothing to do.
@@ -129,7 +139,7 @@ pub(crate) fn charge(caller: &mut Caller<'_, VmState>) -> HostResult<()> {
 /// Charges the hostcall (see [`charge`]) and refuses hostcalls that Envoy does not allow while
 /// `_initialize`/`_start` run.
 pub(crate) fn guard(caller: &mut Caller<'_, VmState>, name: &str) -> HostResult<()> {
-    charge(caller)?;
+    charge(caller, name)?;
     if caller.data().restricted {
         return Err(wasmtime::Error::msg(format!(
             "`{name}` cannot be called while the module starts (_initialize/_start): Envoy only \
