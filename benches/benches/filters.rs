@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Per-request cost of every filter: natively (the filter crate's logic through the SDK's
 //! `StreamDriver` over `MemoryHost`), as its real wasm release build in the harness, and the
 //! same two for the no-op filter given the same requests; then the ratios, computed from this

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Micro-benchmarks of the harness: an empty hostcall round trip, the lifecycle of a stream
 //! through a no-op filter, loading a module from the compile cache, instantiating a VM, and the
 //! proxy-wasm header-map serialization of 10 and 100 headers.

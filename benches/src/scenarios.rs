@@ -117,8 +117,9 @@ const JWT_VECTORS: &str = include_str!("../../filters/jwt-authn/tests/fixtures/v
 fn jwt_authn() -> Result<Vec<Scenario>, BenchError> {
     let vectors: serde_json::Value = serde_json::from_str(JWT_VECTORS)?;
     let token = |alg: &str| -> Result<String, BenchError> {
-        vectors["valid"]
-            .as_array()
+        vectors
+            .get("valid")
+            .and_then(serde_json::Value::as_array)
             .into_iter()
             .flatten()
             .find(|vector| vector["alg"] == alg)
@@ -126,6 +127,10 @@ fn jwt_authn() -> Result<Vec<Scenario>, BenchError> {
             .map(str::to_string)
             .ok_or_else(|| BenchError(format!("no {alg} token in the JWT vectors")))
     };
+    let jwks = vectors
+        .get("jwks")
+        .map(serde_json::Value::to_string)
+        .ok_or_else(|| BenchError("no JWKS in the JWT vectors".to_string()))?;
     let mut scenarios = Vec::new();
     for (alg, key) in [("RS256", "RSA 2048"), ("ES256", "P-256")] {
         let bearer = format!("Bearer {}", token(alg)?);
@@ -133,11 +138,15 @@ fn jwt_authn() -> Result<Vec<Scenario>, BenchError> {
             let mut provider = json!({
                 "issuer": "https://issuer.example.com",
                 "audiences": ["api.example.com"],
-                "local_jwks": {"inline_string": vectors["jwks"].to_string()},
+                "local_jwks": {"inline_string": jwks},
                 "claim_to_headers": [{"header_name": "x-jwt-sub", "claim_name": "sub"}],
             });
-            if cached {
-                provider["jwt_cache_config"] = json!({"jwt_cache_size": 100});
+            // `provider` is the object literal above: `as_object_mut` always finds it.
+            if let (true, Some(fields)) = (cached, provider.as_object_mut()) {
+                fields.insert(
+                    "jwt_cache_config".to_string(),
+                    json!({"jwt_cache_size": 100}),
+                );
             }
             let config = json!({
                 "providers": {"idp": provider},

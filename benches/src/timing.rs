@@ -80,10 +80,11 @@ fn median(values: &mut [f64]) -> Option<f64> {
     }
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
+    let upper = *values.get(middle)?;
     Some(if values.len().is_multiple_of(2) {
-        (values[middle - 1] + values[middle]) / 2.0
+        (*values.get(middle.checked_sub(1)?)? + upper) / 2.0
     } else {
-        values[middle]
+        upper
     })
 }
 

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Every shipped module stays within its size budget (`wasmesh_benches::size::BUDGETS`): the
 //! release build always, the `wasm-opt -Oz` output when `wasm-opt` is installed.
 //!

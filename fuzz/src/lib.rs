@@ -191,6 +191,13 @@ pub fn check_path(data: &[u8]) {
                     .any(|segment| segment == "." || segment == ".."),
                 "dot segment left by RBAC ({action:?}): {path:?} -> {out:?}"
             );
+            if action != EscapedSlashesAction::KeepUnchanged {
+                let lower = out.to_ascii_lowercase();
+                assert!(
+                    !lower.contains("%2f") && !lower.contains("%5c"),
+                    "escaped slash left by RBAC ({action:?}): {path:?} -> {out:?}"
+                );
+            }
         }
         let _ = normalization.authority(&path);
     }

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The real-Envoy launcher: it starts Envoy from a generated bootstrap, routes to direct
 //! responses and to local upstreams, loads wasm modules, reads stats, and reports startup
 //! failures with Envoy's own explanation.

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The same module and exchanges through the harness and through a real Envoy (V8): the
 //! callbacks, their arguments and the hostcall results the module observes must be identical.
 //! This pins the Envoy-specific behaviours the harness reproduces: context numbering, metric

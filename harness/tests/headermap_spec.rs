@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The worked example of the proxy-wasm ABI v0.2.1 specification ("Serialization" section).
 //!
 //! The spec says the map `{{"a": "1"}, {"b": "22"}}` is serialized as

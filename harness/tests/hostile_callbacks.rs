@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Hostile modules, part 2: a trap in every callback the host can call, including the WASI
 //! start-up entry points, context creation, the gRPC, queue and foreign-function callbacks,
 //! `proxy_on_done`/`proxy_on_delete` and the module's allocator called from inside a hostcall.

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Replays the corpus kept by the `hostcalls` fuzz target (`fuzz/corpus/hostcalls/`) with the
 //! fuzzer's own interpreter module and driver (`fuzz/src/hostcalls.rs`), so that every program
 //! the fuzzer found interesting keeps running in `cargo test` (stable toolchain, no libFuzzer):

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Hostile modules, part 1: every pointer and length a module hands the host.
 //!
 //! For every hostcall that takes a guest buffer or an out-pointer, the module first makes the

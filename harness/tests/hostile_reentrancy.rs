@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Hostile modules, part 5: re-entrancy. The module's allocator runs *inside* hostcalls (the
 //! host calls it to copy data in), so it can call back into the host, recursively or to change
 //! the state the host is in the middle of using; callbacks can feed events to themselves

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Hostile modules, part 4: state the host keeps for modules outside their linear memory.
 //! A module that writes a million shared-data keys, floods a shared queue or dispatches
 //! callouts in a loop is stopped at a [`Limits`] cap with `HarnessError::ResourceLimit`, and

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Hostile modules, part 3: runaway code and memory. Infinite loops wherever the host runs
 //! module code (callbacks, the start section, the allocator, loops of hostcalls), and memory
 //! that grows without bound (declared, grown by the module, grown by the host's copies).

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Property tests of the proxy-wasm header-map serialization (`wasmesh_harness::headermap`):
 //! round trips, one canonical encoding, no panic on arbitrary bytes, agreement with the SDK's
 //! encoder, and a round trip through a module over the ABI.

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Misbehaving modules: bad pointers, traps under each failure policy, runaway loops, memory
 //! bombs, stack overflows. None of them may crash the host.
 

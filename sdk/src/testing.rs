@@ -4,6 +4,12 @@
 //! [`MemoryHost::advance`] is called, shared data with CAS semantics like Envoy's, callouts
 //! that are recorded (and answered by the test calling the filter's callout hook), metrics
 //! and logs that can be inspected.
+//!
+//! With the `proptest` feature (dev-dependencies only), `config_properties`: the property tests
+//! every filter runs on its configuration parser.
+
+#[cfg(feature = "proptest")]
+pub mod config_properties;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Property tests of `wasmesh_sdk::matcher::normalize_path` (Envoy's `normalize_path` +
 //! `merge_slashes`, see `sdk/src/matcher/path.rs` for the documented semantics).
 //!

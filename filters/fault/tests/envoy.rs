@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The fault filter in a real Envoy (V8), with the same wasm and configurations as the harness
 //! tests: every exchange must get the same verdict from both. Set `WASMESH_SKIP_ENVOY=1` to
 //! skip these tests on a machine without Envoy.

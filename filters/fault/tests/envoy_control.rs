@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The control service and its kill switch in a real Envoy: the filter polls a local test
 //! server for the experiment; switching it off stops new faults and frees delayed requests, and
 //! an unreachable control service means no faults. Set `WASMESH_SKIP_ENVOY=1` to skip.

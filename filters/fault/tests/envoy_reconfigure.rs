@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Experiments change without a rebuild: Envoy receives a new filter configuration (here through
 //! ECDS from a watched file, as a control plane would push it) and the new experiment applies to
 //! the next requests. Set `WASMESH_SKIP_ENVOY=1` to skip.

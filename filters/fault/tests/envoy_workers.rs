@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! `max_active_faults` in a real Envoy with four workers (four wasm VMs): the limit holds for
 //! the whole proxy, not per VM. Set `WASMESH_SKIP_ENVOY=1` to skip.
 

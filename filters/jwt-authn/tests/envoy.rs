@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The filter in a real Envoy (V8), next to Envoy's own native `jwt_authn` filter given the very
 //! same configuration, and next to the harness: every request of the table must get the same
 //! verdict from all three. A local JWKS server backs the remote key set. Set

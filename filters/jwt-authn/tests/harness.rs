@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The real `wasm32-wasip1` build in the harness: the request table, remote key sets (pausing,
 //! one fetch for many streams, failures, timeouts, retries, background refresh), stats and
 //! configuration errors.

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The policy filter with a gRPC `envoy.service.auth.v3.Authorization/Check` service (real
 //! protobuf over HTTP/2) in a real Envoy, compared with the harness; the request body is sent
 //! with the check (`allow_on_headers_stop_iteration`). Set `WASMESH_SKIP_ENVOY=1` to skip.

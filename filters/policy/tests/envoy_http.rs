@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The policy filter with an HTTP authorization service, in a real Envoy (V8) and in the
 //! harness: every case of the table must get the same verdict from both, the service must see
 //! the same checks, and the shipped Envoy configuration must run. Set `WASMESH_SKIP_ENVOY=1` to

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Interop with an independent protobuf implementation: `CheckResponse`s and a `CheckRequest`
 //! encoded by Google's Python protobuf runtime (`testdata/make_vectors.py`, message types
 //! declared from Envoy's .proto files) must decode with the filter's hand-written prost types

@@ -120,7 +120,10 @@ pub fn fingerprint<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) ->
     }
     let digest = hasher.finalize();
     let mut out = [0u8; 16];
-    out.copy_from_slice(&digest[..16]);
+    // A SHA-256 digest has 32 bytes: the zip copies the first 16.
+    for (byte, digest_byte) in out.iter_mut().zip(digest.iter()) {
+        *byte = *digest_byte;
+    }
     if out == [0u8; 16] {
         // The all-zero fingerprint marks a never-used slot.
         out[0] = 1;

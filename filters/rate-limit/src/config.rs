@@ -978,8 +978,10 @@ impl Config {
         }
         validate_each("descriptors", &self.descriptors)?;
         for (index, descriptor) in self.descriptors.iter().enumerate() {
-            let duplicate = self.descriptors[..index]
+            let duplicate = self
+                .descriptors
                 .iter()
+                .take(index)
                 .any(|earlier| earlier.entries == descriptor.entries);
             if duplicate {
                 return Err(ConfigError::new(

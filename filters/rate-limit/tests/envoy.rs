@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The filter in a real Envoy (V8) with several worker threads: the same exchanges give the same
 //! verdicts as in the harness, and concurrent clients spread over the workers are admitted
 //! exactly `max_tokens` times. Set `WASMESH_SKIP_ENVOY=1` to skip on a machine without Envoy.

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Global mode end to end: Envoy 1.40 runs the filter, which calls a real gRPC rate limit
 //! service (HTTP/2, `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`, messages
 //! encoded and decoded with `prost`); the harness, with the same answers from its gRPC mock,

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Per-principal limits in a real Envoy: Envoy's own `jwt_authn` verifies a JWT (made by
 //! Python's standard library, `tests/data/make_jwt.py`) and writes its payload to dynamic
 //! metadata; the filter's `metadata` action reads the `sub` claim from there, one bucket per

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The filter's real wasm build in the harness: exactness across worker VMs, the sample
 //! configuration's verdicts, bounded state, and global mode against a mock rate limit service
 //! speaking real protobuf (`prost`).

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Property tests of the GCRA token bucket (`wasmesh_rate_limit::bucket`), through its public
 //! API: whatever the quota and however requests arrive, the tokens admitted in any window never
 //! exceed `burst + window / period` (the bucket never over-admits), and a bucket left idle long

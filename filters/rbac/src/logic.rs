@@ -295,6 +295,9 @@ impl RbacFilter {
             PathRejection::EscapedSlash => {
                 "contains an escaped slash (path_with_escaped_slashes_action: REJECT_REQUEST)"
             }
+            PathRejection::TooDeeplyEncoded => {
+                "nests escaped slashes in too many levels of percent-encoding"
+            }
         };
         host.log(
             LogLevel::Debug,

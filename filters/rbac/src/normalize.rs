@@ -15,6 +15,13 @@
 //!    (`%61` is `a`) — Envoy's `PathUtil::canonicalPath`;
 //! 4. `merge_slashes`: `//admin` is `/admin`.
 //!
+//! Steps 2 and 3 are repeated while the decoding of step 3 forms new escaped slashes
+//! (`%2%66` is `%2f` once `%66` is decoded): each pass applies the escaped-slash action again, so
+//! such a slash is decoded too (or the request refused under `REJECT_REQUEST`), and policies see
+//! what an upstream that decodes once more would see. Envoy runs one pass; the two differ only on
+//! such nested encodings, which a client acting in good faith does not send. The repetition is
+//! bounded: a path still forming escaped slashes after [`MAX_PASSES`] passes is refused.
+//!
 //! Hosts: the authority is lower-cased and a trailing dot of the host name dropped; with
 //! `strip_any_host_port` the port is removed before `:authority` header matchers see it. Istio
 //! `hosts` always compare case-insensitively and with or without the port (see [`host_forms`]).
@@ -88,9 +95,18 @@ impl Default for Normalization {
 pub enum PathRejection {
     /// A NUL byte, raw or `%00` (Envoy answers 400 too).
     NulByte,
-    /// An escaped slash under `REJECT_REQUEST`.
+    /// An escaped slash under `REJECT_REQUEST`, as received or formed by decoding.
     EscapedSlash,
+    /// Escaped slashes nested in more levels of percent-encoding than [`MAX_PASSES`] undo.
+    TooDeeplyEncoded,
 }
+
+/// Passes of escaped-slash action and `normalize_path` before a path whose decoding keeps
+/// forming escaped slashes is refused. A path sent in good faith needs one pass; one whose
+/// decoding formed an escaped slash needs a second (`canonicalize_path` undoes every level of
+/// nested encoding at once, and decoding an escaped slash only writes a separator, which forms no
+/// new escape). The bound makes termination obvious rather than argued.
+pub const MAX_PASSES: usize = 4;
 
 /// A `:path` split and normalized.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +132,11 @@ fn escaped_slash_at(bytes: &[u8], at: usize) -> bool {
         (bytes.get(at), bytes.get(at + 1), bytes.get(at + 2)),
         (Some(b'%'), Some(b'2'), Some(b'f' | b'F')) | (Some(b'%'), Some(b'5'), Some(b'c' | b'C'))
     )
+}
+
+fn contains_escaped_slash(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    (0..bytes.len()).any(|at| escaped_slash_at(bytes, at))
 }
 
 /// Decodes `%2F`/`%2f` to `/` and `%5C`/`%5c` to `\` (Envoy's `unescapeSlashes`).
@@ -147,6 +168,11 @@ fn unescape_slashes(path: &str) -> String {
 impl Normalization {
     /// Normalizes a `:path` value as configured.
     pub fn path(&self, raw: &str) -> Result<NormalizedPath, PathRejection> {
+        self.path_within(raw, MAX_PASSES)
+    }
+
+    /// [`Normalization::path`] with at most `max_passes` passes (see [`MAX_PASSES`]).
+    fn path_within(&self, raw: &str, max_passes: usize) -> Result<NormalizedPath, PathRejection> {
         if raw.contains('\0') {
             return Err(PathRejection::NulByte);
         }
@@ -155,29 +181,47 @@ impl Normalization {
             .get(path_part.len()..)
             .and_then(|rest| rest.strip_prefix('?'))
             .map(|query| query.split('#').next().unwrap_or_default().to_string());
-        let has_escaped_slash = path_part
-            .as_bytes()
-            .windows(3)
-            .enumerate()
-            .any(|(at, _)| escaped_slash_at(path_part.as_bytes(), at));
-        let mut path = match self.path_with_escaped_slashes_action {
-            EscapedSlashesAction::RejectRequest if has_escaped_slash => {
-                return Err(PathRejection::EscapedSlash);
+        let mut path = path_part.to_string();
+        let mut passes = 0;
+        loop {
+            path = self.escaped_slashes_pass(path)?;
+            // `canonicalize_path` returns its own fixed point (and `unescape_slashes` cannot
+            // form an escaped slash: it only writes `/` and `\`), so only the escaped-slash
+            // action can change the path again, and only if decoding formed an escaped slash.
+            if self.path_with_escaped_slashes_action == EscapedSlashesAction::KeepUnchanged
+                || !contains_escaped_slash(&path)
+            {
+                break;
             }
-            EscapedSlashesAction::UnescapeAndForward if has_escaped_slash => {
-                unescape_slashes(path_part)
+            passes += 1;
+            if passes >= max_passes {
+                return Err(PathRejection::TooDeeplyEncoded);
             }
-            _ => path_part.to_string(),
-        };
-        if self.normalize_path {
-            path = canonicalize_path(&path).map_err(|_| PathRejection::NulByte)?;
-        } else if path.contains("%00") {
-            return Err(PathRejection::NulByte);
         }
         if self.merge_slashes {
             path = merge_slashes(&path);
         }
         Ok(NormalizedPath { path, query })
+    }
+
+    /// One pass: the escaped-slash action, then `normalize_path`.
+    fn escaped_slashes_pass(&self, path: String) -> Result<String, PathRejection> {
+        let path = match self.path_with_escaped_slashes_action {
+            EscapedSlashesAction::RejectRequest if contains_escaped_slash(&path) => {
+                return Err(PathRejection::EscapedSlash);
+            }
+            EscapedSlashesAction::UnescapeAndForward if contains_escaped_slash(&path) => {
+                unescape_slashes(&path)
+            }
+            _ => path,
+        };
+        if self.normalize_path {
+            canonicalize_path(&path).map_err(|_| PathRejection::NulByte)
+        } else if path.contains("%00") {
+            Err(PathRejection::NulByte)
+        } else {
+            Ok(path)
+        }
     }
 
     /// The `:authority` header matchers see: with `normalize_host`, lower-cased and without a
@@ -248,6 +292,13 @@ mod tests {
         Normalization::default().path(path).unwrap().path
     }
 
+    fn with_action(action: EscapedSlashesAction) -> Normalization {
+        Normalization {
+            path_with_escaped_slashes_action: action,
+            ..Normalization::default()
+        }
+    }
+
     #[test]
     fn default_normalization_defeats_the_classic_bypasses() {
         for attack in [
@@ -287,19 +338,42 @@ mod tests {
 
     #[test]
     fn escaped_slash_actions() {
-        let keep = Normalization {
-            path_with_escaped_slashes_action: EscapedSlashesAction::KeepUnchanged,
-            ..Normalization::default()
-        };
+        let keep = with_action(EscapedSlashesAction::KeepUnchanged);
         assert_eq!(keep.path("/a%2Fb").unwrap().path, "/a%2Fb");
-        let reject = Normalization {
-            path_with_escaped_slashes_action: EscapedSlashesAction::RejectRequest,
-            ..Normalization::default()
-        };
+        let reject = with_action(EscapedSlashesAction::RejectRequest);
         assert_eq!(reject.path("/a%2fb"), Err(PathRejection::EscapedSlash));
         assert_eq!(reject.path("/a%5Cb"), Err(PathRejection::EscapedSlash));
         assert_eq!(reject.path("/a/b?x=%2F").unwrap().path, "/a/b");
         assert_eq!(normalized("/a%5cb"), "/a/b");
+    }
+
+    #[test]
+    fn escaped_slashes_formed_by_decoding_are_decoded_or_rejected() {
+        // `%2%66` is `%2f` once `%66` is decoded, after the escaped-slash action first ran.
+        assert_eq!(normalized("/x%2%66..%2%66admin"), "/admin");
+        assert_eq!(normalized("/%%35c"), "/");
+        assert_eq!(normalized("/a%%32%46b"), "/a/b");
+        let reject = with_action(EscapedSlashesAction::RejectRequest);
+        assert_eq!(
+            reject.path("/x%2%66..%2%66admin"),
+            Err(PathRejection::EscapedSlash)
+        );
+        assert_eq!(reject.path("/%%35c"), Err(PathRejection::EscapedSlash));
+        // Still kept, never decoded, under KEEP_UNCHANGED.
+        let keep = with_action(EscapedSlashesAction::KeepUnchanged);
+        assert_eq!(keep.path("/a%2%66b").unwrap().path, "/a%2fb");
+    }
+
+    #[test]
+    fn the_passes_are_bounded() {
+        let default = Normalization::default();
+        // One pass for a path without escaped slashes, two when decoding formed one.
+        assert_eq!(default.path_within("/a%2Fb", 1).unwrap().path, "/a/b");
+        assert_eq!(
+            default.path_within("/a%2%66b", 1),
+            Err(PathRejection::TooDeeplyEncoded)
+        );
+        assert_eq!(default.path_within("/a%2%66b", 2).unwrap().path, "/a/b");
     }
 
     #[test]
@@ -316,6 +390,8 @@ mod tests {
             ..Normalization::default()
         };
         assert_eq!(only_merge.path("//a/./b").unwrap().path, "/a/./b");
+        // Without `normalize_path` nothing is decoded but escaped slashes, so none is formed.
+        assert_eq!(only_merge.path("/a%2%66b").unwrap().path, "/a%2%66b");
     }
 
     #[test]

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The bypass corpus through the wasm build in the harness, against both samples: no request
 //! may reach the upstream. (`envoy_istio.rs` sends the Istio corpus through a real Envoy too.)
 

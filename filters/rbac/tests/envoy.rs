@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The Envoy-format sample in real Envoys (V8): the wasm filter, the harness, and Envoy's own
 //! native RBAC filter given the same `rules`/`shadow_rules` must give the same verdict for
 //! every case (except where the wasm filter is deliberately stricter, recorded per case), and

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The Istio-format sample (`AuthorizationPolicy` input) in a real Envoy (V8) behind Envoy's
 //! jwt_authn, against the harness: every case gets the same verdict from both, the bypass
 //! corpus is refused by both, and both count the same. Set `WASMESH_SKIP_ENVOY=1` to skip.

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Property tests of the RBAC filter's request normalization (`wasmesh_rbac::normalize`), the
 //! view of `:path` every policy matches: whatever the escaped-slash action, the normalized
 //! path is canonical (no `//`, no `.`/`..` segment, no backslash) and a fixed point; with
@@ -90,16 +95,14 @@ proptest! {
     }
 }
 
-/// KNOWN BUG (found by this property, reported with these reproducers): an escaped slash can
-/// be *formed* by the canonicalizer's decoding (`%2%66` is `%2f` once `%66` is decoded), after
-/// the escaped-slash action has looked at the path. Under `UNESCAPE_AND_FORWARD` policies then
-/// see `/x%2f..%2fadmin` (one segment) where a double-decoding upstream sees `/admin`; under
-/// `REJECT_REQUEST` the request is not refused. Envoy's own pipeline behaves the same (one
-/// Chromium pass after the slash action), so the fix (repeat unescape + canonicalize to a fixed
-/// point, and apply `REJECT_REQUEST` to the result too) makes the filter stricter than Envoy.
-/// Un-ignore once `normalize.rs` is fixed.
+/// Regression (found by this property): an escaped slash can be *formed* by the canonicalizer's
+/// decoding (`%2%66` is `%2f` once `%66` is decoded), after the escaped-slash action has looked at
+/// the path. Before the fix, under `UNESCAPE_AND_FORWARD` policies saw `/x%2f..%2fadmin` (one
+/// segment) where a double-decoding upstream sees `/admin`, and `REJECT_REQUEST` let the request
+/// through. Envoy's own pipeline behaves that way (one Chromium pass after the slash action);
+/// `normalize.rs` now repeats the action and the canonicalization until no escaped slash is
+/// formed, which makes the filter stricter than Envoy on such nested encodings only.
 #[test]
-#[ignore = "known bug in filters/rbac/src/normalize.rs: escaped slashes formed by decoding"]
 fn escaped_slashes_formed_by_decoding_are_resolved_or_rejected() {
     let unescape = Normalization::default();
     for raw in ["%%32%66", "/x%2%66..%2%66admin", "/%%35c"] {

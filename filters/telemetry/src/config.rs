@@ -331,12 +331,17 @@ pub fn is_prometheus_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn standard_families() -> Vec<MetricFamily> {
-    let tags: Vec<(String, TagSource)> = STANDARD_DIMENSIONS
+/// Istio's standard dimensions, every one read from its standard source.
+fn standard_tags() -> Vec<(String, TagSource)> {
+    STANDARD_DIMENSIONS
         .iter()
         .enumerate()
         .map(|(index, name)| ((*name).to_string(), TagSource::Standard(index)))
-        .collect();
+        .collect()
+}
+
+fn standard_families() -> Vec<MetricFamily> {
+    let tags = standard_tags();
     let family = |name: &str, kind, value, grpc_only| MetricFamily {
         name: name.to_string(),
         kind,
@@ -394,8 +399,7 @@ impl Config {
     /// or drops). Errors name the JSON path of the offending field.
     pub fn families(&self) -> Result<Vec<MetricFamily>, ConfigError> {
         let mut families = standard_families();
-        let standard_tags = |family: &MetricFamily| family.tags.clone();
-        let default_tags = standard_tags(&families[0]);
+        let default_tags = standard_tags();
         for (index, definition) in self.definitions.iter().enumerate() {
             let path = format!("definitions[{index}]");
             if !is_prometheus_name(&definition.name) {

@@ -190,8 +190,6 @@ fn encode_value(value: &Value) -> Vec<u8> {
     out
 }
 
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 /// Standard base64 with padding (what Istio's metadata exchange sends).
 pub fn base64_encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
@@ -200,13 +198,26 @@ pub fn base64_encode(bytes: &[u8]) -> String {
         let b1 = chunk.get(1).copied().unwrap_or(0);
         let b2 = chunk.get(2).copied().unwrap_or(0);
         let triple = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
-        let symbol = |shift: u32| char::from(BASE64[((triple >> shift) & 63) as usize]);
+        let symbol = |shift: u32| base64_symbol((triple >> shift) & 63);
         out.push(symbol(18));
         out.push(symbol(12));
         out.push(if chunk.len() > 1 { symbol(6) } else { '=' });
         out.push(if chunk.len() > 2 { symbol(0) } else { '=' });
     }
     out
+}
+
+/// The standard-alphabet symbol of a 6-bit value (only the low 6 bits count).
+fn base64_symbol(value: u32) -> char {
+    // `value & 63` is below 64, so every narrowing below is lossless.
+    let value = (value & 63) as u8;
+    char::from(match value {
+        0..=25 => b'A' + value,
+        26..=51 => b'a' + (value - 26),
+        52..=61 => b'0' + (value - 52),
+        62 => b'+',
+        _ => b'/',
+    })
 }
 
 fn base64_digit(symbol: u8) -> Option<u32> {
@@ -336,6 +347,9 @@ mod tests {
             assert_eq!(base64_encode(plain.as_bytes()), encoded);
             assert_eq!(base64_decode(encoded).unwrap(), plain.as_bytes());
         }
+        // Every symbol of the alphabet, in order, survives a round trip.
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        assert_eq!(base64_encode(&base64_decode(alphabet).unwrap()), alphabet);
         assert_eq!(base64_decode("Zm9vYg").unwrap(), b"foob");
         assert_eq!(base64_decode("-_8").unwrap(), vec![0xfb, 0xff]);
         assert_eq!(base64_decode("Zm9v!"), None);

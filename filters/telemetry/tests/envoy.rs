@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The filter in a real Envoy (V8) as the inbound sidecar of `reviews-v2`, with the same wasm,
 //! configuration and exchanges as the harness tests: Envoy's `/stats/prometheus` must show the
 //! same labelled series as the harness's recording rendered the same way. Set

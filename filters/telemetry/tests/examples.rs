@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The shipped Envoy bootstrap and Istio `WasmPlugin` embed the sample configuration, carry a
 //! tag regex for every dimension it records, and the Envoy one runs as written.
 

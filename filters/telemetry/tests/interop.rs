@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! Vectors made by independent implementations (`testdata/make_vectors.py`): Istio metadata
 //! serialized by Google's protobuf, and Envoy 1.40's Prometheus output parsed by the reference
 //! `prometheus_client` parser.

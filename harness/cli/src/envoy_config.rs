@@ -216,13 +216,18 @@ fn generate(args: &Args, config: &CheckedConfig, wasm_sha256: &str) -> Result<St
     }
     if let Some(url) = &args.code_url {
         let (host, port, tls) = parse_url(url)?;
-        filter_json["typed_config"]["config"]["vm_config"]["code"] = json!({
-            "remote": {
-                "http_uri": { "uri": url, "cluster": CODE_CLUSTER, "timeout": "30s" },
-                "sha256": wasm_sha256,
-                "retry_policy": { "num_retries": 3 },
-            },
-        });
+        set_field(
+            &mut filter_json,
+            "/typed_config/config/vm_config",
+            "code",
+            json!({
+                "remote": {
+                    "http_uri": { "uri": url, "cluster": CODE_CLUSTER, "timeout": "30s" },
+                    "sha256": wasm_sha256,
+                    "retry_policy": { "num_retries": 3 },
+                },
+            }),
+        )?;
         endpoints.retain(|known| known.name != CODE_CLUSTER);
         endpoints.push(Endpoint {
             name: CODE_CLUSTER.to_string(),
@@ -268,19 +273,40 @@ fn generate(args: &Args, config: &CheckedConfig, wasm_sha256: &str) -> Result<St
     }
 
     let mut bootstrap = builder.bootstrap();
-    bootstrap["node"] = json!({ "id": "wasmesh", "cluster": "wasmesh" });
-    bootstrap["admin"]["address"] = socket_address(&args.admin.ip().to_string(), args.admin.port());
-    bootstrap["static_resources"]["listeners"][0]["address"] =
-        socket_address(&args.listen.ip().to_string(), args.listen.port());
-    if let Some(clusters) = bootstrap["static_resources"]["clusters"].as_array_mut() {
+    set_field(
+        &mut bootstrap,
+        "",
+        "node",
+        json!({ "id": "wasmesh", "cluster": "wasmesh" }),
+    )?;
+    set_field(
+        &mut bootstrap,
+        "/admin",
+        "address",
+        socket_address(&args.admin.ip().to_string(), args.admin.port()),
+    )?;
+    set_field(
+        &mut bootstrap,
+        "/static_resources/listeners/0",
+        "address",
+        socket_address(&args.listen.ip().to_string(), args.listen.port()),
+    )?;
+    if let Some(clusters) = bootstrap
+        .pointer_mut("/static_resources/clusters")
+        .and_then(Value::as_array_mut)
+    {
         for cluster in clusters {
-            let name = cluster["name"].as_str().unwrap_or_default().to_string();
+            let name = cluster
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             let endpoint = upstream
                 .iter()
                 .chain(&endpoints)
                 .find(|endpoint| endpoint.name == name);
             if let Some(endpoint) = endpoint {
-                point_cluster_at(cluster, endpoint, &args.ca_file);
+                point_cluster_at(cluster, endpoint, &args.ca_file)?;
             }
         }
     }
@@ -310,18 +336,41 @@ fn socket_address(host: &str, port: u16) -> Value {
     json!({ "socket_address": { "address": host, "port_value": port } })
 }
 
+/// Sets field `key` of the object at JSON pointer `parent` (`""`: `document` itself). The
+/// documents changed here come from `wasmesh_harness::envoy`, so the object is there; were it
+/// not, this is an error where `document[..][key] = value` would panic.
+fn set_field(document: &mut Value, parent: &str, key: &str, value: Value) -> Result<()> {
+    let object = document
+        .pointer_mut(parent)
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| {
+            anyhow!("internal error: the generated bootstrap has no `{parent}` object")
+        })?;
+    object.insert(key.to_string(), value);
+    Ok(())
+}
+
 /// Points a generated cluster at `endpoint`: DNS for host names, TLS when asked.
-fn point_cluster_at(cluster: &mut Value, endpoint: &Endpoint, ca_file: &str) {
+fn point_cluster_at(cluster: &mut Value, endpoint: &Endpoint, ca_file: &str) -> Result<()> {
     let is_ip = endpoint.host.parse::<IpAddr>().is_ok();
-    cluster["type"] = json!(if is_ip { "STATIC" } else { "STRICT_DNS" });
+    set_field(
+        cluster,
+        "",
+        "type",
+        json!(if is_ip { "STATIC" } else { "STRICT_DNS" }),
+    )?;
     if !is_ip {
-        cluster["dns_lookup_family"] = json!("V4_PREFERRED");
+        set_field(cluster, "", "dns_lookup_family", json!("V4_PREFERRED"))?;
     }
-    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] =
-        socket_address(&endpoint.host, endpoint.port);
+    set_field(
+        cluster,
+        "/load_assignment/endpoints/0/lb_endpoints/0/endpoint",
+        "address",
+        socket_address(&endpoint.host, endpoint.port),
+    )?;
     if endpoint.tls {
         // Envoy checks the chain against the CA bundle, and the host name only when told to.
-        cluster["transport_socket"] = json!({
+        let transport_socket = json!({
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
@@ -337,7 +386,9 @@ fn point_cluster_at(cluster: &mut Value, endpoint: &Endpoint, ca_file: &str) {
                 },
             },
         });
+        set_field(cluster, "", "transport_socket", transport_socket)?;
     }
+    Ok(())
 }
 
 /// Clusters the configuration names next to a URI, as Envoy's `HttpUri` (`{uri, cluster}`):

@@ -260,7 +260,8 @@ pub struct ExchangeOutput {
 /// How the VM crashed.
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
 pub struct VmFailureOutput {
-    /// `trap`, `memory_limit` or `fuel_exhausted`.
+    /// `trap`, `memory_limit`, `fuel_exhausted` or `resource_limit` (a host-side cap of the
+    /// harness: shared data, queues, callouts per callback).
     pub kind: &'static str,
     /// The callback that was running.
     pub callback: String,
@@ -365,16 +366,18 @@ fn inline_scalar_arrays(pretty: &str) -> String {
     let lines: Vec<&str> = pretty.lines().collect();
     let indentation = |line: &str| line.len() - line.trim_start().len();
     let mut out: Vec<String> = Vec::with_capacity(lines.len());
-    let mut index = 0;
-    while index < lines.len() {
-        let line = lines[index];
+    let mut rest = lines.as_slice();
+    while let Some((&line, after)) = rest.split_first() {
+        rest = after;
         if line.ends_with('[') {
             let depth = indentation(line);
-            let closing = lines[index + 1..].iter().position(|candidate| {
+            let closing = after.iter().position(|candidate| {
                 indentation(candidate) == depth && candidate.trim_start().starts_with(']')
             });
-            if let Some(offset) = closing {
-                let elements = &lines[index + 1..index + 1 + offset];
+            // The elements, the closing line, and what follows it.
+            if let Some((elements, [closing_line, remaining @ ..])) =
+                closing.and_then(|offset| after.split_at_checked(offset))
+            {
                 let all_scalars = elements.iter().all(|element| {
                     indentation(element) > depth
                         && !element.ends_with('[')
@@ -382,15 +385,14 @@ fn inline_scalar_arrays(pretty: &str) -> String {
                 });
                 if all_scalars {
                     let joined: Vec<&str> = elements.iter().map(|element| element.trim()).collect();
-                    let closing_line = lines[index + 1 + offset].trim_start();
+                    let closing_line = closing_line.trim_start();
                     out.push(format!("{line}{}{closing_line}", joined.join(" ")));
-                    index += offset + 2;
+                    rest = remaining;
                     continue;
                 }
             }
         }
         out.push(line.to_string());
-        index += 1;
     }
     out.join("\n")
 }

@@ -451,6 +451,11 @@ fn vm_failure_output(error: &HarnessError) -> VmFailureOutput {
         HarnessError::FuelExhausted { callback, .. } => {
             ("fuel_exhausted", callback.clone(), error.to_string())
         }
+        HarnessError::ResourceLimit { callback, .. } => {
+            ("resource_limit", callback.clone(), error.to_string())
+        }
+        // Only VM crashes (`is_vm_crash`) are reported here, all named above; `other` would be
+        // a crash kind added to the harness and not yet to this list.
         other => ("other", String::new(), other.to_string()),
     };
     VmFailureOutput {
@@ -507,5 +512,71 @@ pub(crate) fn level_name(level: LogLevel) -> &'static str {
         LogLevel::Warn => "warn",
         LogLevel::Error => "error",
         LogLevel::Critical => "critical",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_vm_crash_has_its_own_kind() {
+        let callback = || "proxy_on_request_headers".to_string();
+        let backtrace = || vec!["flood".to_string()];
+        let crashes = [
+            (
+                HarnessError::Trap {
+                    callback: callback(),
+                    message: "unreachable".to_string(),
+                    backtrace: backtrace(),
+                },
+                "trap",
+            ),
+            (
+                HarnessError::MemoryLimit {
+                    callback: callback(),
+                    requested_bytes: 2,
+                    limit_bytes: 1,
+                    backtrace: backtrace(),
+                },
+                "memory_limit",
+            ),
+            (
+                HarnessError::FuelExhausted {
+                    callback: callback(),
+                    fuel: 1,
+                    backtrace: backtrace(),
+                },
+                "fuel_exhausted",
+            ),
+            (
+                HarnessError::ResourceLimit {
+                    callback: callback(),
+                    resource: "callouts dispatched by one callback".to_string(),
+                    limit: 1_000,
+                    backtrace: backtrace(),
+                },
+                "resource_limit",
+            ),
+        ];
+        for (error, kind) in crashes {
+            assert!(error.is_vm_crash(), "{error}");
+            let output = vm_failure_output(&error);
+            assert_eq!(
+                (output.kind, output.callback.as_str()),
+                (kind, "proxy_on_request_headers")
+            );
+            assert_eq!(output.backtrace, backtrace());
+        }
+        let limit = vm_failure_output(&HarnessError::ResourceLimit {
+            callback: callback(),
+            resource: "queued items".to_string(),
+            limit: 5,
+            backtrace: backtrace(),
+        });
+        assert_eq!(
+            limit.message,
+            "proxy_on_request_headers exceeded the harness limit on queued items (5)"
+        );
     }
 }

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! `wasmesh envoy-config` and `wasmesh istio-config`: golden outputs, every filter's configuration
 //! embedded exactly (checked through an independent YAML parser), refusal of invalid
 //! configurations, and generated bootstraps running in a real Envoy.

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! `wasmesh push` and `wasmesh pull` against a real registry (Debian's `docker-registry`,
 //! plain HTTP, no authentication; one per test binary): every image format, digests, tampering.
 

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! `wasmesh push`/`pull` against a registry with HTTP basic authentication (htpasswd, bcrypt):
 //! credentials from the environment or stdin work, missing or wrong ones are reported clearly,
 //! and the password never appears in the output.

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! `wasmesh validate`: the filters' own parsers (natively) and the modules themselves (in the
 //! harness) judge configurations before they are deployed.
 

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! The differential corpus (`corpus/corpus.json`) through the harness and through real Envoy:
 //! every exchange must be observed alike (status, response code details, local-reply body,
 //! upstream request, client response headers), and so must the callouts and the counters of

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use wasmesh_e2e::corpus::Tokens;
 use wasmesh_e2e::load::{find_wrk, run_wrk, LoadResult, LoadSpec};
 use wasmesh_e2e::services::{authz_decision, AUTHZ_CLUSTER};
@@ -247,8 +247,12 @@ fn native_variant(
     config: &Value,
     builder: EnvoyBuilder,
 ) -> Result<Variant, E2eError> {
-    let mut typed_config = config.clone();
-    typed_config["@type"] = json!(type_url);
+    let Value::Object(mut typed_config) = config.clone() else {
+        return Err(E2eError::Corpus(format!(
+            "{label}: the {filter} config is not a JSON object"
+        )));
+    };
+    typed_config.insert("@type".to_string(), json!(type_url));
     Ok(Variant {
         label: label.to_string(),
         role: Role::Native,
@@ -362,14 +366,20 @@ fn scenario(name: &'static str, tokens: &Tokens, authz: &TestServer) -> Result<S
                 .get("rs256")
                 .ok_or_else(|| E2eError::Corpus("tokens.json has no rs256 token".to_string()))?;
             let provider = |cache: bool| {
-                let mut provider = json!({
-                    "issuer": "https://issuer.example.com",
-                    "audiences": ["api.example.com"],
-                    "local_jwks": {"inline_string": tokens.jwks_text()},
-                    "forward": true
-                });
+                let mut provider = Map::from_iter([
+                    ("issuer".to_string(), json!("https://issuer.example.com")),
+                    ("audiences".to_string(), json!(["api.example.com"])),
+                    (
+                        "local_jwks".to_string(),
+                        json!({"inline_string": tokens.jwks_text()}),
+                    ),
+                    ("forward".to_string(), json!(true)),
+                ]);
                 if cache {
-                    provider["jwt_cache_config"] = json!({"jwt_cache_size": 100});
+                    provider.insert(
+                        "jwt_cache_config".to_string(),
+                        json!({"jwt_cache_size": 100}),
+                    );
                 }
                 json!({
                     "providers": {"bench": provider},
@@ -442,11 +452,13 @@ fn scenario(name: &'static str, tokens: &Tokens, authz: &TestServer) -> Result<S
                 "authorization_response": {"allowed_upstream_headers": {"patterns": [{"exact": "x-user"}]}}
             });
             let plain = json!({"http_service": service});
-            let mut cached = plain.clone();
-            cached["decision_cache"] = json!({
-                "key": {"method": true, "path": true, "headers": ["authorization"]},
-                "ttl": "30s",
-                "max_entries": 1000
+            let cached = json!({
+                "http_service": service,
+                "decision_cache": {
+                    "key": {"method": true, "path": true, "headers": ["authorization"]},
+                    "ttl": "30s",
+                    "max_entries": 1000
+                }
             });
             let with_authz = || base_builder().cluster(Cluster::new(AUTHZ_CLUSTER, authz.addr()));
             Scenario {
@@ -509,9 +521,12 @@ fn measure(
         check(scenario.name, label, &warm)?;
     }
     for round in 0..args.rounds {
-        for offset in 0..configurations.len() {
-            let index = (round + offset) % configurations.len();
-            let (label, envoy) = configurations[index];
+        // Each round starts one configuration further along: (configuration, its series) pairs,
+        // rotated.
+        let mut order: Vec<_> = configurations.iter().zip(series.iter_mut()).collect();
+        let start = round.checked_rem(order.len()).unwrap_or(0);
+        order.rotate_left(start);
+        for ((label, envoy), (_, measured)) in order {
             let result = run_wrk(wrk, &spec(args, envoy, &scenario.headers, args.seconds))?;
             check(scenario.name, label, &result)?;
             eprintln!(
@@ -522,7 +537,7 @@ fn measure(
                 result.p50,
                 result.p99
             );
-            series[index].1.runs.push(result);
+            measured.runs.push(result);
         }
     }
     Ok(series)
@@ -541,10 +556,13 @@ fn check(scenario: &str, label: &str, result: &LoadResult) -> Result<(), E2eErro
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    // `len / 2` is at most `len`: this split cannot fail. An odd count puts the middle value
+    // first in `upper`; an even one puts the two middle values either side of the split.
+    let (lower, upper) = values.split_at(values.len() / 2);
+    match (lower.last(), upper.first()) {
+        (_, None) => f64::NAN,
+        (Some(low), Some(high)) if values.len().is_multiple_of(2) => (low + high) / 2.0,
+        (_, Some(middle)) => *middle,
     }
 }
 
