@@ -5,6 +5,8 @@
 
 use jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER;
 use jsonwebtoken::{Algorithm, DecodingKey};
+
+use crate::rsa::{significant, RsaPublicKey};
 use serde_json::{Map, Value};
 
 use crate::jwt::{decode_base64url, encode_base64url};
@@ -36,8 +38,17 @@ pub struct Key {
     pub alg: String,
     /// Key type.
     pub kind: KeyKind,
-    /// The key material, ready for `jsonwebtoken`'s verifiers.
-    pub material: DecodingKey,
+    /// The key material, ready for its verifier.
+    pub material: Material,
+}
+
+/// What a key verifies signatures with.
+#[derive(Clone)]
+pub enum Material {
+    /// RSA: this crate's verifier ([`crate::rsa`]), constants precomputed.
+    Rsa(RsaPublicKey),
+    /// Every other key type: `jsonwebtoken`'s RustCrypto verifiers.
+    Jwt(DecodingKey),
 }
 
 impl std::fmt::Debug for Key {
@@ -141,10 +152,10 @@ fn parse_key(key: &Map<String, Value>) -> Result<Key, Status> {
     let kid = optional_text(key, "kid");
     let alg = optional_text(key, "alg");
     let (kind, material) = match kty {
-        "RSA" => rsa_key(key, &alg)?,
-        "EC" => ec_key(key, &alg)?,
-        "oct" => oct_key(key, &alg)?,
-        "OKP" => okp_key(key, &alg)?,
+        "RSA" => (KeyKind::Rsa, rsa_key(key, &alg)?),
+        "EC" => jwt_material(ec_key(key, &alg)?),
+        "oct" => jwt_material(oct_key(key, &alg)?),
+        "OKP" => jwt_material(okp_key(key, &alg)?),
         _ => return Err(Status::JwksNotImplementedKty),
     };
     Ok(Key {
@@ -155,18 +166,13 @@ fn parse_key(key: &Map<String, Value>) -> Result<Key, Status> {
     })
 }
 
-/// Strips leading zero bytes of a big-endian integer.
-fn significant(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|byte| *byte != 0)
-        .unwrap_or(bytes.len());
-    bytes.get(start..).unwrap_or_default()
+fn jwt_material((kind, key): (KeyKind, DecodingKey)) -> (KeyKind, Material) {
+    (kind, Material::Jwt(key))
 }
 
-/// Checks RSA components the way BoringSSL's `RSA_check_key` and Envoy do, within what the
-/// pure-Rust verifier supports: `e` is 3 or 65537, the modulus is odd and 1024 to 4096 bits.
-fn rsa_material(n: &[u8], e: &[u8]) -> Result<DecodingKey, Status> {
+/// Checks RSA components the way BoringSSL's `RSA_check_key` and Envoy do: `e` is 3 or 65537,
+/// the modulus is odd and 1024 to 4096 bits.
+fn rsa_material(n: &[u8], e: &[u8]) -> Result<Material, Status> {
     let n = significant(n);
     let e = significant(e);
     if e != [3] && e != [1, 0, 1] {
@@ -177,10 +183,12 @@ fn rsa_material(n: &[u8], e: &[u8]) -> Result<DecodingKey, Status> {
     if !(1024..=4096).contains(&bits) || !odd {
         return Err(Status::JwksRsaParseError);
     }
-    Ok(DecodingKey::from_rsa_raw_components(n, e))
+    RsaPublicKey::new(n, e)
+        .map(Material::Rsa)
+        .ok_or(Status::JwksRsaParseError)
 }
 
-fn rsa_key(key: &Map<String, Value>, alg: &str) -> Result<(KeyKind, DecodingKey), Status> {
+fn rsa_key(key: &Map<String, Value>, alg: &str) -> Result<Material, Status> {
     if !alg.is_empty() && !alg.starts_with("RS") && !alg.starts_with("PS") {
         return Err(Status::JwksRsaKeyBadAlg);
     }
@@ -189,7 +197,7 @@ fn rsa_key(key: &Map<String, Value>, alg: &str) -> Result<(KeyKind, DecodingKey)
     let (Some(n), Some(e)) = (decode_base64url(n), decode_base64url(e)) else {
         return Err(Status::JwksRsaParseError);
     };
-    Ok((KeyKind::Rsa, rsa_material(&n, &e)?))
+    rsa_material(&n, &e)
 }
 
 fn ec_key(key: &Map<String, Value>, alg: &str) -> Result<(KeyKind, DecodingKey), Status> {

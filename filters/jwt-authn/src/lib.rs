@@ -2,7 +2,8 @@
 //! `envoy.filters.http.jwt_authn` (see README.md for every field).
 //!
 //! * [`config`]: the configuration, in Envoy's proto3-JSON shape;
-//! * [`jwt`], [`jwks`], [`verify`]: parsing tokens and key sets, signature verification;
+//! * [`jwt`], [`jwks`], [`verify`], [`rsa`]: parsing tokens and key sets, signature
+//!   verification;
 //! * [`extract`], [`rules`], [`cache`], [`keys`]: token locations, route rules and requirements,
 //!   the verified-token cache, remote key sets;
 //! * [`authn`]: the decisions (pure logic over SDK types, tested natively);
@@ -16,6 +17,7 @@ pub mod filter;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod rsa;
 pub mod rules;
 pub mod status;
 pub mod verify;

@@ -5,8 +5,9 @@
 use jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER;
 use jsonwebtoken::Algorithm;
 
-use crate::jwks::{Jwks, Key, KeyKind};
+use crate::jwks::{Jwks, Key, KeyKind, Material};
 use crate::jwt::{Alg, Jwt};
+use crate::rsa::{Hash, Padding};
 use crate::status::Status;
 
 /// The `jsonwebtoken` algorithm that verifies `alg` with a key of `kind`, if that pairing is
@@ -29,13 +30,33 @@ fn algorithm_for(kind: KeyKind, alg: Alg) -> Option<Algorithm> {
     })
 }
 
+/// The padding and hash of an RS*/PS* algorithm.
+fn rsa_scheme(algorithm: Algorithm) -> Option<(Padding, Hash)> {
+    Some(match algorithm {
+        Algorithm::RS256 => (Padding::Pkcs1v15, Hash::Sha256),
+        Algorithm::RS384 => (Padding::Pkcs1v15, Hash::Sha384),
+        Algorithm::RS512 => (Padding::Pkcs1v15, Hash::Sha512),
+        Algorithm::PS256 => (Padding::Pss, Hash::Sha256),
+        Algorithm::PS384 => (Padding::Pss, Hash::Sha384),
+        Algorithm::PS512 => (Padding::Pss, Hash::Sha512),
+        _ => return None,
+    })
+}
+
 fn verifies(key: &Key, jwt: &Jwt, signed_data: &[u8]) -> bool {
     let Some(algorithm) = algorithm_for(key.kind, jwt.alg) else {
         return false;
     };
-    match (DEFAULT_PROVIDER.verifier_factory)(&algorithm, &key.material) {
-        Ok(verifier) => verifier.verify(signed_data, &jwt.signature).is_ok(),
-        Err(_) => false,
+    match &key.material {
+        Material::Rsa(public_key) => rsa_scheme(algorithm).is_some_and(|(padding, hash)| {
+            public_key.verify(padding, hash, signed_data, &jwt.signature)
+        }),
+        Material::Jwt(material) => {
+            match (DEFAULT_PROVIDER.verifier_factory)(&algorithm, material) {
+                Ok(verifier) => verifier.verify(signed_data, &jwt.signature).is_ok(),
+                Err(_) => false,
+            }
+        }
     }
 }
 
