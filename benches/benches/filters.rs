@@ -32,14 +32,15 @@ fn criterion() -> Criterion {
 }
 
 /// Benchmarks `scenario` natively and in wasm as `<prefix>native` and `<prefix>wasm` of
-/// `group`, recording the timings under `<record_as>/native` and `<record_as>/wasm`.
+/// `group`, recording the timings under `<record_as>/native` and `<record_as>/wasm`; returns
+/// the hostcalls the wasm run makes per request.
 fn bench_both(
     group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
     recorder: &Recorder,
     scenario: &Scenario,
     prefix: &str,
     record_as: &str,
-) {
+) -> f64 {
     // Every request must get the verdict the scenario promises: a benchmark of an error path
     // would be meaningless.
     let mut native = scenario.native().unwrap();
@@ -60,16 +61,25 @@ fn bench_both(
     // The runs must still be healthy after the measurement.
     scenario.check(1, || Ok(native.run_once())).unwrap();
     scenario.check(1, || wasm.run_once()).unwrap();
+    wasm.hostcalls_per_request(HOSTCALL_SAMPLE).unwrap()
 }
+
+/// Requests over which hostcalls per request are counted (a multiple of every scenario's
+/// request rotation).
+const HOSTCALL_SAMPLE: usize = 1000;
 
 fn main() {
     let mut c = criterion();
     let recorder = Recorder::new();
     let scenarios = scenarios::all().unwrap();
+    let mut hostcalls = std::collections::HashMap::new();
     for scenario in &scenarios {
         let id = scenario.id();
         let mut group = c.benchmark_group(&id);
-        bench_both(&mut group, &recorder, scenario, "", &id);
+        hostcalls.insert(
+            id.clone(),
+            bench_both(&mut group, &recorder, scenario, "", &id),
+        );
         if scenario.filter != scenarios::NOOP {
             let baseline = scenarios::baseline(scenario);
             bench_both(
@@ -98,6 +108,7 @@ fn main() {
                 wasm: recorder.nanos(&format!("{id}/wasm")),
                 noop_native: recorder.nanos(&format!("{noop}/native")),
                 noop_wasm: recorder.nanos(&format!("{noop}/wasm")),
+                hostcalls: hostcalls.get(&id).copied(),
                 id,
             }
         })
@@ -106,6 +117,7 @@ fn main() {
     println!("{}", filter_table(&rows));
     println!(
         "no-op: the same requests through the no-op filter, run the same way.\n\
-         logic wasm/native: (wasm - no-op wasm) / (native - no-op native), the filter's own work."
+         logic wasm/native: (wasm - no-op wasm) / (native - no-op native), the filter's own work.\n\
+         hostcalls: calls the module makes per request (`Plugin::hostcall_counts`)."
     );
 }

@@ -253,6 +253,16 @@ impl WasmRun {
         &self.plugin
     }
 
+    /// Hostcalls the module makes per request, averaged over `requests` requests.
+    pub fn hostcalls_per_request(&mut self, requests: usize) -> Result<f64, BenchError> {
+        self.plugin.reset_hostcall_counts();
+        for _ in 0..requests {
+            self.run_once()?;
+        }
+        let calls: u64 = self.plugin.hostcall_counts().values().sum();
+        Ok(calls as f64 / requests.max(1) as f64)
+    }
+
     /// Puts the next request through a new stream, to its end.
     pub fn run_once(&mut self) -> Result<Verdict, BenchError> {
         let Some(exchange) = self.exchanges.get(self.next % self.exchanges.len().max(1)) else {

@@ -132,6 +132,8 @@ pub struct FilterRow {
     pub noop_native: Option<f64>,
     /// The no-op filter on the same requests, wasm in the harness.
     pub noop_wasm: Option<f64>,
+    /// Hostcalls the wasm module makes per request.
+    pub hostcalls: Option<f64>,
 }
 
 impl FilterRow {
@@ -150,13 +152,13 @@ pub fn filter_table(rows: &[FilterRow]) -> String {
     let fmt = |value: Option<f64>| value.map(human).unwrap_or_else(|| "—".into());
     let mut out = String::from(
         "| filter / case | native | wasm (harness) | wasm/native | no-op native / wasm | \
-         native/no-op | wasm/no-op | logic wasm/native |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+         native/no-op | wasm/no-op | logic wasm/native | hostcalls |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
             row.id,
             fmt(row.native),
             fmt(row.wasm),
@@ -167,6 +169,9 @@ pub fn filter_table(rows: &[FilterRow]) -> String {
             ratio(row.wasm, row.noop_wasm),
             row.logic_ratio()
                 .map(|logic| format!("{logic:.2}"))
+                .unwrap_or_else(|| "—".into()),
+            row.hostcalls
+                .map(|calls| format!("{calls:.1}"))
                 .unwrap_or_else(|| "—".into()),
         );
     }
@@ -212,6 +217,7 @@ mod tests {
             wasm: Some(1400.0),
             noop_native: Some(100.0),
             noop_wasm: Some(1000.0),
+            hostcalls: Some(4.0),
         };
         assert_eq!(filter.logic_ratio(), Some(2.0));
         let cheaper_than_noop = FilterRow {
@@ -226,10 +232,13 @@ mod tests {
         let table = filter_table(&[filter, unmeasured]);
         assert!(
             table.contains(
-                "| f/case | 300 ns | 1.40 µs | 4.67 | 100 ns / 1.00 µs | 3.00 | 1.40 | 2.00 |"
+                "| f/case | 300 ns | 1.40 µs | 4.67 | 100 ns / 1.00 µs | 3.00 | 1.40 | 2.00 | 4.0 |"
             ),
             "{table}"
         );
-        assert!(table.contains("| 100 ns / — | 3.00 | — | — |"), "{table}");
+        assert!(
+            table.contains("| 100 ns / — | 3.00 | — | — | 4.0 |"),
+            "{table}"
+        );
     }
 }

@@ -105,6 +105,14 @@ fn assert_memory_flat(filter: &str) {
         scenario.id()
     );
     assert!(before > 0);
+    // The figure BENCHMARKS.md quotes (`cargo test -p wasmesh-benches --test scenarios --
+    // memory --nocapture`).
+    eprintln!(
+        "{}: linear memory {} KiB after {WARM_UP} requests, {} KiB after {REQUESTS} more",
+        scenario.id(),
+        before / 1024,
+        after / 1024
+    );
     assert_eq!(
         after,
         before,
