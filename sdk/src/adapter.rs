@@ -39,7 +39,7 @@ use crate::callout::CalloutResponse;
 use crate::config::{load, Validate};
 use crate::decision::{Decision, LocalReply};
 use crate::error::Error;
-use crate::host::{Host, Phase};
+use crate::host::{HeaderBackend, Host, HostRequest, Phase};
 use crate::request::Request;
 
 /// Response code details of the 503 a stream gets if its filter was never configured
@@ -225,15 +225,19 @@ impl<F: HttpFilter> StreamDriver<F> {
         &self.state
     }
 
-    /// Keeps the request headers the request phase saw, for later phases.
-    pub fn keep_request_snapshot(&mut self, headers: Vec<crate::request::Header>) {
-        self.request_snapshot = Some(headers);
+    /// The request view for a callback in `phase`, lent the request headers kept from the
+    /// request phase (give it back with [`StreamDriver::end_request_view`]).
+    pub fn request_view<B: HeaderBackend>(&mut self, backend: B, phase: Phase) -> HostRequest<B> {
+        HostRequest::new(backend, phase, self.request_snapshot.take())
     }
 
-    /// Takes the snapshot kept by [`StreamDriver::keep_request_snapshot`] (the glue lends it
-    /// to each callback's request view and keeps it again afterwards).
-    pub fn take_request_snapshot(&mut self) -> Option<Vec<crate::request::Header>> {
-        self.request_snapshot.take()
+    /// Takes back a callback's request view. If the filter
+    /// [keeps request headers](HttpFilter::KEEPS_REQUEST_HEADERS), its request headers are kept
+    /// for later phases (read now if the filter did not); otherwise nothing is read.
+    pub fn end_request_view<B: HeaderBackend>(&mut self, request: HostRequest<B>) {
+        if F::KEEPS_REQUEST_HEADERS {
+            self.request_snapshot = Some(request.into_request_snapshot());
+        }
     }
 
     /// The phase a callout answer runs in: the paused phase, else detached.
@@ -438,7 +442,7 @@ mod glue {
     use super::{configure, configure_error_message, HttpFilter, Outcome, StreamDriver};
     use crate::body::Body;
     use crate::callout::CalloutResponse;
-    use crate::host::{Host, HostRequest, Log, Phase, ProxyWasmHost};
+    use crate::host::{Host, Log, Phase, ProxyWasmHost};
     use crate::request::Request;
 
     /// Registers `F` as the module's root context factory. Call from `proxy_wasm::main!`
@@ -591,17 +595,6 @@ mod glue {
         paused: Paused<F>,
     }
 
-    /// The request view for a callback; it borrows the stream's request snapshot (given back
-    /// with `keep_request_snapshot`, which reads the headers now if nobody did, when the filter
-    /// [keeps request headers](HttpFilter::KEEPS_REQUEST_HEADERS)).
-    fn request<F: HttpFilter>(
-        host: ProxyWasmHost,
-        driver: &mut StreamDriver<F>,
-        phase: Phase,
-    ) -> HostRequest<ProxyWasmHost> {
-        HostRequest::new(host, phase, driver.take_request_snapshot())
-    }
-
     /// Runs one callback of a stream's driver with a request view for the phase `phase`
     /// picks. The borrow ends before the caller enacts the outcome, since resuming a stream
     /// may call back into this module.
@@ -616,11 +609,9 @@ mod glue {
             return Outcome::Wait;
         };
         let phase = phase(&driver);
-        let mut request = request(host, &mut driver, phase);
+        let mut request = driver.request_view(host, phase);
         let outcome = callback(&mut driver, &mut request, &mut host);
-        if F::KEEPS_REQUEST_HEADERS {
-            driver.keep_request_snapshot(request.into_request_snapshot());
-        }
+        driver.end_request_view(request);
         outcome
     }
 
@@ -1349,16 +1340,57 @@ mod tests {
         assert_eq!(*denied.state(), 0);
     }
 
+    /// A filter that keeps no request headers for later phases.
+    struct Forgetful;
+
+    impl HttpFilter for Forgetful {
+        const NAME: &'static str = "forgetful";
+        type Config = AskConfig;
+        type Stream = ();
+        const KEEPS_REQUEST_HEADERS: bool = false;
+
+        fn new(_: AskConfig, _: &mut dyn Host) -> Result<Self, Error> {
+            Ok(Forgetful)
+        }
+
+        fn on_request_headers(
+            &self,
+            _: &mut (),
+            _: &mut dyn Request,
+            _: &mut dyn Host,
+        ) -> Decision {
+            Decision::Continue
+        }
+    }
+
+    /// The request headers a response-phase view of `driver` sees, and how many header maps the
+    /// backend was asked for over the stream, for a filter that read nothing itself.
+    fn later_phase_view<F: HttpFilter>(
+        mut driver: StreamDriver<F>,
+    ) -> (Vec<crate::request::Header>, u32) {
+        let backend = crate::host::tests::backend();
+        let request = driver.request_view(&backend, Phase::RequestHeaders);
+        driver.end_request_view(request);
+        let response_phase = driver.request_view(&backend, Phase::ResponseHeaders);
+        let seen = response_phase.request_headers().to_vec();
+        driver.end_request_view(response_phase);
+        (seen, backend.header_reads.get())
+    }
+
     #[test]
-    fn snapshot_is_kept_for_later_phases() {
-        let mut driver = StreamDriver::<AskFilter>::new(None);
-        assert_eq!(driver.take_request_snapshot(), None);
-        driver.keep_request_snapshot(vec![(":path".into(), "/a".into())]);
-        assert_eq!(
-            driver.take_request_snapshot(),
-            Some(vec![(":path".to_string(), "/a".to_string())])
-        );
-        assert_eq!(driver.take_request_snapshot(), None);
+    fn request_headers_are_kept_for_later_phases_only_when_the_filter_keeps_them() {
+        let (seen, reads) = later_phase_view(StreamDriver::<AskFilter>::new(None));
+        assert_eq!(seen, *crate::host::tests::backend().request.borrow());
+        assert_eq!(reads, 1, "one read at the end of the request phase");
+
+        let (seen, reads) = later_phase_view(StreamDriver::<Forgetful>::new(None));
+        assert!(seen.is_empty());
+        assert_eq!(reads, 0, "nothing read for a filter that keeps nothing");
+    }
+
+    #[test]
+    fn a_stream_that_is_not_paused_answers_callouts_detached() {
+        let driver = StreamDriver::<AskFilter>::new(None);
         assert_eq!(driver.callout_phase(), Phase::Detached);
     }
 }

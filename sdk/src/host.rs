@@ -635,16 +635,16 @@ mod wasm {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::cell::Cell;
 
     /// A backend that counts hostcalls and records writes.
     #[derive(Default)]
-    struct CountingBackend {
-        request: RefCell<Vec<Header>>,
+    pub(crate) struct CountingBackend {
+        pub(crate) request: RefCell<Vec<Header>>,
         response: RefCell<Vec<Header>>,
-        header_reads: Cell<u32>,
+        pub(crate) header_reads: Cell<u32>,
         property_reads: Cell<u32>,
         writes: RefCell<Vec<String>>,
     }
@@ -681,7 +681,7 @@ mod tests {
         }
     }
 
-    fn backend() -> CountingBackend {
+    pub(crate) fn backend() -> CountingBackend {
         let backend = CountingBackend::default();
         *backend.request.borrow_mut() = vec![
             (":method".into(), "GET".into()),
