@@ -6,6 +6,7 @@
 Seeds go to fuzz/corpus/<target>/seed-*, dictionaries to fuzz/dicts/. Seeds are where libFuzzer
 starts; the committed corpus is what a bounded run kept after `-merge=1` (see fuzz/README.md).
 """
+import base64
 import glob
 import hashlib
 import json
@@ -48,6 +49,13 @@ vectors = json.loads(read("filters/jwt-authn/tests/fixtures/vectors.json"))
 for vector in vectors["valid"] + vectors["attacks"]:
     seed("jwt", vector["token"])
 seed("jwt", vectors["x509_token"])
+rsa_vectors = json.load(open(os.path.join(ROOT, "filters/jwt-authn/tests/fixtures/rsa_vectors.json")))
+RSA_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
+for key_index, key in enumerate(rsa_vectors["keys"]):
+    for case in key["cases"]:
+        if case["valid"] and case["name"] == "valid":
+            signature = base64.urlsafe_b64decode(case["signature"] + "=" * (-len(case["signature"]) % 4))
+            seed("rsa", bytes([key_index, RSA_ALGORITHMS.index(case["alg"])]) + signature)
 seed("jwks", json.dumps(vectors["jwks"]))
 seed("jwks", json.dumps(vectors["x509_jwks"]))
 for key in vectors["jwks"]["keys"]:

@@ -116,6 +116,84 @@ pub fn check_token(data: &[u8]) {
     }
 }
 
+/// The RSA vectors of the JWT filter (keys and signatures made by pyca/cryptography).
+const RSA_VECTORS: &str = include_str!("../../filters/jwt-authn/tests/fixtures/rsa_vectors.json");
+
+/// The algorithms [`check_rsa`] picks from: the filter's scheme and the `jsonwebtoken` one.
+const RSA_ALGORITHMS: [(
+    wasmesh_jwt_authn::rsa::Padding,
+    wasmesh_jwt_authn::rsa::Hash,
+    jsonwebtoken::Algorithm,
+); 6] = {
+    use jsonwebtoken::Algorithm;
+    use wasmesh_jwt_authn::rsa::{Hash, Padding};
+    [
+        (Padding::Pkcs1v15, Hash::Sha256, Algorithm::RS256),
+        (Padding::Pkcs1v15, Hash::Sha384, Algorithm::RS384),
+        (Padding::Pkcs1v15, Hash::Sha512, Algorithm::RS512),
+        (Padding::Pss, Hash::Sha256, Algorithm::PS256),
+        (Padding::Pss, Hash::Sha384, Algorithm::PS384),
+        (Padding::Pss, Hash::Sha512, Algorithm::PS512),
+    ]
+};
+
+/// The keys of the RSA vectors, for the filter's verifier and for RustCrypto's, and the message
+/// their valid signatures sign.
+struct RsaFixture {
+    keys: Vec<(wasmesh_jwt_authn::rsa::RsaPublicKey, jsonwebtoken::DecodingKey)>,
+    message: Vec<u8>,
+}
+
+fn rsa_fixture() -> &'static RsaFixture {
+    static FIXTURE: OnceLock<RsaFixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        use base64::Engine;
+        let decode = |value: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(value.as_str().unwrap_or_default())
+                .unwrap_or_default()
+        };
+        let vectors: serde_json::Value = serde_json::from_str(RSA_VECTORS).unwrap_or_default();
+        let keys = vectors["keys"].as_array().cloned().unwrap_or_default();
+        let message = decode(&keys[0]["cases"][0]["message"]);
+        let keys = keys
+            .iter()
+            .filter_map(|key| {
+                let (n, e) = (decode(&key["n"]), decode(&key["e"]));
+                let ours = wasmesh_jwt_authn::rsa::RsaPublicKey::new(&n, &e)?;
+                Some((ours, jsonwebtoken::DecodingKey::from_rsa_raw_components(&n, &e)))
+            })
+            .collect();
+        RsaFixture { keys, message }
+    })
+}
+
+/// `data` is a key index, an algorithm index and a signature of the vectors' message. The
+/// filter's RSA verifier must answer exactly as RustCrypto's does. The seeds are the vectors'
+/// valid signatures, so the fuzzer mutates signatures that verify, where a wrong answer would
+/// hide.
+pub fn check_rsa(data: &[u8]) {
+    let Some((&[key_index, algorithm_index], signature)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let fixture = rsa_fixture();
+    let Some((ours, theirs)) = fixture.keys.get(usize::from(key_index) % fixture.keys.len().max(1))
+    else {
+        return;
+    };
+    let (padding, hash, algorithm) =
+        RSA_ALGORITHMS[usize::from(algorithm_index) % RSA_ALGORITHMS.len()];
+    let accepted = ours.verify(padding, hash, &fixture.message, signature);
+    let rust_crypto = (jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.verifier_factory)(
+        &algorithm, theirs,
+    )
+    .is_ok_and(|verifier| verifier.verify(&fixture.message, &signature.to_vec()).is_ok());
+    assert_eq!(
+        accepted, rust_crypto,
+        "{algorithm:?} with key {key_index}: the filter says {accepted}, RustCrypto {rust_crypto}"
+    );
+}
+
 fn base_request() -> MemoryRequest {
     MemoryRequest::new()
         .with_header(":method", "GET")

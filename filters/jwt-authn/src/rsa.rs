@@ -502,6 +502,47 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_corpus_gets_the_same_answers_as_from_rust_crypto() {
+        // `fuzz/corpus/rsa/`: a key index, an algorithm index, a signature of the vectors'
+        // message (the `rsa` fuzz target's input), kept by bounded fuzzing runs; replayed here
+        // with the target's oracle so its findings stay checked without nightly.
+        const ALGORITHMS: [&str; 6] = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"];
+        let vectors: Value = serde_json::from_str(VECTORS).unwrap();
+        let keys = vectors["keys"].as_array().unwrap();
+        let message = bytes(&keys[0]["cases"][0]["message"]);
+        let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/rsa");
+        let (mut replayed, mut accepted) = (0, 0);
+        for entry in std::fs::read_dir(corpus).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            let Some((&[key_index, algorithm_index], signature)) = data.split_first_chunk::<2>()
+            else {
+                continue;
+            };
+            let key = &keys[usize::from(key_index) % keys.len()];
+            let (n, e) = (bytes(&key["n"]), bytes(&key["e"]));
+            let alg = ALGORITHMS[usize::from(algorithm_index) % ALGORITHMS.len()];
+            let (padding, hash, algorithm) = scheme(alg);
+            let ours = RsaPublicKey::new(&n, &e)
+                .unwrap()
+                .verify(padding, hash, &message, signature);
+            let theirs = (DEFAULT_PROVIDER.verifier_factory)(
+                &algorithm,
+                &DecodingKey::from_rsa_raw_components(&n, &e),
+            )
+            .unwrap()
+            .verify(&message, &signature.to_vec())
+            .is_ok();
+            assert_eq!(ours, theirs, "{alg} with key {key_index}: {data:02x?}");
+            replayed += 1;
+            accepted += usize::from(ours);
+        }
+        assert!(
+            replayed >= 20 && accepted >= 1,
+            "{replayed} inputs, {accepted} valid"
+        );
+    }
+
+    #[test]
     fn keys_the_arithmetic_cannot_serve_are_refused() {
         assert!(
             RsaPublicKey::new(&[0x01, 0x00], &[1, 0, 1]).is_none(),
