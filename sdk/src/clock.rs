@@ -26,6 +26,30 @@ pub fn unix_seconds<C: Clock + ?Sized>(clock: &C) -> u64 {
     since_epoch(clock).as_secs()
 }
 
+/// `(year, month, day)` of a day count since 1970-01-01, proleptic Gregorian (Howard Hinnant's
+/// `civil_from_days`): what RFC 3339 timestamps are built from.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days.saturating_add(719_468);
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (
+        year,
+        u32::try_from(month).unwrap_or(1),
+        u32::try_from(day).unwrap_or(1),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +62,13 @@ mod tests {
         assert_eq!(unix_seconds(&host), 1_700_000_000);
         host.advance(Duration::from_millis(1500));
         assert_eq!(since_epoch(&host), Duration::from_millis(1_700_000_001_500));
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(19_675), (2023, 11, 14));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 }

@@ -466,24 +466,10 @@ pub fn source_date_epoch() -> Result<u64> {
 
 /// `epoch` (Unix seconds) as RFC 3339 UTC, e.g. `1970-01-01T00:00:00Z`.
 fn rfc3339(epoch: u64) -> String {
-    let days = epoch / 86_400;
+    // Whole days of a `u64` of seconds always fit an `i64`.
+    let days = i64::try_from(epoch / 86_400).unwrap_or(i64::MAX);
     let seconds = epoch % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm), in unsigned form:
-    // shift the era so that day 0 is 0000-03-01.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    let (year, month, day) = wasmesh_sdk::clock::civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         seconds / 3_600,
