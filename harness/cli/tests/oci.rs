@@ -49,6 +49,17 @@ fn layer_types(manifest: &Value) -> Vec<String> {
         .collect()
 }
 
+/// `wasmesh pull <reference> -o <output> --plain-http`.
+fn pull(reference: &str, output: &std::path::Path) -> std::process::Output {
+    wasmesh(&[
+        "pull",
+        reference,
+        "-o",
+        output.to_str().unwrap(),
+        "--plain-http",
+    ])
+}
+
 fn push(wasm: &std::path::Path, reference: &str, format: &str) -> String {
     let output = wasmesh(&[
         "push",
@@ -117,13 +128,7 @@ fn every_format_round_trips_with_the_layout_istio_expects() {
             registry().reference(&format!("{repository}@{digest}")),
         ] {
             let output_path = dir.join(format!("{format}.pulled.wasm"));
-            let output = wasmesh(&[
-                "pull",
-                &source,
-                "-o",
-                output_path.to_str().unwrap(),
-                "--plain-http",
-            ]);
+            let output = pull(&source, &output_path);
             assert_eq!(succeeded(&output).trim(), digest, "{format} from {source}");
             assert_eq!(std::fs::read(&output_path).unwrap(), original, "{format}");
             std::fs::remove_file(&output_path).unwrap();
@@ -199,13 +204,7 @@ fn a_tampered_layer_is_detected_and_nothing_is_written() {
     std::fs::write(&blob, &bytes).unwrap();
 
     let output_path = dir.join("pulled.wasm");
-    let output = wasmesh(&[
-        "pull",
-        &reference,
-        "-o",
-        output_path.to_str().unwrap(),
-        "--plain-http",
-    ]);
+    let output = pull(&reference, &output_path);
     let error = failed(&output);
     assert!(error.contains("digest mismatch"), "{error}");
     assert!(error.contains(&layer_digest), "{error}");
@@ -236,13 +235,7 @@ fn a_tampered_manifest_is_detected() {
     std::fs::write(&blob, tampered).unwrap();
 
     let output_path = dir.join("pulled.wasm");
-    let output = wasmesh(&[
-        "pull",
-        &reference,
-        "-o",
-        output_path.to_str().unwrap(),
-        "--plain-http",
-    ]);
+    let output = pull(&reference, &output_path);
     let error = failed(&output);
     assert!(error.contains("digest mismatch"), "{error}");
     assert!(error.contains(&digest), "{error}");
@@ -256,13 +249,7 @@ fn the_real_filter_survives_the_round_trip_and_accepts_its_config() {
     let reference = registry().reference("wasmesh/header-filter:0.1.0");
     let digest = push(&built, &reference, "oci");
     let pulled = dir.join("header-filter.wasm");
-    let output = wasmesh(&[
-        "pull",
-        &reference,
-        "-o",
-        pulled.to_str().unwrap(),
-        "--plain-http",
-    ]);
+    let output = pull(&reference, &pulled);
     assert_eq!(succeeded(&output).trim(), digest);
     assert_eq!(
         std::fs::read(&pulled).unwrap(),
@@ -301,13 +288,10 @@ fn connection_problems_say_what_to_do() {
     assert!(error.contains("pass --plain-http"), "{error}");
 
     // An image that is not there.
-    let output = wasmesh(&[
-        "pull",
+    let output = pull(
         &registry().reference("wasmesh/missing:1"),
-        "-o",
-        dir.join("x.wasm").to_str().unwrap(),
-        "--plain-http",
-    ]);
+        &dir.join("x.wasm"),
+    );
     let error = failed(&output);
     assert!(error.contains("does not exist in the registry"), "{error}");
 
