@@ -8,7 +8,11 @@
 //! `proxy_on_log` then `proxy_on_done` and `proxy_on_delete`, and a crashed VM answers 503
 //! (`FAIL_CLOSED`), passes traffic through (`FAIL_OPEN`) or is recreated (`FAIL_RELOAD`).
 //!
-//! Time is virtual ([`Plugin::advance_clock`]); randomness is seeded; every guest pointer is
+//! Time is virtual ([`Plugin::advance_clock`]): the clock starts at the wall-clock time the
+//! plugin starts, so real tokens and certificates are judged as a proxy would judge them today,
+//! and only moves when the test advances it. Tests whose expectations depend on the date pin the
+//! start with [`PluginBuilder::start_time`] (conventionally [`pinned_start`], 2024-01-01, i.e.
+//! [`START_UNIX_SECONDS`]). Randomness is seeded; every guest pointer is
 //! bounds-checked; memory is capped and runaway code is stopped by fuel, each reported as a typed
 //! [`HarnessError`] with a demangled wasm backtrace.
 //!
@@ -81,6 +85,7 @@ mod hostcalls;
 mod metrics;
 mod plugin;
 mod property;
+pub mod race;
 mod shared;
 mod stream;
 mod types;
@@ -88,11 +93,12 @@ mod vm;
 mod wasi;
 
 pub use callouts::{CalloutReply, GrpcCallout, GrpcReply, HttpCallout};
-pub use clock::START_UNIX_SECONDS;
+pub use clock::{pinned_start, START_UNIX_SECONDS};
 pub use engine::{AbiVersion, CacheStats};
 pub use error::{HarnessError, Status};
 pub use plugin::{Harness, Plugin, PluginBuilder};
 pub use property::PropertyValue;
+pub use race::{explore_races, HazardKind, Race, RaceFailure, RaceReport, SharedDataHazard};
 pub use stream::HttpStream;
 pub use types::{
     Action, FailurePolicy, Limits, LocalReply, LogEntry, LogLevel, MetricValue, Outcome,

@@ -9,9 +9,11 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use crate::callouts::{CalloutReply, CalloutStatus, GrpcCallout, GrpcReply, HttpCallout};
+use crate::clock::VirtualClock;
 use crate::engine::{self, AbiVersion, CacheStats, CompiledModule};
 use crate::error::{HarnessError, Status};
 use crate::property::PropertyValue;
+use crate::race::{Race, SharedDataHazard};
 use crate::shared::{Event, ForeignFn, HostCaps, Settings, SharedState};
 use crate::stream::HttpStream;
 use crate::types::{FailurePolicy, Limits, LogEntry, LogLevel, MetricValue};
@@ -58,6 +60,7 @@ pub struct PluginBuilder {
     grpc_handler: Option<GrpcHandler>,
     random_seed: u64,
     allow_on_headers_stop_iteration: bool,
+    start_time: Option<SystemTime>,
 }
 
 impl PluginBuilder {
@@ -84,6 +87,7 @@ impl PluginBuilder {
             grpc_handler: None,
             random_seed: 0x5eed,
             allow_on_headers_stop_iteration: false,
+            start_time: None,
         }
     }
 
@@ -192,6 +196,14 @@ impl PluginBuilder {
         self
     }
 
+    /// Starts the virtual clock at `start` instead of the wall-clock time of [`Self::start`].
+    /// Pin it when an expectation depends on the date (a golden timestamp, a token valid only
+    /// at that time); [`crate::pinned_start`] is the conventional instant.
+    pub fn start_time(mut self, start: SystemTime) -> Self {
+        self.start_time = Some(start);
+        self
+    }
+
     /// Envoy's `PluginConfig.allow_on_headers_stop_iteration`: when set, `Pause` from a
     /// headers callback is a plain `StopIteration` (the filter keeps receiving body chunks
     /// while the proxy holds the headers) instead of stopping all iteration. Default `false`,
@@ -242,6 +254,8 @@ impl PluginBuilder {
             self.random_seed,
         )));
         if let Ok(mut s) = shared.try_borrow_mut() {
+            // Read here, not when the builder was made: the clock starts with the plugin.
+            s.clock = VirtualClock::starting_at(self.start_time.unwrap_or_else(SystemTime::now));
             s.foreign_functions = self.foreign_functions;
             s.caps = HostCaps {
                 shared_data_keys: self.limits.max_shared_data_keys,
@@ -287,6 +301,16 @@ pub(crate) struct Worker {
     pub(crate) vms: Vec<Vm>,
     last_reload: Option<Duration>,
     reload_error: Option<HarnessError>,
+}
+
+impl Worker {
+    fn empty() -> Self {
+        Worker {
+            vms: Vec::new(),
+            last_reload: None,
+            reload_error: None,
+        }
+    }
 }
 
 pub(crate) struct PluginInner {
@@ -405,6 +429,35 @@ impl PluginInner {
         }
         vm.state_mut().deferred.clear();
         Ok(vm)
+    }
+
+    /// Moves `worker`'s VMs out into a plugin of their own (race mode): the same module, shared
+    /// state and policy, but no callout handlers (asynchronous work is delivered after the race,
+    /// by this plugin).
+    pub(crate) fn detach(&mut self, worker: usize) -> PluginInner {
+        let mut workers: Vec<Worker> = (0..self.workers.len()).map(|_| Worker::empty()).collect();
+        if let (Some(slot), Some(own)) = (workers.get_mut(worker), self.workers.get_mut(worker)) {
+            std::mem::swap(slot, own);
+        }
+        PluginInner {
+            compiled: self.compiled.clone(),
+            shared: self.shared.clone(),
+            workers,
+            policy: self.policy,
+            limits: self.limits.clone(),
+            http_handler: None,
+            grpc_handler: None,
+            allow_on_headers_stop_iteration: self.allow_on_headers_stop_iteration,
+        }
+    }
+
+    /// Takes back the VMs [`Self::detach`] moved out.
+    pub(crate) fn rejoin(&mut self, worker: usize, mut shell: PluginInner) {
+        if let (Some(own), Some(detached)) =
+            (self.workers.get_mut(worker), shell.workers.get_mut(worker))
+        {
+            std::mem::swap(own, detached);
+        }
     }
 
     /// The current VM of a worker.
@@ -1066,6 +1119,36 @@ impl Plugin {
     /// Opens an HTTP stream on a chosen worker (taken modulo the number of workers).
     pub fn http_stream_on(&self, worker: usize) -> HttpStream {
         HttpStream::new(self.clone(), worker % self.worker_count)
+    }
+
+    /// Stream events for several workers that arrive at the same instant, run on the schedule of
+    /// `seed`: see [`crate::race`].
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), wasmesh_harness::HarnessError> {
+    /// # let plugin = wasmesh_harness::Harness::load("f.wasm")?.workers(4).start()?;
+    /// let headers = [(":method", "GET"), (":path", "/"), (":authority", "example.com")];
+    /// let mut streams: Vec<_> = (0..4).map(|worker| plugin.http_stream_on(worker)).collect();
+    /// let mut race = plugin.race(7);
+    /// for stream in &mut streams {
+    ///     race.request_headers(stream, &headers, true)?;
+    /// }
+    /// let report = race.run()?;
+    /// println!("{} denied; schedule: {:#?}", report.local_replies_with_status(429), report.schedule);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn race(&self, seed: u64) -> Race<'_> {
+        Race::new(self, seed)
+    }
+
+    /// Writes to shared data that can lose a concurrent update, seen so far (whatever the
+    /// schedule): see [`SharedDataHazard`].
+    pub fn shared_data_hazards(&self) -> Vec<SharedDataHazard> {
+        self.shared
+            .try_borrow()
+            .map(|shared| shared.hazards.clone())
+            .unwrap_or_default()
     }
 
     /// Advances the virtual clock, firing ticks and callout timeouts in time order (each tick

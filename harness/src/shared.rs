@@ -1,6 +1,7 @@
 //! State shared by every VM of a plugin (what Envoy keeps process-wide): the clock, logs, the
 //! stats store, shared data, shared queues, callout records and the event queue.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 
@@ -9,6 +10,7 @@ use crate::clock::VirtualClock;
 use crate::error::Status;
 use crate::metrics::MetricsStore;
 use crate::property::PropertyValue;
+use crate::race::{Scheduler, SharedDataHazard};
 use crate::types::{LogEntry, LogLevel};
 
 /// key -> (value, cas) of one VM id.
@@ -109,6 +111,10 @@ pub(crate) struct SharedState {
     queued_items: usize,
     /// Calls of each hostcall by every VM, by function name.
     hostcall_counts: HashMap<String, u64>,
+    /// The race in progress ([`crate::Plugin::race`]), reached by the hostcalls' race points.
+    pub(crate) race: Option<Rc<RefCell<Scheduler>>>,
+    /// Shared-data writes that can lose a concurrent update.
+    pub(crate) hazards: Vec<SharedDataHazard>,
 }
 
 impl SharedState {
@@ -157,6 +163,8 @@ impl SharedState {
             shared_bytes: 0,
             queued_items: 0,
             hostcall_counts: HashMap::new(),
+            race: None,
+            hazards: Vec::new(),
         }
     }
 
@@ -206,6 +214,21 @@ impl SharedState {
                 worker,
             });
         }
+    }
+
+    /// Records a hazard once (the same write repeated per request is one finding), up to a cap.
+    pub(crate) fn record_hazard(&mut self, hazard: SharedDataHazard) {
+        const MAX_HAZARDS: usize = 256;
+        if self.hazards.len() < MAX_HAZARDS && !self.hazards.contains(&hazard) {
+            self.hazards.push(hazard);
+        }
+    }
+
+    /// Whether `key` exists in shared data.
+    pub(crate) fn shared_data_exists(&self, key: &[u8]) -> bool {
+        self.shared_data
+            .get(&self.settings.vm_id)
+            .is_some_and(|map| map.contains_key(key))
     }
 
     /// `SharedData::get`: NotFound for unknown keys.

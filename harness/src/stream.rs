@@ -90,7 +90,7 @@ impl HttpStream {
     }
 
     /// Starts the stream: allocates its context (reloading a failed VM under `FailReload`).
-    fn open(&mut self) -> Result<StreamHandle, HarnessError> {
+    pub(crate) fn open(&mut self) -> Result<StreamHandle, HarnessError> {
         if let Some(handle) = self.handle {
             return Ok(handle);
         }
@@ -132,28 +132,15 @@ impl HttpStream {
         Ok(handle)
     }
 
-    fn drive(
-        &mut self,
-        op: impl FnOnce(&mut PluginInner, usize, StreamHandle) -> Result<Step, HarnessError>,
-    ) -> Result<Outcome, HarnessError> {
+    fn drive(&mut self, op: StreamOp) -> Result<Outcome, HarnessError> {
         let handle = self.open()?;
         let worker = self.worker;
         self.plugin.with_inner(|inner| {
-            let step = op(inner, worker, handle)?;
+            let step = inner.apply(worker, handle, op)?;
             let drained = inner.drain_events();
-            let local_reply = inner
-                .exchange(worker, handle)
-                .and_then(|e| e.local_reply.clone());
-            if let Some(error) = step.error {
-                return Err(error);
-            }
+            let outcome = step.into_outcome(inner, worker, handle)?;
             drained?;
-            Ok(Outcome {
-                action: step.action,
-                effective_action: step.effective,
-                local_reply,
-                invoked: step.invoked,
-            })
+            Ok(outcome)
         })
     }
 
@@ -163,10 +150,7 @@ impl HttpStream {
         headers: &[(&str, &str)],
         end_of_stream: bool,
     ) -> Result<Outcome, HarnessError> {
-        let headers = owned(headers);
-        self.drive(|inner, worker, handle| {
-            inner.receive_headers(worker, handle, StreamKind::Request, headers, end_of_stream)
-        })
+        self.drive(StreamOp::request_headers(headers, end_of_stream))
     }
 
     /// A request body chunk (`proxy_on_request_body`).
@@ -175,18 +159,12 @@ impl HttpStream {
         data: &[u8],
         end_of_stream: bool,
     ) -> Result<Outcome, HarnessError> {
-        let data = data.to_vec();
-        self.drive(|inner, worker, handle| {
-            inner.receive_body(worker, handle, StreamKind::Request, data, end_of_stream)
-        })
+        self.drive(StreamOp::request_body(data, end_of_stream))
     }
 
     /// Request trailers (`proxy_on_request_trailers`); they end the request.
     pub fn request_trailers(&mut self, trailers: &[(&str, &str)]) -> Result<Outcome, HarnessError> {
-        let trailers = owned(trailers);
-        self.drive(|inner, worker, handle| {
-            inner.receive_trailers(worker, handle, StreamKind::Request, trailers)
-        })
+        self.drive(StreamOp::Trailers(StreamKind::Request, owned(trailers)))
     }
 
     /// Response headers from the upstream (`proxy_on_response_headers`).
@@ -195,10 +173,7 @@ impl HttpStream {
         headers: &[(&str, &str)],
         end_of_stream: bool,
     ) -> Result<Outcome, HarnessError> {
-        let headers = owned(headers);
-        self.drive(|inner, worker, handle| {
-            inner.receive_headers(worker, handle, StreamKind::Response, headers, end_of_stream)
-        })
+        self.drive(StreamOp::response_headers(headers, end_of_stream))
     }
 
     /// A response body chunk (`proxy_on_response_body`).
@@ -207,10 +182,7 @@ impl HttpStream {
         data: &[u8],
         end_of_stream: bool,
     ) -> Result<Outcome, HarnessError> {
-        let data = data.to_vec();
-        self.drive(|inner, worker, handle| {
-            inner.receive_body(worker, handle, StreamKind::Response, data, end_of_stream)
-        })
+        self.drive(StreamOp::response_body(data, end_of_stream))
     }
 
     /// Response trailers (`proxy_on_response_trailers`).
@@ -218,10 +190,7 @@ impl HttpStream {
         &mut self,
         trailers: &[(&str, &str)],
     ) -> Result<Outcome, HarnessError> {
-        let trailers = owned(trailers);
-        self.drive(|inner, worker, handle| {
-            inner.receive_trailers(worker, handle, StreamKind::Response, trailers)
-        })
+        self.drive(StreamOp::Trailers(StreamKind::Response, owned(trailers)))
     }
 
     /// Ends the stream normally: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`.
@@ -384,6 +353,67 @@ impl Step {
     }
 }
 
+impl Step {
+    /// The outcome a test sees: the step plus the stream's local reply, if any by now.
+    pub(crate) fn into_outcome(
+        self,
+        inner: &PluginInner,
+        worker: usize,
+        handle: StreamHandle,
+    ) -> Result<Outcome, HarnessError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let local_reply = inner
+            .exchange(worker, handle)
+            .and_then(|e| e.local_reply.clone());
+        Ok(Outcome {
+            action: self.action,
+            effective_action: self.effective,
+            local_reply,
+            invoked: self.invoked,
+        })
+    }
+}
+
+/// One thing the proxy hands a stream's filter.
+#[derive(Debug, Clone)]
+pub(crate) enum StreamOp {
+    Headers(StreamKind, Vec<(String, String)>, bool),
+    Body(StreamKind, Vec<u8>, bool),
+    Trailers(StreamKind, Vec<(String, String)>),
+}
+
+impl StreamOp {
+    pub(crate) fn request_headers(headers: &[(&str, &str)], end_of_stream: bool) -> Self {
+        StreamOp::Headers(StreamKind::Request, owned(headers), end_of_stream)
+    }
+
+    pub(crate) fn request_body(data: &[u8], end_of_stream: bool) -> Self {
+        StreamOp::Body(StreamKind::Request, data.to_vec(), end_of_stream)
+    }
+
+    pub(crate) fn response_headers(headers: &[(&str, &str)], end_of_stream: bool) -> Self {
+        StreamOp::Headers(StreamKind::Response, owned(headers), end_of_stream)
+    }
+
+    pub(crate) fn response_body(data: &[u8], end_of_stream: bool) -> Self {
+        StreamOp::Body(StreamKind::Response, data.to_vec(), end_of_stream)
+    }
+
+    /// The callback the operation runs.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            StreamOp::Headers(StreamKind::Request, ..) => "proxy_on_request_headers",
+            StreamOp::Body(StreamKind::Request, ..) => "proxy_on_request_body",
+            StreamOp::Trailers(StreamKind::Request, ..) => "proxy_on_request_trailers",
+            StreamOp::Headers(StreamKind::Response, ..) => "proxy_on_response_headers",
+            StreamOp::Body(StreamKind::Response, ..) => "proxy_on_response_body",
+            StreamOp::Trailers(StreamKind::Response, ..) => "proxy_on_response_trailers",
+        }
+    }
+}
+
 /// The status a module returned, named for the callback kind.
 fn decode(phase: Phase, raw: u32) -> Action {
     match (phase, raw) {
@@ -467,6 +497,26 @@ fn http_to_grpc_status(code: u32) -> u32 {
 }
 
 impl PluginInner {
+    /// Hands `op` to the stream's filter.
+    pub(crate) fn apply(
+        &mut self,
+        worker: usize,
+        handle: StreamHandle,
+        op: StreamOp,
+    ) -> Result<Step, HarnessError> {
+        match op {
+            StreamOp::Headers(kind, headers, end_of_stream) => {
+                self.receive_headers(worker, handle, kind, headers, end_of_stream)
+            }
+            StreamOp::Body(kind, data, end_of_stream) => {
+                self.receive_body(worker, handle, kind, data, end_of_stream)
+            }
+            StreamOp::Trailers(kind, trailers) => {
+                self.receive_trailers(worker, handle, kind, trailers)
+            }
+        }
+    }
+
     pub(crate) fn exchange(&self, worker: usize, handle: StreamHandle) -> Option<&HttpExchange> {
         self.vm_ref(worker, handle.generation)?
             .state()

@@ -334,6 +334,11 @@ pub(crate) struct VmState {
     /// Set by a hostcall that refused to exceed a [`crate::Limits`] cap, just before it traps,
     /// so that the crash is reported as [`HarnessError::ResourceLimit`].
     pub(crate) resource_exceeded: Option<ResourceExceeded>,
+    /// The callback running (for reports).
+    pub(crate) callback: &'static str,
+    /// Shared-data keys the running callback read (with their CAS tokens): a write of one of
+    /// them without a token is a [`crate::race::HazardKind::TokenReadButNotUsed`].
+    pub(crate) shared_reads: HashSet<Vec<u8>>,
 }
 
 /// A [`crate::Limits`] cap a hostcall refused to exceed.
@@ -491,6 +496,8 @@ impl Vm {
             callouts_this_callback: 0,
             max_callouts_per_callback: settings.max_callouts_per_callback,
             resource_exceeded: None,
+            callback: "",
+            shared_reads: HashSet::new(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -599,6 +606,8 @@ impl Vm {
         state.callouts_this_callback = 0;
         state.copied_bytes.set(0);
         state.log_mark = log_mark;
+        state.callback = callback;
+        state.shared_reads.clear();
         let result = func.call(&mut self.store, params);
         let budget = self.fuel_per_callback.unwrap_or(u64::MAX);
         let used = budget.saturating_sub(self.store.get_fuel().unwrap_or(0));

@@ -12,6 +12,7 @@ use super::{
 use crate::engine::AbiVersion;
 use crate::error::{HarnessError, Status};
 use crate::metrics::MetricKind;
+use crate::race::{HazardKind, SharedDataHazard};
 use crate::types::{LogLevel, MetricValue};
 use crate::vm::VmState;
 
@@ -232,14 +233,26 @@ fn proxy_get_shared_data(
     };
     let (value, cas) = match found {
         Ok(found) => found,
-        Err(code) => return status(code),
+        Err(code) => {
+            // Finding nothing is a read too: two workers that both find a key missing both
+            // create it.
+            race_point(&caller, || {
+                format!("after proxy_get_shared_data({:?})", lossy(&key))
+            });
+            return status(code);
+        }
     };
+    // An empty value comes back as (null, 0) with its CAS token, as in Envoy.
     if !copy_to_pointer_size(&mut caller, &value, value_ptr_ptr, value_size_ptr)? {
         return status(Status::InvalidMemoryAccess);
     }
     if !write_u32(&mut caller, cas_ptr, cas) {
         return status(Status::InvalidMemoryAccess);
     }
+    caller.data_mut().shared_reads.insert(key.clone());
+    race_point(&caller, || {
+        format!("after proxy_get_shared_data({:?})", lossy(&key))
+    });
     status(Status::Ok)
 }
 
@@ -258,9 +271,27 @@ fn proxy_set_shared_data(
     ) else {
         return status(Status::InvalidMemoryAccess);
     };
-    let outcome = match caller.data().shared.try_borrow_mut() {
+    race_point(&caller, || {
+        format!("before proxy_set_shared_data({:?})", lossy(&key))
+    });
+    let state = caller.data();
+    let outcome = match state.shared.try_borrow_mut() {
         Ok(mut shared) => match shared.shared_data_fits(&key, &value) {
-            Ok(()) => Ok(shared.set_shared_data(&key, &value, cas)),
+            Ok(()) => {
+                if cas == 0 && shared.shared_data_exists(&key) {
+                    shared.record_hazard(SharedDataHazard {
+                        worker: state.worker,
+                        key: lossy(&key),
+                        callback: state.callback.to_string(),
+                        kind: if state.shared_reads.contains(&key) {
+                            HazardKind::TokenReadButNotUsed
+                        } else {
+                            HazardKind::BlindOverwrite
+                        },
+                    });
+                }
+                Ok(shared.set_shared_data(&key, &value, cas))
+            }
             Err(exceeded) => Err(exceeded),
         },
         Err(_) => Ok(Status::InternalFailure),
@@ -268,6 +299,19 @@ fn proxy_set_shared_data(
     match outcome {
         Ok(code) => status(code),
         Err((resource, limit)) => Err(caller.data_mut().exceed(resource, limit)),
+    }
+}
+
+/// A race point of race mode ([`crate::race`]): other workers' pending events may run here.
+fn race_point(caller: &Caller<'_, VmState>, at: impl FnOnce() -> String) {
+    let state = caller.data();
+    let scheduler = state
+        .shared
+        .try_borrow()
+        .ok()
+        .and_then(|shared| shared.race.clone());
+    if let Some(scheduler) = scheduler {
+        crate::race::race_point(&scheduler, state.worker, &at());
     }
 }
 
@@ -350,6 +394,9 @@ fn proxy_dequeue_shared_queue(
             if !copy_to_pointer_size(&mut caller, &data, data_ptr_ptr, data_size_ptr)? {
                 return status(Status::InvalidMemoryAccess);
             }
+            race_point(&caller, || {
+                format!("after proxy_dequeue_shared_queue({token})")
+            });
             status(Status::Ok)
         }
         Err(code) => status(code),
@@ -366,6 +413,9 @@ fn proxy_enqueue_shared_queue(
     let Some(data) = read_bytes(&caller, data_ptr, data_len) else {
         return status(Status::InvalidMemoryAccess);
     };
+    race_point(&caller, || {
+        format!("before proxy_enqueue_shared_queue({token})")
+    });
     let outcome = match caller.data().shared.try_borrow_mut() {
         // An unknown token is NotFound before any cap applies.
         Ok(shared) if !shared.queues.contains_key(&token) => Ok(Status::NotFound),
