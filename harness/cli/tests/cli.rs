@@ -462,9 +462,9 @@ fn a_crash_is_reported_and_answered_as_envoy_fails_closed() {
     );
 }
 
-/// The first ```json block after `marker` in the README.
+/// The first ```json block after `marker` in the CLI's README (`harness/cli/README.md`).
 fn readme_json_after(marker: &str) -> String {
-    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(workspace_root().join("harness/cli/README.md")).unwrap();
     let after = &readme[readme.find(marker).unwrap()..];
     let start = after.find("```json\n").unwrap() + "```json\n".len();
     let end = start + after[start..].find("```").unwrap();
@@ -474,7 +474,7 @@ fn readme_json_after(marker: &str) -> String {
 #[test]
 fn the_readme_shows_the_real_output_of_the_quick_start() {
     let documented: Value =
-        serde_json::from_str(&readme_json_after("For the quick-start exchange:")).unwrap();
+        serde_json::from_str(&readme_json_after("### Output (format 1)")).unwrap();
     let request = workspace_root().join("examples/header-filter/request.json");
 
     let actual = report(&run_exchange(
@@ -491,7 +491,7 @@ fn the_readme_shows_the_real_output_of_the_quick_start() {
 fn the_readme_input_example_is_a_valid_exchange() {
     let request = scratch_file(
         "readme-input.json",
-        &readme_json_after("#### Input: the exchange"),
+        &readme_json_after("### Input: the exchange"),
     );
 
     let report = report(&run_exchange(
