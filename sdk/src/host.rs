@@ -408,10 +408,16 @@ mod wasm {
         fn get_shared_data(&self, key: &str) -> Result<Option<SharedValue>, Error> {
             let (value, cas) = hostcalls::get_shared_data(key)
                 .map_err(|status| Error::host("proxy_get_shared_data", status))?;
-            Ok(value.map(|value| SharedValue {
-                value,
-                cas: cas.unwrap_or(0),
-            }))
+            // Envoy hands back an existing empty value as a null pointer with a CAS token, which
+            // the proxy-wasm crate reports as no bytes: the token says the key exists, and
+            // dropping it would make the next write unconditional.
+            Ok(match (value, cas) {
+                (None, None) => None,
+                (value, cas) => Some(SharedValue {
+                    value: value.unwrap_or_default(),
+                    cas: cas.unwrap_or(0),
+                }),
+            })
         }
 
         fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Error> {

@@ -7,8 +7,9 @@
 //!
 //! Caveat of the ABI: a key that does not exist yet has no CAS token, and a write without a
 //! token is unconditional, so two VMs creating the same key at the same instant can both
-//! succeed (last write wins). Initialize keys eagerly (e.g. in `HttpFilter::new`) when that
-//! matters.
+//! succeed (last write wins). Create every key a filter updates at start-up, with
+//! [`create_if_absent`] (e.g. in `HttpFilter::new`): from then on every [`update`] is a
+//! compare-and-swap. An existing key always has a token, even when its value is empty.
 
 use crate::error::Error;
 
@@ -41,6 +42,20 @@ pub enum Update<T> {
 
 /// Default number of attempts for [`update`].
 pub const DEFAULT_CAS_ATTEMPTS: u32 = 8;
+
+/// Creates `key` with `initial` unless it exists; returns whether it created it. Run at start-up,
+/// before traffic, for every key the filter later updates: the ABI has no "create if absent", so
+/// only a key that exists gets a CAS token and makes every later write conditional.
+pub fn create_if_absent<S>(store: &S, key: &str, initial: &[u8]) -> Result<bool, Error>
+where
+    S: SharedData + ?Sized,
+{
+    if store.get_shared_data(key)?.is_some() {
+        return Ok(false);
+    }
+    store.set_shared_data(key, initial, None)?;
+    Ok(true)
+}
 
 /// Read-modify-write of `key` with compare-and-swap, retried up to `attempts` times when
 /// another VM wins the race. `step` sees the current bytes (or `None`) and decides.
@@ -133,6 +148,33 @@ mod tests {
                 attempts: 3
             })
         );
+    }
+
+    #[test]
+    fn create_if_absent_creates_once_and_keeps_what_exists() {
+        let host = MemoryHost::new();
+        assert_eq!(create_if_absent(&host, "k", b""), Ok(true));
+        let created = host.get_shared_data("k").unwrap().unwrap();
+        assert_eq!(created.value, b"");
+        assert_ne!(created.cas, 0, "an existing empty value has a token");
+        host.set_shared_data("k", b"x", Some(created.cas)).unwrap();
+        assert_eq!(create_if_absent(&host, "k", b""), Ok(false));
+        assert_eq!(host.get_shared_data("k").unwrap().unwrap().value, b"x");
+    }
+
+    #[test]
+    fn update_of_an_existing_empty_value_is_conditional() {
+        let host = MemoryHost::new();
+        create_if_absent(&host, "k", b"").unwrap();
+        // Another writer wins between our read and our write: we must retry, not overwrite.
+        let raced = Cell::new(false);
+        let seen = update(&host, "k", 3, |current| {
+            if !raced.replace(true) {
+                host.set_shared_data("k", b"other", None).unwrap();
+            }
+            Update::Write(b"mine".to_vec(), current.map(<[u8]>::to_vec))
+        });
+        assert_eq!(seen, Ok(Some(b"other".to_vec())));
     }
 
     #[test]

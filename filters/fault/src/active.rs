@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasmesh_sdk::error::Error;
 use wasmesh_sdk::host::Host;
-use wasmesh_sdk::shared::{update, Update, DEFAULT_CAS_ATTEMPTS};
+use wasmesh_sdk::shared::{create_if_absent, update, Update, DEFAULT_CAS_ATTEMPTS};
 
 /// How long an entry counts without being refreshed.
 pub const LEASE: Duration = Duration::from_secs(30);
@@ -148,6 +148,15 @@ impl ActiveFaults {
     /// The shared-data key of the ledger.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Creates the ledger unless another VM has: run at start-up, so that every later change of
+    /// it is a compare-and-swap (a key that does not exist has no CAS token to write with).
+    pub fn create(&self, host: &dyn Host) -> Result<(), Error> {
+        if self.limit.is_none() {
+            return Ok(());
+        }
+        create_if_absent(host, &self.key, b"").map(|_| ())
     }
 
     /// Takes one active fault if fewer than `max_active_faults` are active across all VMs.

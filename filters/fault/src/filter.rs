@@ -20,7 +20,9 @@ impl HttpFilter for FaultFilter {
     const KEEPS_REQUEST_HEADERS: bool = false;
 
     fn new(config: Config, host: &mut dyn Host) -> Result<Self, Error> {
-        FaultFilter::new(config, host)
+        let filter = FaultFilter::new(config, host)?;
+        filter.create_shared_state(host)?;
+        Ok(filter)
     }
 
     fn on_request_headers(

@@ -150,6 +150,12 @@ impl FaultFilter {
         })
     }
 
+    /// Creates the shared state the filter updates (the `max_active_faults` ledger) unless
+    /// another VM has; run once per VM at start-up, before traffic.
+    pub fn create_shared_state(&self, host: &dyn Host) -> Result<(), Error> {
+        self.active.create(host)
+    }
+
     /// The tick period the root context needs (`None`: no tick).
     pub fn tick_period(&self) -> Option<Duration> {
         self.tick

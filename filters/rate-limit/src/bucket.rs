@@ -34,7 +34,7 @@ use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 use wasmesh_sdk::error::Error;
-use wasmesh_sdk::shared::{SharedData, SharedValue};
+use wasmesh_sdk::shared::{create_if_absent, SharedData, SharedValue};
 
 use crate::config::TokenBucket;
 
@@ -136,18 +136,11 @@ pub fn fingerprint<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) ->
 /// unconditional). Run at configuration time, before traffic.
 pub fn create_entries(store: &dyn SharedData, location: &Location) -> Result<(), Error> {
     match location {
-        Location::Fixed(key) => create_if_absent(store, key, &[0; FIXED_ENTRY_LEN]),
+        Location::Fixed(key) => create_if_absent(store, key, &[0; FIXED_ENTRY_LEN]).map(|_| ()),
         Location::Table { prefix, slots, .. } => (0..*slots).try_for_each(|index| {
-            create_if_absent(store, &slot_key(prefix, index), &[0; SLOT_ENTRY_LEN])
+            create_if_absent(store, &slot_key(prefix, index), &[0; SLOT_ENTRY_LEN]).map(|_| ())
         }),
     }
-}
-
-fn create_if_absent(store: &dyn SharedData, key: &str, empty: &[u8]) -> Result<(), Error> {
-    if store.get_shared_data(key)?.is_none() {
-        store.set_shared_data(key, empty, None)?;
-    }
-    Ok(())
 }
 
 fn slot_key(prefix: &str, index: u32) -> String {
