@@ -378,3 +378,96 @@ fn a_crashed_vm_fails_closed_open_or_reloads_in_both() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Writes an empty shared-data value and reads it back: what the module gets (status, pointer,
+/// size, whether a CAS token came with it), and how writes with that token fare.
+fn empty_shared_value_module() -> String {
+    let mut t = Strings::new();
+    let key = t.s("wasmesh.fidelity.empty");
+    let absent = t.s("wasmesh.fidelity.absent");
+    let write = t.s("FID write_empty");
+    let read = t.s("FID read_empty status_ptr");
+    let size_cas = t.s("FID read_empty size_has_token");
+    let with_token = t.s("FID write_with_token stale_token");
+    let missing = t.s("FID read_absent status_size");
+    module(&format!(
+        r#"{}
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (local $cas i32)
+    (call $log1 {write} (call $proxy_set_shared_data {key} (i32.const 600) (i32.const 0) (i32.const 0)))
+    ;; Sentinels: what the host leaves untouched shows.
+    (i32.store (i32.const 512) (i32.const 77))
+    (i32.store (i32.const 516) (i32.const 77))
+    (i32.store (i32.const 520) (i32.const 0))
+    (call $log2 {read}
+      (call $proxy_get_shared_data {key} (i32.const 512) (i32.const 516) (i32.const 520))
+      (i32.load (i32.const 512)))
+    (local.set $cas (i32.load (i32.const 520)))
+    (call $log2 {size_cas} (i32.load (i32.const 516)) (i32.ne (local.get $cas) (i32.const 0)))
+    (call $log2 {with_token}
+      (call $proxy_set_shared_data {key} (i32.const 600) (i32.const 0) (local.get $cas))
+      (call $proxy_set_shared_data {key} (i32.const 600) (i32.const 0) (local.get $cas)))
+    (i32.store (i32.const 516) (i32.const 77))
+    (call $log2 {missing}
+      (call $proxy_get_shared_data {absent} (i32.const 512) (i32.const 516) (i32.const 520))
+      (i32.load (i32.const 516)))
+    (i32.const 0))"#,
+        t.data()
+    ))
+}
+
+#[test]
+fn an_empty_shared_value_comes_back_as_a_null_pointer_with_its_cas_token_in_both() {
+    if envoy::skip_requested() {
+        return;
+    }
+    let bytes = wat::parse_str(empty_shared_value_module()).unwrap();
+    let plugin = Harness::from_bytes(&bytes).unwrap().start().unwrap();
+    plugin
+        .http_stream()
+        .request_headers(
+            &[
+                (":authority", "localhost"),
+                (":method", "GET"),
+                (":path", "/"),
+                (":scheme", "http"),
+            ],
+            true,
+        )
+        .unwrap();
+    let harness = traced(plugin.logs().into_iter().map(|l| l.message));
+    assert_eq!(
+        harness,
+        [
+            "write_empty 0",
+            // Ok, null pointer, size 0, and a token.
+            "read_empty status_ptr 0 0",
+            "read_empty size_has_token 0 1",
+            // The token makes the write conditional: the first succeeds, the stale one fails.
+            "write_with_token stale_token 0 8",
+            // A key that was never written is NotFound, and the size is left alone.
+            "read_absent status_size 1 77",
+        ]
+    );
+
+    let dir = std::env::temp_dir().join(format!("wasmesh-fidelity-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = dir.join("empty.wasm");
+    std::fs::write(&wasm, &bytes).unwrap();
+    let envoy = EnvoyBuilder::new()
+        .wasm_filter(WasmFilter::new(&wasm))
+        .direct_response(200, "ok")
+        .start()
+        .unwrap();
+    assert_eq!(envoy.send(&HttpRequest::get("/")).unwrap().status, 200);
+    let mut envoy_trace = Vec::new();
+    for _ in 0..50 {
+        envoy_trace = traced(envoy.log().lines().map(str::to_string));
+        if envoy_trace.len() >= harness.len() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(envoy_trace, harness);
+    let _ = std::fs::remove_dir_all(&dir);
+}
