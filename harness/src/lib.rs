@@ -35,9 +35,21 @@
 //! - `malloc` is preferred over `proxy_on_memory_allocate` when both are exported.
 //! - Streams end with `proxy_on_log`, then `proxy_on_done`, then `proxy_on_delete`.
 //!
+//! # Workers in parallel: race mode
+//!
+//! Outside race mode one callback of one VM runs at a time, so a read-modify-write of shared
+//! data inside one callback is atomic here, while Envoy's worker threads run in parallel.
+//! [`Plugin::race`] runs stream events of several workers on a seeded schedule in which other
+//! workers' events run at a VM's shared-data and queue hostcalls (between its read and its
+//! write); [`explore_races`] tries many seeds and names the one that fails. Whatever the
+//! schedule, writes that can lose an update are listed by [`Plugin::shared_data_hazards`]. See
+//! [`race`].
+//!
 //! # Not emulated
 //!
-//! TCP (network filter) streams, Envoy's per-connection buffer limit (413/500 on overflow),
+//! Of parallel workers, only the interleavings race mode produces: an event that runs at another
+//! VM's race point runs to completion, and what the events start asynchronously (callout answers,
+//! queue notifications) is delivered after the race. TCP (network filter) streams, Envoy's per-connection buffer limit (413/500 on overflow),
 //! the main-thread VM Envoy keeps next to the worker VMs, built-in foreign functions, and
 //! properties Envoy derives from configuration it does not have here (`node`, `cluster_name`,
 //! `route_name`, `xds.*`, metadata, upstream and TLS details): tests set those explicitly with
