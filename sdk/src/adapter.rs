@@ -24,7 +24,8 @@
 //!   phases (the proxy no longer exposes them once they were forwarded), unless the filter
 //!   says it does not need them ([`HttpFilter::KEEPS_REQUEST_HEADERS`]);
 //! * does not run the filter's response hook on the filter's own local reply (Envoy sends
-//!   local replies through the encoder chain, this filter included).
+//!   local replies through the encoder chain, this filter included), but offers that reply to
+//!   [`HttpFilter::on_own_reply_headers`].
 //!
 //! The decision logic lives in [`StreamDriver`], which is host-independent and unit-tested
 //! natively; the proxy-wasm trait impls are a thin shell compiled only for `wasm32`.
@@ -92,6 +93,20 @@ pub trait HttpFilter: Sized + 'static {
         _host: &mut dyn Host,
     ) -> Decision {
         Decision::Continue
+    }
+
+    /// This filter's own local reply is on its way out. Envoy sends a local reply through the
+    /// encoder chain, this filter included, once it has set its own headers
+    /// (`content-length`, `content-type`, a `local_reply_config` mapper's): headers added here
+    /// come after those, where an Envoy native filter's encoder path adds its headers (e.g.
+    /// `local_ratelimit`'s `X-RateLimit-*`), while the [`LocalReply`]'s headers come before
+    /// them. Default: nothing.
+    fn on_own_reply_headers(
+        &self,
+        _stream: &mut Self::Stream,
+        _request: &mut dyn Request,
+        _host: &mut dyn Host,
+    ) {
     }
 
     /// A request body chunk arrived; `body` is everything the proxy holds for this filter
@@ -333,6 +348,7 @@ impl<F: HttpFilter> StreamDriver<F> {
         };
         if self.replied {
             // This is our own local reply travelling through the encoder chain.
+            filter.on_own_reply_headers(&mut self.state, request, host);
             return Outcome::Continue;
         }
         let decision = filter.on_response_headers(&mut self.state, request, host);
@@ -1319,6 +1335,63 @@ mod tests {
         fn on_response_body(&self, seen: &mut usize, _: &mut dyn Host, body: &Body<'_>) {
             *seen += body.size();
         }
+    }
+
+    /// Denies every request and stamps its own reply on the way out.
+    struct Stamper;
+
+    impl HttpFilter for Stamper {
+        const NAME: &'static str = "stamper";
+        type Config = GateConfig;
+        type Stream = ();
+
+        fn new(_: GateConfig, _: &mut dyn Host) -> Result<Self, Error> {
+            Ok(Stamper)
+        }
+
+        fn on_request_headers(
+            &self,
+            _: &mut (),
+            _: &mut dyn Request,
+            _: &mut dyn Host,
+        ) -> Decision {
+            Decision::Deny(LocalReply::forbidden("stamped"))
+        }
+
+        fn on_response_headers(
+            &self,
+            _: &mut (),
+            request: &mut dyn Request,
+            _: &mut dyn Host,
+        ) -> Decision {
+            let _ = request.add_response_header("x-seen", "response");
+            Decision::Continue
+        }
+
+        fn on_own_reply_headers(&self, _: &mut (), request: &mut dyn Request, _: &mut dyn Host) {
+            let _ = request.add_response_header("x-stamp", "own-reply");
+        }
+    }
+
+    #[test]
+    fn the_own_local_reply_goes_to_the_own_reply_hook_only() {
+        let mut host = MemoryHost::new();
+        let filter = Rc::new(configure::<Stamper>(b"{}", &mut host).unwrap());
+        let mut driver = StreamDriver::new(Some(filter));
+        let mut request = MemoryRequest::get("/");
+        assert!(matches!(
+            driver.on_request_headers(&mut request, &mut host),
+            Outcome::Reply(_)
+        ));
+        assert_eq!(
+            driver.on_response_headers(&mut request, &mut host),
+            Outcome::Continue
+        );
+        assert_eq!(
+            request.response_header("x-stamp").as_deref(),
+            Some("own-reply")
+        );
+        assert_eq!(request.response_header("x-seen"), None);
     }
 
     #[test]

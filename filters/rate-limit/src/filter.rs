@@ -50,6 +50,15 @@ impl HttpFilter for RateLimitFilter {
         self.on_response(stream, request, host);
         Decision::Continue
     }
+
+    fn on_own_reply_headers(
+        &self,
+        stream: &mut Stream,
+        request: &mut dyn Request,
+        host: &mut dyn Host,
+    ) {
+        self.on_own_reply(stream, request, host);
+    }
 }
 
 wasmesh_sdk::export_filter!(RateLimitFilter);

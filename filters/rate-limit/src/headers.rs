@@ -35,17 +35,30 @@ pub struct BucketState {
     pub window: Duration,
 }
 
-/// Envoy's local `X-RateLimit-*`: limit = `max_tokens`, remaining tokens, and seconds until
-/// the next token (rounded down, as Envoy divides milliseconds by 1000).
+/// Envoy's local `X-RateLimit-*`: limit = `max_tokens`, whole tokens left, and the seconds
+/// until the next token, [`local_reset_seconds`].
 pub fn x_ratelimit_local(state: &BucketState) -> Vec<(String, String)> {
     vec![
         (X_RATELIMIT_LIMIT.into(), state.limit.to_string()),
         (X_RATELIMIT_REMAINING.into(), state.remaining.to_string()),
         (
             X_RATELIMIT_RESET.into(),
-            state.next_token.as_secs().to_string(),
+            local_reset_seconds(state.next_token).to_string(),
         ),
     ]
+}
+
+/// `X-RateLimit-Reset` of Envoy 1.40's `local_ratelimit` for a bucket whose next token is
+/// `next_token` away (zero while a whole token is left): Envoy's token bucket gives that time in
+/// whole milliseconds and the filter rounds them **up** to seconds
+/// (`std::chrono::ceil<std::chrono::seconds>`, envoyproxy/envoy#45703), so 8.99 s and 0.8 s
+/// give 9 and 1, and a bucket refilled one token per 360 s says 360 right after it ran dry.
+/// `tests/envoy_native.rs` compares these headers with the native filter's. (Below the
+/// millisecond — a fraction truncated to whole milliseconds, as Envoy's conversion does — no
+/// real-Envoy test can tell.)
+pub fn local_reset_seconds(next_token: Duration) -> u64 {
+    let millis = next_token.as_millis();
+    u64::try_from(millis.div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
 /// IETF headers for a local bucket: `"name";q=<max_tokens>;w=<seconds to refill>` and
@@ -220,7 +233,8 @@ mod tests {
             vec![
                 ("x-ratelimit-limit".to_string(), "10".to_string()),
                 ("x-ratelimit-remaining".to_string(), "3".to_string()),
-                ("x-ratelimit-reset".to_string(), "1".to_string()),
+                // 1.999 s to the next token: 2, as Envoy rounds up.
+                ("x-ratelimit-reset".to_string(), "2".to_string()),
             ]
         );
         assert_eq!(
@@ -288,6 +302,26 @@ mod tests {
             ]
         );
         assert!(x_ratelimit_global(&[]).is_empty());
+    }
+
+    #[test]
+    fn local_reset_rounds_milliseconds_up_to_seconds_as_envoy() {
+        let seconds = |nanos: u64| local_reset_seconds(Duration::from_nanos(nanos));
+        // A whole token left: 0.
+        assert_eq!(seconds(0), 0);
+        // 0.8 s to the next token: 1 (not 0); 359.2 s: 360 (not 359).
+        assert_eq!(seconds(800_000_000), 1);
+        assert_eq!(seconds(359_200_000_000), 360);
+        assert_eq!(seconds(8_990_000_000), 9);
+        // Exactly whole seconds stay as they are.
+        assert_eq!(seconds(10_000_000_000), 10);
+        assert_eq!(seconds(1_000_000_000), 1);
+        // Below a millisecond over a whole second: Envoy's milliseconds drop it.
+        assert_eq!(seconds(8_000_400_000), 8);
+        assert_eq!(seconds(8_001_000_000), 9);
+        // Below one millisecond in all: 0 ms, 0 s.
+        assert_eq!(seconds(999_999), 0);
+        assert_eq!(local_reset_seconds(Duration::MAX), u64::MAX);
     }
 
     #[test]

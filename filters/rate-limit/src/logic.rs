@@ -348,10 +348,14 @@ impl RateLimitFilter {
             .map(|status| status.code)
             .filter(|code| *code >= 400)
             .unwrap_or(429);
+        // As Envoy 1.40's local_ratelimit: `response_headers_to_add` in the reply, no
+        // `x-envoy-ratelimited` (only the global filter sends it), and the rate limit headers
+        // added when the reply passes through this filter's response path
+        // ([`RateLimitFilter::on_own_reply`]), i.e. after Envoy's `content-length` and
+        // `content-type`, as native adds them from its encoder path.
         let mut headers = Vec::new();
         add_options(&mut headers, &self.config.response_headers_to_add);
-        headers.push((X_ENVOY_RATELIMITED.to_string(), "true".to_string()));
-        headers.extend(rate_limit_headers);
+        stream.response_headers = rate_limit_headers;
         Decision::Deny(self.reply(
             status,
             LOCAL_RATE_LIMITED,
@@ -550,6 +554,12 @@ impl RateLimitFilter {
         }
     }
 
+    /// This filter's own local reply passes through its response path: add the rate limit
+    /// headers of a local-mode denial.
+    pub fn on_own_reply(&self, stream: &mut Stream, request: &mut dyn Request, host: &dyn Host) {
+        self.on_response(stream, request, host);
+    }
+
     /// How long until a paused request's service call times out (for logs and tests).
     pub fn service_timeout(&self) -> Option<Duration> {
         match &self.engine {
@@ -622,7 +632,8 @@ mod tests {
         let mut driver = StreamDriver::new(Some(Rc::clone(filter)));
         let mut request = MemoryRequest::get("/");
         let outcome = driver.on_request_headers(&mut request, host);
-        if outcome == Outcome::Continue {
+        // The upstream's response, or (as in Envoy) the filter's own local reply on its way out.
+        if matches!(outcome, Outcome::Continue | Outcome::Reply(_)) {
             driver.on_response_headers(&mut request, host);
         }
         (outcome, request)
@@ -656,23 +667,30 @@ mod tests {
         );
         assert_eq!(request.response_header("x-limited"), None);
         run(&filter, &mut host);
-        let (Outcome::Reply(reply), _) = run(&filter, &mut host) else {
+        let (Outcome::Reply(reply), denied) = run(&filter, &mut host) else {
             panic!("the third request must be limited");
         };
         assert_eq!(reply.status, 503);
         assert_eq!(reply.details, "local_rate_limited");
         assert_eq!(reply.body, b"local_rate_limited");
-        let header = |name: &str| {
-            reply
-                .headers
-                .iter()
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.as_str())
-        };
-        assert_eq!(header("x-limited"), Some("yes"));
-        assert_eq!(header("x-envoy-ratelimited"), Some("true"));
-        assert_eq!(header("x-ratelimit-remaining"), Some("0"));
-        assert_eq!(header("x-ratelimit-reset"), Some("10"));
+        // The reply carries `response_headers_to_add` and no `x-envoy-ratelimited` (Envoy's
+        // local_ratelimit does not send it; its global filter does).
+        assert_eq!(reply.headers, vec![("x-limited".into(), "yes".into())]);
+        // The rate limit headers are added as the reply passes through the filter's response
+        // path, after Envoy's own headers, as native adds them from its encoder path.
+        assert_eq!(
+            denied.response_header("x-ratelimit-limit").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            denied.response_header("x-ratelimit-remaining").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            denied.response_header("x-ratelimit-reset").as_deref(),
+            Some("10")
+        );
+        assert_eq!(denied.response_header("x-envoy-ratelimited"), None);
         assert_eq!(reply.grpc_status, None);
         for (stat, value) in [
             ("enabled", 3),

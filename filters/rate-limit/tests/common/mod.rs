@@ -2,6 +2,7 @@
 //! configurations, and how a request's verdict is read.
 #![allow(dead_code)]
 
+pub mod burst;
 pub mod rls;
 
 use std::path::PathBuf;
@@ -164,7 +165,8 @@ pub fn sample_cases() -> Vec<Case> {
         status: 429,
         details: Some("local_rate_limited".to_string()),
         headers: vec![
-            Some("true".to_string()),
+            // No `x-envoy-ratelimited`: Envoy's local_ratelimit does not send it.
+            None,
             Some(limit.to_string()),
             Some("0".to_string()),
             Some(policy.to_string()),
