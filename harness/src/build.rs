@@ -10,6 +10,10 @@
 //! # Ok::<(), wasmesh_harness::build::BuildError>(())
 //! ```
 //!
+//! Before the first build, [`ensure_wasm_target`] makes sure the toolchain has the
+//! `wasm32-wasip1` target, running `rustup target add` itself when it is missing (rustup does not
+//! install `rust-toolchain.toml`'s targets for an already-installed toolchain).
+//!
 //! The nested cargo uses its own target directory (`wasm-artifacts` inside the workspace's target
 //! directory, usually `target/wasm-artifacts`): the outer `cargo test` may still hold the lock of
 //! the main one, and sharing it would also make the two builds invalidate each other's
@@ -24,6 +28,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
+
+mod target;
+
+pub use target::{ensure_wasm_target, TargetStatus};
 
 /// The target every filter is built for.
 pub const WASM_TARGET: &str = "wasm32-wasip1";
@@ -91,6 +99,35 @@ pub enum BuildError {
         #[source]
         source: Arc<io::Error>,
     },
+    /// The toolchain lacks the [`WASM_TARGET`] standard library and it could not be added.
+    #[error(
+        "the {WASM_TARGET} target is not installed for the Rust toolchain at {}: {remedy}",
+        sysroot.display()
+    )]
+    WasmTargetMissing {
+        /// The toolchain's sysroot (`rustc --print sysroot`).
+        sysroot: PathBuf,
+        /// What to run to fix it.
+        remedy: String,
+    },
+    /// `rustc --print sysroot` failed, so the target could not be checked.
+    #[error("`{rustc} --print sysroot` failed ({status}): {stderr}")]
+    SysrootUnknown {
+        /// The rustc asked.
+        rustc: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// `rustup target add` ran and failed.
+    #[error("`{command}` failed ({status}); run it by hand to see why")]
+    WasmTargetInstallFailed {
+        /// The rustup command line.
+        command: String,
+        /// Exit status of rustup.
+        status: String,
+    },
     /// `cargo build` ran and failed.
     #[error("cargo build of {package} for {WASM_TARGET} failed ({status}):\n{stderr}")]
     CargoFailed {
@@ -109,6 +146,12 @@ pub enum BuildError {
         /// Why none of the artifacts qualified.
         reason: String,
     },
+    /// `wasm-opt` is needed (by a test that checks optimized modules) and is not installed.
+    #[error(
+        "wasm-opt is not installed (looked at $WASM_OPT and PATH); install it with `cargo xtask \
+         setup` (`cargo xtask test` sets up and runs every test) or `apt-get install binaryen`"
+    )]
+    WasmOptMissing,
     /// `wasm-opt` ran and failed.
     #[error("wasm-opt failed on {input} ({status}):\n{stderr}")]
     WasmOptFailed {
@@ -218,6 +261,7 @@ impl WasmBuild {
             None => current_workspace()?,
         };
         let root = workspace.root;
+        ensure_wasm_target(&root)?;
         let target_dir = self
             .target_dir
             .clone()
@@ -425,6 +469,12 @@ pub fn find_wasm_opt() -> Option<PathBuf> {
         return explicit.is_file().then_some(explicit);
     }
     find_on_path("wasm-opt")
+}
+
+/// [`find_wasm_opt`] for callers that cannot do without it (tests of optimized modules): a
+/// missing `wasm-opt` is an error naming the install command, not a silent skip.
+pub fn require_wasm_opt() -> Result<PathBuf, BuildError> {
+    find_wasm_opt().ok_or(BuildError::WasmOptMissing)
 }
 
 /// Finds an executable by name in the directories of `PATH`.

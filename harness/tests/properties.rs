@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use wasmesh_harness::{headermap, PropertyValue, START_UNIX_SECONDS};
+use wasmesh_harness::{headermap, pinned_start, PropertyValue, START_UNIX_SECONDS};
 
 /// A module whose request-headers callback stores the raw bytes of each path (or its status as
 /// text) in shared data under `p0`, `p1`, ... (shared data keeps bytes intact, logs are text).
@@ -66,7 +66,8 @@ fn request_attributes_come_from_the_request_headers_with_envoys_encodings() {
         &["request", "nope"],
         &["request"],
     ]);
-    let plugin = builder(&wat).start().unwrap();
+    // `request.time` is compared with a fixed instant.
+    let plugin = builder(&wat).start_time(pinned_start()).start().unwrap();
     plugin.advance_clock(Duration::from_secs(5)).unwrap();
     let mut stream = plugin.http_stream();
     stream

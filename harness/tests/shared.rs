@@ -195,7 +195,11 @@ fn ticks_fire_once_per_period_crossed_interleaved_with_callout_timeouts() {
     (call $log1 {timeout} (i32.wrap_i64 (i64.rem_u (i64.div_u (i64.load (i32.const 528)) (i64.const 1000000)) (i64.const 100000)))))"#,
         t.data()
     ));
-    let plugin = builder(&wat).start().unwrap();
+    // The module logs wall-clock milliseconds modulo 100 s: a start on a whole second.
+    let plugin = builder(&wat)
+        .start_time(wasmesh_harness::pinned_start())
+        .start()
+        .unwrap();
     let start = plugin.now();
     assert_eq!(plugin.tick_period(0), Some(Duration::from_millis(100)));
     plugin.advance_clock(Duration::from_millis(99)).unwrap();
@@ -290,6 +294,8 @@ fn wasi_stdout_stderr_clocks_randomness_and_environment_behave_as_in_envoy() {
         builder(&wat)
             .env("REGION", "eu-1")
             .random_seed(seed)
+            // The realtime clock is compared with a fixed instant.
+            .start_time(wasmesh_harness::pinned_start())
             .start()
             .unwrap()
     };

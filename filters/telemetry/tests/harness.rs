@@ -339,7 +339,11 @@ fn outbound_client_announces_itself_and_learns_the_server() {
 
 #[test]
 fn one_json_access_log_line_per_request_with_istio_fields() {
-    let plugin = start(&sample_config(), "reviews");
+    // `start_time` is compared with a fixed instant.
+    let plugin = common::builder(&sample_config(), "reviews")
+        .start_time(wasmesh_harness::pinned_start())
+        .start()
+        .unwrap();
     for exchange in exchanges() {
         run_in_harness(&plugin, &exchange).complete().unwrap();
     }

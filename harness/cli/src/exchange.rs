@@ -11,6 +11,8 @@ use anyhow::{bail, Result};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use crate::start_time::StartTime;
+
 /// The only format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -21,6 +23,11 @@ pub struct ExchangeInput {
     /// Format version; must be [`FORMAT_VERSION`] when present.
     #[serde(default)]
     pub format: Option<u32>,
+    /// Where the virtual clock starts (RFC 3339 string or Unix seconds); default: now. Pin it to
+    /// make a run reproducible, e.g. with a token that is only valid at that time.
+    /// `--start-time` overrides it.
+    #[serde(default)]
+    pub start_time: Option<StartTime>,
     /// Virtual time to let pass after the plugin started and before the request (fires ticks).
     #[serde(default)]
     pub advance_clock_ms: u64,

@@ -14,6 +14,7 @@ mod pull;
 mod push;
 mod registry;
 mod run;
+mod start_time;
 mod validate;
 mod yaml;
 

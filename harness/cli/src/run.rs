@@ -17,6 +17,7 @@ use crate::exchange::{
     Headers, LocalReplyOutput, LogOutput, MessageInput, MessageOutput, MetricOutput, PhaseOutput,
     PropertyValueInput, VmFailureOutput, FORMAT_VERSION,
 };
+use crate::start_time::StartTime;
 
 /// Callouts answered "timeout" only fire when virtual time passes; a filter that keeps
 /// re-dispatching on timeout would otherwise make the run loop forever.
@@ -51,6 +52,11 @@ pub struct Args {
     /// What happens to the request when the VM crashes (as Envoy's `failure_policy`).
     #[arg(long, value_enum, default_value_t = FailurePolicyArg::Closed)]
     failure_policy: FailurePolicyArg,
+
+    /// Start the virtual clock here (RFC 3339, e.g. 2024-01-01T00:00:00Z, or Unix seconds)
+    /// instead of now; overrides the exchange file's `start_time`.
+    #[arg(long, value_name = "TIME")]
+    start_time: Option<StartTime>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -247,6 +253,10 @@ fn start_plugin(
         .workers(args.workers)
         .log_level(args.log_level.into())
         .failure_policy(args.failure_policy.into());
+    // Without either, the harness starts the clock now, as a proxy started now would be.
+    if let Some(StartTime(start)) = args.start_time.or(exchange.start_time) {
+        builder = builder.start_time(start);
+    }
     for property in &exchange.plugin_properties {
         let path: Vec<&str> = property.path.iter().map(String::as_str).collect();
         builder = builder.property(&path, property_value(&property.value));

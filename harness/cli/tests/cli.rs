@@ -508,3 +508,190 @@ fn the_readme_input_example_is_a_valid_exchange() {
     );
     assert_eq!(report["response"]["body"], "{\"ok\": true}");
 }
+
+/// RFC 4648 base64url without padding (the JWT encoding).
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let group = chunk.iter().enumerate().fold(0u32, |acc, (i, &byte)| {
+            acc | (u32::from(byte) << (16 - 8 * i))
+        });
+        for i in 0..=chunk.len() {
+            out.push(char::from(
+                ALPHABET[((group >> (18 - 6 * i)) & 63) as usize],
+            ));
+        }
+    }
+    out
+}
+
+/// HMAC-SHA256 (RFC 2104) of a key of at most one block.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut block = [0u8; 64];
+    block[..key.len()].copy_from_slice(key);
+    let pad = |byte: u8| block.iter().map(|k| k ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .to_vec()
+}
+
+const JWT_SECRET: &[u8] = b"wasmesh-cli-test-hmac-secret-of-32-bytes";
+
+/// An HS256 token for the provider of [`jwt_config`], expiring at `exp` (Unix seconds).
+fn hs256_token(exp: u64) -> String {
+    let header = base64url(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = base64url(
+        json!({
+            "iss": "https://issuer.example.com",
+            "aud": "api.example.com",
+            "sub": "user-1",
+            "iat": exp - 7200,
+            "exp": exp,
+        })
+        .to_string()
+        .as_bytes(),
+    );
+    let signing_input = format!("{header}.{claims}");
+    let signature = base64url(&hmac_sha256(JWT_SECRET, signing_input.as_bytes()));
+    format!("{signing_input}.{signature}")
+}
+
+/// jwt-authn with a local JWKS holding the HMAC key, requiring a token on every path.
+fn jwt_config() -> PathBuf {
+    let jwks = json!({"keys": [{"kty": "oct", "alg": "HS256", "k": base64url(JWT_SECRET)}]});
+    scratch_file(
+        "jwt-authn-local.json",
+        &json!({
+            "providers": {"local": {
+                "issuer": "https://issuer.example.com",
+                "audiences": ["api.example.com"],
+                "local_jwks": {"inline_string": jwks.to_string()},
+            }},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "local"}}],
+        })
+        .to_string(),
+    )
+}
+
+fn jwt_request(name: &str, token: &str, start_time: Option<Value>) -> PathBuf {
+    let mut exchange = json!({
+        "request": {"headers": {
+            ":method": "GET", ":path": "/orders", ":authority": "api.example.com",
+            "authorization": format!("Bearer {token}"),
+        }},
+    });
+    if let Some(start_time) = start_time {
+        exchange["start_time"] = start_time;
+    }
+    scratch_file(name, &exchange.to_string())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The virtual clock starts at the current time: a token that expired an hour ago is rejected as
+/// real Envoy rejects it, and one that expires in an hour is accepted.
+#[test]
+fn run_judges_tokens_at_the_current_time() {
+    let wasm = wasmesh_harness::build::wasm("wasmesh-jwt-authn").unwrap();
+    let config = jwt_config();
+    let now = unix_now();
+
+    let expired = jwt_request("jwt-expired.json", &hs256_token(now - 3600), None);
+    let rejected = report(&run_exchange(&wasm, &config, &expired, &[]));
+    assert_eq!(rejected["local_reply"]["status"], 401, "{rejected:#}");
+    assert_eq!(rejected["local_reply"]["body"], "Jwt is expired");
+
+    let valid = jwt_request("jwt-valid.json", &hs256_token(now + 3600), None);
+    let accepted = report(&run_exchange(&wasm, &config, &valid, &[]));
+    assert_eq!(accepted["local_reply"], Value::Null, "{accepted:#}");
+}
+
+/// A pinned start (exchange file or flag; the flag wins) judges tokens at that time instead.
+#[test]
+fn run_judges_tokens_at_a_pinned_start_time() {
+    let wasm = wasmesh_harness::build::wasm("wasmesh-jwt-authn").unwrap();
+    let config = jwt_config();
+    // Valid during 2024-01-01, expired ever since.
+    let token = hs256_token(1_704_067_200 + 3600);
+
+    let pinned = jwt_request(
+        "jwt-pinned.json",
+        &token,
+        Some(json!("2024-01-01T00:00:00Z")),
+    );
+    let report_pinned = report(&run_exchange(&wasm, &config, &pinned, &[]));
+    assert_eq!(
+        report_pinned["local_reply"],
+        Value::Null,
+        "{report_pinned:#}"
+    );
+
+    let pinned_in_seconds = jwt_request(
+        "jwt-pinned-seconds.json",
+        &token,
+        Some(json!(1_704_067_200)),
+    );
+    let report_seconds = report(&run_exchange(&wasm, &config, &pinned_in_seconds, &[]));
+    assert_eq!(
+        report_seconds["local_reply"],
+        Value::Null,
+        "{report_seconds:#}"
+    );
+
+    // The flag overrides the file: two hours after the start, the token is expired (beyond
+    // the 60 s of clock skew jwt_authn allows by default).
+    let overridden = report(&run_exchange(
+        &wasm,
+        &config,
+        &pinned,
+        &["--start-time", "2024-01-01T03:00:00+01:00"],
+    ));
+    assert_eq!(overridden["local_reply"]["body"], "Jwt is expired");
+
+    let unpinned = jwt_request("jwt-unpinned.json", &token, None);
+    let flag_only = report(&run_exchange(
+        &wasm,
+        &config,
+        &unpinned,
+        &["--start-time", "1704067200"],
+    ));
+    assert_eq!(flag_only["local_reply"], Value::Null, "{flag_only:#}");
+}
+
+#[test]
+fn a_bad_start_time_names_the_accepted_forms() {
+    let request = workspace_root().join("examples/header-filter/request.json");
+    let error = stderr(&run_exchange(
+        &example_wasm(),
+        &example_config(),
+        &request,
+        &["--start-time", "yesterday"],
+    ));
+    assert!(error.contains("--start-time"), "{error}");
+    assert!(error.contains("RFC 3339"), "{error}");
+
+    let bad_file = scratch_file(
+        "bad-start-time.json",
+        r#"{"start_time": "2024-02-30T00:00:00Z", "request": {"headers": {":path": "/"}}}"#,
+    );
+    let error = stderr(&run_exchange(
+        &example_wasm(),
+        &example_config(),
+        &bad_file,
+        &[],
+    ));
+    assert!(error.contains("start_time"), "{error}");
+}

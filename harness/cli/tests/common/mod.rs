@@ -158,8 +158,9 @@ impl Registry {
             .map(PathBuf::from)
             .find(|path| path.is_file())
             .expect(
-                "docker-registry is not installed (Debian: apt-get install docker-registry); \
-                 the OCI push/pull tests run against it",
+                "docker-registry is not installed: the OCI push/pull tests run against it. \
+                 Install it with `cargo xtask setup` (`cargo xtask test` sets up and runs every \
+                 test) or `apt-get install docker-registry`",
             );
         let dir = scratch_dir("registry");
         let storage = dir.join("storage");
