@@ -307,10 +307,9 @@ impl Scheduler {
     fn new(seed: u64, inner: &mut PluginInner, tasks: Vec<Task>) -> Self {
         let mut shells = BTreeMap::new();
         for task in &tasks {
-            if !shells.contains_key(&task.worker) {
-                let shell = inner.detach(task.worker);
-                shells.insert(task.worker, Rc::new(RefCell::new(shell)));
-            }
+            shells
+                .entry(task.worker)
+                .or_insert_with(|| Rc::new(RefCell::new(inner.detach(task.worker))));
         }
         let count = tasks.len();
         Scheduler {
