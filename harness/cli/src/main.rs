@@ -12,6 +12,7 @@ mod istio_config;
 mod oci;
 mod pull;
 mod push;
+mod race;
 mod registry;
 mod run;
 mod start_time;

@@ -57,6 +57,13 @@ pub struct Args {
     /// instead of now; overrides the exchange file's `start_time`.
     #[arg(long, value_name = "TIME")]
     start_time: Option<StartTime>,
+
+    /// Race mode: instead of one exchange, the exchange's request arrives on every worker at the
+    /// same instant, under this many seeded schedules (seeds 0..N, a fresh plugin each), with
+    /// other workers' callbacks run at a VM's shared-data and queue hostcalls. Fails if the
+    /// verdicts depend on the schedule or a shared-data write can lose an update.
+    #[arg(long, value_name = "ROUNDS")]
+    race: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -124,6 +131,11 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     let answered: Rc<RefCell<Vec<CalloutOutput>>> = Rc::default();
+    if let Some(rounds) = args.race {
+        return crate::race::run(&exchange, rounds, || {
+            start_plugin(args, &exchange, config.clone(), Rc::default())
+        });
+    }
     let plugin = start_plugin(args, &exchange, config, Rc::clone(&answered))?;
     if exchange.advance_clock_ms > 0 {
         plugin
@@ -476,7 +488,7 @@ fn vm_failure_output(error: &HarnessError) -> VmFailureOutput {
     }
 }
 
-fn property_value(value: &PropertyValueInput) -> PropertyValue {
+pub(crate) fn property_value(value: &PropertyValueInput) -> PropertyValue {
     match value {
         PropertyValueInput::String(text) => PropertyValue::String(text.clone()),
         PropertyValueInput::Int(number) => PropertyValue::Int(*number),
