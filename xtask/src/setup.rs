@@ -101,6 +101,7 @@ impl Setup {
                 sysroot.display()
             ));
         };
+        println!("missing; installing it:\n$ rustup target add {WASM_TARGET}");
         // Run from the workspace, so rustup picks the toolchain rust-toolchain.toml names.
         run(Command::new(rustup)
             .current_dir(&self.workspace)
@@ -115,6 +116,11 @@ impl Setup {
                 sysroot.display()
             ));
         }
+        println!(
+            "installed in {} ({})",
+            sysroot.display(),
+            self.rustc_version()
+        );
         Ok(())
     }
 
