@@ -483,18 +483,22 @@ impl RateLimitFilter {
                 return self.service_failed(stats, host);
             }
         };
+        // Envoy 1.40's order: the service's headers, `x-envoy-ratelimited` (over the limit),
+        // the rate limit headers; on a denial the configured `response_headers_to_add` are
+        // applied last, over those (`tests/envoy_native.rs`).
+        let over_limit = answer.overall_code == Code::OverLimit;
         let mut response_headers = answer.response_headers_to_add.clone();
+        if over_limit && !self.config.disable_x_envoy_ratelimited_header {
+            response_headers.push((X_ENVOY_RATELIMITED.to_string(), "true".to_string()));
+        }
         if self.config.enable_x_ratelimit_headers == XRateLimitHeaders::DraftVersion03 {
             response_headers.extend(x_ratelimit_global(&answer.statuses));
         }
         if self.config.wasmesh.ietf_ratelimit_headers {
             response_headers.extend(ietf_global(&answer.statuses));
         }
-        if answer.overall_code == Code::OverLimit {
+        if over_limit {
             stats.over_limit.increment(host);
-            if !self.config.disable_x_envoy_ratelimited_header {
-                response_headers.push((X_ENVOY_RATELIMITED.to_string(), "true".to_string()));
-            }
             if self.enforced(true) {
                 let status = self
                     .config
@@ -502,9 +506,8 @@ impl RateLimitFilter {
                     .map(|status| status.code)
                     .filter(|code| *code >= 400)
                     .unwrap_or(429);
-                let mut headers = Vec::new();
+                let mut headers = response_headers;
                 add_options(&mut headers, &self.config.response_headers_to_add);
-                merge_service_headers(&mut headers, response_headers);
                 return Decision::Deny(self.reply(
                     status,
                     REQUEST_RATE_LIMITED,
@@ -569,11 +572,14 @@ impl RateLimitFilter {
     }
 }
 
-/// Applies header options to the (initially empty) headers of a local reply.
+/// Applies header options to the headers of a local reply (a global denial's start with the
+/// service's).
 fn add_options(headers: &mut Vec<(String, String)>, options: &[HeaderValueOption]) {
     for option in options {
         let header = option.header();
-        let exists = headers.iter().any(|(name, _)| *name == header.key);
+        let exists = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case(&header.key));
         let (replace, add) = match option.append_action() {
             AppendAction::AppendIfExistsOrAdd => (false, true),
             AppendAction::AddIfAbsent => (false, !exists),
@@ -586,22 +592,12 @@ fn add_options(headers: &mut Vec<(String, String)>, options: &[HeaderValueOption
             continue;
         }
         if replace {
-            headers.retain(|(name, _)| *name != header.key);
+            headers.retain(|(name, _)| !name.eq_ignore_ascii_case(&header.key));
         }
         if add {
             headers.push((header.key.clone(), header.value.clone()));
         }
     }
-}
-
-/// The service's headers replace configured ones of the same name (Envoy copies them over).
-fn merge_service_headers(headers: &mut Vec<(String, String)>, service: Vec<(String, String)>) {
-    headers.retain(|(existing, _)| {
-        !service
-            .iter()
-            .any(|(name, _)| existing.eq_ignore_ascii_case(name))
-    });
-    headers.extend(service);
 }
 
 #[cfg(test)]
@@ -857,13 +853,40 @@ mod tests {
             (reply.status, reply.details.as_str()),
             (429, "request_rate_limited")
         );
-        assert!(reply
-            .headers
-            .contains(&("x-quota".into(), "exhausted".into())));
-        assert!(reply
-            .headers
-            .contains(&("x-envoy-ratelimited".into(), "true".into())));
+        // Envoy's order: the service's headers, then `x-envoy-ratelimited` (no statuses in the
+        // answer: no `X-RateLimit-*`).
+        assert_eq!(
+            reply.headers,
+            vec![
+                ("x-quota".into(), "exhausted".into()),
+                ("x-envoy-ratelimited".into(), "true".into()),
+            ]
+        );
         assert_eq!(host.metric("front.ratelimit.over_limit"), Some(1));
+    }
+
+    #[test]
+    fn configured_reply_headers_apply_over_the_services_as_envoy() {
+        let mut headers = vec![
+            ("Retry-After".to_string(), "42".to_string()),
+            ("x-envoy-ratelimited".to_string(), "true".to_string()),
+        ];
+        let options: Vec<HeaderValueOption> = serde_json::from_str(
+            r#"[{"append_action": "OVERWRITE_IF_EXISTS_OR_ADD", "header": {"key": "retry-after", "value": "60"}},
+                {"append_action": "ADD_IF_ABSENT", "header": {"key": "x-envoy-ratelimited", "value": "no"}},
+                {"header": {"key": "x-extra", "value": "1"}}]"#,
+        )
+        .unwrap();
+        add_options(&mut headers, &options);
+        // An overwritten header moves to the end (Envoy removes it, then adds the new value).
+        assert_eq!(
+            headers,
+            vec![
+                ("x-envoy-ratelimited".to_string(), "true".to_string()),
+                ("retry-after".to_string(), "60".to_string()),
+                ("x-extra".to_string(), "1".to_string()),
+            ]
+        );
     }
 
     #[test]

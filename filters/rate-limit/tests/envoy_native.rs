@@ -5,24 +5,32 @@
     clippy::indexing_slicing
 )]
 //! The filter's replies against Envoy's own: two Envoy 1.40s with 4 workers and the same policy,
-//! one running the wasm filter, the other the native `envoy.filters.http.local_ratelimit`, get
-//! the same requests one after the other (wasm, native, wasm, native, ...) so that both buckets
-//! see the same elapsed times. Every response — the 429s above all — must be the same, status,
-//! body and every header in order; only `date` may differ (each Envoy stamps its own clock).
-//! Set `WASMESH_SKIP_ENVOY=1` to skip on a machine without Envoy.
+//! one running the wasm filter, the other the native filter, get the same requests one after the
+//! other (wasm, native, wasm, native, ...) so that both see the same elapsed times. Every
+//! response — the 429s above all — must be the same, status, body and every header in order;
+//! only `date` may differ (each Envoy stamps its own clock). Local mode is compared with
+//! `envoy.filters.http.local_ratelimit`, global mode with `envoy.filters.http.ratelimit` (both
+//! asking one gRPC rate limit service). Set `WASMESH_SKIP_ENVOY=1` to skip on a machine without
+//! Envoy.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::rls::{self, RateLimitResponse};
+use prost::Message;
 use serde_json::{json, Value};
-use wasmesh_harness::envoy::{self, Envoy, EnvoyBuilder, HttpRequest, HttpResponse, WasmFilter};
+use wasmesh_harness::envoy::{
+    self, Cluster, Envoy, EnvoyBuilder, GrpcAnswer, GrpcTestServer, HttpRequest, HttpResponse,
+    TestServer, WasmFilter,
+};
 
 const ENVOY_WORKERS: u32 = 4;
 
 /// One policy for both filters, in the native filter's own proto3 JSON: a default bucket of 3
 /// tokens refilled 10 per hour (one token every 360 s), one bucket per `x-api-key` value of
-/// one token every 10 s, a header on rate-limited replies, and the `X-RateLimit-*` headers.
+/// one token every 10 s, a header on rate-limited replies, a `status` below 400 (which both
+/// turn into 429), and the `X-RateLimit-*` headers.
 fn policy() -> Value {
     json!({
         "stat_prefix": "edge",
@@ -38,6 +46,7 @@ fn policy() -> Value {
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
             "header": {"key": "x-local-rate-limit", "value": "true"}
         }],
+        "status": {"code": 200},
         "enable_x_ratelimit_headers": "DRAFT_VERSION_03"
     })
 }
@@ -69,8 +78,9 @@ fn native_envoy(policy: &Value) -> Envoy {
         .unwrap()
 }
 
-/// Headers that must differ between two Envoys: only the `date` each one stamps.
-const VOLATILE: [&str; 1] = ["date"];
+/// Headers that must differ between two Envoys: the `date` each one stamps, and on responses
+/// from an upstream (global mode) the milliseconds the upstream took.
+const VOLATILE: [&str; 2] = ["date", "x-envoy-upstream-service-time"];
 
 /// Status, body and every header in the order received, minus [`VOLATILE`] ones.
 fn wire(response: &HttpResponse) -> (u16, String, Vec<(String, String)>) {
@@ -191,4 +201,136 @@ fn rate_limited_replies_are_identical_to_native_local_ratelimit() {
     }
     // The comparison covered denials by a per-key bucket and by the default bucket.
     assert_eq!(limited, 4);
+}
+
+/// Global mode, in the native filter's proto3 JSON: a gRPC rate limit service on cluster
+/// `ratelimit`, one descriptor from `x-user`, a header on rate-limited replies, a
+/// `rate_limited_status` below 400 (429 for both), and the `X-RateLimit-*` headers.
+fn global_policy() -> Value {
+    json!({
+        "domain": "edge",
+        "stat_prefix": "front",
+        "timeout": "2s",
+        "rate_limit_service": {
+            "grpc_service": {"envoy_grpc": {"cluster_name": "ratelimit"}},
+            "transport_api_version": "V3"
+        },
+        "rate_limits": [{"actions": [{"request_headers": {"header_name": "x-user", "descriptor_key": "user"}}]}],
+        "response_headers_to_add": [
+            {"append_action": "OVERWRITE_IF_EXISTS_OR_ADD", "header": {"key": "x-global-rate-limit", "value": "true"}},
+            {"append_action": "OVERWRITE_IF_EXISTS_OR_ADD", "header": {"key": "retry-after", "value": "60"}}
+        ],
+        "rate_limited_status": {"code": 200},
+        "enable_x_ratelimit_headers": "DRAFT_VERSION_03"
+    })
+}
+
+/// The service's answer for a user: `mallory` is over the limit with a body, `eve` over the limit
+/// without one, anyone else is under it.
+fn service_answer(user: &str) -> RateLimitResponse {
+    let status = |code: i32, remaining: u32| rls::DescriptorStatus {
+        code,
+        current_limit: Some(rls::RateLimit {
+            requests_per_unit: 10,
+            unit: rls::MINUTE,
+            name: "per-user".into(),
+        }),
+        limit_remaining: remaining,
+        duration_until_reset: Some(rls::ProtoDuration {
+            seconds: 42,
+            nanos: 500_000_000,
+        }),
+    };
+    match user {
+        "mallory" => RateLimitResponse {
+            overall_code: rls::OVER_LIMIT,
+            statuses: vec![status(rls::OVER_LIMIT, 0)],
+            response_headers_to_add: vec![rls::header("retry-after", "42")],
+            raw_body: b"slow down\n".to_vec(),
+            ..RateLimitResponse::default()
+        },
+        "eve" => RateLimitResponse {
+            overall_code: rls::OVER_LIMIT,
+            statuses: vec![status(rls::OVER_LIMIT, 0)],
+            ..RateLimitResponse::default()
+        },
+        _ => RateLimitResponse {
+            overall_code: rls::OK,
+            statuses: vec![status(rls::OK, 7)],
+            response_headers_to_add: vec![rls::header("x-quota-tier", "gold")],
+            ..RateLimitResponse::default()
+        },
+    }
+}
+
+#[test]
+fn over_limit_replies_are_identical_to_native_ratelimit() {
+    if envoy::skip_requested() {
+        return;
+    }
+    let service = GrpcTestServer::start(|call| {
+        let request = rls::decode_request(&call.message);
+        let user = rls::descriptors(&request)
+            .first()
+            .and_then(|descriptor| descriptor.strip_prefix("user=").map(str::to_string))
+            .unwrap_or_default();
+        GrpcAnswer::Message(service_answer(&user).encode_to_vec())
+    })
+    .unwrap();
+    // Envoy's ratelimit filter only acts on requests routed to a cluster (not on direct
+    // responses): both Envoys forward to an upstream answering `200 ok`.
+    let upstream = TestServer::start(|_| HttpResponse::new(200, "ok")).unwrap();
+    let policy = global_policy();
+    let with_service = || {
+        EnvoyBuilder::new()
+            .concurrency(ENVOY_WORKERS)
+            .upstream(upstream.addr())
+            .cluster(Cluster::new("ratelimit", service.addr()).http2())
+    };
+    let wasm = with_service()
+        .wasm_filter(
+            WasmFilter::new(common::wasm())
+                .name("rate-limit")
+                .configuration(policy.to_string()),
+        )
+        .start()
+        .unwrap();
+    let mut typed_config = policy.clone();
+    typed_config["@type"] =
+        json!("type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit");
+    let native = with_service()
+        .http_filter_json(json!({
+            "name": "envoy.filters.http.ratelimit",
+            "typed_config": typed_config,
+        }))
+        .start()
+        .unwrap();
+
+    let exchanges: Vec<_> = ["alice", "mallory", "eve", "bob"]
+        .into_iter()
+        .map(|user| {
+            let request = HttpRequest::get("/api").header("x-user", user);
+            let from_wasm = wasm.send(&request).unwrap();
+            let from_native = native.send(&request).unwrap();
+            eprintln!(
+                "{user}\n  wasm:   {:?}\n  native: {:?}",
+                wire(&from_wasm),
+                wire(&from_native)
+            );
+            (user, from_wasm, from_native)
+        })
+        .collect();
+    eprintln!("service calls: {}", service.requests().len());
+    let mut limited = 0;
+    for (user, from_wasm, from_native) in &exchanges {
+        assert_eq!(
+            wire(from_wasm),
+            wire(from_native),
+            "{user}: wasm filter (left) vs native ratelimit (right)"
+        );
+        limited += usize::from(from_native.status == 429);
+    }
+    assert_eq!(limited, 2);
+    // Both asked the service for every request.
+    assert_eq!(service.requests().len(), 8);
 }

@@ -1,15 +1,27 @@
-//! Simultaneous requests to a real Envoy: connections opened first (the kernel hands each to a
-//! worker thread when it is accepted), then every request written at the same instant from its
-//! own thread behind a barrier, so that the requests are in several workers' wasm VMs at once.
+//! Simultaneous requests to a real Envoy. The connections are opened first and given time to
+//! be accepted (the kernel hands each to one of Envoy's worker threads), a reader thread waits
+//! on each, then one thread writes every request back to back — a few microseconds apart, closer
+//! than threads released by a barrier would be — so that the requests run in several workers'
+//! wasm VMs at the same time.
 //!
 //! (The fault filter's tests hold the same few lines: test crates of different filters
 //! share no code but the harness.)
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Barrier};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// Time for Envoy's workers to accept the burst's connections before the requests go out.
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// What one request of a burst got.
 #[derive(Debug, Clone)]
@@ -23,37 +35,43 @@ pub struct Reply {
 /// Sends one GET per entry of `requests` (its extra headers) to `listener`, all at once; the
 /// replies come back in the same order.
 pub fn burst(listener: SocketAddr, requests: &[Vec<(String, String)>]) -> Vec<Reply> {
-    let barrier = Arc::new(Barrier::new(requests.len()));
-    let clients: Vec<_> = requests
-        .iter()
-        .map(|headers| {
-            let mut wire = "GET / HTTP/1.1\r\nhost: shop\r\n".to_string();
-            for (name, value) in headers {
-                wire.push_str(&format!("{name}: {value}\r\n"));
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    for headers in requests {
+        let mut wire = "GET / HTTP/1.1\r\nhost: shop\r\n".to_string();
+        for (name, value) in headers {
+            wire.push_str(&format!("{name}: {value}\r\n"));
+        }
+        wire.push_str("\r\n");
+        let stream = TcpStream::connect(listener).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut reading = stream.try_clone().unwrap();
+        let (sent_at, sent) = mpsc::channel::<Instant>();
+        readers.push(thread::spawn(move || {
+            let status = read_response(&mut reading);
+            let done = Instant::now();
+            let started = sent.recv().unwrap();
+            Reply {
+                status,
+                latency: done - started,
             }
-            wire.push_str("\r\n");
-            let mut stream = TcpStream::connect(listener).unwrap();
-            stream.set_nodelay(true).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(30)))
-                .unwrap();
-            let barrier = Arc::clone(&barrier);
-            thread::spawn(move || {
-                barrier.wait();
-                let started = Instant::now();
-                stream.write_all(wire.as_bytes()).unwrap();
-                let status = read_response(&mut stream);
-                Reply {
-                    status,
-                    latency: started.elapsed(),
-                }
-            })
-        })
-        .collect();
-    clients
+        }));
+        writers.push((stream, wire, sent_at));
+    }
+    thread::sleep(SETTLE);
+    for (stream, wire, sent_at) in &mut writers {
+        sent_at.send(Instant::now()).unwrap();
+        stream.write_all(wire.as_bytes()).unwrap();
+    }
+    let replies = readers
         .into_iter()
-        .map(|client| client.join().unwrap())
-        .collect()
+        .map(|reader| reader.join().unwrap())
+        .collect();
+    drop(writers);
+    replies
 }
 
 /// Reads one HTTP/1.1 response with a `content-length` (Envoy's local and direct replies have
