@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! `max_active_faults` under race mode: worker VMs interleaved at hostcall granularity, as
 //! Envoy's worker threads can be. Four requests arrive at the same instant on four (and eight)
 //! workers; whatever the schedule, exactly one is delayed, and the fault is given back when that
