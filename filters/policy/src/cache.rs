@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wasmesh_sdk::error::Error;
 use wasmesh_sdk::request::Request;
-use wasmesh_sdk::shared::{update, SharedData, Update, DEFAULT_CAS_ATTEMPTS};
+use wasmesh_sdk::shared::{create_if_absent, SharedData, DEFAULT_CAS_ATTEMPTS};
 
 use crate::config::{CacheKey, DecisionCache};
 use crate::verdict::Verdict;
@@ -272,6 +272,25 @@ impl Cache {
         }
     }
 
+    /// Creates the shared tier's slots that do not exist yet (nothing without `shared`). Run at
+    /// start-up, before traffic: only a key that exists gets a CAS token, and makes every later
+    /// store a compare-and-swap.
+    pub fn create_shared_entries(&self, store: &dyn SharedData) -> Result<(), Error> {
+        match &self.shared {
+            Some(shared) => shared.create(store),
+            None => Ok(()),
+        }
+    }
+
+    /// Every shared-data key the shared tier uses (none without `shared`): its complete
+    /// footprint, created at start-up.
+    pub fn shared_keys(&self) -> Vec<String> {
+        self.shared
+            .as_ref()
+            .map(|shared| shared.keys().collect())
+            .unwrap_or_default()
+    }
+
     /// The default TTL.
     pub fn ttl(&self) -> Duration {
         self.ttl
@@ -346,30 +365,91 @@ impl Cache {
         };
         let evicted = self.local.insert(key.to_string(), entry.clone());
         if let Some(shared) = &self.shared {
-            shared.put(store, &entry)?;
+            shared.put(store, &entry, now_ms)?;
         }
         Ok(Stored { evicted })
     }
 }
 
-/// The shared-data tier: one key per decision (`<namespace>.<digest>`), and an index key
-/// holding the digests in insertion order, so the tier stays bounded: when it is full, the
-/// oldest decision's key is overwritten with an empty value (shared data has no delete).
-/// Eviction in this tier is first-in first-out; each worker's own tier is LRU.
+/// The shared-data tier: a table of `max_entries` slots, keys `<namespace>.<index>`, every one
+/// created (empty) at start-up by [`Cache::create_shared_entries`], so that every store is a
+/// compare-and-swap on a key that exists. (The ABI has no "create if absent": two workers that
+/// create one key at the same instant both succeed, and one silently replaces the other; a
+/// store that rewrote a per-decision key, or emptied an evicted one, without a token would lose
+/// what another worker wrote in between.)
+///
+/// A decision lives in one slot among the [`SHARED_PROBE_WINDOW`] slots from its home (its key
+/// digest modulo the table size): its own slot if it has one, else the first never-used slot,
+/// else one whose decision is past its grace period, else the live decision closest to the end
+/// of its grace period is replaced. A slot holds the key digest and the end of the grace period
+/// (read by a probe without decoding JSON), then the JSON entry with its full key. Slots are never
+/// emptied again, so nothing is ever placed past a never-used slot and a lookup stops there. The
+/// tier holds exactly `max_entries` shared-data keys, whatever the traffic.
 #[derive(Debug)]
 struct SharedTier {
     namespace: String,
-    capacity: usize,
+    slots: u32,
 }
 
-/// Bytes of a digest in the shared index.
+/// How many slots from its home a decision may live in.
+pub const SHARED_PROBE_WINDOW: u32 = 8;
+
+/// Bytes of a digest in a slot.
 const DIGEST_BYTES: usize = 16;
+
+/// Bytes of a slot before its JSON entry: the key digest, then the end of the grace period
+/// (milliseconds since the Unix epoch, little-endian).
+const SLOT_HEADER: usize = DIGEST_BYTES + 8;
+
+/// A slot's value, decoded as far as a probe needs.
+enum Slot<'a> {
+    /// Empty: never used.
+    Unused,
+    /// A decision.
+    Holds {
+        digest: &'a [u8],
+        stale_until_ms: u64,
+        json: &'a [u8],
+    },
+    /// Not a slot this filter wrote: reusable.
+    Malformed,
+}
+
+impl Slot<'_> {
+    fn parse(bytes: &[u8]) -> Slot<'_> {
+        if bytes.is_empty() {
+            return Slot::Unused;
+        }
+        let Some((header, json)) = bytes.split_at_checked(SLOT_HEADER) else {
+            return Slot::Malformed;
+        };
+        let Some((digest, until)) = header.split_at_checked(DIGEST_BYTES) else {
+            return Slot::Malformed;
+        };
+        match until.try_into().map(u64::from_le_bytes) {
+            Ok(stale_until_ms) => Slot::Holds {
+                digest,
+                stale_until_ms,
+                json,
+            },
+            Err(_) => Slot::Malformed,
+        }
+    }
+}
+
+/// Where a store writes: a slot key and the CAS token it was read with.
+struct Place {
+    key: String,
+    cas: Option<u32>,
+    /// The end of the grace period of the live decision it replaces (eviction candidates).
+    replaces_until_ms: u64,
+}
 
 impl SharedTier {
     fn new(namespace: &str, capacity: usize) -> Self {
         SharedTier {
             namespace: namespace.to_string(),
-            capacity,
+            slots: u32::try_from(capacity).unwrap_or(u32::MAX).max(1),
         }
     }
 
@@ -380,45 +460,150 @@ impl SharedTier {
         digest
     }
 
-    fn entry_key(&self, digest: &[u8]) -> String {
-        format!("{}.{}", self.namespace, hex(digest))
+    fn slot_key(&self, index: u64) -> String {
+        format!("{}.{index}", self.namespace)
     }
 
-    fn index_key(&self) -> String {
-        format!("{}.index", self.namespace)
+    /// Every key of the table.
+    fn keys(&self) -> impl Iterator<Item = String> + '_ {
+        (0..u64::from(self.slots)).map(|index| self.slot_key(index))
+    }
+
+    /// The slot keys a decision with `digest` may live in, from its home.
+    fn window(&self, digest: &[u8; DIGEST_BYTES]) -> impl Iterator<Item = String> + '_ {
+        let slots = u64::from(self.slots);
+        let mut home_bytes = [0u8; 8];
+        for (byte, digest_byte) in home_bytes.iter_mut().zip(digest.iter()) {
+            *byte = *digest_byte;
+        }
+        let home = u64::from_le_bytes(home_bytes) % slots;
+        (0..u64::from(SHARED_PROBE_WINDOW.min(self.slots)))
+            .map(move |step| self.slot_key((home + step) % slots))
+    }
+
+    /// Creates the slots that do not exist yet (empty), in order. Run at start-up, before
+    /// traffic. Shared data has no delete, and every worker creates the slots in order, so when
+    /// the last slot exists every slot does: the workers that start after the first read one key.
+    fn create(&self, store: &dyn SharedData) -> Result<(), Error> {
+        let last = self.slot_key(u64::from(self.slots).saturating_sub(1));
+        if store.get_shared_data(&last)?.is_some() {
+            return Ok(());
+        }
+        self.keys()
+            .try_for_each(|key| create_if_absent(store, &key, b"").map(|_| ()))
     }
 
     fn get(&self, store: &dyn SharedData, key: &str) -> Option<Entry> {
-        let stored = store
-            .get_shared_data(&self.entry_key(&Self::digest(key)))
-            .ok()??;
-        let entry: Entry = serde_json::from_slice(&stored.value).ok()?;
-        // Same digest is not enough: the full key must match.
-        (entry.key == key).then_some(entry)
+        let digest = Self::digest(key);
+        for slot_key in self.window(&digest) {
+            // A slot that cannot be read (or was never created) ends the probe: a miss.
+            let stored = store.get_shared_data(&slot_key).ok()??;
+            match Slot::parse(&stored.value) {
+                Slot::Unused => return None,
+                Slot::Holds {
+                    digest: owner,
+                    json,
+                    ..
+                } if owner == digest => {
+                    let entry: Entry = serde_json::from_slice(json).ok()?;
+                    // Same digest is not enough: the full key must match.
+                    return (entry.key == key).then_some(entry);
+                }
+                Slot::Holds { .. } | Slot::Malformed => {}
+            }
+        }
+        None
     }
 
-    fn put(&self, store: &dyn SharedData, entry: &Entry) -> Result<(), Error> {
+    /// Stores `entry` at host time `now_ms`: the slot is chosen and written with the CAS token
+    /// it was read with; when another worker wrote it in between, the probe starts over.
+    fn put(&self, store: &dyn SharedData, entry: &Entry, now_ms: u64) -> Result<(), Error> {
         let digest = Self::digest(&entry.key);
-        let bytes = serde_json::to_vec(entry)
+        let json = serde_json::to_vec(entry)
             .map_err(|error| Error::InvalidArgument(format!("encoding a decision: {error}")))?;
-        store.set_shared_data(&self.entry_key(&digest), &bytes, None)?;
-        let capacity = self.capacity;
-        let evicted = update(store, &self.index_key(), DEFAULT_CAS_ATTEMPTS, |current| {
-            let mut digests: Vec<[u8; DIGEST_BYTES]> = current
-                .unwrap_or_default()
-                .chunks_exact(DIGEST_BYTES)
-                .filter_map(|chunk| chunk.try_into().ok())
-                .filter(|existing| *existing != digest)
-                .collect();
-            digests.push(digest);
-            let overflow = digests.len().saturating_sub(capacity);
-            let evicted: Vec<[u8; DIGEST_BYTES]> = digests.drain(..overflow).collect();
-            Update::Write(digests.concat(), evicted)
-        })?;
-        for old in evicted {
-            store.set_shared_data(&self.entry_key(&old), b"", None)?;
+        let mut value = Vec::with_capacity(SLOT_HEADER + json.len());
+        value.extend_from_slice(&digest);
+        value.extend_from_slice(&entry.stale_until_ms.to_le_bytes());
+        value.extend_from_slice(&json);
+        for _ in 0..DEFAULT_CAS_ATTEMPTS {
+            let place = self.place(store, &digest, now_ms)?;
+            match store.set_shared_data(&place.key, &value, place.cas) {
+                Ok(()) => return Ok(()),
+                Err(Error::CasMismatch { .. }) => continue,
+                Err(error) => return Err(error),
+            }
         }
-        Ok(())
+        Err(Error::CasContention {
+            key: self.namespace.clone(),
+            attempts: DEFAULT_CAS_ATTEMPTS,
+        })
+    }
+
+    /// The slot a decision with `digest` goes to: its own, else the first never-used one, else
+    /// the first past its grace period, else the live one closest to the end of its grace period.
+    fn place(
+        &self,
+        store: &dyn SharedData,
+        digest: &[u8; DIGEST_BYTES],
+        now_ms: u64,
+    ) -> Result<Place, Error> {
+        let mut free: Option<Place> = None;
+        let mut victim: Option<Place> = None;
+        for key in self.window(digest) {
+            let Some(current) = store.get_shared_data(&key)? else {
+                // Never created (start-up could not create it): written without a token.
+                return Ok(free.unwrap_or(Place {
+                    key,
+                    cas: None,
+                    replaces_until_ms: 0,
+                }));
+            };
+            let cas = Some(current.cas);
+            match Slot::parse(&current.value) {
+                Slot::Holds { digest: owner, .. } if owner == digest => {
+                    return Ok(Place {
+                        key,
+                        cas,
+                        replaces_until_ms: 0,
+                    })
+                }
+                Slot::Unused => {
+                    return Ok(free.unwrap_or(Place {
+                        key,
+                        cas,
+                        replaces_until_ms: 0,
+                    }))
+                }
+                Slot::Malformed => {
+                    free.get_or_insert(Place {
+                        key,
+                        cas,
+                        replaces_until_ms: 0,
+                    });
+                }
+                Slot::Holds { stale_until_ms, .. } if stale_until_ms <= now_ms => {
+                    free.get_or_insert(Place {
+                        key,
+                        cas,
+                        replaces_until_ms: 0,
+                    });
+                }
+                Slot::Holds { stale_until_ms, .. } => {
+                    if victim
+                        .as_ref()
+                        .is_none_or(|victim| victim.replaces_until_ms > stale_until_ms)
+                    {
+                        victim = Some(Place {
+                            key,
+                            cas,
+                            replaces_until_ms: stale_until_ms,
+                        });
+                    }
+                }
+            }
+        }
+        free.or(victim)
+            .ok_or_else(|| Error::InvalidArgument("empty shared decision table".to_string()))
     }
 }
 
@@ -426,9 +611,11 @@ impl SharedTier {
 mod tests {
     use super::*;
     use crate::verdict::{Allow, Deny};
+    use std::cell::{Cell, RefCell};
     use wasmesh_sdk::clock::Clock;
     use wasmesh_sdk::config::load;
     use wasmesh_sdk::request::MemoryRequest;
+    use wasmesh_sdk::shared::SharedValue;
     use wasmesh_sdk::testing::MemoryHost;
 
     fn allow() -> Verdict {
@@ -588,49 +775,239 @@ mod tests {
         assert_eq!(cache.len(), 2);
     }
 
+    fn shared_cache(max_entries: u32, host: &dyn SharedData) -> Cache {
+        let cache = cache(
+            &format!(r#"{{"max_entries": {max_entries}, "shared": true}}"#),
+            Duration::ZERO,
+        );
+        cache.create_shared_entries(host).unwrap();
+        cache
+    }
+
+    /// What "another worker" does between a read and a write.
+    type Meddle<'a> = Box<dyn FnOnce(&MemoryHost) + 'a>;
+
+    /// A store that records every write and can let "another worker" write first.
+    struct Recorder<'a> {
+        inner: &'a MemoryHost,
+        writes: RefCell<Vec<(String, Option<u32>)>>,
+        reads: Cell<usize>,
+        /// Run (once) just before the next write, after the reads that chose its slot.
+        meddle: RefCell<Option<Meddle<'a>>>,
+    }
+
+    impl<'a> Recorder<'a> {
+        fn new(inner: &'a MemoryHost) -> Self {
+            Recorder {
+                inner,
+                writes: RefCell::new(Vec::new()),
+                reads: Cell::new(0),
+                meddle: RefCell::new(None),
+            }
+        }
+    }
+
+    impl SharedData for Recorder<'_> {
+        fn get_shared_data(&self, key: &str) -> Result<Option<SharedValue>, Error> {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.get_shared_data(key)
+        }
+
+        fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Error> {
+            if let Some(meddle) = self.meddle.borrow_mut().take() {
+                meddle(self.inner);
+            }
+            self.writes.borrow_mut().push((key.to_string(), cas));
+            self.inner.set_shared_data(key, value, cas)
+        }
+    }
+
+    fn stored(host: &MemoryHost, keys: &[String]) -> Vec<Entry> {
+        keys.iter()
+            .filter_map(|key| {
+                let value = host.get_shared_data(key).unwrap()?.value;
+                match Slot::parse(&value) {
+                    Slot::Holds { json, .. } => Some(serde_json::from_slice(json).unwrap()),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     #[test]
     fn shared_tier_serves_other_workers_and_stays_bounded() {
         let host = MemoryHost::new();
         let now = host.now();
-        let json = r#"{"max_entries": 2, "shared": true}"#;
-        let mut first = cache(json, Duration::ZERO);
-        let mut second = cache(json, Duration::ZERO);
+        let mut first = shared_cache(2, &host);
+        let mut second = shared_cache(2, &host);
+        let keys = first.shared_keys();
+        assert_eq!(
+            keys,
+            ["wasmesh.policy.test.0", "wasmesh.policy.test.1"],
+            "the footprint, created at start-up"
+        );
+        for key in &keys {
+            assert_eq!(host.get_shared_data(key).unwrap().unwrap().value, b"");
+        }
         first.store("a", deny(401), None, now, &host).unwrap();
         assert_eq!(second.lookup("a", now, &host), Lookup::Fresh(deny(401)));
         first.store("b", allow(), None, now, &host).unwrap();
         first.store("c", allow(), None, now, &host).unwrap();
-        // `a` left the shared tier (FIFO) but `second` copied it into its own tier.
-        let mut third = cache(json, Duration::ZERO);
-        assert_eq!(third.lookup("a", now, &host), Lookup::Miss);
+        // Two places for three decisions: one left the shared tier, but `second` copied `a`
+        // into its own tier.
+        let mut third = shared_cache(2, &host);
+        let shared: Vec<String> = stored(&host, &keys).into_iter().map(|e| e.key).collect();
+        assert_eq!(shared.len(), 2);
+        assert!(shared.contains(&"c".to_string()), "{shared:?}");
         assert_eq!(third.lookup("c", now, &host), Lookup::Fresh(allow()));
         assert_eq!(second.lookup("a", now, &host), Lookup::Fresh(deny(401)));
-        let index = host
-            .get_shared_data("wasmesh.policy.test.index")
-            .unwrap()
+        assert_eq!(
+            host.get_shared_data("wasmesh.policy.test.2").unwrap(),
+            None,
+            "nothing outside the table"
+        );
+    }
+
+    #[test]
+    fn the_first_worker_creates_the_slots_and_the_others_read_one_key() {
+        let host = MemoryHost::new();
+        let first = Recorder::new(&host);
+        shared_cache(100, &first);
+        assert_eq!((first.reads.get(), first.writes.borrow().len()), (101, 100));
+        let next = Recorder::new(&host);
+        shared_cache(100, &next);
+        assert_eq!((next.reads.get(), next.writes.borrow().len()), (1, 0));
+        // A larger table (same namespace) creates what it lacks.
+        let larger = Recorder::new(&host);
+        shared_cache(150, &larger);
+        assert_eq!(larger.writes.borrow().len(), 50);
+        for index in 0..150 {
+            let key = format!("wasmesh.policy.test.{index}");
+            assert!(host.get_shared_data(&key).unwrap().is_some(), "{key}");
+        }
+    }
+
+    #[test]
+    fn every_shared_store_is_a_compare_and_swap_on_a_created_slot() {
+        let host = MemoryHost::new();
+        let now = host.now();
+        let mut cache = shared_cache(4, &host);
+        let recorder = Recorder::new(&host);
+        for (index, key) in ["a", "b", "a", "c", "d", "e", "f", "a"].iter().enumerate() {
+            let at = now + Duration::from_secs(u64::try_from(index).unwrap());
+            cache.store(key, allow(), None, at, &recorder).unwrap();
+        }
+        let writes = recorder.writes.borrow();
+        assert_eq!(writes.len(), 8);
+        for (key, cas) in writes.iter() {
+            assert!(cas.is_some(), "{key} written without a token");
+            assert!(cache.shared_keys().contains(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_store_that_loses_a_race_for_a_slot_starts_over() {
+        let host = MemoryHost::new();
+        let now = host.now();
+        let mut cache = shared_cache(1, &host);
+        let mut other = shared_cache(1, &host);
+        // Between this worker's read of the slot and its write, another worker stores "b" there.
+        let recorder = Recorder::new(&host);
+        *recorder.meddle.borrow_mut() = Some(Box::new(move |host: &MemoryHost| {
+            other.store("b", deny(403), None, now, host).unwrap();
+        }));
+        cache.store("a", allow(), None, now, &recorder).unwrap();
+        let writes = recorder.writes.borrow();
+        assert_eq!(
+            writes.len(),
+            2,
+            "the first write failed its CAS and was retried"
+        );
+        // The retry saw "b" (live) and replaced it knowingly: one slot, "a" in it.
+        let mut third = shared_cache(1, &host);
+        assert_eq!(third.lookup("a", now, &host), Lookup::Fresh(allow()));
+        assert_eq!(third.lookup("b", now, &host), Lookup::Miss);
+
+        // The same key stored by two workers at once ends in one slot, not two.
+        let host = MemoryHost::new();
+        let mut cache = shared_cache(8, &host);
+        let mut other = shared_cache(8, &host);
+        let recorder = Recorder::new(&host);
+        *recorder.meddle.borrow_mut() = Some(Box::new(move |host: &MemoryHost| {
+            other.store("k", deny(403), None, now, host).unwrap();
+        }));
+        cache.store("k", allow(), None, now, &recorder).unwrap();
+        let keys = cache.shared_keys();
+        let entries = stored(&host, &keys);
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0].verdict, allow(), "the last store wins");
+    }
+
+    #[test]
+    fn slots_past_their_grace_period_are_reused_before_live_ones() {
+        let host = MemoryHost::new();
+        let now = host.now();
+        let grace = Duration::from_secs(60);
+        let config: DecisionCache =
+            load(br#"{"ttl": "10s", "max_entries": 2, "shared": true}"#.as_slice()).unwrap();
+        let new_cache = || {
+            let cache = Cache::new(&config, grace, "wasmesh.policy.test");
+            cache.create_shared_entries(&host).unwrap();
+            cache
+        };
+        let mut cache = new_cache();
+        // "old" lives until now + 10 s + 60 s; "young" until 30 s later.
+        cache.store("old", allow(), None, now, &host).unwrap();
+        cache
+            .store(
+                "young",
+                deny(403),
+                None,
+                now + Duration::from_secs(30),
+                &host,
+            )
             .unwrap();
-        assert_eq!(index.value.len(), 2 * DIGEST_BYTES);
+        // Both live: the one closest to the end of its grace period ("old") gives way.
+        let at = now + Duration::from_secs(40);
+        cache.store("new", allow(), None, at, &host).unwrap();
+        let mut reader = new_cache();
+        assert_eq!(reader.last_known("old", at, &host), None);
+        assert_eq!(reader.last_known("young", at, &host), Some(deny(403)));
+        // Later, "young" is past its grace period: its slot is taken, "new" stays.
+        let later = now + Duration::from_secs(101);
+        cache.store("newer", allow(), None, later, &host).unwrap();
+        let mut reader = new_cache();
+        assert_eq!(reader.last_known("new", later, &host), Some(allow()));
+        assert_eq!(reader.lookup("newer", later, &host), Lookup::Fresh(allow()));
     }
 
     #[test]
     fn a_shared_entry_with_another_key_is_never_used() {
         let host = MemoryHost::new();
         let now = host.now();
-        let mut cache = cache(r#"{"shared": true}"#, Duration::ZERO);
+        let mut cache = shared_cache(1, &host);
         // Plant an entry for key "b" under the digest of key "a" (a forged collision).
-        let tier = SharedTier::new("wasmesh.policy.test", 10);
         let planted = Entry {
             key: "b".into(),
             verdict: allow(),
             fresh_until_ms: u64::MAX,
             stale_until_ms: u64::MAX,
         };
-        host.set_shared_data(
-            &tier.entry_key(&SharedTier::digest("a")),
-            &serde_json::to_vec(&planted).unwrap(),
-            None,
-        )
-        .unwrap();
+        let mut value = SharedTier::digest("a").to_vec();
+        value.extend_from_slice(&u64::MAX.to_le_bytes());
+        value.extend_from_slice(&serde_json::to_vec(&planted).unwrap());
+        host.set_shared_data("wasmesh.policy.test.0", &value, None)
+            .unwrap();
         assert_eq!(cache.lookup("a", now, &host), Lookup::Miss);
+        // A slot this filter did not write is reused, not trusted.
+        host.set_shared_data("wasmesh.policy.test.0", b"junk", None)
+            .unwrap();
+        assert_eq!(cache.lookup("a", now, &host), Lookup::Miss);
+        cache.store("a", deny(401), None, now, &host).unwrap();
+        assert_eq!(
+            shared_cache(1, &host).lookup("a", now, &host),
+            Lookup::Fresh(deny(401))
+        );
     }
 
     #[test]

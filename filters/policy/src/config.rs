@@ -610,7 +610,7 @@ impl Validate for DecisionCache {
         if self.shared && self.max_entries > 100_000 {
             return Err(ConfigError::new(
                 "max_entries",
-                "at most 100000 with `shared` (the shared index is rewritten on every store)",
+                "at most 100000 with `shared` (each shared decision has a shared-data key, all created at start-up)",
             ));
         }
         if let Some(header) = &self.ttl_header {

@@ -17,7 +17,9 @@ impl HttpFilter for Policy {
     type Stream = PolicyStream;
 
     fn new(config: Config, host: &mut dyn Host) -> Result<Self, Error> {
-        Policy::new(config, host)
+        let policy = Policy::new(config, host)?;
+        policy.create_shared_entries(host)?;
+        Ok(policy)
     }
 
     fn on_request_start(&self, stream: &mut PolicyStream, end_of_stream: bool) {

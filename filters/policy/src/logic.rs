@@ -13,6 +13,7 @@ use wasmesh_sdk::error::Error;
 use wasmesh_sdk::host::{Host, LogLevel};
 use wasmesh_sdk::metrics::{stat_name, Counter, MetricSink};
 use wasmesh_sdk::request::Request;
+use wasmesh_sdk::shared::SharedData;
 
 use crate::cache::{Cache, KeyBuilder, Lookup};
 use crate::check::{Answer, BodyPart, Callout, Failure, Service};
@@ -175,6 +176,26 @@ impl Policy {
             dry_run: config.dry_run,
             stats,
         })
+    }
+
+    /// Creates every shared-data key of the shared decision cache (`decision_cache.shared`), so
+    /// that every later store is a compare-and-swap. Run at start-up, before traffic.
+    pub fn create_shared_entries(&self, store: &dyn SharedData) -> Result<(), Error> {
+        match &self.cache {
+            Some(cache) => cache
+                .try_borrow()
+                .map_err(|_| Error::InvalidArgument("decision cache in use".to_string()))?
+                .create_shared_entries(store),
+            None => Ok(()),
+        }
+    }
+
+    /// Every shared-data key this filter may write: its complete footprint.
+    pub fn shared_keys(&self) -> Vec<String> {
+        self.cache
+            .as_ref()
+            .and_then(|cache| cache.try_borrow().ok().map(|cache| cache.shared_keys()))
+            .unwrap_or_default()
     }
 
     /// The stats handles.

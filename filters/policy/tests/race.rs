@@ -9,11 +9,14 @@
 //!
 //! Each round, 24 requests over 12 keys (every key twice: concurrent misses of the same key, and
 //! of different keys) arrive at the same instant on 8 (and 4) workers; the service's answers come
-//! back after the race (the harness delivers callout answers after the racing events), and each
-//! is stored in the shared tier. Then every key is asked again on a worker that did not see it:
-//! whatever the schedule, every verdict equals the one a lone worker without a cache gets, a
-//! roomy shared tier answers every second request without asking the service, and no write to
-//! shared data can lose a concurrent update.
+//! back after the race (the harness delivers callout answers after the racing events, so the
+//! stores themselves run one at a time: `src/cache.rs`'s unit tests interleave them), and each is
+//! stored in the shared tier. Then every key is asked again on a worker that did not see it.
+//! Whatever the schedule: every verdict equals the one a lone worker without a cache gets; the
+//! shared tier is exactly its table of slots, created at start-up, and every decision in it is
+//! the right one for its key, no key in two slots; a roomy tier holds every key of the round and
+//! answers every second request without asking the service; and no write to shared data can lose
+//! a concurrent update.
 
 mod common;
 
@@ -22,6 +25,9 @@ use std::time::Instant;
 
 use common::{builder, sample_config, send_in_harness, Verdict};
 use wasmesh_harness::{explore_races, Action, HttpStream, Plugin, StreamState};
+use wasmesh_policy::cache::Entry;
+use wasmesh_policy::{verdict, Config, Policy};
+use wasmesh_sdk::testing::MemoryHost;
 
 const SEEDS: u64 = 30;
 
@@ -191,13 +197,98 @@ fn assert_no_hazards(plugin: &Plugin, what: &str) {
     );
 }
 
+/// The shared tier's keys, as the filter computes them: its complete footprint.
+fn table_of(config: &str) -> Vec<String> {
+    let config = wasmesh_sdk::config::load::<Config>(config.as_bytes()).unwrap();
+    Policy::new(config, &mut MemoryHost::new())
+        .unwrap()
+        .shared_keys()
+}
+
+/// Which of [`KEYS`] a decision's key material is for (on `path`), if any.
+fn key_of(material: &str, path: &str) -> Option<usize> {
+    if !material.contains(&format!("|path={}:{path}|", path.len())) {
+        return None;
+    }
+    let fragment = |name: &str, value: Option<&str>| match value {
+        Some(value) => format!("|h:{name}#0={}:{value}", value.len()),
+        None => format!("|h:{name}!"),
+    };
+    KEYS.iter().position(|(authorization, tenant)| {
+        material.contains(&fragment("authorization", *authorization))
+            && material.contains(&fragment("x-tenant", *tenant))
+    })
+}
+
+/// Whether a stored decision is the one a lone worker applies.
+fn same_decision(stored: &verdict::Verdict, expected: &Verdict) -> bool {
+    match (stored, expected) {
+        (verdict::Verdict::Allow(_), Verdict::Forwarded { .. }) => true,
+        (verdict::Verdict::Deny(deny), Verdict::Replied { status, body, .. }) => {
+            u32::from(deny.status) == *status && deny.body == body.as_bytes()
+        }
+        _ => false,
+    }
+}
+
+/// Checks the shared tier after a wave on `path`: every slot exists (created at start-up) and
+/// nothing lies outside the table; every stored decision is the right one for its key; with
+/// `complete`, every key of the round is stored, each in exactly one slot.
+fn check_table(
+    plugin: &Plugin,
+    table: &[String],
+    path: &str,
+    expected: &[Verdict],
+    complete: bool,
+) -> Result<(), String> {
+    let mut found = vec![0usize; KEYS.len()];
+    for slot in table {
+        let (value, _) = plugin
+            .shared_data(slot)
+            .ok_or_else(|| format!("slot {slot} was not created at start-up"))?;
+        if value.is_empty() {
+            continue;
+        }
+        // Digest (16 bytes), end of the grace period (8 bytes), then the JSON entry.
+        let entry: Entry = value
+            .get(24..)
+            .and_then(|json| serde_json::from_slice(json).ok())
+            .ok_or_else(|| format!("slot {slot} holds no decision: {value:?}"))?;
+        let Some(key) = key_of(&entry.key, path) else {
+            continue;
+        };
+        if !same_decision(&entry.verdict, &expected[key]) {
+            return Err(format!(
+                "slot {slot}: {:?} stored for {:?}, a lone worker gets {:?}",
+                entry.verdict, KEYS[key], expected[key]
+            ));
+        }
+        found[key] += 1;
+    }
+    let outside = table[0].rsplit_once('.').unwrap().0.to_string() + &format!(".{}", table.len());
+    if plugin.shared_data(&outside).is_some() {
+        return Err(format!("{outside} is outside the table"));
+    }
+    if complete && found.iter().any(|count| *count != 1) {
+        return Err(format!(
+            "decisions per key in the shared tier {found:?} (each key exactly once)"
+        ));
+    }
+    if found.iter().any(|count| *count > 1) {
+        return Err(format!("a key is in several slots: {found:?}"));
+    }
+    Ok(())
+}
+
 /// One round on a fresh path (so every key misses first): every key twice at once, then every
 /// key once more on a worker that saw neither of its first two requests. Returns the checks of
 /// each wave and the interleavings.
 fn round(
     plugin: &Plugin,
+    table: &[String],
     seed: u64,
     expected: &[Verdict],
+    complete: bool,
 ) -> Result<(usize, usize, usize), String> {
     let workers = plugin.workers();
     let path = format!("/orders/{seed}");
@@ -205,6 +296,7 @@ fn round(
         .map(|index| (index % KEYS.len(), index % workers))
         .collect();
     let (first_checks, first_interleavings) = wave(plugin, seed, &path, &first, expected)?;
+    check_table(plugin, table, &path, expected, complete)?;
     let again: Vec<(usize, usize)> = (0..KEYS.len())
         .map(|key| {
             let seen = [key % workers, (key + KEYS.len()) % workers];
@@ -217,6 +309,7 @@ fn round(
         .collect();
     let (second_checks, second_interleavings) =
         wave(plugin, seed.wrapping_add(1 << 32), &path, &again, expected)?;
+    check_table(plugin, table, &path, expected, complete)?;
     Ok((
         first_checks,
         second_checks,
@@ -230,14 +323,14 @@ fn a_roomy_shared_cache_keeps_every_decision_when_workers_race() {
     for workers in [8, 4] {
         let started = Instant::now();
         // Room for every decision of every round: nothing is evicted.
-        let plugin = builder(&shared_config(1000))
-            .workers(workers)
-            .start()
-            .unwrap();
+        let config = shared_config(1000);
+        let table = table_of(&config);
+        assert_eq!(table.len(), 1000);
+        let plugin = builder(&config).workers(workers).start().unwrap();
         let mut interleaved = 0;
         let mut checks = BTreeMap::new();
         explore_races(0..SEEDS, |seed| {
-            let (first, second, interleavings) = round(&plugin, seed, &expected)?;
+            let (first, second, interleavings) = round(&plugin, &table, seed, &expected, true)?;
             interleaved += interleavings;
             *checks.entry(first).or_insert(0) += 1;
             // Every decision of the first wave is in the shared tier: no key is asked again.
@@ -268,10 +361,13 @@ fn a_crowded_shared_cache_stays_right_when_workers_race() {
     for workers in [8, 4] {
         let started = Instant::now();
         // Fewer places than keys: decisions are evicted, verdicts must not change.
-        let plugin = builder(&shared_config(8)).workers(workers).start().unwrap();
+        let config = shared_config(8);
+        let table = table_of(&config);
+        assert_eq!(table.len(), 8);
+        let plugin = builder(&config).workers(workers).start().unwrap();
         let mut interleaved = 0;
         explore_races(0..SEEDS, |seed| {
-            let (_, _, interleavings) = round(&plugin, seed, &expected)?;
+            let (_, _, interleavings) = round(&plugin, &table, seed, &expected, false)?;
             interleaved += interleavings;
             Ok::<(), String>(())
         })
