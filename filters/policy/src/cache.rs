@@ -379,8 +379,8 @@ impl Cache {
 /// what another worker wrote in between.)
 ///
 /// A decision lives in one slot among the [`SHARED_PROBE_WINDOW`] slots from its home (its key
-/// digest modulo the table size): its own slot if it has one, else the first never-used slot,
-/// else one whose decision is past its grace period, else the live decision closest to the end
+/// digest modulo the table size): its own slot if it has one, else the first free one (never
+/// used, or holding a decision past its grace period), else the live decision closest to the end
 /// of its grace period is replaced. A slot holds the key digest and the end of the grace period
 /// (read by a probe without decoding JSON), then the JSON entry with its full key. Slots are never
 /// emptied again, so nothing is ever placed past a never-used slot and a lookup stops there. The
@@ -539,8 +539,8 @@ impl SharedTier {
         })
     }
 
-    /// The slot a decision with `digest` goes to: its own, else the first never-used one, else
-    /// the first past its grace period, else the live one closest to the end of its grace period.
+    /// The slot a decision with `digest` goes to: its own, else the first free one (never used,
+    /// or past its grace period), else the live one closest to the end of its grace period.
     fn place(
         &self,
         store: &dyn SharedData,
