@@ -296,8 +296,8 @@ pub(crate) struct VmState {
     /// Set by `proxy_send_local_response`: Envoy then ignores the status the callback returns.
     pub(crate) stop_iteration: bool,
     pub(crate) deferred: VecDeque<Deferred>,
-    /// True while `_initialize`/`_start` run: Envoy only allows logging, clocks, randomness,
-    /// args and environment there.
+    /// True while `_initialize`/`_start` run: hostcalls Envoy refuses there trap (see
+    /// `hostcalls::guard` and `wasi.rs` for the WASI functions allowed).
     pub(crate) restricted: bool,
     /// The plugin configuration is visible (Envoy's `temp_plugin_` is set).
     pub(crate) plugin_config_visible: bool,

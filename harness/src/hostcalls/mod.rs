@@ -142,8 +142,8 @@ pub(crate) fn guard(caller: &mut Caller<'_, VmState>, name: &str) -> HostResult<
     charge(caller, name)?;
     if caller.data().restricted {
         return Err(wasmtime::Error::msg(format!(
-            "`{name}` cannot be called while the module starts (_initialize/_start): Envoy only \
-             allows logging, clocks, randomness, args and environment there"
+            "restricted_callback: `{name}` cannot be called while the module starts \
+             (_initialize/_start); Envoy refuses it there and the module fails to load"
         )));
     }
     Ok(())
