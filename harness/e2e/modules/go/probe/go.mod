@@ -1,0 +1,3 @@
+module wasmesh.example/e2e/probe
+
+go 1.27
