@@ -89,6 +89,7 @@ pub mod build;
 pub mod envoy;
 
 mod callouts;
+pub mod client;
 mod clock;
 mod engine;
 mod error;
@@ -105,6 +106,7 @@ mod vm;
 mod wasi;
 
 pub use callouts::{CalloutReply, GrpcCallout, GrpcReply, HttpCallout};
+pub use client::{ClientRequest, UpstreamResponse};
 pub use clock::{pinned_start, START_UNIX_SECONDS};
 pub use engine::{AbiVersion, CacheStats};
 pub use error::{HarnessError, Status};

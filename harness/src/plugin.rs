@@ -60,6 +60,7 @@ pub struct PluginBuilder {
     grpc_handler: Option<GrpcHandler>,
     random_seed: u64,
     allow_on_headers_stop_iteration: bool,
+    buffer_limit: usize,
     start_time: Option<SystemTime>,
 }
 
@@ -87,6 +88,7 @@ impl PluginBuilder {
             grpc_handler: None,
             random_seed: 0x5eed,
             allow_on_headers_stop_iteration: false,
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
             start_time: None,
         }
     }
@@ -213,6 +215,18 @@ impl PluginBuilder {
         self
     }
 
+    /// The most body data the proxy holds for a filter that buffers it (`StopIterationAndBuffer`
+    /// from a body callback, `StopAllIterationAndBuffer` from a headers callback): Envoy's
+    /// listener `per_connection_buffer_limit_bytes`, 1 MiB by default. Beyond it a request gets
+    /// `413 Payload Too Large` (details `request_payload_too_large`) and a response
+    /// `500 Internal Server Error` (`response_payload_too_large`), or a reset once the response
+    /// headers went downstream. Watermarked buffers (`StopIterationAndWatermark`,
+    /// `StopAllIterationAndWatermark`) only slow the sender down in Envoy and have no limit here.
+    pub fn buffer_limit(mut self, bytes: usize) -> Self {
+        self.buffer_limit = bytes;
+        self
+    }
+
     /// Registers a foreign function callable with `proxy_call_foreign_function`.
     pub fn foreign_function(
         mut self,
@@ -272,6 +286,7 @@ impl PluginBuilder {
             http_handler: self.http_handler,
             grpc_handler: self.grpc_handler,
             allow_on_headers_stop_iteration: self.allow_on_headers_stop_iteration,
+            buffer_limit: self.buffer_limit,
         };
         for worker in 0..self.workers {
             let vm = inner.start_vm(worker, 0)?;
@@ -322,7 +337,11 @@ pub(crate) struct PluginInner {
     http_handler: Option<HttpHandler>,
     grpc_handler: Option<GrpcHandler>,
     pub(crate) allow_on_headers_stop_iteration: bool,
+    pub(crate) buffer_limit: usize,
 }
+
+/// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB).
+pub(crate) const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
 
 /// Upper bound on events handled in one go: a module that answers every queue notification by
 /// enqueuing again would otherwise never let the test regain control.
@@ -448,6 +467,7 @@ impl PluginInner {
             http_handler: None,
             grpc_handler: None,
             allow_on_headers_stop_iteration: self.allow_on_headers_stop_iteration,
+            buffer_limit: self.buffer_limit,
         }
     }
 

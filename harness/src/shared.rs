@@ -97,6 +97,9 @@ pub(crate) struct SharedState {
     pub(crate) events: VecDeque<Event>,
     pub(crate) foreign_functions: HashMap<String, Rc<ForeignFn>>,
     rng_state: u64,
+    /// Envoy's request-id generator, apart from the modules' randomness so that presenting a
+    /// request does not change what a module draws.
+    request_id_state: u64,
     next_connection_id: u64,
     /// Current VM generation per worker (bumped on reload).
     pub(crate) generations: Vec<u64>,
@@ -155,6 +158,7 @@ impl SharedState {
             events: VecDeque::new(),
             foreign_functions: HashMap::new(),
             rng_state: seed,
+            request_id_state: !seed,
             next_connection_id: 1,
             generations: vec![0; workers],
             caps: HostCaps::default(),
@@ -343,17 +347,14 @@ impl SharedState {
 
     /// Deterministic randomness for `random_get` (splitmix64), so tests are reproducible.
     pub(crate) fn fill_random(&mut self, out: &mut [u8]) {
-        for chunk in out.chunks_mut(8) {
-            self.rng_state = self.rng_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.rng_state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let bytes = z.to_le_bytes();
-            for (dst, src) in chunk.iter_mut().zip(bytes.iter()) {
-                *dst = *src;
-            }
-        }
+        splitmix(&mut self.rng_state, out);
+    }
+
+    /// A new `x-request-id` (UUID v4), as Envoy's connection manager generates one.
+    pub(crate) fn next_request_id(&mut self) -> String {
+        let mut bytes = [0u8; 16];
+        splitmix(&mut self.request_id_state, &mut bytes);
+        crate::client::uuid_v4(bytes)
     }
 
     pub(crate) fn next_connection_id(&mut self) -> u64 {
@@ -365,4 +366,19 @@ impl SharedState {
 
 fn len_u64(len: usize) -> u64 {
     u64::try_from(len).unwrap_or(u64::MAX)
+}
+
+/// Fills `out` from a splitmix64 sequence.
+fn splitmix(state: &mut u64, out: &mut [u8]) {
+    for chunk in out.chunks_mut(8) {
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let bytes = z.to_le_bytes();
+        for (dst, src) in chunk.iter_mut().zip(bytes.iter()) {
+            *dst = *src;
+        }
+    }
 }

@@ -19,6 +19,7 @@
 //!   `on_done` first).
 
 use crate::callouts::HttpCallout;
+use crate::client::{ClientRequest, UpstreamResponse};
 use crate::error::HarnessError;
 use crate::hostcalls::{add_header, header_value};
 use crate::plugin::{len_u32, reentrancy, Plugin, PluginInner};
@@ -191,6 +192,54 @@ impl HttpStream {
         trailers: &[(&str, &str)],
     ) -> Result<Outcome, HarnessError> {
         self.drive(StreamOp::Trailers(StreamKind::Response, owned(trailers)))
+    }
+
+    /// Sends `request` as Envoy's connection manager hands a client's HTTP/1.1 request to the
+    /// first filter (see [`crate::client`]): headers with `:scheme`, `x-forwarded-proto` and a
+    /// generated `x-request-id`, then the body as one chunk and an empty chunk that ends the
+    /// stream. Returns the outcome of the last piece the filter was given.
+    pub fn send_request(&mut self, request: &ClientRequest) -> Result<Outcome, HarnessError> {
+        let request_id = self
+            .plugin
+            .shared
+            .try_borrow_mut()
+            .map(|mut shared| shared.next_request_id())
+            .map_err(|_| reentrancy())?;
+        let headers = request.presented_headers(&request_id);
+        let Some(body) = request.body_bytes() else {
+            return self.drive(StreamOp::Headers(StreamKind::Request, headers, true));
+        };
+        self.drive(StreamOp::Headers(StreamKind::Request, headers, false))?;
+        self.request_body(body, false)?;
+        self.request_body(&[], true)
+    }
+
+    /// The upstream answers with `response`, handed to the filter as Envoy's router does (see
+    /// [`crate::client`]): headers ending with `x-envoy-upstream-service-time` (virtual
+    /// milliseconds since the stream started), then the body as one chunk and an empty chunk that
+    /// ends the stream. Returns the outcome of the last piece the filter was given.
+    pub fn upstream_response(
+        &mut self,
+        response: &UpstreamResponse,
+    ) -> Result<Outcome, HarnessError> {
+        let handle = self.open()?;
+        let worker = self.worker;
+        let service_time = self.plugin.with_inner(|inner| {
+            let now = inner.elapsed();
+            let start = inner
+                .exchange(worker, handle)
+                .map(|exchange| exchange.start)
+                .unwrap_or(now);
+            Ok(u64::try_from(now.saturating_sub(start).as_millis()).unwrap_or(u64::MAX))
+        })?;
+        let headers = response.presented_headers(service_time);
+        let body = response.body_bytes();
+        if body.is_empty() {
+            return self.drive(StreamOp::Headers(StreamKind::Response, headers, true));
+        }
+        self.drive(StreamOp::Headers(StreamKind::Response, headers, false))?;
+        self.response_body(body, false)?;
+        self.response_body(&[], true)
     }
 
     /// Ends the stream normally: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`.
@@ -758,6 +807,8 @@ impl PluginInner {
                     step.effective,
                     Action::StopAllIterationAndBuffer | Action::StopAllIterationAndWatermark
                 );
+                direction.stopped_all_buffering =
+                    step.effective == Action::StopAllIterationAndBuffer;
             } else {
                 direction.headers_available = false;
                 direction.headers_forwarded = true;
@@ -804,6 +855,11 @@ impl PluginInner {
             // and hands it to the filter when it resumes.
             direction.buffered.extend_from_slice(&data);
             direction.held_data = true;
+            let over_limit =
+                direction.stopped_all_buffering && direction.buffered.len() > self.buffer_limit;
+            if over_limit {
+                self.body_too_large(worker, handle, kind)?;
+            }
             return Ok(Step::skipped(Action::StopIterationAndWatermark));
         }
         self.process_body(worker, handle, kind, data, end_of_stream)
@@ -857,10 +913,14 @@ impl PluginInner {
                     direction.state = StreamState::Continued;
                 }
                 Action::Pause => {
+                    // StopIterationAndBuffer: unlike a watermarked buffer, this one has a limit.
                     direction.buffering = true;
                     let chunk = std::mem::take(&mut direction.chunk);
                     direction.buffered.extend_from_slice(&chunk);
                     direction.state = StreamState::Paused;
+                    if direction.buffered.len() > self.buffer_limit {
+                        self.body_too_large(worker, handle, kind)?;
+                    }
                 }
                 Action::StopIterationAndWatermark => {
                     let chunk = std::mem::take(&mut direction.chunk);
@@ -1020,6 +1080,7 @@ impl PluginInner {
             return Ok(());
         }
         let was_stopped_all = std::mem::take(&mut direction.stopped_all);
+        direction.stopped_all_buffering = false;
         direction.state = StreamState::Continued;
         direction.headers_forwarded = true;
         if was_stopped_all && direction.held_data {
@@ -1045,8 +1106,38 @@ impl PluginInner {
         Ok(())
     }
 
+    /// Envoy's `requestDataTooLarge` / `responseDataTooLarge` when a buffer the filter asked
+    /// for outgrows the connection's buffer limit: 413 for a request, 500 for a response (a reset
+    /// once the response headers went downstream).
+    fn body_too_large(
+        &mut self,
+        worker: usize,
+        handle: StreamHandle,
+        kind: StreamKind,
+    ) -> Result<(), HarnessError> {
+        let (status, text, details) = match kind {
+            StreamKind::Request => (413, "Payload Too Large", "request_payload_too_large"),
+            StreamKind::Response => (500, "Internal Server Error", "response_payload_too_large"),
+        };
+        self.send_local_reply(
+            worker,
+            handle,
+            PendingLocalReply {
+                status,
+                body: text.as_bytes().to_vec(),
+                headers: Vec::new(),
+                // No gRPC status: Envoy maps the HTTP status.
+                grpc_status: u32::MAX,
+                details: details.to_string(),
+            },
+            true,
+        )
+    }
+
     /// Sends a local reply: through the filter's response callbacks when the response has not
-    /// started (and the reply is not the failure reply), directly otherwise.
+    /// started (and the reply is not the failure reply), directly when it started but its
+    /// headers have not gone downstream, and as a stream reset once they have (Envoy's
+    /// "Prior headers have already been sent").
     fn send_local_reply(
         &mut self,
         worker: usize,
@@ -1055,6 +1146,9 @@ impl PluginInner {
         through_filter: bool,
     ) -> Result<(), HarnessError> {
         let exchange = self.exchange_or_err(worker, handle)?;
+        if exchange.response.headers_forwarded {
+            return self.finish(worker, handle, true);
+        }
         let grpc = is_grpc(&exchange.request.headers);
         // Envoy's `Utility::prepareLocalReply`: `:status`, then the module's headers, then the
         // headers Envoy sets itself (replacing a value in place when the module set it too).
@@ -1064,11 +1158,7 @@ impl PluginInner {
             add_header(&mut headers, key, value);
         }
         let is_head = header_value(&exchange.request.headers, ":method") == Some("HEAD");
-        let mut body = if is_head {
-            Vec::new()
-        } else {
-            reply.body.clone()
-        };
+        let mut body = reply.body.clone();
         let grpc_status = (reply.grpc_status <= 16).then_some(reply.grpc_status as i32);
         let status = if grpc { 200 } else { reply.status };
         if grpc {
@@ -1095,6 +1185,10 @@ impl PluginInner {
             if header_value(&headers, "content-type").is_none() {
                 add_header(&mut headers, "content-type", "text/plain");
             }
+        }
+        if is_head {
+            // The headers describe the body a GET would get; none is sent.
+            body.clear();
         }
         exchange.response_code = Some(status);
         exchange.response_code_details = Some(reply.details.clone());

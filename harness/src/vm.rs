@@ -134,6 +134,9 @@ pub(crate) struct Direction {
     pub(crate) headers_forwarded: bool,
     /// The filter stopped all iteration at headers: later data is held for it.
     pub(crate) stopped_all: bool,
+    /// ... with `StopAllIterationAndBuffer`: the held data counts against the buffer limit
+    /// (with `StopAllIterationAndWatermark` Envoy applies back-pressure instead).
+    pub(crate) stopped_all_buffering: bool,
     /// Body data arrived while iteration was stopped at headers.
     pub(crate) held_data: bool,
     /// Trailers arrived while iteration was stopped at headers.
@@ -158,6 +161,7 @@ impl Direction {
             body_bytes_received: 0,
             headers_forwarded: false,
             stopped_all: false,
+            stopped_all_buffering: false,
             held_data: false,
             trailers_pending: false,
         }
