@@ -26,6 +26,16 @@ pub enum PropertyValue {
     Duration(Duration),
     /// CEL map of strings: the proxy-wasm header-map serialization.
     Map(Vec<(String, String)>),
+    /// An `envoy.config.core.v3.Metadata` message (`xds.route_metadata`, `xds.cluster_metadata`,
+    /// `xds.listener_metadata`, `metadata`...) in its JSON form, e.g.
+    /// `{"filter_metadata": {"envoy.filters.http.wasm": {"key": "value"}}}`. The whole value
+    /// reads as the serialized protobuf message; paths below it walk the message as Envoy does:
+    /// `filter_metadata` is a map of `google.protobuf.Struct`, a struct reads as a map (the
+    /// header-map serialization, values serialized recursively), a list as a map of elements
+    /// with empty values, an element by its index, a number as a little-endian `f64`, a bool as
+    /// one byte, a string as its bytes, and `null` fails to serialize. Envoy lists the keys of a
+    /// struct in its hash-map order; the harness lists them in the JSON's order.
+    Metadata(serde_json::Value),
 }
 
 impl PropertyValue {
@@ -41,8 +51,133 @@ impl PropertyValue {
             PropertyValue::Timestamp(t) => timestamp_nanos(*t).to_le_bytes().to_vec(),
             PropertyValue::Duration(d) => duration_nanos(*d).to_le_bytes().to_vec(),
             PropertyValue::Map(pairs) => headermap::serialize(pairs),
+            PropertyValue::Metadata(metadata) => metadata_message(metadata),
         }
     }
+
+    /// The bytes (or the failure) Envoy returns for `path` below this value, `None` for a path
+    /// that does not exist.
+    pub(crate) fn lookup(&self, path: &[String]) -> Option<Result<Vec<u8>, crate::error::Status>> {
+        match (self, path) {
+            (value, []) => Some(Ok(value.encode())),
+            (PropertyValue::Map(pairs), [key]) => pairs
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| Ok(v.as_bytes().to_vec())),
+            (PropertyValue::Metadata(metadata), [field, rest @ ..]) => {
+                let map = match field.as_str() {
+                    "filter_metadata" => metadata.get("filter_metadata"),
+                    // Typed metadata (`Any` values) is not emulated: always an empty map.
+                    "typed_filter_metadata" => None,
+                    _ => return None,
+                };
+                let empty = serde_json::Value::Object(serde_json::Map::new());
+                let map = map.filter(|m| m.is_object()).unwrap_or(&empty);
+                let mut value = map;
+                for segment in rest {
+                    value = match value {
+                        serde_json::Value::Object(fields) => fields.get(segment)?,
+                        serde_json::Value::Array(items) => {
+                            items.get(segment.parse::<usize>().ok()?)?
+                        }
+                        _ => return None,
+                    };
+                }
+                Some(cel_value(value).ok_or(crate::error::Status::SerializationFailure))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A JSON value as Envoy serializes the CEL value of a `google.protobuf.Value`.
+fn cel_value(value: &serde_json::Value) -> Option<Vec<u8>> {
+    use serde_json::Value;
+    Some(match value {
+        Value::Null => return None,
+        Value::Bool(b) => vec![u8::from(*b)],
+        Value::Number(n) => n.as_f64().unwrap_or_default().to_le_bytes().to_vec(),
+        Value::String(s) => s.as_bytes().to_vec(),
+        Value::Array(items) => {
+            let pairs = items
+                .iter()
+                .map(|item| cel_value(item).map(|bytes| (bytes, Vec::new())))
+                .collect::<Option<Vec<_>>>()?;
+            headermap::serialize(&pairs)
+        }
+        Value::Object(fields) => {
+            let pairs = fields
+                .iter()
+                .map(|(key, item)| cel_value(item).map(|bytes| (key.as_bytes().to_vec(), bytes)))
+                .collect::<Option<Vec<_>>>()?;
+            headermap::serialize(&pairs)
+        }
+    })
+}
+
+/// Protobuf wire encoding of `envoy.config.core.v3.Metadata` (its `filter_metadata`).
+fn metadata_message(metadata: &serde_json::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Some(serde_json::Value::Object(namespaces)) = metadata.get("filter_metadata") {
+        for (namespace, value) in namespaces {
+            let mut entry = Vec::new();
+            length_delimited(&mut entry, 1, namespace.as_bytes());
+            let fields = match value {
+                serde_json::Value::Object(fields) => struct_message(fields),
+                _ => Vec::new(),
+            };
+            length_delimited(&mut entry, 2, &fields);
+            length_delimited(&mut out, 1, &entry);
+        }
+    }
+    out
+}
+
+/// `google.protobuf.Struct`: map<string, Value> fields = 1.
+fn struct_message(fields: &serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, value) in fields {
+        let mut entry = Vec::new();
+        length_delimited(&mut entry, 1, key.as_bytes());
+        length_delimited(&mut entry, 2, &value_message(value));
+        length_delimited(&mut out, 1, &entry);
+    }
+    out
+}
+
+/// `google.protobuf.Value`: the one field of its `kind` that is set.
+fn value_message(value: &serde_json::Value) -> Vec<u8> {
+    use serde_json::Value;
+    let mut out = Vec::new();
+    match value {
+        Value::Null => out.extend_from_slice(&[0x08, 0x00]),
+        Value::Number(n) => {
+            out.push(0x11);
+            out.extend_from_slice(&n.as_f64().unwrap_or_default().to_le_bytes());
+        }
+        Value::String(s) => length_delimited(&mut out, 3, s.as_bytes()),
+        Value::Bool(b) => out.extend_from_slice(&[0x20, u8::from(*b)]),
+        Value::Object(fields) => length_delimited(&mut out, 5, &struct_message(fields)),
+        Value::Array(items) => {
+            let mut list = Vec::new();
+            for item in items {
+                length_delimited(&mut list, 1, &value_message(item));
+            }
+            length_delimited(&mut out, 6, &list);
+        }
+    }
+    out
+}
+
+fn length_delimited(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+    out.push((field << 3) | 2);
+    let mut len = bytes.len();
+    while len >= 0x80 {
+        out.push(u8::try_from(len & 0x7f).unwrap_or_default() | 0x80);
+        len >>= 7;
+    }
+    out.push(u8::try_from(len).unwrap_or_default());
+    out.extend_from_slice(bytes);
 }
 
 /// Nanoseconds since the Unix epoch, saturating (times before the epoch are negative).

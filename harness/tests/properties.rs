@@ -117,8 +117,11 @@ fn connection_and_address_attributes_have_defaults_and_per_stream_overrides() {
         &["plugin_name"],
         &["plugin_root_id"],
         &["plugin_vm_id"],
+        &["xds", "node", "id"],
+        &["xds", "node", "metadata", "REGION"],
+        &["xds", "route_name"],
+        // Envoy 1.40 serves these under `xds` only.
         &["node", "id"],
-        &["node", "metadata", "REGION"],
         &["route_name"],
     ]);
     let plugin = builder(&wat)
@@ -140,10 +143,10 @@ fn connection_and_address_attributes_have_defaults_and_per_stream_overrides() {
             &["connection", "uri_san_peer_certificate"],
             "spiffe://cluster.local/ns/default/sa/client",
         )
-        .property(&["route_name"], "r1");
+        .property(&["xds", "route_name"], "r1");
     stream.request_headers(GET, true).unwrap();
     assert_eq!(
-        stored(&plugin, 11),
+        stored(&plugin, 13),
         vec![
             b"10.1.2.3:5555".to_vec(),
             5555i64.to_le_bytes().to_vec(),
@@ -156,11 +159,13 @@ fn connection_and_address_attributes_have_defaults_and_per_stream_overrides() {
             b"sidecar~10.0.0.1".to_vec(),
             b"eu".to_vec(),
             b"r1".to_vec(),
+            b"1".to_vec(), // NotFound
+            b"1".to_vec(),
         ]
     );
     // Without TLS, peer certificate attributes do not exist.
     plugin.http_stream().request_headers(GET, true).unwrap();
-    let values = stored(&plugin, 11);
+    let values = stored(&plugin, 13);
     assert_eq!(values[0], b"127.0.0.1:40000".to_vec());
     assert_eq!(values[3], vec![0]);
     assert_eq!(values[4], b"1".to_vec());
@@ -212,7 +217,6 @@ fn response_attributes_and_maps_follow_the_response() {
         &["response", "code"][..],
         &["response", "code_details"],
         &["response", "headers"],
-        &["request", "duration"],
     ]
     .iter()
     .enumerate()
@@ -239,12 +243,41 @@ fn response_attributes_and_maps_follow_the_response() {
     stream
         .response_headers(&[(":status", "201"), ("x-a", "1")], true)
         .unwrap();
-    let values = stored(&plugin, 4);
+    let values = stored(&plugin, 3);
     assert_eq!(values[0], 201i64.to_le_bytes().to_vec());
     assert_eq!(values[1], b"via_upstream".to_vec());
     assert_eq!(
         values[2],
         headermap::serialize(&[(":status", "201"), ("x-a", "1")])
     );
-    assert_eq!(values[3], 30_000_000i64.to_le_bytes().to_vec());
+}
+
+#[test]
+fn request_duration_is_known_once_the_stream_completed() {
+    let mut t = Strings::new();
+    let duration = t.path(&["request", "duration"]);
+    let key = t.s("p0");
+    let wat = module(&format!(
+        r#"{}
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (call $log_status (call $proxy_get_property {duration} (i32.const 512) (i32.const 516)))
+    (i32.const 0))
+  (func (export "proxy_on_log") (param i32)
+    (call $log_status (call $proxy_get_property {duration} (i32.const 512) (i32.const 516)))
+    (drop (call $proxy_set_shared_data {key} (i32.load (i32.const 512)) (i32.load (i32.const 516)) (i32.const 0))))"#,
+        t.data()
+    ));
+    let plugin = builder(&wat).start().unwrap();
+    let mut stream = plugin.http_stream();
+    stream.request_headers(GET, true).unwrap();
+    plugin.advance_clock(Duration::from_millis(30)).unwrap();
+    stream
+        .response_headers(&[(":status", "200")], false)
+        .unwrap();
+    plugin.advance_clock(Duration::from_millis(20)).unwrap();
+    stream.response_body(b"ok", true).unwrap();
+    stream.complete().unwrap();
+    // Envoy's `request.duration` runs to the end of the stream: NotFound before `on_log`.
+    assert_eq!(messages(&plugin), vec!["1", "0"]);
+    assert_eq!(stored(&plugin, 1)[0], 50_000_000i64.to_le_bytes().to_vec());
 }

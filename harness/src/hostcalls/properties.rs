@@ -22,6 +22,18 @@ pub(crate) const DEFAULT_SOURCE_ADDRESS: &str = "127.0.0.1:40000";
 /// Default listener address (Envoy's `destination.address`).
 pub(crate) const DEFAULT_DESTINATION_ADDRESS: &str = "127.0.0.1:10000";
 
+/// Attributes Envoy 1.40 serves only under `xds.` (earlier versions also at the top level).
+const XDS_ONLY: &[&str] = &[
+    "node",
+    "cluster_name",
+    "cluster_metadata",
+    "route_name",
+    "route_metadata",
+    "upstream_host_metadata",
+    "listener_direction",
+    "listener_metadata",
+];
+
 /// Resolves a NUL-separated property path for `context`.
 pub(crate) fn resolve(
     state: &VmState,
@@ -41,14 +53,41 @@ pub(crate) fn resolve(
     if parts.is_empty() || parts.iter().all(String::is_empty) {
         return Err(Status::NotFound);
     }
+    // Envoy 1.40 serves these only under `xds` (`xds.route_metadata`, ...): at the top level
+    // they are NotFound, whatever the configuration.
+    if parts
+        .first()
+        .is_some_and(|top| XDS_ONLY.contains(&top.as_str()))
+    {
+        return Err(Status::NotFound);
+    }
+    // A value a test set under the old top-level name (`["node", "id"]`) is served at its
+    // `xds` path (`["xds", "node", "id"]`).
+    let legacy: Option<Vec<String>> = match parts.split_first() {
+        Some((top, rest))
+            if top == "xds"
+                && rest
+                    .first()
+                    .is_some_and(|name| XDS_ONLY.contains(&name.as_str())) =>
+        {
+            Some(rest.to_vec())
+        }
+        _ => None,
+    };
     let exchange = state.exchange(context);
-    if let Some(exchange) = exchange {
-        if let Some(found) = lookup_override(&exchange.properties, &parts) {
+    // A root context has no stream info: Envoy serves it the plugin's names and the node only.
+    if exchange.is_none() && !available_in_root_context(&parts) {
+        return Err(Status::NotFound);
+    }
+    for candidate in std::iter::once(&parts).chain(legacy.as_ref()) {
+        if let Some(exchange) = exchange {
+            if let Some(found) = lookup_override(&exchange.properties, candidate) {
+                return found;
+            }
+        }
+        if let Some(found) = lookup_override(&shared.settings.properties, candidate) {
             return found;
         }
-    }
-    if let Some(found) = lookup_override(&shared.settings.properties, &parts) {
-        return found;
     }
     if let Some(value) = derived(state, shared, exchange, &parts)? {
         return Ok(value.encode());
@@ -63,6 +102,17 @@ pub(crate) fn resolve(
     Err(Status::NotFound)
 }
 
+fn available_in_root_context(parts: &[String]) -> bool {
+    match parts {
+        [top] => matches!(
+            top.as_str(),
+            "plugin_name" | "plugin_root_id" | "plugin_vm_id" | "xds"
+        ),
+        [top, field, ..] => top == "xds" && field == "node",
+        [] => false,
+    }
+}
+
 fn lookup_override(
     values: &std::collections::BTreeMap<Vec<String>, PropertyValue>,
     parts: &[String],
@@ -72,15 +122,7 @@ fn lookup_override(
             continue;
         };
         let rest = parts.get(prefix_len..).unwrap_or_default();
-        return Some(match (value, rest) {
-            (value, []) => Ok(value.encode()),
-            (PropertyValue::Map(pairs), [key]) => pairs
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_bytes().to_vec())
-                .ok_or(Status::NotFound),
-            _ => Err(Status::NotFound),
-        });
+        return Some(value.lookup(rest).unwrap_or(Err(Status::NotFound)));
     }
     None
 }
@@ -95,10 +137,23 @@ fn derived(
         return Ok(None);
     };
     let field = rest.first().map(String::as_str);
+    if top == "metadata" {
+        // The stream's dynamic metadata: empty unless a test sets `["metadata"]`.
+        return match exchange {
+            Some(_) => PropertyValue::Metadata(serde_json::Value::Object(serde_json::Map::new()))
+                .lookup(rest)
+                .unwrap_or(Err(Status::NotFound))
+                .map(|bytes| Some(PropertyValue::Bytes(bytes))),
+            None => Ok(None),
+        };
+    }
     if rest.len() > 1 && top != "request" && top != "response" {
         return Ok(None);
     }
     Ok(match (top.as_str(), field) {
+        // Envoy's `xds` wrapper cannot be serialized as a whole, even in a root context.
+        ("xds", None) => return Err(Status::SerializationFailure),
+        ("connection_id", None) => exchange.map(|e| PropertyValue::Uint(e.connection_id)),
         ("plugin_name", None) => Some(shared.settings.plugin_name.clone().into()),
         ("plugin_root_id", None) => Some(shared.settings.root_id.clone().into()),
         ("plugin_vm_id", None) => Some(shared.settings.vm_id.clone().into()),
@@ -205,17 +260,24 @@ fn request_attribute(
         "referer" => header("referer").map(Into::into),
         "useragent" => header("user-agent").map(Into::into),
         "id" => header("x-request-id").map(Into::into),
-        "headers" => headers.and_then(|h| map_entry(h, key)),
+        "headers" => map_entry(headers.map(Vec::as_slice).unwrap_or_default(), key),
+        "headers_bytes" => Some(PropertyValue::Int(
+            headers
+                .map(|h| i64::from(super::maps::byte_size(h)))
+                .unwrap_or(0),
+        )),
         "time" => Some(PropertyValue::Timestamp(shared.clock.at(exchange.start))),
-        "duration" => exchange
-            .request_complete_at
-            .map(|done| PropertyValue::Duration(done.saturating_sub(exchange.start))),
-        "size" => {
-            let from_header = header("content-length").and_then(|v| v.parse::<i64>().ok());
-            Some(PropertyValue::Int(from_header.unwrap_or_else(|| {
-                i64::try_from(exchange.request.body_bytes_received).unwrap_or(i64::MAX)
-            })))
-        }
+        // Envoy knows the duration once the stream completed: in `proxy_on_log` only.
+        "duration" => exchange.access_log_phase.then(|| {
+            PropertyValue::Duration(shared.clock.elapsed().saturating_sub(exchange.start))
+        }),
+        "size" => match header("content-length") {
+            // An invalid content-length gives no size at all in Envoy.
+            Some(length) => length.parse::<i64>().ok().map(PropertyValue::Int),
+            None => Some(PropertyValue::Int(
+                i64::try_from(exchange.request.body_bytes_received).unwrap_or(i64::MAX),
+            )),
+        },
         "total_size" => {
             let header_bytes = headers
                 .map(|h| u64::from(super::maps::byte_size(h)))
@@ -241,33 +303,66 @@ fn response_attribute(
             .response_code
             .map(|c| PropertyValue::Int(i64::from(c))),
         "code_details" => exchange.response_code_details.clone().map(Into::into),
-        "flags" => Some(PropertyValue::Uint(0)),
+        // Envoy's legacy response flags, an int64.
+        "flags" => Some(PropertyValue::Int(0)),
         "grpc_status" => {
             let trailers = exchange.response.trailers.as_deref().unwrap_or_default();
+            // Envoy's order: trailers, headers, then the HTTP status mapped to a gRPC status.
             header_value(trailers, "grpc-status")
                 .or_else(|| headers.and_then(|h| header_value(h, "grpc-status")))
-                .and_then(|v| v.parse::<i64>().ok())
+                .map(grpc_status_value)
+                .or_else(|| exchange.response_code.map(http_to_grpc_status))
                 .map(PropertyValue::Int)
         }
-        "headers" => headers.and_then(|h| map_entry(h, key)),
-        "trailers" => exchange
-            .response
-            .trailers
-            .as_ref()
-            .and_then(|t| map_entry(t, key)),
+        "headers" => map_entry(headers.map(Vec::as_slice).unwrap_or_default(), key),
+        "headers_bytes" => Some(PropertyValue::Int(
+            headers
+                .map(|h| i64::from(super::maps::byte_size(h)))
+                .unwrap_or(0),
+        )),
+        "trailers" => map_entry(
+            exchange.response.trailers.as_deref().unwrap_or_default(),
+            key,
+        ),
         "size" => Some(PropertyValue::Int(
             i64::try_from(exchange.response.forwarded_body.len()).unwrap_or(i64::MAX),
         )),
         "total_size" => {
             let header_bytes = headers
                 .map(|h| u64::from(super::maps::byte_size(h)))
-                .unwrap_or(0);
+                .unwrap_or(0)
+                + exchange
+                    .response
+                    .trailers
+                    .as_ref()
+                    .map(|t| u64::from(super::maps::byte_size(t)))
+                    .unwrap_or(0);
             let body = u64::try_from(exchange.response.forwarded_body.len()).unwrap_or(u64::MAX);
             Some(PropertyValue::Int(
                 i64::try_from(body + header_bytes).unwrap_or(i64::MAX),
             ))
         }
         _ => None,
+    }
+}
+
+/// A `grpc-status` value as Envoy reads it: a known code, else -1 (`InvalidCode`).
+fn grpc_status_value(value: &str) -> i64 {
+    match value.parse::<i64>() {
+        Ok(code) if (0..=16).contains(&code) => code,
+        _ => -1,
+    }
+}
+
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`.
+fn http_to_grpc_status(code: u32) -> i64 {
+    match code {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
     }
 }
 
