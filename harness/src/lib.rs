@@ -110,6 +110,7 @@ pub use client::{ClientRequest, UpstreamResponse};
 pub use clock::{pinned_start, START_UNIX_SECONDS};
 pub use engine::{AbiVersion, CacheStats};
 pub use error::{HarnessError, Status};
+pub use metrics::{envoy_stat_name, prometheus_name};
 pub use plugin::{Harness, Plugin, PluginBuilder};
 pub use property::PropertyValue;
 pub use race::{explore_races, HazardKind, Race, RaceFailure, RaceReport, SharedDataHazard};

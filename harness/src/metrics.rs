@@ -9,6 +9,25 @@ use std::collections::BTreeMap;
 
 use crate::types::MetricValue;
 
+/// Envoy's namespace for metrics a module defines.
+const ENVOY_NAMESPACE: &str = "wasmcustom";
+
+/// The name Envoy's admin `/stats` shows for a metric a module defined as `name`: Envoy files
+/// module metrics under the `wasmcustom.` namespace (`probe.hits` becomes
+/// `wasmcustom.probe.hits`). The harness reports metrics under the module's own names.
+pub fn envoy_stat_name(name: &str) -> String {
+    format!("{ENVOY_NAMESPACE}.{name}")
+}
+
+/// The name in Envoy's Prometheus output (`/stats/prometheus`): the `wasmcustom` namespace is
+/// dropped and every character other than an ASCII letter, digit or `_` becomes `_`
+/// (`probe.hits` becomes `probe_hits`).
+pub fn prometheus_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
 /// `proxy_metric_type_t`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum MetricKind {

@@ -13,7 +13,7 @@
 mod common;
 use common::*;
 use wasmesh_harness::envoy::{self, EnvoyBuilder, HttpRequest, WasmFilter};
-use wasmesh_harness::Harness;
+use wasmesh_harness::{envoy_stat_name, prometheus_name, Harness};
 
 /// Logs every callback as `FID <name> <args>`.
 fn tracing_module() -> String {
@@ -469,5 +469,78 @@ fn an_empty_shared_value_comes_back_as_a_null_pointer_with_its_cas_token_in_both
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(envoy_trace, harness);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Defines a counter, a gauge and a histogram and records each once per request.
+fn metrics_module() -> String {
+    let mut t = Strings::new();
+    let counter = t.s("probe_requests");
+    let gauge = t.s("probe.in_flight");
+    let histogram = t.s("probe_sizes");
+    module(&format!(
+        r#"{}
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $proxy_define_metric (i32.const 0) {counter} (i32.const 3000)))
+    (drop (call $proxy_define_metric (i32.const 1) {gauge} (i32.const 3004)))
+    (drop (call $proxy_define_metric (i32.const 2) {histogram} (i32.const 3008)))
+    (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $proxy_increment_metric (i32.load (i32.const 3000)) (i64.const 1)))
+    (drop (call $proxy_record_metric (i32.load (i32.const 3004)) (i64.const 7)))
+    (drop (call $proxy_record_metric (i32.load (i32.const 3008)) (i64.const 42)))
+    (i32.const 0))"#,
+        t.data()
+    ))
+}
+
+#[test]
+fn metric_names_are_filed_as_envoy_files_them() {
+    if envoy::skip_requested() {
+        return;
+    }
+    let bytes = wat::parse_str(metrics_module()).unwrap();
+    let dir = std::env::temp_dir().join(format!("wasmesh-fidelity-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = dir.join("metrics.wasm");
+    std::fs::write(&wasm, &bytes).unwrap();
+    let envoy = EnvoyBuilder::new()
+        .wasm_filter(WasmFilter::new(&wasm))
+        .direct_response(200, "ok")
+        .start()
+        .unwrap();
+    envoy.send(&HttpRequest::get("/")).unwrap();
+    let stats = envoy.stats().unwrap();
+    let prometheus = envoy.admin_get("/stats/prometheus").unwrap().text();
+
+    let plugin = Harness::from_bytes(&bytes).unwrap().start().unwrap();
+    plugin.http_stream().request_headers(GET, true).unwrap();
+    for (name, value) in plugin.metrics() {
+        match value {
+            wasmesh_harness::MetricValue::Histogram(values) => {
+                assert_eq!(values, [42]);
+                // Envoy merges histograms on its flush interval: only the name is checked.
+                assert!(stats
+                    .keys()
+                    .all(|k| !k.starts_with(&envoy_stat_name(&name))));
+                assert!(
+                    prometheus.contains(&format!("# TYPE {} histogram", prometheus_name(&name)))
+                );
+            }
+            value => {
+                let value = value.value().unwrap();
+                assert_eq!(stats.get(&envoy_stat_name(&name)), Some(&value), "{name}");
+                assert!(
+                    prometheus.contains(&format!("\n{}{{}} {value}\n", prometheus_name(&name))),
+                    "{name} in\n{prometheus}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        envoy_stat_name("probe.in_flight"),
+        "wasmcustom.probe.in_flight"
+    );
+    assert_eq!(prometheus_name("probe.in_flight"), "probe_in_flight");
     let _ = std::fs::remove_dir_all(&dir);
 }
