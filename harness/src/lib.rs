@@ -34,6 +34,21 @@
 //!   histograms 6, ...); ids defined with the same name share one stat across all workers.
 //! - `malloc` is preferred over `proxy_on_memory_allocate` when both are exported.
 //! - Streams end with `proxy_on_log`, then `proxy_on_done`, then `proxy_on_delete`.
+//! - Properties read as Envoy 1.40 serves them (`tests/properties_vs_envoy.rs` compares every
+//!   one at every callback): what Envoy derives from its configuration is under `xds.` only
+//!   (`xds.node`, `xds.cluster_name`, `xds.route_name`, `xds.route_metadata`,
+//!   `xds.listener_metadata`, ...); the older top-level names (`node`, `route_name`,
+//!   `route_metadata`, `cluster_name`, `listener_direction`, ...) are `NotFound`, and a value a
+//!   test sets under such a name is served at its `xds.` path. Metadata
+//!   ([`PropertyValue::Metadata`]) reads as the serialized protobuf message, and below it as
+//!   CEL values (`xds.route_metadata.filter_metadata.<namespace>.<key>`: a string's bytes, an
+//!   `f64`, a bool byte, a struct or list as a serialized map). A root context sees only
+//!   `plugin_name`, `plugin_root_id`, `plugin_vm_id` and `xds.node`. Header maps
+//!   (`request.headers`, `response.headers`, `response.trailers`) read as an empty map, not
+//!   `NotFound`, while Envoy does not hold them; `request.duration` exists from `proxy_on_log`
+//!   on; `response.grpc_status` falls back on the HTTP status (200 gives 2, `UNKNOWN`); `xds`,
+//!   `request`, `response`, `source`, `destination` and `connection` as a whole fail with
+//!   `SerializationFailure`.
 //!
 //! # Workers in parallel: race mode
 //!
@@ -51,9 +66,15 @@
 //! VM's race point runs to completion, and what the events start asynchronously (callout answers,
 //! queue notifications) is delivered after the race. TCP (network filter) streams, Envoy's per-connection buffer limit (413/500 on overflow),
 //! the main-thread VM Envoy keeps next to the worker VMs, built-in foreign functions, and
-//! properties Envoy derives from configuration it does not have here (`node`, `cluster_name`,
-//! `route_name`, `xds.*`, metadata, upstream and TLS details): tests set those explicitly with
-//! [`PluginBuilder::property`] and [`HttpStream::property`].
+//! properties Envoy derives from configuration or from the upstream it picked: `xds.*` (node,
+//! cluster, route, virtual host, listener, filter chain and their metadata), `upstream.*` and
+//! `xds.upstream_host_*` (Envoy knows them from the request body on),
+//! `response.backend_latency`, `typed_filter_metadata` (always an empty map here) and TLS
+//! details: tests set those explicitly with [`PluginBuilder::property`] and
+//! [`HttpStream::property`]. A metadata struct lists its keys in the order the test gave them,
+//! Envoy in its hash-map order. In `proxy_on_log` Envoy's header maps, and the sizes counting
+//! them, also hold what the router and the connection manager add after the filter chain
+//! (`x-envoy-expected-rq-timeout-ms`, `date`, `server`).
 //!
 //! ```no_run
 //! use std::time::Duration;
