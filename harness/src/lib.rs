@@ -49,6 +49,24 @@
 //!   on; `response.grpc_status` falls back on the HTTP status (200 gives 2, `UNKNOWN`); `xds`,
 //!   `request`, `response`, `source`, `destination` and `connection` as a whole fail with
 //!   `SerializationFailure`.
+//! - A local reply to a `HEAD` request keeps the `content-length` and `content-type` of the body
+//!   it would have had; the filter's `proxy_on_response_headers` sees them with end of stream,
+//!   and no body follows.
+//! - A local reply or a VM failure after the response headers went downstream resets the stream
+//!   (Envoy: "Prior headers have already been sent"): no reply, [`HttpStream::response_state`]
+//!   is [`StreamState::Reset`].
+//! - A body the filter buffers (`StopIterationAndBuffer`, or `StopAllIterationAndBuffer` from
+//!   headers) beyond the connection's buffer limit ([`PluginBuilder::buffer_limit`], 1 MiB) ends
+//!   the stream: a request with `413` (`request_payload_too_large`), a response with `500`
+//!   (`response_payload_too_large`) or a reset once its headers went downstream.
+//! - [`HttpStream::send_request`] and [`HttpStream::upstream_response`] present a request and a
+//!   response as Envoy's HTTP/1 codec and connection manager do (`:scheme`,
+//!   `x-forwarded-proto`, a generated `x-request-id`, a body followed by an empty chunk that ends
+//!   the stream, `x-envoy-upstream-service-time`; see [`client`]).
+//!   [`HttpStream::request_headers`] and its siblings deliver exactly what they are given.
+//! - Envoy files a module's metrics as `wasmcustom.<name>` ([`envoy_stat_name`]) and shows them
+//!   to Prometheus without the namespace ([`prometheus_name`]); the harness reports them under
+//!   the module's own names.
 //!
 //! # Workers in parallel: race mode
 //!
@@ -62,19 +80,27 @@
 //!
 //! # Not emulated
 //!
-//! Of parallel workers, only the interleavings race mode produces: an event that runs at another
-//! VM's race point runs to completion, and what the events start asynchronously (callout answers,
-//! queue notifications) is delivered after the race. TCP (network filter) streams, Envoy's per-connection buffer limit (413/500 on overflow),
-//! the main-thread VM Envoy keeps next to the worker VMs, built-in foreign functions, and
-//! properties Envoy derives from configuration or from the upstream it picked: `xds.*` (node,
-//! cluster, route, virtual host, listener, filter chain and their metadata), `upstream.*` and
-//! `xds.upstream_host_*` (Envoy knows them from the request body on),
-//! `response.backend_latency`, `typed_filter_metadata` (always an empty map here) and TLS
-//! details: tests set those explicitly with [`PluginBuilder::property`] and
-//! [`HttpStream::property`]. A metadata struct lists its keys in the order the test gave them,
-//! Envoy in its hash-map order. In `proxy_on_log` Envoy's header maps, and the sizes counting
-//! them, also hold what the router and the connection manager add after the filter chain
-//! (`x-envoy-expected-rq-timeout-ms`, `date`, `server`).
+//! - Of parallel workers, only the interleavings race mode produces: an event that runs at
+//!   another VM's race point runs to completion, and what the events start asynchronously
+//!   (callout answers, queue notifications) is delivered after the race.
+//! - How reads split a body: [`HttpStream::send_request`] delivers a body as one chunk, Envoy as
+//!   the bytes arrive (a large body in several chunks whose sizes vary from run to run).
+//! - Back-pressure: watermarked buffers (`StopIterationAndWatermark`,
+//!   `StopAllIterationAndWatermark`) have no limit here; Envoy slows the sender down instead.
+//! - The connection manager's own work: its statistics (`downstream_rq_too_large`,
+//!   `rs_too_large`, ...), the headers it adds after the filter chain (`date`, `server`), and
+//!   `x-forwarded-for` handling (tests set `source.address`).
+//! - TCP (network filter) streams, the main-thread VM Envoy keeps next to the worker VMs, and
+//!   built-in foreign functions.
+//! - Properties Envoy derives from configuration or from the upstream it picked: `xds.*` (node,
+//!   cluster, route, virtual host, listener, filter chain and their metadata), `upstream.*` and
+//!   `xds.upstream_host_*` (Envoy knows them from the request body on),
+//!   `response.backend_latency`, `typed_filter_metadata` (always an empty map here) and TLS
+//!   details: tests set those explicitly with [`PluginBuilder::property`] and
+//!   [`HttpStream::property`]. A metadata struct lists its keys in the order the test gave them,
+//!   Envoy in its hash-map order. In `proxy_on_log` Envoy's header maps, and the sizes counting
+//!   them, also hold what the router and the connection manager add after the filter chain
+//!   (`x-envoy-expected-rq-timeout-ms`, `date`, `server`).
 //!
 //! ```no_run
 //! use std::time::Duration;
