@@ -33,6 +33,10 @@ pub const DEFAULT_HOST: &str = "api.example.com";
 /// The corpus file, relative to this crate.
 pub const CORPUS_FILE: &str = "corpus/corpus.json";
 
+/// The corpus of modules built by other toolchains (Go, AssemblyScript, Rust with the
+/// `proxy-wasm` crate), relative to this crate.
+pub const FOREIGN_CORPUS_FILE: &str = "corpus/foreign.json";
+
 /// The tokens file, relative to this crate.
 pub const TOKENS_FILE: &str = "corpus/tokens.json";
 
@@ -59,6 +63,13 @@ pub enum FilterSource {
     Package(String),
     /// A WAT file next to the corpus (a deliberately misbehaving module).
     Wat(String),
+    /// A Go module (a folder relative to `harness/e2e`) built with Go's own `wasip1` target
+    /// ([`crate::foreign::go_wasm`]).
+    Go(String),
+    /// An AssemblyScript module (a folder relative to `harness/e2e` with `assembly/index.ts` and
+    /// a `package-lock.json`) built with its pinned `asc` ([`crate::foreign::assemblyscript_wasm`]).
+    #[serde(rename = "assemblyscript")]
+    AssemblyScript(String),
 }
 
 /// One filter configuration and the exchanges run through it, in order.
@@ -68,7 +79,13 @@ pub struct Group {
     /// What the group is about.
     pub name: String,
     /// Key of [`Corpus::filters`].
+    #[serde(default)]
     pub filter: String,
+    /// Instead of `filter`: run the same group once per filter of this list (modules that
+    /// implement the same behaviour). Expanded at load time into groups named
+    /// `<name> [<filter>]`.
+    #[serde(default)]
+    pub filters: Vec<String>,
     /// The plugin configuration: a JSON value (sent as its JSON text) or a string (sent as is).
     #[serde(default)]
     pub config: Option<Value>,
@@ -139,11 +156,48 @@ pub struct Exchange {
     /// Request body (sent with `content-length` when not empty).
     #[serde(default)]
     pub body: String,
+    /// Repeat `body` this many times (large bodies), at load time.
+    #[serde(default)]
+    pub body_repeat: Option<usize>,
+    /// What the upstream answers instead of echoing the request (the client's body is then
+    /// compared too).
+    #[serde(default)]
+    pub upstream_answer: Option<UpstreamAnswer>,
     /// Set when Envoy and the harness are known to differ on this exchange: the anchor of the
     /// README's DIVERGENCES entry that explains why. The test requires such an exchange to
     /// still differ, so the documentation cannot go stale.
     #[serde(default)]
     pub divergence: Option<String>,
+    /// A divergence note for some filters only of a group run over several (`filters`): filter
+    /// name to note, taking precedence over `divergence`.
+    #[serde(default)]
+    pub divergence_by_filter: BTreeMap<String, String>,
+}
+
+/// An upstream answer given in the corpus.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAnswer {
+    /// Status (default 200).
+    #[serde(default = "default_status")]
+    pub status: u16,
+    /// Headers besides the framing (default `content-type: text/plain`).
+    #[serde(default = "default_answer_headers")]
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    #[serde(default)]
+    pub body: String,
+    /// Repeat `body` this many times (large bodies), at load time.
+    #[serde(default)]
+    pub body_repeat: Option<usize>,
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+fn default_answer_headers() -> Vec<(String, String)> {
+    vec![("content-type".to_string(), "text/plain".to_string())]
 }
 
 fn default_method() -> String {
@@ -243,11 +297,63 @@ impl Tokens {
 impl Corpus {
     /// Reads `corpus/corpus.json` and resolves its placeholders with `corpus/tokens.json`.
     pub fn load() -> Result<Self, E2eError> {
-        let path = crate::crate_dir().join(CORPUS_FILE);
+        Self::load_file(CORPUS_FILE)
+    }
+
+    /// Reads a corpus file (relative to this crate), resolves its placeholders with
+    /// `corpus/tokens.json` and expands groups run over several filters.
+    pub fn load_file(file: &str) -> Result<Self, E2eError> {
+        let path = crate::crate_dir().join(file);
         let mut corpus: Corpus = parse_json(&path, &read(&path)?)?;
         corpus.resolve(&Tokens::load()?)?;
+        corpus.expand()?;
         corpus.validate()?;
         Ok(corpus)
+    }
+
+    /// One group per filter of each group's `filters`, with that filter's divergence notes.
+    fn expand(&mut self) -> Result<(), E2eError> {
+        let mut groups = Vec::with_capacity(self.groups.len());
+        for group in std::mem::take(&mut self.groups) {
+            if group.filters.is_empty() {
+                groups.push(group);
+                continue;
+            }
+            if !group.filter.is_empty() {
+                return Err(E2eError::Corpus(format!(
+                    "group {:?}: `filter` and `filters` are exclusive",
+                    group.name
+                )));
+            }
+            for exchange in &group.requests {
+                if let Some(filter) = exchange
+                    .divergence_by_filter
+                    .keys()
+                    .find(|filter| !group.filters.contains(filter))
+                {
+                    return Err(E2eError::Corpus(format!(
+                        "group {:?}, exchange {:?}: divergence for {filter:?}, which the group \
+                         does not run",
+                        group.name, exchange.name
+                    )));
+                }
+            }
+            for filter in &group.filters {
+                let mut one = group.clone();
+                one.name = format!("{} [{filter}]", group.name);
+                one.filter = filter.clone();
+                one.filters = Vec::new();
+                for exchange in &mut one.requests {
+                    if let Some(note) = exchange.divergence_by_filter.get(filter) {
+                        exchange.divergence = Some(note.clone());
+                    }
+                    exchange.divergence_by_filter.clear();
+                }
+                groups.push(one);
+            }
+        }
+        self.groups = groups;
+        Ok(())
     }
 
     fn resolve(&mut self, tokens: &Tokens) -> Result<(), E2eError> {
@@ -258,6 +364,14 @@ impl Corpus {
             for exchange in &mut group.requests {
                 exchange.path = tokens.expand(&exchange.path)?;
                 exchange.body = tokens.expand(&exchange.body)?;
+                if let Some(times) = exchange.body_repeat.take() {
+                    exchange.body = exchange.body.repeat(times);
+                }
+                if let Some(answer) = &mut exchange.upstream_answer {
+                    if let Some(times) = answer.body_repeat.take() {
+                        answer.body = answer.body.repeat(times);
+                    }
+                }
                 for (_, value) in &mut exchange.headers {
                     *value = tokens.expand(value)?;
                 }
@@ -285,6 +399,18 @@ impl Corpus {
                     "group {:?}: `config` and `config_file` are exclusive",
                     group.name
                 )));
+            }
+            for exchange in &group.requests {
+                if let Some(filter) = exchange
+                    .divergence_by_filter
+                    .keys()
+                    .find(|filter| !self.filters.contains_key(*filter))
+                {
+                    return Err(E2eError::Corpus(format!(
+                        "group {:?}, exchange {:?}: divergence for unknown filter {filter:?}",
+                        group.name, exchange.name
+                    )));
+                }
             }
             if group.requests.is_empty() {
                 return Err(E2eError::Corpus(format!(
@@ -319,6 +445,8 @@ impl FilterSource {
     pub fn wasm(&self, scratch: &Path) -> Result<PathBuf, E2eError> {
         match self {
             Self::Package(package) => Ok(wasmesh_harness::build::wasm(package)?),
+            Self::Go(dir) => crate::foreign::go_wasm(dir),
+            Self::AssemblyScript(dir) => crate::foreign::assemblyscript_wasm(dir),
             Self::Wat(file) => {
                 let source = crate::crate_dir().join("corpus").join(file);
                 let text = read(&source)?;

@@ -16,8 +16,10 @@
 //! See `harness/e2e/README.md` for the corpus format, how to run both, and the known
 //! Envoy/spec divergences.
 
+pub mod client;
 pub mod corpus;
 pub mod differential;
+pub mod foreign;
 pub mod load;
 pub mod observe;
 pub mod services;
@@ -53,6 +55,9 @@ pub enum E2eError {
         #[source]
         source: std::io::Error,
     },
+    /// A toolchain (Go, AssemblyScript) is missing, or failed to build a module.
+    #[error("{0}")]
+    Toolchain(String),
     /// The load generator failed or printed something unexpected.
     #[error("load generator: {0}")]
     Load(String),

@@ -10,12 +10,12 @@
 
 use std::time::Duration;
 
-use wasmesh_harness::envoy::{
-    Envoy, HttpRequest, HttpResponse, ReceivedRequest, RESPONSE_CODE_DETAILS_HEADER,
-};
+use wasmesh_harness::build::sha256_hex;
+use wasmesh_harness::envoy::{Envoy, HttpRequest, ReceivedRequest, RESPONSE_CODE_DETAILS_HEADER};
 use wasmesh_harness::{HarnessError, HttpStream, LocalReply, Plugin, StreamState};
 
 use crate::corpus::Exchange;
+use crate::services::{Answer, Services};
 use crate::E2eError;
 
 /// Response headers Envoy (or the echo upstream's framing) sets regardless of the filter, or
@@ -58,6 +58,22 @@ const CLOCK_LIMIT: Duration = Duration::from_secs(120);
 /// Value shown for a volatile header (compared for presence only).
 pub const VOLATILE: &str = "<volatile>";
 
+/// Bodies longer than this are compared (and shown) as their length and SHA-256.
+pub const BODY_SHOWN_UP_TO: usize = 512;
+
+/// A body as compared: its text, or its length and digest when it is long.
+pub fn summarize(body: &[u8]) -> String {
+    if body.len() <= BODY_SHOWN_UP_TO {
+        return String::from_utf8_lossy(body).into_owned();
+    }
+    let digest = sha256_hex(body);
+    format!(
+        "<{} bytes, sha256 {}>",
+        body.len(),
+        digest.get(..16).unwrap_or(&digest)
+    )
+}
+
 /// The request as the upstream received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamView {
@@ -86,14 +102,21 @@ pub struct Observed {
     /// Response headers the client got, names lower-cased, sorted, without
     /// [`IGNORED_RESPONSE_HEADERS`], volatile values replaced by [`VOLATILE`].
     pub response_headers: Vec<(String, String)>,
+    /// The stream was reset: the client got no complete response (a status of 0: not even
+    /// headers).
+    pub reset: bool,
+    /// The upstream's body as the client got it ([`summarize`]d), for exchanges whose upstream
+    /// answer the corpus gives (`upstream_answer`); `None` otherwise and for reset streams.
+    pub response_body: Option<String>,
 }
 
 impl Observed {
     /// One line, for reports.
     pub fn summary(&self) -> String {
-        match &self.details {
-            Some(details) => format!("{} local reply ({details})", self.status),
-            None => format!("{} from the upstream", self.status),
+        match (&self.details, self.reset) {
+            (_, true) => format!("{} then reset", self.status),
+            (Some(details), false) => format!("{} local reply ({details})", self.status),
+            (None, false) => format!("{} from the upstream", self.status),
         }
     }
 }
@@ -184,49 +207,73 @@ pub fn envoy_source_address(exchange: &Exchange) -> Option<String> {
     Some(std::net::SocketAddr::new(ip, 0).to_string())
 }
 
-/// Sends `exchange` through a real Envoy routing to an echo upstream. Also returns the raw
-/// response (its body is the upstream's answer, which the harness is then given).
+/// Sends `exchange` through a real Envoy routing to the group's upstream (an echo, or the
+/// exchange's `upstream_answer`). Also returns what the upstream answered, which the harness is
+/// then given.
 pub fn observe_envoy(
     envoy: &Envoy,
+    services: &Services,
     exchange: &Exchange,
     request_id: &str,
     volatile: &[String],
-) -> Result<(Observed, HttpResponse), E2eError> {
-    let response = envoy.send(&client_request(exchange, request_id))?;
+) -> Result<(Observed, Answer), E2eError> {
+    let staged = exchange.upstream_answer.as_ref().map(Answer::from);
+    services.stage_upstream_answer(staged.clone());
+    let before = services.upstream.requests().len();
+    let response =
+        crate::client::send(envoy.listener_addr(), &client_request(exchange, request_id))?;
+    let received: Option<ReceivedRequest> = services.upstream.requests().into_iter().nth(before);
+    let reset = !response.complete;
+    // A module's local reply with empty details (the proxy-wasm crate's `send_http_response`
+    // passes none) gets no details header from the local-reply mapper: an answer the upstream
+    // never saw the request for is a local reply all the same.
+    let details = response
+        .response_code_details()
+        .map(str::to_string)
+        .or_else(|| (received.is_none() && !reset).then(String::new));
     let response_headers = normalize(
         response.headers.iter().cloned(),
         IGNORED_RESPONSE_HEADERS,
         volatile,
     );
-    let observed = match response.response_code_details() {
-        Some(details) => Observed {
-            status: response.status,
-            details: Some(details.to_string()),
-            local_body: Some(response.text()),
-            upstream: None,
-            response_headers,
-        },
-        None => {
-            let seen = ReceivedRequest::from_echo(&response)?;
-            Observed {
-                status: response.status,
-                details: None,
-                local_body: None,
-                upstream: Some(UpstreamView {
-                    method: seen.method.clone(),
-                    path: seen.path.clone(),
-                    headers: normalize(
-                        codec_framing(seen.headers.clone()),
-                        IGNORED_UPSTREAM_HEADERS,
-                        &[],
-                    ),
-                    body: String::from_utf8_lossy(&seen.body).into_owned(),
-                }),
-                response_headers,
-            }
-        }
+    let upstream = match (&details, &received) {
+        (None, Some(seen)) => Some(UpstreamView {
+            method: seen.method.clone(),
+            path: seen.path.clone(),
+            headers: normalize(
+                codec_framing(seen.headers.clone()),
+                IGNORED_UPSTREAM_HEADERS,
+                &[],
+            ),
+            body: summarize(&seen.body),
+        }),
+        _ => None,
     };
-    Ok((observed, response))
+    let upstream_answered = upstream.is_some();
+    let observed = Observed {
+        status: response.status.unwrap_or(0),
+        local_body: details
+            .as_ref()
+            .filter(|_| !reset)
+            .map(|_| String::from_utf8_lossy(&response.body).into_owned()),
+        details,
+        upstream,
+        response_headers,
+        reset,
+        response_body: (staged.is_some() && !reset && upstream_answered)
+            .then(|| summarize(&response.body)),
+    };
+    // What the upstream sent: the staged answer, or the echo of what it received.
+    let answer = staged.unwrap_or_else(|| Answer {
+        status: 200,
+        headers: ECHO_RESPONSE_HEADERS
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect(),
+        body: received.map_or_else(|| "{}".to_string(), |seen| seen.to_json().to_string()),
+    });
+    services.stage_upstream_answer(None);
+    Ok((observed, answer))
 }
 
 /// What happened inside the harness besides the observation: errors its calls returned (a
@@ -255,12 +302,12 @@ impl HarnessNotes {
 
 /// Runs `exchange` through the harness as Envoy runs it: request headers (and body), the
 /// virtual clock advanced while the filter holds the request, then (unless it replied) the
-/// echo upstream's answer `upstream_body` with the echo's headers, and the end of the stream.
+/// upstream's `answer`, and the end of the stream.
 pub fn observe_harness(
     plugin: &Plugin,
     exchange: &Exchange,
     request_id: &str,
-    upstream_body: &[u8],
+    answer: &Answer,
     volatile: &[String],
 ) -> Result<(Observed, HarnessNotes), E2eError> {
     let mut notes = HarnessNotes::default();
@@ -290,29 +337,52 @@ pub fn observe_harness(
                 method,
                 path,
                 headers: normalize(forwarded, IGNORED_UPSTREAM_HEADERS, &[]),
-                body: String::from_utf8_lossy(&stream.request_body_now()).into_owned(),
+                body: summarize(&stream.request_body_now()),
             };
-            let length = upstream_body.len().to_string();
-            let mut response: Vec<(&str, &str)> = vec![(":status", "200")];
-            response.extend_from_slice(ECHO_RESPONSE_HEADERS);
+            let status = answer.status.to_string();
+            let length = answer.body.len().to_string();
+            let mut response: Vec<(&str, &str)> = vec![(":status", &status)];
+            response.extend(
+                answer
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_str())),
+            );
             response.push(("content-length", &length));
-            notes.record(stream.response_headers(&response, upstream_body.is_empty()));
-            if !upstream_body.is_empty() {
-                notes.record(stream.response_body(upstream_body, true));
+            let body = answer.body.as_bytes();
+            notes.record(stream.response_headers(&response, body.is_empty()));
+            if !body.is_empty() {
+                notes.record(stream.response_body(body, true));
             }
             settle(plugin, &stream, HttpStream::response_state)?;
+            let response_headers = normalize(
+                stream.response_headers_now(),
+                IGNORED_RESPONSE_HEADERS,
+                volatile,
+            );
             match stream.local_reply() {
                 Some(reply) => replied(&reply, volatile),
-                None => Observed {
-                    status: 200,
+                // The response headers went downstream, then the stream was reset.
+                None if stream.response_state() == StreamState::Reset => Observed {
+                    status: answer.status,
                     details: None,
                     local_body: None,
                     upstream: Some(upstream),
-                    response_headers: normalize(
-                        stream.response_headers_now(),
-                        IGNORED_RESPONSE_HEADERS,
-                        volatile,
-                    ),
+                    response_headers,
+                    reset: true,
+                    response_body: None,
+                },
+                None => Observed {
+                    status: answer.status,
+                    details: None,
+                    local_body: None,
+                    upstream: Some(upstream),
+                    response_headers,
+                    reset: false,
+                    response_body: exchange
+                        .upstream_answer
+                        .is_some()
+                        .then(|| summarize(&stream.response_body_now())),
                 },
             }
         }
@@ -338,6 +408,8 @@ fn replied(reply: &LocalReply, volatile: &[String]) -> Observed {
         local_body: Some(String::from_utf8_lossy(&reply.body).into_owned()),
         upstream: None,
         response_headers: normalize(reply.headers.clone(), IGNORED_RESPONSE_HEADERS, volatile),
+        reset: false,
+        response_body: None,
     }
 }
 

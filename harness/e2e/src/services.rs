@@ -12,9 +12,24 @@
 //! | `authorization: Bearer mallory` | 403, `x-reason: revoked`, `token revoked\n` |
 //! | no `authorization` | 401, `www-authenticate: Bearer realm="api"`, `x-reason: no-credentials`, `login required\n` |
 //! | any other `authorization` | 403, `x-reason: unknown-user`, `unknown user\n` |
+//!
+//! For the foreign-module corpus (`corpus/foreign.json`) there are three more callout clusters:
+//! `probe`, a service answering every request `200`, `content-type: text/plain`, `allowed`;
+//! `slow`, a server that accepts connections and never answers (callouts time out); and
+//! `refused`, an address nobody listens on (connections are refused). A cluster Envoy does not
+//! have (`nowhere` in the corpus) is not declared to the harness either. The echo upstream
+//! answers with an exchange's `upstream_answer` instead of echoing when the runner stages one.
 
-use wasmesh_harness::envoy::{Cluster, HttpResponse, ReceivedRequest, TestServer};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmesh_harness::envoy::{Cluster, EnvoyError, HttpResponse, ReceivedRequest, TestServer};
 use wasmesh_harness::{CalloutReply, HttpCallout};
+
+use crate::corpus::UpstreamAnswer;
 
 use crate::E2eError;
 
@@ -24,6 +39,15 @@ pub const JWKS_CLUSTER: &str = "jwks";
 pub const AUTHZ_CLUSTER: &str = "authz";
 /// Cluster of the echo upstream (every route goes there).
 pub const UPSTREAM_CLUSTER: &str = "upstream";
+/// Cluster of the probe modules' callout service (answers `200 allowed`).
+pub const PROBE_CLUSTER: &str = "probe";
+/// Cluster of a server that never answers.
+pub const SLOW_CLUSTER: &str = "slow";
+/// Cluster of an address that refuses connections.
+pub const REFUSED_CLUSTER: &str = "refused";
+
+/// Clusters whose services record what they receive: the callouts compared per group.
+pub const RECORDING_CLUSTERS: &[&str] = &[JWKS_CLUSTER, AUTHZ_CLUSTER, PROBE_CLUSTER];
 
 /// An answer of a local service: status, headers (without framing headers), body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +135,21 @@ pub fn authz_decision(path: &str, headers: &[(String, String)]) -> Answer {
     }
 }
 
+/// The probe callout service's answer.
+pub fn probe_answer() -> Answer {
+    Answer::new(200, &[("content-type", "text/plain")], "allowed")
+}
+
+impl From<&UpstreamAnswer> for Answer {
+    fn from(answer: &UpstreamAnswer) -> Self {
+        Self {
+            status: answer.status,
+            headers: answer.headers.clone(),
+            body: answer.body.clone(),
+        }
+    }
+}
+
 /// The JWKS endpoint's answer.
 pub fn jwks_answer(jwks: &str) -> Answer {
     Answer::new(200, &[("content-type", "application/json")], jwks)
@@ -124,6 +163,10 @@ pub fn harness_callout_handler(jwks: String) -> impl FnMut(&HttpCallout) -> Call
             let path = callout.header(":path").unwrap_or_default();
             authz_decision(path, &callout.headers).to_callout_reply()
         }
+        PROBE_CLUSTER => probe_answer().to_callout_reply(),
+        // Left pending: the callout times out when the virtual clock passes its timeout.
+        SLOW_CLUSTER => CalloutReply::Timeout,
+        REFUSED_CLUSTER => CalloutReply::upstream_unavailable(),
         // Envoy's router answers a request for a cluster with no healthy host this way; the
         // corpus has no such callout, but a filter calling one must not hang the run.
         _ => CalloutReply::upstream_unavailable(),
@@ -133,31 +176,79 @@ pub fn harness_callout_handler(jwks: String) -> impl FnMut(&HttpCallout) -> Call
 /// The servers of one group (fresh per group, so their request logs are the group's).
 #[derive(Debug)]
 pub struct Services {
-    /// Echo upstream: answers 200 with the request it received, as JSON.
+    /// Echo upstream: answers 200 with the request it received, as JSON (or the staged answer).
     pub upstream: TestServer,
     /// JWKS endpoint.
     pub jwks: TestServer,
     /// HTTP authorization service.
     pub authz: TestServer,
+    /// The probe modules' callout service.
+    pub probe: TestServer,
+    /// A server that never answers.
+    pub slow: SilentServer,
+    /// An address nobody listens on.
+    pub refused: SocketAddr,
+    staged: Arc<Mutex<Option<Answer>>>,
 }
 
 impl Services {
-    /// Starts the three servers on 127.0.0.1.
+    /// Starts the servers on 127.0.0.1.
     pub fn start(jwks: String) -> Result<Self, E2eError> {
+        let staged: Arc<Mutex<Option<Answer>>> = Arc::default();
+        let upstream = {
+            let staged = Arc::clone(&staged);
+            TestServer::start(move |request: &ReceivedRequest| {
+                let answer = staged
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .clone();
+                match answer {
+                    Some(answer) => answer.to_http(),
+                    None => HttpResponse::new(200, request.to_json().to_string())
+                        .with_header("content-type", "application/json"),
+                }
+            })?
+        };
         Ok(Self {
-            upstream: TestServer::echo()?,
+            upstream,
             jwks: TestServer::start(move |_| jwks_answer(&jwks).to_http())?,
             authz: TestServer::start(|request: &ReceivedRequest| {
                 authz_decision(&request.path, &request.headers).to_http()
             })?,
+            probe: TestServer::start(|_| probe_answer().to_http())?,
+            slow: SilentServer::start()?,
+            refused: refusing_address()?,
+            staged,
         })
     }
 
+    /// Makes the upstream answer `answer` (or echo, with `None`) until told otherwise.
+    pub fn stage_upstream_answer(&self, answer: Option<Answer>) {
+        *self
+            .staged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = answer;
+    }
+
     /// The callout clusters (the upstream cluster comes with `EnvoyBuilder::upstream`).
-    pub fn callout_clusters(&self) -> [Cluster; 2] {
+    pub fn callout_clusters(&self) -> [Cluster; 5] {
         [
             Cluster::new(JWKS_CLUSTER, self.jwks.addr()),
             Cluster::new(AUTHZ_CLUSTER, self.authz.addr()),
+            Cluster::new(PROBE_CLUSTER, self.probe.addr()),
+            Cluster::new(SLOW_CLUSTER, self.slow.addr()),
+            Cluster::new(REFUSED_CLUSTER, self.refused),
+        ]
+    }
+
+    /// The names of [`Self::callout_clusters`].
+    pub fn callout_cluster_names() -> [&'static str; 5] {
+        [
+            JWKS_CLUSTER,
+            AUTHZ_CLUSTER,
+            PROBE_CLUSTER,
+            SLOW_CLUSTER,
+            REFUSED_CLUSTER,
         ]
     }
 
@@ -173,7 +264,97 @@ impl Services {
             .requests()
             .into_iter()
             .map(|r| (AUTHZ_CLUSTER.to_string(), r));
-        jwks.chain(authz).collect()
+        let probe = self
+            .probe
+            .requests()
+            .into_iter()
+            .map(|r| (PROBE_CLUSTER.to_string(), r));
+        jwks.chain(authz).chain(probe).collect()
+    }
+}
+
+fn envoy_io(context: &str, source: std::io::Error) -> EnvoyError {
+    EnvoyError::Io {
+        context: context.to_string(),
+        source,
+    }
+}
+
+/// An address on 127.0.0.1 where nothing listens: a port the OS handed out, then released.
+fn refusing_address() -> Result<SocketAddr, E2eError> {
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .map_err(|error| envoy_io("binding a port to release", error))?;
+    let address = listener
+        .local_addr()
+        .map_err(|error| envoy_io("reading a released port", error))?;
+    drop(listener);
+    Ok(address)
+}
+
+/// A server that accepts connections, reads nothing and never answers (a hung upstream). Its
+/// connections close when it is dropped.
+pub struct SilentServer {
+    address: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SilentServer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("SilentServer")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SilentServer {
+    /// Listens on 127.0.0.1.
+    pub fn start() -> Result<Self, E2eError> {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .map_err(|error| envoy_io("binding a silent server", error))?;
+        let address = listener
+            .local_addr()
+            .map_err(|error| envoy_io("reading a silent server's address", error))?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let acceptor = {
+            let stopping = Arc::clone(&stopping);
+            std::thread::Builder::new()
+                .name(format!("silent-server-{address}"))
+                .spawn(move || {
+                    let mut held = Vec::new();
+                    for connection in listener.incoming() {
+                        if stopping.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        if let Ok(connection) = connection {
+                            held.push(connection);
+                        }
+                    }
+                })
+                .map_err(|error| envoy_io("spawning a silent server thread", error))?
+        };
+        Ok(Self {
+            address,
+            stopping,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Wake the blocking accept so the thread sees the flag.
+        let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use wasmesh_e2e::corpus::{Corpus, FilterSource, Tokens};
+use wasmesh_e2e::corpus::{Corpus, FilterSource, Tokens, FOREIGN_CORPUS_FILE};
 use wasmesh_e2e::differential::{run_group, GroupReport};
 use wasmesh_harness::envoy;
 
@@ -26,7 +26,45 @@ fn the_harness_and_real_envoy_observe_every_exchange_of_the_corpus_alike() {
     if envoy::skip_requested() {
         return;
     }
-    let corpus = Corpus::load().unwrap();
+    run_corpus(&Corpus::load().unwrap());
+}
+
+/// The same comparison for modules built by other toolchains (Go's wasip1 target,
+/// AssemblyScript with proxy-runtime, Rust with the proxy-wasm crate alone): one behaviour, the
+/// same groups run over each module (`corpus/foreign.json`).
+#[test]
+fn the_harness_and_real_envoy_observe_modules_of_other_toolchains_alike() {
+    if envoy::skip_requested() {
+        return;
+    }
+    run_corpus(&Corpus::load_file(FOREIGN_CORPUS_FILE).unwrap());
+}
+
+#[test]
+fn the_foreign_corpus_runs_every_group_over_a_go_an_assemblyscript_and_a_rust_module() {
+    let corpus = Corpus::load_file(FOREIGN_CORPUS_FILE).unwrap();
+    let kinds: BTreeSet<&str> = corpus
+        .filters
+        .values()
+        .map(|source| match source {
+            FilterSource::Go(_) => "go",
+            FilterSource::AssemblyScript(_) => "assemblyscript",
+            FilterSource::Package(_) => "rust",
+            FilterSource::Wat(_) => "wat",
+        })
+        .collect();
+    assert_eq!(kinds, BTreeSet::from(["assemblyscript", "go", "rust"]));
+    for filter in corpus.filters.keys() {
+        let groups = corpus.groups.iter().filter(|g| &g.filter == filter).count();
+        assert_eq!(
+            groups * corpus.filters.len(),
+            corpus.groups.len(),
+            "{filter} does not run every group"
+        );
+    }
+}
+
+fn run_corpus(corpus: &Corpus) {
     let tokens = Tokens::load().unwrap();
     let scratch = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-corpus");
     // Build every filter first (memoized per process), so groups do not queue on cargo's lock.
@@ -43,7 +81,7 @@ fn the_harness_and_real_envoy_observe_every_exchange_of_the_corpus_alike() {
                 if index >= corpus.groups.len() {
                     return;
                 }
-                let report = run_group(&corpus, index, &tokens, &scratch).unwrap_or_else(|error| {
+                let report = run_group(corpus, index, &tokens, &scratch).unwrap_or_else(|error| {
                     panic!("group {:?}: {error}", corpus.groups[index].name)
                 });
                 reports.lock().unwrap().push((index, report));
@@ -120,7 +158,7 @@ fn the_corpus_spans_every_filter_of_the_workspace() {
         .values()
         .filter_map(|source| match source {
             FilterSource::Package(package) => Some(package.clone()),
-            FilterSource::Wat(_) => None,
+            FilterSource::Wat(_) | FilterSource::Go(_) | FilterSource::AssemblyScript(_) => None,
         })
         .collect();
     let used: BTreeSet<&String> = corpus.groups.iter().map(|group| &group.filter).collect();

@@ -21,8 +21,8 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        self.requests =
-            proxy_wasm::hostcalls::define_metric(MetricType::Counter, "probe_requests").unwrap_or(0);
+        self.requests = proxy_wasm::hostcalls::define_metric(MetricType::Counter, "probe_requests")
+            .unwrap_or(0);
         true
     }
 
@@ -120,7 +120,8 @@ impl HttpContext for Probe {
                     ]
                 };
                 let timeout = Duration::from_millis(300);
-                if let Err(status) = self.dispatch_http_call(&cluster, headers, None, vec![], timeout)
+                if let Err(status) =
+                    self.dispatch_http_call(&cluster, headers, None, vec![], timeout)
                 {
                     let body = format!("dispatch failed: {}\n", status as u32);
                     self.send_http_response(500, vec![], Some(body.as_bytes()));
