@@ -42,6 +42,12 @@ fn paths() -> Vec<Vec<&'static str>> {
         "metadata",
         "connection_id",
         "xds",
+        "request",
+        "response",
+        "source",
+        "destination",
+        "connection",
+        "upstream",
         "nope",
     ]
     .iter()

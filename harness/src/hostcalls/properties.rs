@@ -157,7 +157,7 @@ fn derived(
         ("plugin_name", None) => Some(shared.settings.plugin_name.clone().into()),
         ("plugin_root_id", None) => Some(shared.settings.root_id.clone().into()),
         ("plugin_vm_id", None) => Some(shared.settings.vm_id.clone().into()),
-        ("request" | "response" | "source" | "destination" | "connection", None) => {
+        ("request" | "response" | "source" | "destination" | "connection" | "upstream", None) => {
             // Envoy's wrappers for these attribute groups cannot be serialized as a whole.
             if exchange.is_some() {
                 return Err(Status::SerializationFailure);
