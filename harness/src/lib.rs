@@ -47,8 +47,8 @@
 //!   (`request.headers`, `response.headers`, `response.trailers`) read as an empty map, not
 //!   `NotFound`, while Envoy does not hold them; `request.duration` exists from `proxy_on_log`
 //!   on; `response.grpc_status` falls back on the HTTP status (200 gives 2, `UNKNOWN`); `xds`,
-//!   `request`, `response`, `source`, `destination` and `connection` as a whole fail with
-//!   `SerializationFailure`.
+//!   `request`, `response`, `source`, `destination`, `connection` and `upstream` as a whole fail
+//!   with `SerializationFailure`.
 //! - A local reply to a `HEAD` request keeps the `content-length` and `content-type` of the body
 //!   it would have had; the filter's `proxy_on_response_headers` sees them with end of stream,
 //!   and no body follows.
