@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::shared::SharedState;
+
 /// An HTTP callout dispatched with `proxy_http_call`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpCallout {
@@ -10,7 +12,8 @@ pub struct HttpCallout {
     /// The cluster the call goes to.
     pub upstream: String,
     /// Request headers as Envoy sends them (keys lower-cased; `content-length` set when there is
-    /// a body).
+    /// a body; then `x-envoy-internal: true`, and `x-envoy-expected-rq-timeout-ms` when there is
+    /// a timeout, which Envoy's async client and router add).
     pub headers: Vec<(String, String)>,
     /// Request body.
     pub body: Vec<u8>,
@@ -36,9 +39,21 @@ impl HttpCallout {
 }
 
 /// How a callout is answered.
+///
+/// `Refused`, `Reset` and `TimedOut` are the failures Envoy's router turns into a local reply
+/// of the async client; the harness builds that reply when it delivers the answer, from the
+/// callout's own request headers, as Envoy does (measured with Envoy 1.40,
+/// `tests/callouts_vs_envoy.rs`): a plain `503`/`504` with a `text/plain` body, or, when the
+/// callout's `content-type` is `application/grpc` (or `application/grpc+...`), a gRPC
+/// trailers-only answer (`:status 200`, `content-type: application/grpc`, `grpc-status: 14`,
+/// `grpc-message: <the body text>`, no body, no trailers); for a `HEAD` callout, the headers
+/// without the body. Either way it arrives through `proxy_on_http_call_response` as a
+/// response, with `proxy_get_status` `Ok`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CalloutReply {
-    /// The upstream answered (the headers should include `:status`).
+    /// The upstream answered (the headers should include `:status`). As in Envoy, the module
+    /// also sees `x-envoy-upstream-service-time`: the virtual milliseconds between dispatch and
+    /// delivery (replacing any value given here).
     Response {
         /// Response headers.
         headers: Vec<(String, String)>,
@@ -47,13 +62,37 @@ pub enum CalloutReply {
         /// Response trailers.
         trailers: Vec<(String, String)>,
     },
-    /// The request was reset (Envoy's `onHttpCallFailure`): the module gets
+    /// The async client's failure (Envoy's `onFailure`, which Envoy calls when the request is
+    /// reset after the response headers arrived: the upstream closed the connection in the
+    /// middle of the body, or the response outgrew the async client's buffer): the module gets
     /// `proxy_on_http_call_response` with zero headers, body and trailers, and
-    /// `proxy_get_status` returns `BrokenConnection` with message `reset`.
+    /// `proxy_get_status` returns `BrokenConnection` with message `reset`. A failure before
+    /// response headers is [`CalloutReply::Refused`] or [`CalloutReply::Reset`].
     Failure,
-    /// Leave the callout pending; it times out when the virtual clock passes its timeout.
+    /// Leave the callout pending; it times out when the virtual clock passes its timeout (then
+    /// answered as [`CalloutReply::TimedOut`]), or never without one.
     Timeout,
+    /// Nothing accepted the connection (a closed port): Envoy's router answers `503` with body
+    /// `upstream connect error or disconnect/reset before headers. reset reason: remote
+    /// connection failure` (gRPC-shaped for a gRPC callout, see above).
+    Refused,
+    /// The upstream accepted the connection and closed it before response headers: `503` with
+    /// body `upstream connect error or disconnect/reset before headers. reset reason:
+    /// connection termination` (gRPC-shaped for a gRPC callout).
+    Reset,
+    /// The callout's timeout fires now: `504` with body `upstream request timeout` (gRPC-shaped
+    /// for a gRPC callout). What a pending callout gets when the clock passes its timeout.
+    TimedOut,
 }
+
+/// Body of the router's local reply when the connection is refused.
+pub(crate) const REFUSED_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+/// Body of the router's local reply when the upstream closes before response headers.
+pub(crate) const RESET_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+/// Body of the router's local reply when the callout times out.
+pub(crate) const TIMEOUT_BODY: &str = "upstream request timeout";
 
 impl CalloutReply {
     /// A response with `:status` and a body (adds `content-length` when the body is not empty).
@@ -88,34 +127,119 @@ impl CalloutReply {
         }
     }
 
-    /// What Envoy's router answers when the upstream cannot be reached: a local 503 delivered as
-    /// a successful response.
+    /// What Envoy answers when the upstream cannot be reached: [`CalloutReply::Refused`] (a
+    /// `503`, or its gRPC form for a gRPC callout, built at delivery).
     pub fn upstream_unavailable() -> CalloutReply {
-        let body = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
-        CalloutReply::Response {
-            headers: vec![
-                (":status".to_string(), "503".to_string()),
-                ("content-length".to_string(), body.len().to_string()),
-                ("content-type".to_string(), "text/plain".to_string()),
-            ],
-            body: body.as_bytes().to_vec(),
-            trailers: Vec::new(),
-        }
+        CalloutReply::Refused
     }
 
-    /// What the module receives when its timeout expires: Envoy's router answers the async
-    /// request with a local `504 upstream request timeout`, delivered as a response.
+    /// What the module receives when its timeout expires: [`CalloutReply::TimedOut`] (a `504
+    /// upstream request timeout`, or its gRPC form for a gRPC callout, built at delivery).
     pub fn timeout_response() -> CalloutReply {
-        let body = "upstream request timeout";
-        CalloutReply::Response {
-            headers: vec![
-                (":status".to_string(), "504".to_string()),
-                ("content-length".to_string(), body.len().to_string()),
-                ("content-type".to_string(), "text/plain".to_string()),
-            ],
-            body: body.as_bytes().to_vec(),
-            trailers: Vec::new(),
+        CalloutReply::TimedOut
+    }
+
+    /// The answer as the module receives it from Envoy for `callout`, dispatched `service_time`
+    /// ago: router failures become the router's local reply (shaped by the callout's request
+    /// headers), and an upstream's response gains `x-envoy-upstream-service-time`.
+    pub(crate) fn as_delivered(
+        self,
+        callout: &HttpCallout,
+        service_time: Duration,
+    ) -> CalloutReply {
+        match self {
+            CalloutReply::Refused => router_local_reply(callout, 503, REFUSED_BODY),
+            CalloutReply::Reset => router_local_reply(callout, 503, RESET_BODY),
+            CalloutReply::TimedOut => router_local_reply(callout, 504, TIMEOUT_BODY),
+            CalloutReply::Response {
+                mut headers,
+                body,
+                trailers,
+            } => {
+                let millis = service_time.as_millis().to_string();
+                match headers
+                    .iter_mut()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("x-envoy-upstream-service-time"))
+                {
+                    Some((_, value)) => *value = millis,
+                    None => headers.push(("x-envoy-upstream-service-time".to_string(), millis)),
+                }
+                CalloutReply::Response {
+                    headers,
+                    body,
+                    trailers,
+                }
+            }
+            other @ (CalloutReply::Failure | CalloutReply::Timeout) => other,
         }
+    }
+}
+
+/// The answer to the HTTP callout `token` of `worker` as the module receives it (see
+/// [`CalloutReply::as_delivered`]), timed by the virtual clock.
+pub(crate) fn as_delivered(
+    shared: &SharedState,
+    worker: usize,
+    token: u32,
+    reply: CalloutReply,
+) -> CalloutReply {
+    let record = shared
+        .http_callouts
+        .iter()
+        .rev()
+        .find(|r| r.callout.worker == worker && r.callout.token == token);
+    match record {
+        Some(record) => {
+            let service_time = shared.clock.elapsed().saturating_sub(record.dispatched_at);
+            reply.as_delivered(&record.callout, service_time)
+        }
+        None => reply,
+    }
+}
+
+/// Envoy's `Grpc::Common::isGrpcRequestHeaders`: a `:path` and a `content-type` that is
+/// `application/grpc` exactly or starts with `application/grpc+` (not `application/grpc-web`).
+fn is_grpc_request(callout: &HttpCallout) -> bool {
+    const GRPC: &str = "application/grpc";
+    callout.header(":path").is_some()
+        && callout.header("content-type").is_some_and(|value| {
+            value
+                .strip_prefix(GRPC)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('+'))
+        })
+}
+
+/// The local reply Envoy's router gives the async client (`Utility::sendLocalReply`): for a
+/// gRPC request a trailers-only answer (HTTP status mapped to gRPC `UNAVAILABLE`, 14, for the
+/// 503 and 504 the router sends), otherwise the status with a `text/plain` body, which a `HEAD`
+/// request gets without the body.
+fn router_local_reply(callout: &HttpCallout, status: u16, body: &str) -> CalloutReply {
+    let header = |k: &str, v: &str| (k.to_string(), v.to_string());
+    if is_grpc_request(callout) {
+        return CalloutReply::Response {
+            headers: vec![
+                header(":status", "200"),
+                header("content-type", "application/grpc"),
+                header("grpc-status", "14"),
+                header("grpc-message", body),
+            ],
+            body: Vec::new(),
+            trailers: Vec::new(),
+        };
+    }
+    let head = callout.header(":method") == Some("HEAD");
+    CalloutReply::Response {
+        headers: vec![
+            header(":status", &status.to_string()),
+            header("content-length", &body.len().to_string()),
+            header("content-type", "text/plain"),
+        ],
+        body: if head {
+            Vec::new()
+        } else {
+            body.as_bytes().to_vec()
+        },
+        trailers: Vec::new(),
     }
 }
 
@@ -179,6 +303,8 @@ pub(crate) struct HttpCalloutRecord {
     pub(crate) status: CalloutStatus,
     /// Elapsed virtual time at which it times out.
     pub(crate) deadline: Option<Duration>,
+    /// Elapsed virtual time at which it was dispatched.
+    pub(crate) dispatched_at: Duration,
     pub(crate) generation: u64,
 }
 

@@ -668,7 +668,7 @@ impl PluginInner {
         &mut self,
         worker: usize,
         token: u32,
-        reply: CalloutReply,
+        mut reply: CalloutReply,
     ) -> Result<(), HarnessError> {
         let Some((_, generation, status)) = self.http_record(worker, token) else {
             return Err(HarnessError::InvalidUse(format!(
@@ -684,6 +684,7 @@ impl PluginInner {
             return Ok(());
         }
         if let Ok(mut shared) = self.shared.try_borrow_mut() {
+            reply = crate::callouts::as_delivered(&shared, worker, token, reply);
             if let Some(record) = shared
                 .http_callouts
                 .iter_mut()
@@ -723,7 +724,8 @@ impl PluginInner {
                 vm.state_mut().http_call_response = None;
                 result
             }
-            CalloutReply::Failure | CalloutReply::Timeout => {
+            // Refused, Reset and TimedOut arrive here as responses (`as_delivered`).
+            _ => {
                 vm.state_mut().status = (Status::BrokenConnection.code(), "reset".to_string());
                 let result = vm.invoke(
                     "proxy_on_http_call_response",

@@ -87,13 +87,20 @@ fn a_mock_handler_answers_after_the_callback_returns_and_the_filter_resumes() {
         callout.trailers,
         vec![("x-tr".to_string(), "v".to_string())]
     );
-    // The response goes to the root context (1), as in Envoy.
+    // Envoy's async client and router add these (`callouts_vs_envoy.rs`).
+    assert_eq!(callout.header("x-envoy-internal"), Some("true"));
+    assert_eq!(
+        callout.header("x-envoy-expected-rq-timeout-ms"),
+        Some("500")
+    );
+    // The response goes to the root context (1), as in Envoy, with three headers: `:status`,
+    // `content-length` and the `x-envoy-upstream-service-time` Envoy's router adds.
     assert_eq!(
         messages(&plugin),
         vec![
             "dispatch 0 4",
             "response 1 4",
-            "response 2 7",
+            "response 3 7",
             "200",
             "allowed",
             "status 0"

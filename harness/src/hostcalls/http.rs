@@ -661,6 +661,15 @@ fn proxy_http_call(
             &body.len().to_string(),
         );
     }
+    // Envoy's async client marks the request internal, and its router announces the timeout.
+    maps::replace_header(&mut request_headers, "x-envoy-internal", "true");
+    if timeout_ms > 0 {
+        maps::replace_header(
+            &mut request_headers,
+            "x-envoy-expected-rq-timeout-ms",
+            &timeout_ms.to_string(),
+        );
+    }
     let mut request_trailers = Vec::new();
     for (key, value) in headermap::pairs_to_strings(headermap::parse_lenient(&trailers)) {
         maps::add_header(&mut request_trailers, &key, &value);
@@ -688,6 +697,7 @@ fn proxy_http_call(
             },
             status: CalloutStatus::Pending,
             deadline: (timeout_ms > 0).then(|| elapsed.saturating_add(timeout)),
+            dispatched_at: elapsed,
             generation,
         });
         shared
@@ -804,25 +814,41 @@ struct GrpcOpen {
 
 /// Common checks of `proxy_grpc_call` and `proxy_grpc_stream`.
 fn grpc_open(
-    caller: &Caller<'_, VmState>,
+    caller: &mut Caller<'_, VmState>,
+    is_stream: bool,
     service: &[u8],
     service_name: &[u8],
     method: &[u8],
     metadata: &[u8],
 ) -> Result<GrpcOpen, Status> {
     let (cluster, from_proto) = grpc_cluster(service);
-    if !from_proto {
+    let known = {
         let shared = caller
             .data()
             .shared
             .try_borrow()
             .map_err(|_| Status::InternalFailure)?;
-        if let Some(clusters) = &shared.settings.clusters {
-            if !clusters.contains(&cluster) {
-                // Envoy answers ParseFailure here (kept for ABI 0.1 compatibility).
-                return Err(Status::ParseFailure);
-            }
+        shared
+            .settings
+            .clusters
+            .as_ref()
+            .is_none_or(|clusters| clusters.contains(&cluster))
+    };
+    if !known {
+        if !from_proto {
+            // Envoy answers ParseFailure for an unknown cluster name (kept, its comment says,
+            // for ABI 0.1 compatibility), before taking a token.
+            return Err(Status::ParseFailure);
         }
+        // A serialized `GrpcService` naming an unknown cluster: Envoy 1.40 takes a token, then
+        // fails to start the call (InternalFailure); the token is not handed out again.
+        let state = caller.data_mut();
+        if is_stream {
+            state.next_grpc_stream_id = state.next_grpc_stream_id.wrapping_add(4);
+        } else {
+            state.next_grpc_call_id = state.next_grpc_call_id.wrapping_add(4);
+        }
+        return Err(Status::InternalFailure);
     }
     let mut initial_metadata = Vec::new();
     for (key, value) in headermap::pairs_to_strings(headermap::parse_lenient(metadata)) {
@@ -912,7 +938,14 @@ fn proxy_grpc_call(
     ) else {
         return status(Status::InvalidMemoryAccess);
     };
-    let open = match grpc_open(&caller, &service, &service_name, &method, &metadata) {
+    let open = match grpc_open(
+        &mut caller,
+        false,
+        &service,
+        &service_name,
+        &method,
+        &metadata,
+    ) {
         Ok(open) => open,
         Err(code) => return status(code),
     };
@@ -947,7 +980,14 @@ fn proxy_grpc_stream(
     ) else {
         return status(Status::InvalidMemoryAccess);
     };
-    let open = match grpc_open(&caller, &service, &service_name, &method, &metadata) {
+    let open = match grpc_open(
+        &mut caller,
+        true,
+        &service,
+        &service_name,
+        &method,
+        &metadata,
+    ) {
         Ok(open) => open,
         Err(code) => return status(code),
     };
