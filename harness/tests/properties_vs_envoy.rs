@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use common::*;
 use serde_json::json;
 use wasmesh_harness::envoy::{self, BootstrapFormat, EnvoyBuilder, HttpRequest, TestServer};
-use wasmesh_harness::{headermap, Harness, PropertyValue};
+use wasmesh_harness::{headermap, Harness, HttpStream, PropertyValue};
 
 const WASM_NS: &str = "envoy.filters.http.wasm";
 
@@ -179,7 +179,8 @@ fn display(path: &[&str]) -> String {
 const MAX_LOGGED: u32 = 600;
 
 /// Logs `PROP <phase> <path> <status> <length> <hex>` for every path of [`paths`] at every
-/// callback.
+/// callback (and `PROP <phase> @ <count or size> <end of stream>` first); answers a request
+/// carrying `x-deny` with a local 403.
 fn probe_module() -> String {
     let mut t = Strings::new();
     let mut probes = String::new();
@@ -204,6 +205,10 @@ fn probe_module() -> String {
         .map(|p| (*p, t.s(&format!("PROP {p} @"))))
         .collect();
     let prop = t.s("PROP ");
+    let deny = t.s("x-deny");
+    let details = t.s("denied_here");
+    let body = t.s("nope");
+    let extra = t.map(&[("x-r", "1")]);
     module(&format!(
         r#"{data}
   ;; Writes $len bytes at $src as lowercase hex at $dst.
@@ -254,7 +259,10 @@ fn probe_module() -> String {
     (call $probe_all {configure}) (i32.const 1))
   (func (export "proxy_on_request_headers") (param i32) (param $n i32) (param $eos i32) (result i32)
     (call $log2 {args_request_headers} (local.get $n) (local.get $eos))
-    (call $probe_all {request_headers}) (i32.const 0))
+    (call $probe_all {request_headers})
+    (if (i32.eqz (call $proxy_get_header_map_value (i32.const 0) {deny} (i32.const 512) (i32.const 516)))
+      (then (drop (call $proxy_send_local_response (i32.const 403) {details} {body} {extra} (i32.const -1)))))
+    (i32.const 0))
   (func (export "proxy_on_request_body") (param i32) (param $n i32) (param $eos i32) (result i32)
     (call $log2 {args_request_body} (local.get $n) (local.get $eos))
     (call $probe_all {request_body}) (i32.const 0))
@@ -309,6 +317,8 @@ fn bootstrap(upstream: std::net::SocketAddr) -> serde_json::Value {
                 .vm_id("probe-vm"),
         )
         .upstream(upstream)
+        // The local-reply mapper that reports details would add a header to local replies.
+        .report_response_code_details(false)
         .bootstrap();
     bootstrap["node"]["metadata"] = json!({ "REGION": "eu-west" });
     let listener = &mut bootstrap["static_resources"]["listeners"][0];
@@ -347,48 +357,21 @@ fn every_documented_property_reads_as_in_envoy_at_every_phase() {
     let envoy = EnvoyBuilder::new()
         .start_with_bootstrap(&bootstrap.to_string(), BootstrapFormat::Json)
         .unwrap();
-    let response = envoy
-        .send(
-            &HttpRequest::post("/p/a?q=1", "body!")
-                .header("x-multi", "1")
-                .header("x-multi", "2")
-                .header("user-agent", "probe-agent")
-                .header("referer", "http://ref.example"),
-        )
-        .unwrap();
-    assert_eq!(response.status, 200);
-    // Access logs run when the stream is torn down, just after the response is written.
-    let last = "log upstream.request_attempt_count ";
-    let mut envoy_lines = Vec::new();
-    for _ in 0..500 {
-        envoy_lines = probed(envoy.log().lines().map(str::to_string));
-        if envoy_lines.iter().any(|l| l.starts_with(last)) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(
-        envoy_lines.iter().any(|l| l.starts_with(last)),
-        "{}",
-        envoy.log_tail(40)
-    );
-    let envoy_lines = without_repeated_configure(envoy_lines);
+    // One request forwarded upstream (with a body both ways), one answered by the module.
+    let forwarded = HttpRequest::post("/p/a?q=1", "body!")
+        .header("x-multi", "1")
+        .header("x-multi", "2")
+        .header("user-agent", "probe-agent")
+        .header("referer", "http://ref.example");
+    let denied = HttpRequest::get("/deny").header("x-deny", "1");
+    assert_eq!(envoy.send(&forwarded).unwrap().status, 200);
+    wait_for_access_logs(&envoy, 1);
+    assert_eq!(envoy.send(&denied).unwrap().status, 403);
+    let envoy_lines = without_repeated_configure(wait_for_access_logs(&envoy, 2));
+    let envoy_streams = streams(&envoy_lines);
+    assert_eq!(envoy_streams.len(), 2, "{envoy_lines:#?}");
 
-    // The same exchange in the harness, with what this Envoy run presented to the module.
-    let value = |phase: &str, name: &str| -> Vec<u8> {
-        let line = envoy_lines
-            .iter()
-            .find(|l| l.starts_with(&format!("{phase} {name} 0 ")))
-            .unwrap_or_else(|| panic!("Envoy gave no {name} at {phase}"));
-        unhex(line.split(' ').nth(4).unwrap_or_default())
-    };
-    let text = |phase: &str, name: &str| String::from_utf8(value(phase, name)).unwrap();
-    let mut request_headers = pairs(&value("request_headers", "request.headers"));
-    // Envoy's map joins a repeated header; the module saw two `x-multi` lines.
-    request_headers.retain(|(k, _)| k != "x-multi");
-    request_headers.push(("x-multi".into(), "1".into()));
-    request_headers.push(("x-multi".into(), "2".into()));
-    let response_headers = pairs(&value("response_headers", "response.headers"));
+    // The same exchanges in the harness, with what this Envoy run presented to the module.
     let plugin = Harness::from_bytes(&bytes)
         .unwrap()
         .plugin_name("probe-plugin")
@@ -407,25 +390,15 @@ fn every_documented_property_reads_as_in_envoy_at_every_phase() {
         .property(&["xds", "filter_chain_name"], "")
         .start()
         .unwrap();
-    let mut stream = plugin.http_stream();
-    stream
-        .property(&["xds", "cluster_name"], "upstream")
-        .property(&["xds", "cluster_metadata"], metadata(CLUSTER_METADATA))
-        .property(&["xds", "route_name"], "probe-route")
-        .property(&["xds", "route_metadata"], metadata(ROUTE_METADATA))
-        .property(&["xds", "virtual_host_name"], "all")
-        .property(
-            &["xds", "virtual_host_metadata"],
-            metadata(VIRTUAL_HOST_METADATA),
-        )
-        .property(
-            &["source", "address"],
-            text("request_headers", "source.address"),
-        )
-        .property(
-            &["destination", "address"],
-            text("request_headers", "destination.address"),
-        );
+
+    let seen = &envoy_streams[0];
+    let mut request_headers = pairs(&value(seen, "request_headers", "request.headers"));
+    // Envoy's map joins a repeated header; the module saw two `x-multi` lines.
+    request_headers.retain(|(k, _)| k != "x-multi");
+    request_headers.push(("x-multi".into(), "1".into()));
+    request_headers.push(("x-multi".into(), "2".into()));
+    let response_headers = pairs(&value(seen, "response_headers", "response.headers"));
+    let mut stream = harness_stream(&plugin, seen);
     stream
         .request_headers(&as_refs(&request_headers), false)
         .unwrap();
@@ -437,9 +410,23 @@ fn every_documented_property_reads_as_in_envoy_at_every_phase() {
     stream.response_body(b"hello", false).unwrap();
     stream.response_body(b"", true).unwrap();
     stream.complete().unwrap();
+
+    let seen = &envoy_streams[1];
+    let request_headers = pairs(&value(seen, "request_headers", "request.headers"));
+    let mut stream = harness_stream(&plugin, seen);
+    let outcome = stream
+        .request_headers(&as_refs(&request_headers), true)
+        .unwrap();
+    assert_eq!(outcome.local_reply().unwrap().status, 403);
+    stream.complete().unwrap();
+
     let harness_lines =
         without_repeated_configure(probed(plugin.logs().into_iter().map(|l| l.message)));
-
+    if std::env::var_os("WASMESH_SHOW_PROPERTIES").is_some() {
+        for (e, h) in envoy_lines.iter().zip(&harness_lines) {
+            println!("envoy   {e}\nharness {h}");
+        }
+    }
     let envoy_view: Vec<String> = envoy_lines.iter().filter_map(|l| comparable(l)).collect();
     let harness_view: Vec<String> = harness_lines.iter().filter_map(|l| comparable(l)).collect();
     let differences: Vec<String> = envoy_view
@@ -457,6 +444,62 @@ fn every_documented_property_reads_as_in_envoy_at_every_phase() {
         differences.join("\n")
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A harness stream with the route, cluster and peer addresses Envoy showed in `seen`.
+fn harness_stream(plugin: &wasmesh_harness::Plugin, seen: &[String]) -> HttpStream {
+    let text = |name: &str| String::from_utf8(value(seen, "request_headers", name)).unwrap();
+    let mut stream = plugin.http_stream();
+    stream
+        .property(&["xds", "cluster_name"], "upstream")
+        .property(&["xds", "cluster_metadata"], metadata(CLUSTER_METADATA))
+        .property(&["xds", "route_name"], "probe-route")
+        .property(&["xds", "route_metadata"], metadata(ROUTE_METADATA))
+        .property(&["xds", "virtual_host_name"], "all")
+        .property(
+            &["xds", "virtual_host_metadata"],
+            metadata(VIRTUAL_HOST_METADATA),
+        )
+        .property(&["source", "address"], text("source.address"))
+        .property(&["destination", "address"], text("destination.address"));
+    stream
+}
+
+/// The bytes Envoy gave for `name` at `phase` in one stream's lines.
+fn value(seen: &[String], phase: &str, name: &str) -> Vec<u8> {
+    let line = seen
+        .iter()
+        .find(|l| l.starts_with(&format!("{phase} {name} 0 ")))
+        .unwrap_or_else(|| panic!("Envoy gave no {name} at {phase}"));
+    unhex(line.split(' ').nth(4).unwrap_or_default())
+}
+
+/// The lines of each stream (each starts at its request headers).
+fn streams(lines: &[String]) -> Vec<Vec<String>> {
+    let mut streams: Vec<Vec<String>> = Vec::new();
+    for line in lines {
+        if line.starts_with("request_headers @ ") {
+            streams.push(Vec::new());
+        }
+        if let Some(current) = streams.last_mut() {
+            current.push(line.clone());
+        }
+    }
+    streams
+}
+
+/// Envoy's `PROP` lines once `count` streams went through `proxy_on_log` (access logs run
+/// when a stream is torn down, just after its response is written).
+fn wait_for_access_logs(envoy: &envoy::Envoy, count: usize) -> Vec<String> {
+    let last = "log upstream.request_attempt_count ";
+    for _ in 0..500 {
+        let lines = probed(envoy.log().lines().map(str::to_string));
+        if lines.iter().filter(|l| l.starts_with(last)).count() >= count {
+            return lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{count} access logs expected:\n{}", envoy.log_tail(40));
 }
 
 /// Envoy configures the plugin in several VMs (main thread, workers): one copy of each line.
