@@ -56,6 +56,11 @@ fn paths() -> Vec<Vec<&'static str>> {
     paths.push(vec!["node", "id"]);
     paths.push(vec!["route_metadata", "filter_metadata"]);
     paths.push(vec!["filter_state", "nope"]);
+    // Written with proxy_set_property from the request headers on.
+    paths.push(vec!["my_state"]);
+    paths.push(vec!["my_state", "x"]);
+    paths.push(vec!["filter_state", "wasm.my_state"]);
+    paths.push(vec!["filter_state", "my_state"]);
     paths.push(vec!["metadata", "filter_metadata"]);
     for xds in [
         "node",
@@ -206,6 +211,11 @@ fn probe_module() -> String {
         .collect();
     let prop = t.s("PROP ");
     let deny = t.s("x-deny");
+    let state_name = t.s("my_state");
+    let legacy_name = t.s("route_name");
+    let state_value = t.s("v1");
+    let set_configure = t.s("PROP configure @set");
+    let set_request = t.s("PROP request_headers @set");
     let details = t.s("denied_here");
     let body = t.s("nope");
     let extra = t.map(&[("x-r", "1")]);
@@ -256,9 +266,13 @@ fn probe_module() -> String {
   (func $probe_all (param $phase i32) (param $phase_len i32)
 {probes}  )
   (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (call $log1 {set_configure} (call $proxy_set_property {state_name} {state_value}))
     (call $probe_all {configure}) (i32.const 1))
   (func (export "proxy_on_request_headers") (param i32) (param $n i32) (param $eos i32) (result i32)
     (call $log2 {args_request_headers} (local.get $n) (local.get $eos))
+    (call $log2 {set_request}
+      (call $proxy_set_property {state_name} {state_value})
+      (call $proxy_set_property {legacy_name} {state_value}))
     (call $probe_all {request_headers})
     (if (i32.eqz (call $proxy_get_header_map_value (i32.const 0) {deny} (i32.const 512) (i32.const 516)))
       (then (drop (call $proxy_send_local_response (i32.const 403) {details} {body} {extra} (i32.const -1)))))
@@ -565,7 +579,7 @@ fn unordered(name: &str) -> bool {
 fn comparable(line: &str) -> Option<String> {
     let fields: Vec<&str> = line.splitn(5, ' ').collect();
     let (phase, name) = (fields[0], fields[1]);
-    if name == "@" {
+    if name.starts_with('@') {
         return Some(line.to_string());
     }
     if excluded(phase, name) {

@@ -53,13 +53,14 @@ pub(crate) fn resolve(
     if parts.is_empty() || parts.iter().all(String::is_empty) {
         return Err(Status::NotFound);
     }
+    let exchange = state.exchange(context);
     // Envoy 1.40 serves these only under `xds` (`xds.route_metadata`, ...): at the top level
-    // they are NotFound, whatever the configuration.
+    // they are plain names, found only as filter state a module wrote with `proxy_set_property`.
     if parts
         .first()
         .is_some_and(|top| XDS_ONLY.contains(&top.as_str()))
     {
-        return Err(Status::NotFound);
+        return filter_state(exchange, &parts).ok_or(Status::NotFound);
     }
     // A value a test set under the old top-level name (`["node", "id"]`) is served at its
     // `xds` path (`["xds", "node", "id"]`).
@@ -74,7 +75,6 @@ pub(crate) fn resolve(
         }
         _ => None,
     };
-    let exchange = state.exchange(context);
     // A root context has no stream info: Envoy serves it the plugin's names and the node only.
     if exchange.is_none() && !available_in_root_context(&parts) {
         return Err(Status::NotFound);
@@ -92,14 +92,19 @@ pub(crate) fn resolve(
     if let Some(value) = derived(state, shared, exchange, &parts)? {
         return Ok(value.encode());
     }
-    // Filter state written by proxy_set_property is keyed by the whole path it was written
-    // with, but looked up by the first segment only (Envoy's `wasm.<name>` CelState).
-    if let (Some(exchange), [name]) = (exchange, parts.as_slice()) {
-        if let Some(value) = exchange.filter_state.get(name.as_bytes()) {
-            return Ok(value.clone());
-        }
-    }
-    Err(Status::NotFound)
+    filter_state(exchange, &parts).ok_or(Status::NotFound)
+}
+
+/// Filter state written by `proxy_set_property`: Envoy keeps it as `wasm.<path>` (the whole
+/// path written) and finds it by the first segment of a read, or as
+/// `filter_state.wasm.<name>`; a bytes value has nothing below it.
+fn filter_state(exchange: Option<&HttpExchange>, parts: &[String]) -> Option<Vec<u8>> {
+    let name = match parts {
+        [name] => name.as_str(),
+        [top, key] if top == "filter_state" => key.strip_prefix("wasm.")?,
+        _ => return None,
+    };
+    exchange?.filter_state.get(name.as_bytes()).cloned()
 }
 
 fn available_in_root_context(parts: &[String]) -> bool {
