@@ -54,6 +54,12 @@ fn paths() -> Vec<Vec<&'static str>> {
     .map(|p| vec![*p])
     .collect();
     paths.push(vec!["node", "id"]);
+    // Odd paths: empty, a trailing NUL, an empty segment.
+    paths.push(vec![""]);
+    paths.push(vec!["", ""]);
+    paths.push(vec!["request", ""]);
+    paths.push(vec!["request", "", "path"]);
+    paths.push(vec!["xds", "node", "id", ""]);
     paths.push(vec!["route_metadata", "filter_metadata"]);
     paths.push(vec!["filter_state", "nope"]);
     // Written with proxy_set_property from the request headers on.

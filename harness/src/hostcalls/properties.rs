@@ -41,6 +41,10 @@ pub(crate) fn resolve(
     context: u32,
     path: &[u8],
 ) -> Result<Vec<u8>, Status> {
+    // An empty path names no attribute: Envoy serializes its empty (null) value and fails.
+    if path.is_empty() {
+        return Err(Status::SerializationFailure);
+    }
     let parts: Vec<String> = path
         .split(|b| *b == 0)
         .map(|p| String::from_utf8_lossy(p).into_owned())
