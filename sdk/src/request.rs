@@ -319,6 +319,23 @@ pub trait Request {
         first_value(self.request_headers(), ":scheme")
     }
 
+    /// A configuration attribute (`node`, `cluster_name`, `route_name`, `listener_direction`,
+    /// the metadata ones): Envoy 1.40 serves these only under `xds.` (`xds.cluster_name`) and
+    /// answers `NotFound` at the top level, where older proxies served them; both are tried, in
+    /// that order.
+    fn xds_property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let mut xds = Vec::with_capacity(path.len() + 1);
+        xds.push("xds");
+        xds.extend_from_slice(path);
+        self.property(&xds).or_else(|| self.property(path))
+    }
+
+    /// A string configuration attribute (see [`Request::xds_property`]).
+    fn xds_property_string(&self, path: &[&str]) -> Option<String> {
+        self.xds_property(path)
+            .and_then(|bytes| decode_string(&bytes))
+    }
+
     /// A string property.
     fn property_string(&self, path: &[&str]) -> Option<String> {
         self.property(path).and_then(|bytes| decode_string(&bytes))

@@ -332,7 +332,7 @@ impl FaultFilter {
     /// `upstream_cluster`, `downstream_nodes` and `headers`, in Envoy's order.
     fn selects(&self, experiment: &Experiment, request: &dyn Request) -> bool {
         if !experiment.upstream_cluster.is_empty()
-            && request.property_string(&["cluster_name"]).as_deref()
+            && request.xds_property_string(&["cluster_name"]).as_deref()
                 != Some(experiment.upstream_cluster.as_str())
         {
             return false;

@@ -311,3 +311,36 @@ fn the_shipped_envoy_config_runs_the_filter_with_the_same_dice_as_the_harness() 
             .and_then(|v| v.value())
     );
 }
+
+#[test]
+fn upstream_cluster_selects_by_the_routed_cluster_in_envoy_as_in_the_harness() {
+    if envoy::skip_requested() {
+        return;
+    }
+    let upstream = TestServer::echo().unwrap();
+    // Every request is routed to the cluster `upstream`.
+    for (cluster, expected) in [
+        ("upstream", Verdict::http_abort(503)),
+        ("elsewhere", Verdict::Forwarded),
+    ] {
+        let config = format!(
+            r#"{{"abort": {{"http_status": 503, "percentage": {{"numerator": 100}}}}, "upstream_cluster": "{cluster}"}}"#
+        );
+        let envoy = start_envoy(&upstream, &config).unwrap();
+        let in_envoy = verdict_of(&envoy.send(&request("/", &[])).unwrap());
+        // Envoy 1.40 serves the routed cluster as `xds.cluster_name` only.
+        let plugin = Harness::load(common::wasm())
+            .unwrap()
+            .config(config.as_str())
+            .property(&["xds", "cluster_name"], "upstream")
+            .start()
+            .unwrap();
+        let (stream, _) = send_in_harness(&plugin, &request_headers("/", &[]), Duration::ZERO);
+        let in_harness = verdict_in_harness(stream);
+        assert_eq!(in_envoy, expected, "upstream_cluster {cluster} in Envoy");
+        assert_eq!(
+            in_harness, expected,
+            "upstream_cluster {cluster} in the harness"
+        );
+    }
+}

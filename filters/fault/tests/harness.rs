@@ -277,7 +277,7 @@ fn upstream_cluster_is_read_from_the_route() {
     let to_checkout = Harness::load(common::wasm())
         .unwrap()
         .config(config)
-        .property(&["cluster_name"], "checkout")
+        .property(&["xds", "cluster_name"], "checkout")
         .start()
         .unwrap();
     let (stream, _) = send_in_harness(&to_checkout, &request_headers("/", &[]), Duration::ZERO);
@@ -285,7 +285,7 @@ fn upstream_cluster_is_read_from_the_route() {
     let elsewhere = Harness::load(common::wasm())
         .unwrap()
         .config(config)
-        .property(&["cluster_name"], "payments")
+        .property(&["xds", "cluster_name"], "payments")
         .start()
         .unwrap();
     let (stream, _) = send_in_harness(&elsewhere, &request_headers("/", &[]), Duration::ZERO);

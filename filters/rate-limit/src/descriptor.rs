@@ -12,7 +12,8 @@ use wasmesh_sdk::request::{query_params, Request};
 
 use crate::config::{Action, QueryParameterMatcher, RateLimitPolicy};
 
-/// Property holding the routed upstream cluster (Envoy attribute `xds.cluster_name`).
+/// Configuration attribute holding the routed upstream cluster (`xds.cluster_name`, read with
+/// [`Request::xds_property_string`]).
 pub const CLUSTER_NAME_PROPERTY: &[&str] = &["cluster_name"];
 
 /// One descriptor generated from a request.
@@ -80,7 +81,7 @@ fn evaluate(action: &Action, request: &dyn Request) -> Entry {
     match action {
         Action::DestinationCluster => {
             match request
-                .property_string(CLUSTER_NAME_PROPERTY)
+                .xds_property_string(CLUSTER_NAME_PROPERTY)
                 .filter(|name| !name.is_empty())
             {
                 Some(cluster) => Entry::Append("destination_cluster".into(), cluster),

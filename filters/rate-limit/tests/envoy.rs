@@ -200,3 +200,38 @@ fn the_shipped_envoy_config_runs_the_filter() {
         Some(1)
     );
 }
+
+#[test]
+fn destination_cluster_descriptors_see_the_routed_cluster_in_envoy() {
+    if envoy::skip_requested() {
+        return;
+    }
+    let upstream = TestServer::echo().unwrap();
+    // Every request is routed to the cluster `upstream`: one token per hour for it, none spent
+    // on the (unlimited) default bucket.
+    let config = serde_json::json!({
+        "stat_prefix": "edge",
+        "token_bucket": {"max_tokens": 1000, "tokens_per_fill": 1000, "fill_interval": "3600s"},
+        "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "descriptors": [{
+            "entries": [{"key": "destination_cluster", "value": "upstream"}],
+            "token_bucket": {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "3600s"}
+        }],
+        "rate_limits": [{"actions": [{"destination_cluster": {}}]}]
+    })
+    .to_string();
+    let envoy = EnvoyBuilder::new()
+        .wasm_filter(
+            WasmFilter::new(common::wasm())
+                .name("rate-limit")
+                .configuration(config.as_str()),
+        )
+        .upstream(upstream.addr())
+        .start()
+        .unwrap();
+    let statuses: Vec<u16> = (0..2)
+        .map(|_| envoy.send(&request(&[])).unwrap().status)
+        .collect();
+    assert_eq!(statuses, [200, 429]);
+}

@@ -43,13 +43,16 @@ impl Local {
     /// (`listener_direction`: 1 inbound, 2 outbound; else the root id `stats_outbound` /
     /// `stats_inbound` as Istio's plugin; else inbound).
     pub fn read(request: &dyn Request) -> Local {
-        let mut node = xds_property(request, &["node", "metadata"])
+        let mut node = request
+            .xds_property(&["node", "metadata"])
             .and_then(|bytes| decode_node_metadata(&bytes))
             .unwrap_or_default();
-        node.id = xds_property(request, &["node", "id"])
+        node.id = request
+            .xds_property(&["node", "id"])
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .unwrap_or_default();
-        let direction = xds_property(request, &["listener_direction"])
+        let direction = request
+            .xds_property(&["listener_direction"])
             .and_then(|bytes| wasmesh_sdk::request::decode_int(&bytes));
         let outbound = match direction {
             Some(2) => true,
@@ -65,15 +68,6 @@ impl Local {
             outbound,
         }
     }
-}
-
-/// An xDS attribute: Envoy 1.40 serves them as `xds.<name>` (`xds.node`, `xds.cluster_name`,
-/// ...); older proxies as `<name>`.
-pub fn xds_property(request: &dyn Request, path: &[&str]) -> Option<Vec<u8>> {
-    let mut xds = Vec::with_capacity(path.len() + 1);
-    xds.push("xds");
-    xds.extend_from_slice(path);
-    request.property(&xds).or_else(|| request.property(path))
 }
 
 /// Per-stream state.
@@ -347,7 +341,8 @@ impl Telemetry {
                 request.property_string(&["connection", "uri_san_peer_certificate"]),
             )
         };
-        let cluster_name = xds_property(&*request, &["cluster_name"])
+        let cluster_name = request
+            .xds_property(&["cluster_name"])
             .and_then(|bytes| String::from_utf8(bytes).ok());
         let peer = stream.peer.clone();
         let observed = Observed {
@@ -506,7 +501,8 @@ impl Telemetry {
             (
                 "route_name",
                 text(
-                    xds_property(request, &["route_name"])
+                    request
+                        .xds_property(&["route_name"])
                         .and_then(|bytes| String::from_utf8(bytes).ok()),
                 ),
             ),
