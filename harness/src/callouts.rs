@@ -142,7 +142,7 @@ impl CalloutReply {
     /// The answer as the module receives it from Envoy for `callout`, dispatched `service_time`
     /// ago: router failures become the router's local reply (shaped by the callout's request
     /// headers), and an upstream's response gains `x-envoy-upstream-service-time`.
-    pub(crate) fn as_delivered(
+    pub(crate) fn into_delivered(
         self,
         callout: &HttpCallout,
         service_time: Duration,
@@ -176,7 +176,7 @@ impl CalloutReply {
 }
 
 /// The answer to the HTTP callout `token` of `worker` as the module receives it (see
-/// [`CalloutReply::as_delivered`]), timed by the virtual clock.
+/// [`CalloutReply::into_delivered`]), timed by the virtual clock.
 pub(crate) fn as_delivered(
     shared: &SharedState,
     worker: usize,
@@ -191,7 +191,7 @@ pub(crate) fn as_delivered(
     match record {
         Some(record) => {
             let service_time = shared.clock.elapsed().saturating_sub(record.dispatched_at);
-            reply.as_delivered(&record.callout, service_time)
+            reply.into_delivered(&record.callout, service_time)
         }
         None => reply,
     }

@@ -395,11 +395,11 @@ fn run_envoy(wasm: &std::path::Path) -> EnvoyRun {
         .unwrap();
     let mut observed_cases = Vec::new();
     let mut seen = 0;
-    for index in 0..CASES.len() {
+    for (index, case) in CASES.iter().enumerate() {
         let response = envoy
             .send(&HttpRequest::get("/").header("x-case", index.to_string()))
             .unwrap();
-        assert_eq!(response.status, 200, "{}", CASES[index].name);
+        assert_eq!(response.status, 200, "{}", case.name);
         // The module logs `CALL end` before it lets the request continue; allow for the log
         // reaching the file late.
         let mut lines: Vec<String> = Vec::new();

@@ -45,6 +45,12 @@ pub struct ExchangeInput {
     /// Answers to HTTP callouts the filter dispatches.
     #[serde(default)]
     pub callouts: Vec<CalloutMock>,
+    /// The clusters Envoy has. When given, a callout to any other cluster fails at dispatch as
+    /// in Envoy (`proxy_http_call`: `BadArgument`; `proxy_grpc_call`/`proxy_grpc_stream`:
+    /// `ParseFailure` for a cluster name), and every `callouts[].cluster` must be one of them.
+    /// Omitted: every cluster name exists.
+    #[serde(default)]
+    pub clusters: Option<Vec<String>>,
 }
 
 impl ExchangeInput {
@@ -59,6 +65,16 @@ impl ExchangeInput {
             match (&mock.response, &mock.fail) {
                 (Some(_), None) | (None, Some(_)) => {}
                 _ => bail!("callouts[{index}]: give exactly one of `response` or `fail`"),
+            }
+            if let Some(clusters) = &self.clusters {
+                if !clusters.contains(&mock.cluster) {
+                    bail!(
+                        "callouts[{index}].cluster: `{}` is not among `clusters` ({}), so no \
+                         callout can reach it",
+                        mock.cluster,
+                        clusters.join(", ")
+                    );
+                }
             }
         }
         Ok(())
@@ -229,14 +245,22 @@ impl CalloutMock {
     }
 }
 
-/// How a mocked callout fails.
+/// How a mocked callout fails, as Envoy 1.40 reports each failure to the module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CalloutFailure {
-    /// The upstream resets the connection.
+    /// Nothing listens (connection refused): a `503` response, body `upstream connect error or
+    /// disconnect/reset before headers. reset reason: remote connection failure`.
+    Refused,
+    /// The upstream accepts the connection and closes it before answering: a `503` response,
+    /// body `... reset reason: connection termination`.
     Reset,
-    /// No answer: the callout times out when its timeout elapses in virtual time.
+    /// No answer: the callout times out when its timeout elapses in virtual time (a `504
+    /// upstream request timeout` response); without a timeout it never completes.
     Timeout,
+    /// The upstream closes the connection after the response headers: the async client fails,
+    /// and the module gets zero headers and `proxy_get_status` `BrokenConnection` (`reset`).
+    ResetAfterHeaders,
 }
 
 /// What happened (printed on stdout).
@@ -324,8 +348,9 @@ pub struct CalloutOutput {
     pub body: String,
     /// Timeout the filter set.
     pub timeout_ms: u128,
-    /// How it was answered: `response`, `reset`, `timeout`, or `unmatched` (no mock matched;
-    /// answered with a reset, as Envoy does for an unknown cluster's failed connection).
+    /// How it was answered: `response`, `refused`, `reset`, `timeout`, `reset_after_headers`,
+    /// or `unmatched` (no mock matched: answered as `refused`, what Envoy answers when nothing
+    /// listens behind the cluster).
     pub answer: &'static str,
 }
 
@@ -497,6 +522,14 @@ mod tests {
         .unwrap();
         let error = both.validate().unwrap_err().to_string();
         assert!(error.starts_with("callouts[1]:"), "{error}");
+
+        let undeclared = parse(
+            r#"{"request": {"headers": {}}, "clusters": ["authz"], "callouts": [
+                {"cluster": "authz", "fail": "refused"}, {"cluster": "authx", "fail": "reset"}]}"#,
+        )
+        .unwrap();
+        let error = undeclared.validate().unwrap_err().to_string();
+        assert!(error.starts_with("callouts[1].cluster: `authx`"), "{error}");
     }
 
     #[test]

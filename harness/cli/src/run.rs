@@ -273,6 +273,9 @@ fn start_plugin(
         let path: Vec<&str> = property.path.iter().map(String::as_str).collect();
         builder = builder.property(&path, property_value(&property.value));
     }
+    for cluster in exchange.clusters.iter().flatten() {
+        builder = builder.cluster(cluster);
+    }
     let mocks: Vec<(CalloutMock, CalloutReplyTemplate)> = exchange
         .callouts
         .iter()
@@ -284,7 +287,8 @@ fn start_plugin(
             .find(|(mock, _)| mock.matches(&callout.upstream, &callout.headers));
         let (reply, answer) = match matched {
             Some((_, template)) => (template.reply(), template.answer()),
-            None => (CalloutReply::Failure, "unmatched"),
+            // A cluster with nothing behind it: Envoy's router answers 503 (refused).
+            None => (CalloutReply::Refused, "unmatched"),
         };
         answered.borrow_mut().push(CalloutOutput {
             cluster: callout.upstream.clone(),
@@ -314,22 +318,20 @@ enum CalloutReplyTemplate {
         body: Vec<u8>,
         trailers: Vec<(String, String)>,
     },
-    Reset,
-    Timeout,
+    Fail(CalloutFailure),
 }
 
 impl CalloutReplyTemplate {
     fn of(mock: &CalloutMock) -> Self {
         match (&mock.response, mock.fail) {
-            (_, Some(CalloutFailure::Reset)) => Self::Reset,
-            (_, Some(CalloutFailure::Timeout)) => Self::Timeout,
+            (_, Some(failure)) => Self::Fail(failure),
             (Some(response), None) => Self::Response {
                 headers: response.headers.0.clone(),
                 body: response.body.clone().unwrap_or_default().into_bytes(),
                 trailers: response.trailers.clone().unwrap_or_default().0,
             },
             // `ExchangeInput::validate` guarantees exactly one of the two.
-            (None, None) => Self::Reset,
+            (None, None) => Self::Fail(CalloutFailure::Refused),
         }
     }
 
@@ -344,16 +346,20 @@ impl CalloutReplyTemplate {
                 body: body.clone(),
                 trailers: trailers.clone(),
             },
-            Self::Reset => CalloutReply::Failure,
-            Self::Timeout => CalloutReply::Timeout,
+            Self::Fail(CalloutFailure::Refused) => CalloutReply::Refused,
+            Self::Fail(CalloutFailure::Reset) => CalloutReply::Reset,
+            Self::Fail(CalloutFailure::Timeout) => CalloutReply::Timeout,
+            Self::Fail(CalloutFailure::ResetAfterHeaders) => CalloutReply::Failure,
         }
     }
 
     fn answer(&self) -> &'static str {
         match self {
             Self::Response { .. } => "response",
-            Self::Reset => "reset",
-            Self::Timeout => "timeout",
+            Self::Fail(CalloutFailure::Refused) => "refused",
+            Self::Fail(CalloutFailure::Reset) => "reset",
+            Self::Fail(CalloutFailure::Timeout) => "timeout",
+            Self::Fail(CalloutFailure::ResetAfterHeaders) => "reset_after_headers",
         }
     }
 }

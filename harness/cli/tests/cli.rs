@@ -328,23 +328,88 @@ fn callouts_are_answered_by_the_matching_mock() {
 }
 
 #[test]
-fn reset_and_unmatched_callouts_fail() {
-    for (callouts, answer) in [
-        (json!([{ "cluster": "authz", "fail": "reset" }]), "reset"),
+fn failed_callouts_reach_the_filter_as_envoy_reports_them() {
+    // Refused, reset before headers and unmatched (a cluster with nothing listening): Envoy's
+    // router answers the callout with a 503 response, so this filter (which only tells "no
+    // headers" apart) resumes the request. Only a reset after the response headers reaches the
+    // module as the async client's failure: zero headers.
+    for (callouts, answer, failed) in [
+        (
+            json!([{ "cluster": "authz", "fail": "refused" }]),
+            "refused",
+            false,
+        ),
+        (
+            json!([{ "cluster": "authz", "fail": "reset" }]),
+            "reset",
+            false,
+        ),
         (
             json!([{ "cluster": "elsewhere", "fail": "timeout" }]),
             "unmatched",
+            false,
+        ),
+        (
+            json!([{ "cluster": "authz", "fail": "reset_after_headers" }]),
+            "reset_after_headers",
+            true,
         ),
     ] {
         let report = run_callout_filter(callouts);
 
         assert_eq!(report["callouts"][0]["answer"], answer);
-        assert_eq!(report["local_reply"]["status"], 503, "{answer}");
-        assert_eq!(
-            report["local_reply"]["details"], "callout_failed",
-            "{answer}"
-        );
+        if failed {
+            assert_eq!(report["local_reply"]["status"], 503, "{answer}");
+            assert_eq!(
+                report["local_reply"]["details"], "callout_failed",
+                "{answer}"
+            );
+        } else {
+            assert_eq!(report["local_reply"], Value::Null, "{answer}");
+            assert_eq!(
+                header(&report["response"]["headers"], ":status"),
+                Some("200"),
+                "{answer}"
+            );
+        }
     }
+}
+
+#[test]
+fn declared_clusters_make_a_callout_elsewhere_fail_at_dispatch() {
+    let module = scratch_file("callout-filter.wat", CALLOUT_FILTER);
+    let config = scratch_file("empty-config.json", "");
+    let request = scratch_file(
+        "callouts-declared-clusters.json",
+        &json!({
+            "request": { "headers": [[":method", "GET"], [":path", "/"], [":authority", "shop"]] },
+            "clusters": ["jwks"],
+            "callouts": [{ "cluster": "jwks", "fail": "refused" }],
+        })
+        .to_string(),
+    );
+    let report = report(&run_exchange(&module, &config, &request, &[]));
+    // `proxy_http_call` to `authz` returned BadArgument: nothing was dispatched, and this
+    // filter, which ignores the status, stays paused.
+    assert_eq!(report["callouts"], json!([]));
+    assert_eq!(report["phases"][0]["action"], "pause");
+
+    let typo = scratch_file(
+        "callouts-undeclared-mock.json",
+        &json!({
+            "request": { "headers": [[":method", "GET"], [":path", "/"], [":authority", "shop"]] },
+            "clusters": ["jwks"],
+            "callouts": [{ "cluster": "authz", "fail": "refused" }],
+        })
+        .to_string(),
+    );
+    let output = run_exchange(&module, &config, &typo, &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("callouts[0].cluster: `authz` is not among `clusters`"),
+        "{message}"
+    );
 }
 
 #[test]
