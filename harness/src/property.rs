@@ -296,4 +296,80 @@ mod tests {
             headermap::serialize(&[("a", "1")])
         );
     }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn at(value: &PropertyValue, path: &[&str]) -> Option<Result<String, crate::error::Status>> {
+        let path: Vec<String> = path.iter().map(|p| (*p).to_string()).collect();
+        value
+            .lookup(&path)
+            .map(|found| found.map(|bytes| hex(&bytes)))
+    }
+
+    /// The bytes Envoy 1.40 returned for the same metadata (`tests/properties_vs_envoy.rs`).
+    #[test]
+    fn metadata_reads_as_envoy_serializes_it() {
+        let route = PropertyValue::Metadata(
+            serde_json::from_str(
+                r#"{"filter_metadata": {"envoy.filters.http.wasm":
+                    {"key": ["value", 2.5, true, {"inner": "x"}, ["a", "b"]]}}}"#,
+            )
+            .unwrap_or_default(),
+        );
+        assert_eq!(
+            hex(&route.encode()),
+            "0a5e0a17656e766f792e66696c746572732e687474702e7761736d12430a410a036b6579123a32380a07\
+             1a0576616c75650a091100000000000004400a0220010a102a0e0a0c0a05696e6e657212031a01780a0c\
+             320a0a031a01610a031a0162"
+        );
+        let ns = ["filter_metadata", "envoy.filters.http.wasm"];
+        assert_eq!(
+            at(&route, &[ns[0], ns[1], "key"]),
+            Some(Ok(
+                "0500000005000000000000000800000000000000010000000000000014000000000000001a\
+                     0000000000000076616c7565000000000000000004400000010000010000000500000001000000\
+                     696e6e6572007800000002000000010000000000000001000000000000006100006200000000"
+                    .split_whitespace()
+                    .collect()
+            ))
+        );
+        assert_eq!(
+            at(&route, &[ns[0], ns[1], "key", "0"]),
+            Some(Ok("76616c7565".into()))
+        );
+        assert_eq!(
+            at(&route, &[ns[0], ns[1], "key", "1"]),
+            Some(Ok("0000000000000440".into()))
+        );
+        assert_eq!(
+            at(&route, &[ns[0], ns[1], "key", "2"]),
+            Some(Ok("01".into()))
+        );
+        assert_eq!(
+            at(&route, &[ns[0], ns[1], "key", "4", "1"]),
+            Some(Ok("62".into()))
+        );
+        assert_eq!(at(&route, &[ns[0], ns[1], "key", "5"]), None);
+        assert_eq!(at(&route, &[ns[0], ns[1], "key", "0", "deeper"]), None);
+        assert_eq!(at(&route, &[ns[0], "other"]), None);
+        assert_eq!(at(&route, &["nope"]), None);
+        assert_eq!(
+            at(&route, &["typed_filter_metadata"]),
+            Some(Ok("00000000".into()))
+        );
+        let null = PropertyValue::Metadata(
+            serde_json::from_str(r#"{"filter_metadata": {"vmeta": {"n": null}}}"#)
+                .unwrap_or_default(),
+        );
+        assert_eq!(
+            hex(&null.encode()),
+            "0a120a05766d65746112090a070a016e12020800"
+        );
+        assert_eq!(
+            at(&null, &["filter_metadata"]),
+            Some(Err(crate::error::Status::SerializationFailure))
+        );
+    }
 }
