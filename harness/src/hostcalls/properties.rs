@@ -1,14 +1,17 @@
-//! `proxy_get_property`: Envoy's attribute paths and encodings.
+//! `proxy_get_property`: Envoy 1.40's attribute paths and encodings (each checked against a real
+//! Envoy by `tests/properties_vs_envoy.rs`).
 //!
 //! Lookup order follows Envoy's `Context::findValue`: values a test set for the stream, then
 //! values set for the plugin, then the attributes Envoy derives from the exchange (`request.*`,
-//! `response.*`, `source.*`, `destination.*`, `connection.*`, `plugin_*`), then filter state
-//! written by `proxy_set_property`.
+//! `response.*`, `source.*`, `destination.*`, `connection.*`, `connection_id`, `metadata`,
+//! `plugin_*`), then filter state written by `proxy_set_property`. Configuration attributes
+//! live under `xds.` only; their former top-level names are plain names in Envoy 1.40 (filter
+//! state or `NotFound`). A root context has no stream info: only `plugin_*` and `xds.node`.
 //!
 //! Request-derived attributes read the request headers the way Envoy does: only while the filter
 //! holds them (during `proxy_on_request_headers` and until it continues) or during
 //! `proxy_on_log`. In `proxy_on_response_headers` of a request that continued, `request.path`
-//! is `NotFound` in Envoy too.
+//! is `NotFound` in Envoy too, and `request.headers` an empty map.
 
 use crate::error::Status;
 use crate::property::PropertyValue;
