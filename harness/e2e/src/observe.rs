@@ -6,13 +6,17 @@
 //!
 //! What Envoy adds on its own and the harness does not emulate is left out of the comparison
 //! (see [`IGNORED_RESPONSE_HEADERS`] and [`IGNORED_UPSTREAM_HEADERS`]); what Envoy adds before
-//! the filter runs is given to the harness as well ([`harness_request_headers`]).
+//! the filter runs is given to the harness as well: the harness presents the client's request and
+//! the upstream's answer as Envoy's codec and connection manager do ([`harness_client_request`],
+//! `HttpStream::send_request`, `HttpStream::upstream_response`).
 
 use std::time::Duration;
 
 use wasmesh_harness::build::sha256_hex;
 use wasmesh_harness::envoy::{Envoy, HttpRequest, ReceivedRequest, RESPONSE_CODE_DETAILS_HEADER};
-use wasmesh_harness::{HarnessError, HttpStream, LocalReply, Plugin, StreamState};
+use wasmesh_harness::{
+    ClientRequest, HarnessError, HttpStream, LocalReply, Plugin, StreamState, UpstreamResponse,
+};
 
 use crate::corpus::Exchange;
 use crate::services::{Answer, Services};
@@ -162,30 +166,21 @@ pub fn client_request(exchange: &Exchange, request_id: &str) -> HttpRequest {
     request
 }
 
-/// The request headers Envoy's filter chain gets for `exchange`: pseudo-headers from the
-/// request line and `host`, the client's headers, then what the connection manager adds before
-/// the filters run (`x-forwarded-proto`; the client's `x-request-id` is kept).
-pub fn harness_request_headers(exchange: &Exchange, request_id: &str) -> Vec<(String, String)> {
-    let mut headers = vec![
-        (":authority".to_string(), exchange.host().to_string()),
-        (":path".to_string(), exchange.path.clone()),
-        (":method".to_string(), exchange.method.clone()),
-        (":scheme".to_string(), "http".to_string()),
-        (REQUEST_ID_HEADER.to_string(), request_id.to_string()),
-    ];
-    headers.extend(
-        exchange
-            .headers_without_host()
-            .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string())),
-    );
-    if !exchange.body.is_empty() {
-        headers.push((
-            "content-length".to_string(),
-            exchange.body.len().to_string(),
-        ));
+/// The client's request as the harness is given it, to present to the filter as Envoy's HTTP/1
+/// codec and connection manager do (`:scheme`, `x-forwarded-proto`, the client's
+/// `x-request-id`, `content-length`, the body then an empty end-of-stream chunk).
+pub fn harness_client_request(exchange: &Exchange, request_id: &str) -> ClientRequest {
+    let mut request = ClientRequest::new(exchange.method.as_str(), exchange.path.as_str())
+        .authority(exchange.host())
+        .header(REQUEST_ID_HEADER, request_id);
+    for (name, value) in exchange.headers_without_host() {
+        request = request.header(name, value);
     }
-    headers.push(("x-forwarded-proto".to_string(), "http".to_string()));
-    headers
+    if exchange.body.is_empty() {
+        request
+    } else {
+        request.body(exchange.body.as_bytes().to_vec())
+    }
 }
 
 /// The `source.address` Envoy gives the filter chain for `exchange`. Envoy's connection manager
@@ -315,16 +310,7 @@ pub fn observe_harness(
     if let Some(address) = envoy_source_address(exchange) {
         stream.property(&["source", "address"], address);
     }
-    let headers = harness_request_headers(exchange, request_id);
-    let header_refs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_str()))
-        .collect();
-    let has_body = !exchange.body.is_empty();
-    notes.record(stream.request_headers(&header_refs, !has_body));
-    if has_body {
-        notes.record(stream.request_body(exchange.body.as_bytes(), true));
-    }
+    notes.record(stream.send_request(&harness_client_request(exchange, request_id)));
     settle(plugin, &stream, HttpStream::request_state)?;
 
     let observed = match stream.local_reply() {
@@ -339,21 +325,11 @@ pub fn observe_harness(
                 headers: normalize(forwarded, IGNORED_UPSTREAM_HEADERS, &[]),
                 body: summarize(&stream.request_body_now()),
             };
-            let status = answer.status.to_string();
-            let length = answer.body.len().to_string();
-            let mut response: Vec<(&str, &str)> = vec![(":status", &status)];
-            response.extend(
-                answer
-                    .headers
-                    .iter()
-                    .map(|(name, value)| (name.as_str(), value.as_str())),
+            let response = answer.headers.iter().fold(
+                UpstreamResponse::new(answer.status),
+                |response, (name, value)| response.header(name.as_str(), value.as_str()),
             );
-            response.push(("content-length", &length));
-            let body = answer.body.as_bytes();
-            notes.record(stream.response_headers(&response, body.is_empty()));
-            if !body.is_empty() {
-                notes.record(stream.response_body(body, true));
-            }
+            notes.record(stream.upstream_response(&response.body(answer.body.as_bytes().to_vec())));
             settle(plugin, &stream, HttpStream::response_state)?;
             let response_headers = normalize(
                 stream.response_headers_now(),
@@ -454,7 +430,8 @@ mod tests {
 
     #[test]
     fn the_harness_gets_what_envoy_hands_its_filter_chain() {
-        let headers = harness_request_headers(&exchange(), "id-1");
+        let request = harness_client_request(&exchange(), "id-1");
+        let headers = request.presented_headers("generated");
         let names: Vec<&str> = headers.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(
             names,
@@ -470,7 +447,9 @@ mod tests {
             ]
         );
         assert_eq!(headers[0].1, "h.example");
+        assert_eq!(headers[4].1, "id-1");
         assert_eq!(headers[6].1, "3");
+        assert_eq!(request.body_bytes(), Some(&b"abc"[..]));
     }
 
     #[test]

@@ -13,10 +13,11 @@
 //! | no `authorization` | 401, `www-authenticate: Bearer realm="api"`, `x-reason: no-credentials`, `login required\n` |
 //! | any other `authorization` | 403, `x-reason: unknown-user`, `unknown user\n` |
 //!
-//! For the foreign-module corpus (`corpus/foreign.json`) there are three more callout clusters:
+//! For the foreign-module corpus (`corpus/foreign.json`) there are four more callout clusters:
 //! `probe`, a service answering every request `200`, `content-type: text/plain`, `allowed`;
-//! `slow`, a server that accepts connections and never answers (callouts time out); and
-//! `refused`, an address nobody listens on (connections are refused). A cluster Envoy does not
+//! `slow`, a server that accepts connections and never answers (callouts time out); `closing`,
+//! a server that closes every connection it accepts (the upstream resets before response
+//! headers); and `refused`, an address nobody listens on (connections are refused). A cluster Envoy does not
 //! have (`nowhere` in the corpus) is not declared to the harness either. The echo upstream
 //! answers with an exchange's `upstream_answer` instead of echoing when the runner stages one.
 
@@ -43,6 +44,8 @@ pub const UPSTREAM_CLUSTER: &str = "upstream";
 pub const PROBE_CLUSTER: &str = "probe";
 /// Cluster of a server that never answers.
 pub const SLOW_CLUSTER: &str = "slow";
+/// Cluster of a server that closes every connection it accepts.
+pub const CLOSING_CLUSTER: &str = "closing";
 /// Cluster of an address that refuses connections.
 pub const REFUSED_CLUSTER: &str = "refused";
 
@@ -166,7 +169,8 @@ pub fn harness_callout_handler(jwks: String) -> impl FnMut(&HttpCallout) -> Call
         PROBE_CLUSTER => probe_answer().to_callout_reply(),
         // Left pending: the callout times out when the virtual clock passes its timeout.
         SLOW_CLUSTER => CalloutReply::Timeout,
-        REFUSED_CLUSTER => CalloutReply::upstream_unavailable(),
+        CLOSING_CLUSTER => CalloutReply::Reset,
+        REFUSED_CLUSTER => CalloutReply::Refused,
         // Envoy's router answers a request for a cluster with no healthy host this way; the
         // corpus has no such callout, but a filter calling one must not hang the run.
         _ => CalloutReply::upstream_unavailable(),
@@ -186,6 +190,8 @@ pub struct Services {
     pub probe: TestServer,
     /// A server that never answers.
     pub slow: SilentServer,
+    /// A server that closes every connection.
+    pub closing: SilentServer,
     /// An address nobody listens on.
     pub refused: SocketAddr,
     staged: Arc<Mutex<Option<Answer>>>,
@@ -216,7 +222,8 @@ impl Services {
                 authz_decision(&request.path, &request.headers).to_http()
             })?,
             probe: TestServer::start(|_| probe_answer().to_http())?,
-            slow: SilentServer::start()?,
+            slow: SilentServer::start(false)?,
+            closing: SilentServer::start(true)?,
             refused: refusing_address()?,
             staged,
         })
@@ -231,23 +238,25 @@ impl Services {
     }
 
     /// The callout clusters (the upstream cluster comes with `EnvoyBuilder::upstream`).
-    pub fn callout_clusters(&self) -> [Cluster; 5] {
+    pub fn callout_clusters(&self) -> [Cluster; 6] {
         [
             Cluster::new(JWKS_CLUSTER, self.jwks.addr()),
             Cluster::new(AUTHZ_CLUSTER, self.authz.addr()),
             Cluster::new(PROBE_CLUSTER, self.probe.addr()),
             Cluster::new(SLOW_CLUSTER, self.slow.addr()),
+            Cluster::new(CLOSING_CLUSTER, self.closing.addr()),
             Cluster::new(REFUSED_CLUSTER, self.refused),
         ]
     }
 
     /// The names of [`Self::callout_clusters`].
-    pub fn callout_cluster_names() -> [&'static str; 5] {
+    pub fn callout_cluster_names() -> [&'static str; 6] {
         [
             JWKS_CLUSTER,
             AUTHZ_CLUSTER,
             PROBE_CLUSTER,
             SLOW_CLUSTER,
+            CLOSING_CLUSTER,
             REFUSED_CLUSTER,
         ]
     }
@@ -291,8 +300,8 @@ fn refusing_address() -> Result<SocketAddr, E2eError> {
     Ok(address)
 }
 
-/// A server that accepts connections, reads nothing and never answers (a hung upstream). Its
-/// connections close when it is dropped.
+/// A server that accepts connections and never answers: it holds them open until it is dropped
+/// (a hung upstream), or closes each at once (an upstream that drops connections).
 pub struct SilentServer {
     address: SocketAddr,
     stopping: Arc<AtomicBool>,
@@ -309,8 +318,8 @@ impl std::fmt::Debug for SilentServer {
 }
 
 impl SilentServer {
-    /// Listens on 127.0.0.1.
-    pub fn start() -> Result<Self, E2eError> {
+    /// Listens on 127.0.0.1; `closing`: closes each connection as soon as it is accepted.
+    pub fn start(closing: bool) -> Result<Self, E2eError> {
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .map_err(|error| envoy_io("binding a silent server", error))?;
         let address = listener
@@ -328,7 +337,9 @@ impl SilentServer {
                             return;
                         }
                         if let Ok(connection) = connection {
-                            held.push(connection);
+                            if !closing {
+                                held.push(connection);
+                            }
                         }
                     }
                 })

@@ -121,6 +121,16 @@ fn run_corpus(corpus: &Corpus) {
                     format!("  [module failed: {}]", exchange.harness_errors.join("; "))
                 }
             );
+            // Envoy's local-reply body says what the module was handed (callouts, dispatch).
+            if let Some(body) = exchange.envoy.local_body.as_deref() {
+                let first = body.lines().next().unwrap_or_default();
+                if !first.is_empty() {
+                    println!(
+                        "        envoy's body: {}",
+                        first.chars().take(160).collect::<String>()
+                    );
+                }
+            }
         }
         for difference in &report.differences {
             failures.push(format!("{}: {difference}", report.group));
