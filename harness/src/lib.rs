@@ -42,7 +42,8 @@
 //!   test sets under such a name is served at its `xds.` path. Metadata
 //!   ([`PropertyValue::Metadata`]) reads as the serialized protobuf message, and below it as
 //!   CEL values (`xds.route_metadata.filter_metadata.<namespace>.<key>`: a string's bytes, an
-//!   `f64`, a bool byte, a struct or list as a serialized map). A root context sees only
+//!   `f64`, a bool byte, a struct or list as a serialized map), as a struct does
+//!   ([`PropertyValue::Struct`], e.g. `xds.node.metadata`). A root context sees only
 //!   `plugin_name`, `plugin_root_id`, `plugin_vm_id` and `xds.node`. Header maps
 //!   (`request.headers`, `response.headers`, `response.trailers`) read as an empty map, not
 //!   `NotFound`, while Envoy does not hold them; `request.duration` exists from `proxy_on_log`
@@ -97,9 +98,9 @@
 //!   `xds.upstream_host_*` (Envoy knows them from the request body on),
 //!   `response.backend_latency`, `typed_filter_metadata` (always an empty map here) and TLS
 //!   details: tests set those explicitly with [`PluginBuilder::property`] and
-//!   [`HttpStream::property`]. A metadata struct lists its keys in the order the test gave them,
-//!   Envoy in its hash-map order. In `proxy_on_log` Envoy's header maps, and the sizes counting
-//!   them, also hold what the router and the connection manager add after the filter chain
+//!   [`HttpStream::property`]. A struct lists its keys sorted (`serde_json`'s map order), Envoy
+//!   in its hash-map order. In `proxy_on_log` Envoy's header maps, and the sizes counting them,
+//!   also hold what the router and the connection manager add after the filter chain
 //!   (`x-envoy-expected-rq-timeout-ms`, `date`, `server`).
 //!
 //! ```no_run
