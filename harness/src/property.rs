@@ -34,8 +34,15 @@ pub enum PropertyValue {
     /// header-map serialization, values serialized recursively), a list as a map of elements
     /// with empty values, an element by its index, a number as a little-endian `f64`, a bool as
     /// one byte, a string as its bytes, and `null` fails to serialize. Envoy lists the keys of a
-    /// struct in its hash-map order; the harness lists them in the JSON's order.
+    /// struct in its hash-map order; the harness in `serde_json`'s map order (sorted by key).
     Metadata(serde_json::Value),
+    /// A `google.protobuf.Struct` or `Value` given as JSON (`xds.node.metadata`, a struct
+    /// inside metadata), read as Envoy serializes the CEL value: an object as a map and an array
+    /// as a map of elements with empty values (both in the header-map serialization, values
+    /// serialized recursively), a number as a little-endian `f64`, a bool as one byte, a string
+    /// as its bytes; `null` fails to serialize. Paths below it walk objects by key and arrays by
+    /// index.
+    Struct(serde_json::Value),
 }
 
 impl PropertyValue {
@@ -52,6 +59,8 @@ impl PropertyValue {
             PropertyValue::Duration(d) => duration_nanos(*d).to_le_bytes().to_vec(),
             PropertyValue::Map(pairs) => headermap::serialize(pairs),
             PropertyValue::Metadata(metadata) => metadata_message(metadata),
+            // `null` has no encoding; `lookup` reports it as a serialization failure.
+            PropertyValue::Struct(value) => cel_value(value).unwrap_or_default(),
         }
     }
 
@@ -59,6 +68,7 @@ impl PropertyValue {
     /// that does not exist.
     pub(crate) fn lookup(&self, path: &[String]) -> Option<Result<Vec<u8>, crate::error::Status>> {
         match (self, path) {
+            (PropertyValue::Struct(value), path) => walk(value, path),
             (value, []) => Some(Ok(value.encode())),
             (PropertyValue::Map(pairs), [key]) => pairs
                 .iter()
@@ -73,21 +83,27 @@ impl PropertyValue {
                 };
                 let empty = serde_json::Value::Object(serde_json::Map::new());
                 let map = map.filter(|m| m.is_object()).unwrap_or(&empty);
-                let mut value = map;
-                for segment in rest {
-                    value = match value {
-                        serde_json::Value::Object(fields) => fields.get(segment)?,
-                        serde_json::Value::Array(items) => {
-                            items.get(segment.parse::<usize>().ok()?)?
-                        }
-                        _ => return None,
-                    };
-                }
-                Some(cel_value(value).ok_or(crate::error::Status::SerializationFailure))
+                walk(map, rest)
             }
+
             _ => None,
         }
     }
+}
+
+/// The CEL value at `path` below `value` (objects by key, arrays by index), serialized.
+fn walk(
+    mut value: &serde_json::Value,
+    path: &[String],
+) -> Option<Result<Vec<u8>, crate::error::Status>> {
+    for segment in path {
+        value = match value {
+            serde_json::Value::Object(fields) => fields.get(segment)?,
+            serde_json::Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cel_value(value).ok_or(crate::error::Status::SerializationFailure))
 }
 
 /// A JSON value as Envoy serializes the CEL value of a `google.protobuf.Value`.

@@ -74,6 +74,13 @@ fn paths() -> Vec<Vec<&'static str>> {
         "node.cluster",
         "node.metadata",
         "node.metadata.REGION",
+        "node.metadata.LABELS",
+        "node.metadata.LABELS.app",
+        "node.metadata.N",
+        "node.metadata.FLAG",
+        "node.metadata.L",
+        "node.metadata.L.1",
+        "node.metadata.nope",
         "node.nope",
         "cluster_name",
         "cluster_metadata",
@@ -322,6 +329,9 @@ fn probed(lines: impl Iterator<Item = String>) -> Vec<String> {
 /// harness does not reproduce (a list keeps its order, so it carries the typed values).
 const ROUTE_METADATA: &str = r#"{"filter_metadata": {"envoy.filters.http.wasm": {
     "key": ["value", 2.5, true, {"inner": "x"}, ["a", "b"]]}}}"#;
+/// Compared as a set of entries at the top (see [`unordered`]); one key below.
+const NODE_METADATA: &str =
+    r#"{"REGION": "eu-west", "LABELS": {"app": "probe"}, "N": 3, "FLAG": false, "L": ["x", "y"]}"#;
 const CLUSTER_METADATA: &str = r#"{"filter_metadata": {"cmeta": {"k": "cluster"}}}"#;
 const LISTENER_METADATA: &str = r#"{"filter_metadata": {"lmeta": {"k": "listener"}}}"#;
 const VIRTUAL_HOST_METADATA: &str = r#"{"filter_metadata": {"vmeta": {"n": null}}}"#;
@@ -340,7 +350,7 @@ fn bootstrap(upstream: std::net::SocketAddr) -> serde_json::Value {
         // The local-reply mapper that reports details would add a header to local replies.
         .report_response_code_details(false)
         .bootstrap();
-    bootstrap["node"]["metadata"] = json!({ "REGION": "eu-west" });
+    bootstrap["node"]["metadata"] = serde_json::from_str(NODE_METADATA).unwrap();
     let listener = &mut bootstrap["static_resources"]["listeners"][0];
     listener["metadata"] = serde_json::from_str(LISTENER_METADATA).unwrap();
     let manager = &mut listener["filter_chains"][0]["filters"][0]["typed_config"];
@@ -402,7 +412,7 @@ fn every_documented_property_reads_as_in_envoy_at_every_phase() {
         .property(&["xds", "node", "cluster"], "wasmesh-test")
         .property(
             &["xds", "node", "metadata"],
-            PropertyValue::Map(vec![("REGION".into(), "eu-west".into())]),
+            PropertyValue::Struct(serde_json::from_str(NODE_METADATA).unwrap()),
         )
         // Set for the plugin (they are the listener's), served to streams only, as in Envoy.
         .property(&["xds", "listener_direction"], PropertyValue::Int(0))
@@ -577,7 +587,7 @@ fn volatile(name: &str) -> bool {
 fn unordered(name: &str) -> bool {
     matches!(
         name,
-        "request.headers" | "response.headers" | "response.trailers"
+        "request.headers" | "response.headers" | "response.trailers" | "xds.node.metadata"
     )
 }
 
@@ -599,7 +609,7 @@ fn comparable(line: &str) -> Option<String> {
         return Some(format!("{phase} {name} {status} {length}"));
     }
     if unordered(name) && status == "0" {
-        let mut entries = pairs(&unhex(hex));
+        let mut entries = byte_pairs(&unhex(hex));
         entries.sort();
         return Some(format!("{phase} {name} {status} {entries:?}"));
     }
@@ -611,4 +621,8 @@ fn as_refs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect()
+}
+
+fn byte_pairs(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    headermap::deserialize(bytes).unwrap()
 }
