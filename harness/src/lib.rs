@@ -28,8 +28,34 @@
 //! - A repeated header read with `proxy_get_header_map_value` gives its first value.
 //! - An empty header map is returned to the module as (pointer 0, size 0).
 //! - HTTP and gRPC callout responses are delivered to the root context; the SDKs switch to the
-//!   stream with `proxy_set_effective_context`. An expired callout receives Envoy's local
-//!   `504 upstream request timeout`; a reset one receives zero headers and `BrokenConnection`.
+//!   stream with `proxy_set_effective_context`.
+//! - HTTP callout failures reach the module as Envoy 1.40's router reports them
+//!   (`tests/callouts_vs_envoy.rs`, [`CalloutReply`]): a refused connection, an upstream that
+//!   closes before its response headers, and an expired timeout are responses with `proxy_get_status`
+//!   `Ok`: `503` with body `upstream connect error or disconnect/reset before headers. reset
+//!   reason: remote connection failure` (or `... connection termination`), `504 upstream
+//!   request timeout`, as `text/plain` (a `HEAD` callout gets no body); for a callout whose
+//!   `content-type` is `application/grpc` (or `application/grpc+...`, not `-web`) each is a
+//!   gRPC answer instead: `:status 200`, `content-type: application/grpc`, `grpc-status: 14`,
+//!   `grpc-message` with that text, no body, no trailers. Only a reset after the response
+//!   headers (or a response over the async client's buffer limit) reaches the module as zero
+//!   headers with `BrokenConnection` and message `reset`.
+//! - Envoy adds to a callout's request `x-envoy-internal: true` and, when it has a timeout,
+//!   `x-envoy-expected-rq-timeout-ms` ([`HttpCallout::headers`]); not `x-forwarded-for` (its wasm
+//!   host turns that off). An upstream's response reaches the module with
+//!   `x-envoy-upstream-service-time` (here: virtual milliseconds since dispatch); the router's
+//!   own answers above do not carry it.
+//! - A cluster Envoy does not have, once the test declares clusters
+//!   ([`PluginBuilder::cluster`]): `proxy_http_call` returns `BadArgument`; `proxy_grpc_call` and
+//!   `proxy_grpc_stream` return `ParseFailure` for a cluster name, and `InternalFailure` for a
+//!   serialized `GrpcService`, which uses up a token. Without declared clusters every name
+//!   exists.
+//! - WASI during `_initialize`/`_start` (`tests/wasi_vs_envoy.rs`): Envoy 1.40 refuses
+//!   `fd_read`, `fd_seek`, `fd_close`, `path_open`, `sched_yield` and `proc_exit` (the module
+//!   traps with `restricted_callback` and does not load) and answers every other WASI function
+//!   as it does per request: `fd_fdstat_get` is `0` for stdout and stderr and `EBADF` for other
+//!   descriptors, `fd_fdstat_set_flags` `ENOSYS`, `fd_prestat_get` `EBADF` (no preopened
+//!   directory), so Go's runtime starts.
 //! - `proxy_define_metric` returns a new id on every call (counters 4, 8, ...; gauges 5, ...;
 //!   histograms 6, ...); ids defined with the same name share one stat across all workers.
 //! - `malloc` is preferred over `proxy_on_memory_allocate` when both are exported.
@@ -93,6 +119,10 @@
 //!   `x-forwarded-for` handling (tests set `source.address`).
 //! - TCP (network filter) streams, the main-thread VM Envoy keeps next to the worker VMs, and
 //!   built-in foreign functions.
+//! - Upstreams behind a callout: the test answers each callout ([`CalloutReply`]); the async
+//!   client's response buffer limit, retries, and Envoy's other router answers (`no healthy
+//!   upstream`, connect timeouts) are not produced by the harness (a test can hand the module
+//!   any of them as a [`CalloutReply::Response`] or [`CalloutReply::Failure`]).
 //! - Properties Envoy derives from configuration or from the upstream it picked: `xds.*` (node,
 //!   cluster, route, virtual host, listener, filter chain and their metadata), `upstream.*` and
 //!   `xds.upstream_host_*` (Envoy knows them from the request body on),

@@ -182,8 +182,9 @@ impl PluginBuilder {
     }
 
     /// Declares a cluster. Once at least one is declared, `proxy_http_call` to any other
-    /// cluster fails with `BadArgument` (and `proxy_grpc_call` with `ParseFailure`), as in
-    /// Envoy; with none declared every name is accepted.
+    /// cluster fails with `BadArgument` (and `proxy_grpc_call`/`proxy_grpc_stream` with
+    /// `ParseFailure` for a cluster name, `InternalFailure` for a serialized `GrpcService`), as
+    /// in Envoy 1.40; with none declared every name is accepted.
     pub fn cluster(mut self, name: &str) -> Self {
         self.settings
             .clusters

@@ -5,9 +5,11 @@
 //! routes the [`CalloutResponse`] back to the stream that dispatched it (proxy-wasm maps the
 //! token to the dispatching context) and calls the filter's callout hook.
 //!
-//! A failed or timed-out HTTP callout arrives as a response without headers (Envoy reports
-//! failures as a response with zero headers, body and trailers; a timeout by Envoy's async
-//! client may also arrive as a `504`). A failed gRPC call arrives with a non-zero status.
+//! A failed HTTP callout mostly arrives as a response Envoy's router made (measured with Envoy
+//! 1.40): a refused connection or an upstream that closed before answering as a `503`, a
+//! timeout as a `504` (for a callout with `content-type: application/grpc`, a `200` with
+//! `grpc-status: 14`); only a reset after the response headers arrives as a response without
+//! headers (zero headers, body and trailers). A failed gRPC call arrives with a non-zero status.
 
 use std::time::Duration;
 
