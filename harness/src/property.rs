@@ -387,5 +387,22 @@ mod tests {
             at(&null, &["filter_metadata"]),
             Some(Err(crate::error::Status::SerializationFailure))
         );
+        let node = PropertyValue::Struct(
+            serde_json::from_str(r#"{"LABELS": {"app": "probe"}, "N": 3, "L": ["x", "y"]}"#)
+                .unwrap_or_default(),
+        );
+        assert_eq!(
+            at(&node, &["LABELS"]),
+            Some(Ok("0100000003000000050000006170700070726f626500".into()))
+        );
+        assert_eq!(at(&node, &["N"]), Some(Ok("0000000000000840".into())));
+        assert_eq!(
+            at(&node, &["L"]),
+            Some(Ok(
+                "0200000001000000000000000100000000000000780000790000".into()
+            ))
+        );
+        assert_eq!(at(&node, &["L", "1"]), Some(Ok("79".into())));
+        assert_eq!(at(&node, &["nope"]), None);
     }
 }
