@@ -234,7 +234,8 @@ fn map_entry(headers: &[(String, String)], key: Option<&String>) -> Option<Prope
         Some(key) => match map {
             PropertyValue::Map(pairs) => pairs
                 .into_iter()
-                .find(|(k, _)| k == key)
+                // Envoy looks a header up by its lower-cased name.
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
                 .map(|(_, v)| PropertyValue::String(v)),
             _ => None,
         },
@@ -260,9 +261,10 @@ fn request_attribute(
         "url_path" => {
             header(":path").map(|p| p.split('?').next().unwrap_or_default().to_string().into())
         }
+        // Envoy drops a fragment from the query.
         "query" => header(":path").map(|p| {
             p.split_once('?')
-                .map(|(_, q)| q.to_string())
+                .map(|(_, q)| q.split('#').next().unwrap_or_default().to_string())
                 .unwrap_or_default()
                 .into()
         }),
