@@ -219,6 +219,7 @@ fn probe_module() -> String {
         "response_headers",
         "response_body",
         "log",
+        "done",
     ];
     let phase: BTreeMap<&str, String> = phases.iter().map(|p| (*p, t.s(p))).collect();
     let args: BTreeMap<&str, String> = phases
@@ -303,7 +304,9 @@ fn probe_module() -> String {
     (call $log2 {args_response_body} (local.get $n) (local.get $eos))
     (call $probe_all {response_body}) (i32.const 0))
   (func (export "proxy_on_log") (param i32)
-    (call $probe_all {log}))"#,
+    (call $probe_all {log}))
+  (func (export "proxy_on_done") (param i32) (result i32)
+    (call $probe_all {done}) (i32.const 1))"#,
         data = t.data(),
         configure = phase["configure"],
         request_headers = phase["request_headers"],
@@ -315,6 +318,7 @@ fn probe_module() -> String {
         response_body = phase["response_body"],
         args_response_body = args["response_body"],
         log = phase["log"],
+        done = phase["done"],
     ))
 }
 
@@ -524,7 +528,7 @@ fn streams(lines: &[String]) -> Vec<Vec<String>> {
 /// Envoy's `PROP` lines once `count` streams went through `proxy_on_log` (access logs run
 /// when a stream is torn down, just after its response is written).
 fn wait_for_access_logs(envoy: &envoy::Envoy, count: usize) -> Vec<String> {
-    let last = "log upstream.request_attempt_count ";
+    let last = "done upstream.request_attempt_count ";
     for _ in 0..500 {
         let lines = probed(envoy.log().lines().map(str::to_string));
         if lines.iter().filter(|l| l.starts_with(last)).count() >= count {

@@ -281,8 +281,8 @@ fn request_attribute(
                 .unwrap_or(0),
         )),
         "time" => Some(PropertyValue::Timestamp(shared.clock.at(exchange.start))),
-        // Envoy knows the duration once the stream completed: in `proxy_on_log` only.
-        "duration" => exchange.access_log_phase.then(|| {
+        // Envoy knows the duration once the stream completed (`proxy_on_log`, `proxy_on_done`).
+        "duration" => exchange.finished.then(|| {
             PropertyValue::Duration(shared.clock.elapsed().saturating_sub(exchange.start))
         }),
         "size" => match header("content-length") {
