@@ -126,8 +126,9 @@
 //! - Properties Envoy derives from configuration or from the upstream it picked: `xds.*` (node,
 //!   cluster, route, virtual host, listener, filter chain and their metadata), `upstream.*` and
 //!   `xds.upstream_host_*` (Envoy knows them from the request body on),
-//!   `response.backend_latency`, `typed_filter_metadata` (always an empty map here) and TLS
-//!   details: tests set those explicitly with [`PluginBuilder::property`] and
+//!   `response.backend_latency`, `typed_filter_metadata` (always an empty map here), TLS
+//!   details, `response.flags` (Envoy's response flags: 0 here) and `request.protocol`
+//!   (`HTTP/1.1` here): tests set those explicitly with [`PluginBuilder::property`] and
 //!   [`HttpStream::property`]. A struct lists its keys sorted (`serde_json`'s map order), Envoy
 //!   in its hash-map order. In `proxy_on_log` Envoy's header maps, and the sizes counting them,
 //!   also hold what the router and the connection manager add after the filter chain
