@@ -18,15 +18,10 @@ use crate::observe::{normalize, observe_envoy, observe_harness, Observed};
 use crate::services::{self, Services};
 use crate::E2eError;
 
-/// Callout request headers Envoy's async client (its router) adds, and pseudo-headers compared
-/// in the request line: not compared.
-const IGNORED_CALLOUT_HEADERS: &[&str] = &[
-    ":method",
-    ":path",
-    ":scheme",
-    "x-envoy-internal",
-    "x-envoy-expected-rq-timeout-ms",
-];
+/// Pseudo-headers, compared in the request line instead. (What Envoy's async client adds,
+/// `x-envoy-internal` and `x-envoy-expected-rq-timeout-ms`, is compared: the harness's callouts
+/// carry them as Envoy sends them.)
+const IGNORED_CALLOUT_HEADERS: &[&str] = &[":method", ":path", ":scheme"];
 
 /// How long Envoy's counters may lag behind the last response (access logs and `on_log` run
 /// after the response is written; stats are merged asynchronously).

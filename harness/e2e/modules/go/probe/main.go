@@ -153,8 +153,12 @@ func proxyOnHTTPCallResponse(rootContextID, token, headers, bodySize, trailers u
 	proxySetEffectiveContext(contextID)
 	status := header(mapCallResponseHeaders, ":status")
 	grpcStatus := header(mapCallResponseHeaders, "grpc-status")
-	result := fmt.Sprintf("status=%s grpc-status=%s grpc-message=%s body=%s",
-		status, grpcStatus, header(mapCallResponseHeaders, "grpc-message"), callResponseBody(bodySize))
+	serviceTime := "absent"
+	if header(mapCallResponseHeaders, "x-envoy-upstream-service-time") != "" {
+		serviceTime = "present"
+	}
+	result := fmt.Sprintf("status=%s grpc-status=%s grpc-message=%s service-time=%s body=%s",
+		status, grpcStatus, header(mapCallResponseHeaders, "grpc-message"), serviceTime, callResponseBody(bodySize))
 	if status == "200" && grpcStatus == "" {
 		addHeader(mapRequestHeaders, "x-probe-callout", result)
 		proxyContinueStream(streamRequest)

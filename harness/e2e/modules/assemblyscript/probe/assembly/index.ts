@@ -31,8 +31,9 @@ function onCalloutResponse(origin: Context, headers: u32, bodySize: usize, trail
   if (bodySize > 0) {
     body = String.UTF8.decode(get_buffer_bytes(HTTP_CALL_RESPONSE_BODY, 0, bodySize as u32));
   }
+  const serviceTime = answer.get("x-envoy-upstream-service-time") == "" ? "absent" : "present";
   const result = "status=" + status + " grpc-status=" + grpcStatus + " grpc-message=" +
-    answer.get("grpc-message") + " body=" + body;
+    answer.get("grpc-message") + " service-time=" + serviceTime + " body=" + body;
   if (status == "200" && grpcStatus == "") {
     stream_context.headers.request.add("x-probe-callout", result);
     continue_request();

@@ -67,8 +67,14 @@ impl Context for Probe {
             .get_http_call_response_body(0, body_size)
             .map(|body| String::from_utf8_lossy(&body).into_owned())
             .unwrap_or_default();
+        let service_time = if header("x-envoy-upstream-service-time").is_empty() {
+            "absent"
+        } else {
+            "present"
+        };
         let result = format!(
-            "status={status} grpc-status={grpc_status} grpc-message={} body={body}",
+            "status={status} grpc-status={grpc_status} grpc-message={} service-time={service_time} \
+             body={body}",
             header("grpc-message")
         );
         if status == "200" && grpc_status.is_empty() {
