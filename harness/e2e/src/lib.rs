@@ -9,6 +9,10 @@
 //!   response code details, local-reply bodies, the request the upstream saw (through an echo
 //!   upstream), the response headers the client got, the callouts the filter made and the
 //!   metrics it counted must be identical ([`differential`]);
+//! - the **foreign-module corpus** (`corpus/foreign.json`): the same comparison for modules built
+//!   by other toolchains, one behaviour written in Go (its own `wasip1` target), AssemblyScript
+//!   (`@solo-io/proxy-runtime`) and Rust with the `proxy-wasm` crate alone ([`foreign`] builds
+//!   them), each group run over the three;
 //! - the **overhead benchmark** (`src/bin/overhead.rs`): requests/s and latency of an Envoy
 //!   with no filter, with a wasmesh filter, and with Envoy's native filter given the same
 //!   policy ([`load`]).
