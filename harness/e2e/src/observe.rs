@@ -37,7 +37,7 @@ pub const IGNORED_RESPONSE_HEADERS: &[&str] = &[
 
 /// Upstream request headers the router adds after the filter chain (or that are read
 /// elsewhere): not compared. (A `content-length: 0` the HTTP/1 codec adds to a body-less
-/// `OPTIONS`/`POST` is dropped too, see [`codec_framing`].)
+/// `OPTIONS`/`POST` is dropped too, see `codec_framing`.)
 pub const IGNORED_UPSTREAM_HEADERS: &[&str] = &[
     ":method",
     ":path",
