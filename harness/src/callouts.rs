@@ -285,9 +285,43 @@ pub enum GrpcReply {
         /// gRPC status message.
         message: String,
     },
-    /// Leave the call pending until its timeout (delivered as status 14 `upstream request
-    /// timeout`, Envoy's mapping of the router's 504 for gRPC).
+    /// Leave the call pending until its timeout (then answered as [`GrpcReply::TimedOut`]).
     Timeout,
+    /// Nothing accepted the connection: `proxy_on_grpc_close` with status 14 (`UNAVAILABLE`) and
+    /// Envoy 1.40's message `upstream connect error or disconnect/reset before headers. reset
+    /// reason: remote connection failure{upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}}`
+    /// (the router's text, then its response code details in braces).
+    Refused,
+    /// The upstream accepted the connection and closed it before answering: status 14, message
+    /// `upstream connect error or disconnect/reset before headers. reset reason: connection
+    /// termination{upstream_reset_before_response_started{connection_termination}}`.
+    Reset,
+    /// The call's timeout fires now: status 14, message `upstream request
+    /// timeout{response_timeout}`. What a pending call gets when the clock passes its timeout.
+    TimedOut,
+}
+
+impl GrpcReply {
+    /// The answer as the module receives it: router failures become the status 14 and message
+    /// Envoy 1.40 delivers (measured in `tests/callouts_vs_envoy.rs`).
+    pub(crate) fn into_delivered(self) -> GrpcReply {
+        let unavailable = |text: &str, details: &str| GrpcReply::Error {
+            status: 14,
+            message: format!("{text}{{{details}}}"),
+        };
+        match self {
+            GrpcReply::Refused => unavailable(
+                REFUSED_BODY,
+                "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
+            ),
+            GrpcReply::Reset => unavailable(
+                RESET_BODY,
+                "upstream_reset_before_response_started{connection_termination}",
+            ),
+            GrpcReply::TimedOut => unavailable(TIMEOUT_BODY, "response_timeout"),
+            other => other,
+        }
+    }
 }
 
 /// Where a callout stands.

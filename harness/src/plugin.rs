@@ -754,6 +754,7 @@ impl PluginInner {
         if reply == GrpcReply::Timeout {
             return Ok(());
         }
+        let reply = reply.into_delivered();
         let vm = self.vm(worker, generation)?;
         if vm.is_failed() || vm.state_mut().grpc_tokens.remove(&token).is_none() {
             return Ok(());
@@ -778,7 +779,8 @@ impl PluginInner {
                     result?;
                 }
             }
-            GrpcReply::Timeout => {}
+            // Refused, Reset and TimedOut arrive here as errors (`into_delivered`).
+            _ => {}
         }
         self.process_deferred(worker, generation)
     }
@@ -959,14 +961,9 @@ impl PluginInner {
                 Timer::Http { worker, token } => {
                     self.deliver_http(worker, token, CalloutReply::timeout_response())?
                 }
-                Timer::Grpc { worker, token } => self.deliver_grpc_unary(
-                    worker,
-                    token,
-                    GrpcReply::Error {
-                        status: 14,
-                        message: "upstream request timeout".to_string(),
-                    },
-                )?,
+                Timer::Grpc { worker, token } => {
+                    self.deliver_grpc_unary(worker, token, GrpcReply::TimedOut)?
+                }
             }
             self.drain_events()?;
         }

@@ -272,11 +272,12 @@ fn grpc_unary_call_is_answered_by_the_mock_with_a_message() {
 fn grpc_errors_timeouts_and_streams_reach_the_module() {
     let plugin = builder(&grpc_filter()).start().unwrap();
     plugin.clear_logs();
-    // The unary call times out: Envoy reports UNAVAILABLE with the router's message.
+    // The unary call times out: Envoy 1.40 reports UNAVAILABLE with the router's message and
+    // its response code details.
     plugin.advance_clock(Duration::from_secs(1)).unwrap();
     assert_eq!(
         messages(&plugin),
-        vec!["close 5 14", "upstream request timeout"]
+        vec!["close 5 14", "upstream request timeout{response_timeout}"]
     );
     plugin.clear_logs();
 

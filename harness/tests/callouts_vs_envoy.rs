@@ -20,7 +20,7 @@ use common::*;
 use wasmesh_harness::envoy::{
     self, Cluster, EnvoyBuilder, HttpRequest, HttpResponse, TestServer, WasmFilter,
 };
-use wasmesh_harness::{CalloutReply, Harness, HttpCallout};
+use wasmesh_harness::{CalloutReply, GrpcReply, Harness, HttpCallout};
 
 /// How the module dispatches.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,9 @@ struct Case {
     method: &'static str,
     content_type: Option<&'static str>,
     timeout_ms: u32,
+    /// Whether the request waits for the answer (always for HTTP; for gRPC, only where the
+    /// answer is compared).
+    wait: bool,
 }
 
 const fn http(
@@ -59,6 +62,7 @@ const fn http(
         method: "POST",
         content_type,
         timeout_ms: 5000,
+        wait: true,
     }
 }
 
@@ -98,34 +102,55 @@ const CASES: &[Case] = &[
     http("unknown_cluster", "nowhere", None),
     Case {
         kind: Kind::GrpcByName,
+        ..http("grpc_refused", "refused", None)
+    },
+    Case {
+        kind: Kind::GrpcByName,
+        ..http("grpc_reset", "reset", None)
+    },
+    Case {
+        kind: Kind::GrpcByName,
+        timeout_ms: 300,
+        ..http("grpc_timeout", "hang", None)
+    },
+    Case {
+        kind: Kind::GrpcByName,
+        wait: false,
         ..http("grpc_unknown_cluster_by_name", "nowhere", None)
     },
     Case {
         kind: Kind::GrpcByProto,
+        wait: false,
         ..http("grpc_unknown_cluster_by_proto", "nowhere", None)
     },
     Case {
         kind: Kind::GrpcByName,
+        wait: false,
         ..http("grpc_known_cluster_by_name", "answer", None)
     },
     Case {
         kind: Kind::GrpcByProto,
+        wait: false,
         ..http("grpc_known_cluster_by_proto", "answer", None)
     },
     Case {
         kind: Kind::StreamByName,
+        wait: false,
         ..http("stream_unknown_cluster_by_name", "nowhere", None)
     },
     Case {
         kind: Kind::StreamByProto,
+        wait: false,
         ..http("stream_unknown_cluster_by_proto", "nowhere", None)
     },
     Case {
         kind: Kind::StreamByName,
+        wait: false,
         ..http("stream_known_cluster_by_name", "answer", None)
     },
     Case {
         kind: Kind::StreamByProto,
+        wait: false,
         ..http("stream_known_cluster_by_proto", "answer", None)
     },
 ];
@@ -144,6 +169,8 @@ fn callout_module() -> String {
     let status = t.s("CALL status");
     let message_tag = t.s("CALL status_message ");
     let end = t.s("CALL end");
+    let grpc_close = t.s("CALL grpc_close");
+    let grpc_receive = t.s("CALL grpc_receive");
     let mut dispatches = String::new();
     for (index, case) in CASES.iter().enumerate() {
         let call = match case.kind {
@@ -192,8 +219,8 @@ fn callout_module() -> String {
                 }
             }
         };
-        // A gRPC call's answer is not awaited: the request continues at once.
-        let wait = i32::from(case.kind == Kind::Http);
+        // Unless the case waits, the request continues at once.
+        let wait = i32::from(case.wait);
         dispatches.push_str(&format!(
             "(if (i32.eq (global.get $case) (i32.const {index})) (then (local.set $rc {call}) (local.set $wait (i32.const {wait}))))\n"
         ));
@@ -237,6 +264,21 @@ fn callout_module() -> String {
     (call $log2 {dispatch} (local.get $rc) (i32.load (i32.const 520)))
     (if (i32.or (local.get $rc) (i32.eqz (local.get $wait))) (then (call $info {end}) (return (i32.const 0))))
     (i32.const 1))
+  (func (export "proxy_on_grpc_close") (param $root i32) (param $token i32) (param $status i32)
+    (call $log1 {grpc_close} (local.get $status))
+    (i32.store (i32.const 512) (i32.const 0))
+    (i32.store (i32.const 516) (i32.const 0))
+    (drop (call $proxy_get_status (i32.const 520) (i32.const 512) (i32.const 516)))
+    (call $log1 {status} (i32.load (i32.const 520)))
+    (call $log_hex {message_tag} (i32.load (i32.const 512)) (i32.load (i32.const 516)))
+    (call $info {end})
+    (drop (call $proxy_set_effective_context (global.get $stream)))
+    (drop (call $proxy_continue_stream (i32.const 0))))
+  (func (export "proxy_on_grpc_receive") (param $root i32) (param $token i32) (param $size i32)
+    (call $log1 {grpc_receive} (local.get $size))
+    (call $info {end})
+    (drop (call $proxy_set_effective_context (global.get $stream)))
+    (drop (call $proxy_continue_stream (i32.const 0))))
   (func (export "proxy_on_http_call_response") (param $root i32) (param $token i32) (param $nh i32) (param $nb i32) (param $nt i32)
     (call $log2 {response} (local.get $nh) (local.get $nb))
     (call $log1 {trailers} (local.get $nt))
@@ -304,6 +346,20 @@ fn observed(lines: &[String]) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// The lines of case `index`: from its `dispatch` line (the `index`-th) to the `end` after it.
+/// Answers Envoy delivers after the request went on (gRPC calls the case does not wait for) fall
+/// outside, and are not compared.
+fn case_lines(lines: &[String], index: usize) -> Option<Vec<String>> {
+    let start = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("dispatch "))
+        .nth(index)?
+        .0;
+    let end = start + lines[start..].iter().position(|l| l == "end")?;
+    Some(lines[start..=end].to_vec())
 }
 
 /// A raw upstream: reads each request head (and its content-length body), then acts.
@@ -394,7 +450,6 @@ fn run_envoy(wasm: &std::path::Path) -> EnvoyRun {
         .start()
         .unwrap();
     let mut observed_cases = Vec::new();
-    let mut seen = 0;
     for (index, case) in CASES.iter().enumerate() {
         let response = envoy
             .send(&HttpRequest::get("/").header("x-case", index.to_string()))
@@ -402,21 +457,21 @@ fn run_envoy(wasm: &std::path::Path) -> EnvoyRun {
         assert_eq!(response.status, 200, "{}", case.name);
         // The module logs `CALL end` before it lets the request continue; allow for the log
         // reaching the file late.
-        let mut lines: Vec<String> = Vec::new();
+        let mut lines = None;
         for _ in 0..200 {
-            lines = envoy
+            let all: Vec<String> = envoy
                 .log()
                 .lines()
                 .filter(|l| l.contains("CALL "))
                 .map(str::to_string)
                 .collect();
-            if lines.iter().filter(|l| l.contains("CALL end")).count() > index {
+            lines = case_lines(&observed(&all), index);
+            if lines.is_some() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
-        observed_cases.push(observed(&lines[seen..]));
-        seen = lines.len();
+        observed_cases.push(lines.unwrap_or_default());
     }
     EnvoyRun {
         observed: observed_cases,
@@ -434,6 +489,11 @@ fn run_harness(bytes: &[u8]) -> (Vec<Vec<String>>, Vec<HttpCallout>) {
         .cluster("reset")
         .cluster("hang")
         .cluster("partial")
+        .grpc_callout_handler(|callout| match callout.cluster.as_str() {
+            "refused" => GrpcReply::Refused,
+            "reset" => GrpcReply::Reset,
+            _ => GrpcReply::Timeout,
+        })
         .http_callout_handler(|callout| match callout.upstream.as_str() {
             "answer" => CalloutReply::with_headers(
                 200,
@@ -448,7 +508,6 @@ fn run_harness(bytes: &[u8]) -> (Vec<Vec<String>>, Vec<HttpCallout>) {
         .start()
         .unwrap();
     let mut observed_cases = Vec::new();
-    let mut seen = 0;
     for index in 0..CASES.len() {
         let mut stream = plugin.http_stream();
         let index_text = index.to_string();
@@ -462,9 +521,7 @@ fn run_harness(bytes: &[u8]) -> (Vec<Vec<String>>, Vec<HttpCallout>) {
         plugin
             .advance_clock(std::time::Duration::from_secs(10))
             .unwrap();
-        let lines = messages(&plugin);
-        observed_cases.push(observed(&lines[seen..]));
-        seen = lines.len();
+        observed_cases.push(case_lines(&observed(&messages(&plugin)), index).unwrap_or_default());
     }
     let answered = plugin
         .http_callouts()
@@ -565,6 +622,8 @@ fn the_harness_shows_the_module_envoys_failure_answers() {
         let index = CASES.iter().position(|c| c.name == name).unwrap();
         observed[index][1..].join("\n")
     };
+    let grpc_close =
+        |message: &str| format!("grpc_close 14\nstatus 14\nstatus_message {message:?}\nend");
     let refused = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
     // An empty body or header map is logged as the bare tag.
     let plain = |status: u16, body: &str, shown: &str| {
@@ -600,6 +659,20 @@ fn the_harness_shows_the_module_envoys_failure_answers() {
         "response 0 0\ntrailers 0\nheaders\nbody\nstatus 11\nstatus_message \"reset\"\nend"
     );
     assert_eq!(case("unknown_cluster"), "end");
+    assert_eq!(
+        case("grpc_refused"),
+        grpc_close(&format!("{refused}{{upstream_reset_before_response_started{{remote_connection_failure|delayed_connect_error:_Connection_refused}}}}"))
+    );
+    assert_eq!(
+        case("grpc_reset"),
+        grpc_close(&format!(
+            "{reset}{{upstream_reset_before_response_started{{connection_termination}}}}"
+        ))
+    );
+    assert_eq!(
+        case("grpc_timeout"),
+        grpc_close("upstream request timeout{response_timeout}")
+    );
     assert_eq!(
         observed[CASES
             .iter()
