@@ -163,8 +163,8 @@ impl PluginBuilder {
         self
     }
 
-    /// A plugin-wide property (e.g. `["node", "id"]`, `["cluster_name"]`, `["xds", ...]`),
-    /// visible from every context. Stream values set with [`HttpStream::property`] win.
+    /// A plugin-wide property (e.g. `["xds", "node", "id"]`, `["xds", "cluster_name"]`),
+    /// visible from every context (Envoy serves only `plugin_*` and `xds.node` to root contexts). Stream values set with [`HttpStream::property`] win.
     pub fn property(mut self, path: &[&str], value: impl Into<PropertyValue>) -> Self {
         self.settings
             .properties

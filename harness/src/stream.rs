@@ -71,7 +71,7 @@ impl HttpStream {
     }
 
     /// Sets a property of this stream (e.g. `["source", "address"]`, `["connection", "mtls"]`,
-    /// `["upstream", "address"]`, `["route_name"]`, `["metadata", ...]`).
+    /// `["upstream", "address"]`, `["xds", "route_name"]`, `["metadata", ...]`).
     pub fn property(&mut self, path: &[&str], value: impl Into<PropertyValue>) -> &mut Self {
         let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
         let value = value.into();
