@@ -83,12 +83,25 @@ fn wire(request: &HttpRequest) -> Vec<u8> {
     for (name, value) in &request.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    if !request.body.is_empty() && !has("content-length") {
+    let chunked = request.headers.iter().any(|(key, value)| {
+        key.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked")
+    });
+    if !request.body.is_empty() && !chunked && !has("content-length") {
         head.push_str(&format!("content-length: {}\r\n", request.body.len()));
     }
     head.push_str("connection: close\r\n\r\n");
     let mut wire = head.into_bytes();
-    wire.extend_from_slice(&request.body);
+    if chunked {
+        // The whole body as one chunk, then the last chunk.
+        if !request.body.is_empty() {
+            wire.extend_from_slice(format!("{:x}\r\n", request.body.len()).as_bytes());
+            wire.extend_from_slice(&request.body);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+    } else {
+        wire.extend_from_slice(&request.body);
+    }
     wire
 }
 
@@ -255,6 +268,19 @@ mod tests {
         let nothing = read(b"", false);
         assert_eq!(nothing.status, None);
         assert!(!nothing.complete);
+    }
+
+    #[test]
+    fn a_chunked_request_is_one_chunk_and_the_last() {
+        let request = HttpRequest::post("/p", "hello").header("transfer-encoding", "chunked");
+        let text = String::from_utf8(wire(&request)).unwrap();
+        assert!(
+            text.ends_with(
+                "transfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("content-length"), "{text}");
     }
 
     #[test]

@@ -159,6 +159,9 @@ pub struct Exchange {
     /// Repeat `body` this many times (large bodies), at load time.
     #[serde(default)]
     pub body_repeat: Option<usize>,
+    /// Send the body with `transfer-encoding: chunked` (one chunk) instead of `content-length`.
+    #[serde(default)]
+    pub chunked: bool,
     /// What the upstream answers instead of echoing the request (the client's body is then
     /// compared too).
     #[serde(default)]

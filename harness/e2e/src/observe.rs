@@ -160,6 +160,9 @@ pub fn client_request(exchange: &Exchange, request_id: &str) -> HttpRequest {
         .header("host", exchange.host())
         .header(REQUEST_ID_HEADER, request_id)
         .body(exchange.body.as_bytes().to_vec());
+    if exchange.chunked {
+        request = request.header("transfer-encoding", "chunked");
+    }
     for (name, value) in exchange.headers_without_host() {
         request = request.header(name, value);
     }
@@ -176,10 +179,10 @@ pub fn harness_client_request(exchange: &Exchange, request_id: &str) -> ClientRe
     for (name, value) in exchange.headers_without_host() {
         request = request.header(name, value);
     }
-    if exchange.body.is_empty() {
-        request
-    } else {
-        request.body(exchange.body.as_bytes().to_vec())
+    match (exchange.body.is_empty(), exchange.chunked) {
+        (true, _) => request,
+        (false, false) => request.body(exchange.body.as_bytes().to_vec()),
+        (false, true) => request.chunked_body(exchange.body.as_bytes().to_vec()),
     }
 }
 
