@@ -40,6 +40,12 @@
 //!   `grpc-message` with that text, no body, no trailers. Only a reset after the response
 //!   headers (or a response over the async client's buffer limit) reaches the module as zero
 //!   headers with `BrokenConnection` and message `reset`.
+//! - A unary gRPC call that fails the same ways reaches `proxy_on_grpc_close` with status 14
+//!   and the router's text followed by its response code details ([`GrpcReply`]): `upstream
+//!   request timeout{response_timeout}`, `... reset reason: remote connection
+//!   failure{upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}}`,
+//!   `... reset reason: connection
+//!   termination{upstream_reset_before_response_started{connection_termination}}`.
 //! - Envoy adds to a callout's request `x-envoy-internal: true` and, when it has a timeout,
 //!   `x-envoy-expected-rq-timeout-ms` ([`HttpCallout::headers`]); not `x-forwarded-for` (its wasm
 //!   host turns that off). An upstream's response reaches the module with
@@ -119,6 +125,9 @@
 //!   `x-forwarded-for` handling (tests set `source.address`).
 //! - TCP (network filter) streams, the main-thread VM Envoy keeps next to the worker VMs, and
 //!   built-in foreign functions.
+//! - After `proxy_grpc_call` or `proxy_grpc_stream` returned `InternalFailure` for a serialized
+//!   `GrpcService` naming an unknown cluster, Envoy 1.40 still calls `proxy_on_grpc_close` for
+//!   the token it used up (status 14, `Cluster not available`); the harness does not.
 //! - Upstreams behind a callout: the test answers each callout ([`CalloutReply`]); the async
 //!   client's response buffer limit, retries, and Envoy's other router answers (`no healthy
 //!   upstream`, connect timeouts) are not produced by the harness (a test can hand the module
