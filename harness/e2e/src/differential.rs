@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use wasmesh_harness::envoy::{Envoy, EnvoyBuilder, WasmFilter};
-use wasmesh_harness::{Harness, MetricValue, Plugin};
+use wasmesh_harness::{envoy_stat_name, Harness, MetricValue, Plugin};
 
 use crate::corpus::{Corpus, Group, Tokens};
 use crate::observe::{normalize, observe_envoy, observe_harness, Observed};
@@ -326,7 +326,7 @@ fn compare_metrics(envoy: &Envoy, plugin: &Plugin) -> Result<(usize, Vec<Differe
         let differences: Vec<Difference> = expected
             .iter()
             .filter_map(|(name, harness)| {
-                let in_envoy = stats.get(&format!("wasmcustom.{name}")).copied();
+                let in_envoy = stats.get(&envoy_stat_name(name)).copied();
                 (in_envoy != Some(*harness)).then(|| Difference::Metric {
                     name: name.clone(),
                     envoy: in_envoy,
