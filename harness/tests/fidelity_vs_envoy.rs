@@ -131,12 +131,9 @@ fn the_harness_and_envoy_show_the_module_the_same_lifecycle_and_results() {
     denied.complete().unwrap();
     let harness = traced(plugin.logs().into_iter().map(|l| l.message));
 
-    let dir = std::env::temp_dir().join(format!("wasmesh-fidelity-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let wasm = dir.join("tracing.wasm");
-    std::fs::write(&wasm, &bytes).unwrap();
+    let wasm = WasmFile::new("fidelity", &bytes);
     let envoy = EnvoyBuilder::new()
-        .wasm_filter(WasmFilter::new(&wasm))
+        .wasm_filter(WasmFilter::new(&wasm.path))
         .direct_response(200, "ok")
         .start()
         .unwrap();
@@ -190,7 +187,6 @@ fn the_harness_and_envoy_show_the_module_the_same_lifecycle_and_results() {
             "delete 3",
         ]
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Pauses at request headers and resumes from a tick.
@@ -261,12 +257,9 @@ fn pausing_at_headers_holds_the_body_until_resumed_in_both() {
     let harness = traced(plugin.logs().into_iter().map(|l| l.message));
 
     let upstream = envoy::TestServer::echo().unwrap();
-    let dir = std::env::temp_dir().join(format!("wasmesh-fidelity-pause-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let wasm = dir.join("pausing.wasm");
-    std::fs::write(&wasm, &bytes).unwrap();
+    let wasm = WasmFile::new("fidelity-pause", &bytes);
     let envoy = EnvoyBuilder::new()
-        .wasm_filter(WasmFilter::new(&wasm))
+        .wasm_filter(WasmFilter::new(&wasm.path))
         .upstream(upstream.addr())
         .start()
         .unwrap();
@@ -292,7 +285,6 @@ fn pausing_at_headers_holds_the_body_until_resumed_in_both() {
         ]
     );
     assert_eq!(envoy_trace, harness);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Traps in request headers when the request carries `x-crash`.
@@ -315,10 +307,7 @@ fn a_crashed_vm_fails_closed_open_or_reloads_in_both() {
         return;
     }
     let bytes = wat::parse_str(crashing_module()).unwrap();
-    let dir = std::env::temp_dir().join(format!("wasmesh-fidelity-crash-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let wasm = dir.join("crashing.wasm");
-    std::fs::write(&wasm, &bytes).unwrap();
+    let wasm = WasmFile::new("fidelity-crash", &bytes);
     for (harness_policy, envoy_policy) in [
         (
             wasmesh_harness::FailurePolicy::FailClosed,
@@ -354,7 +343,7 @@ fn a_crashed_vm_fails_closed_open_or_reloads_in_both() {
             .collect();
 
         let envoy = EnvoyBuilder::new()
-            .wasm_filter(WasmFilter::new(&wasm).failure_policy(envoy_policy))
+            .wasm_filter(WasmFilter::new(&wasm.path).failure_policy(envoy_policy))
             .direct_response(200, "ok")
             .start()
             .unwrap();
@@ -376,7 +365,6 @@ fn a_crashed_vm_fails_closed_open_or_reloads_in_both() {
         .collect();
         assert_eq!(harness_results, envoy_results, "{harness_policy:?}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Writes an empty shared-data value and reads it back: what the module gets (status, pointer,
@@ -450,12 +438,9 @@ fn an_empty_shared_value_comes_back_as_a_null_pointer_with_its_cas_token_in_both
         ]
     );
 
-    let dir = std::env::temp_dir().join(format!("wasmesh-fidelity-empty-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let wasm = dir.join("empty.wasm");
-    std::fs::write(&wasm, &bytes).unwrap();
+    let wasm = WasmFile::new("fidelity-empty", &bytes);
     let envoy = EnvoyBuilder::new()
-        .wasm_filter(WasmFilter::new(&wasm))
+        .wasm_filter(WasmFilter::new(&wasm.path))
         .direct_response(200, "ok")
         .start()
         .unwrap();
@@ -469,7 +454,6 @@ fn an_empty_shared_value_comes_back_as_a_null_pointer_with_its_cas_token_in_both
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(envoy_trace, harness);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Defines a counter, a gauge and a histogram and records each once per request.
@@ -500,12 +484,9 @@ fn metric_names_are_filed_as_envoy_files_them() {
         return;
     }
     let bytes = wat::parse_str(metrics_module()).unwrap();
-    let dir = std::env::temp_dir().join(format!("wasmesh-fidelity-metrics-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let wasm = dir.join("metrics.wasm");
-    std::fs::write(&wasm, &bytes).unwrap();
+    let wasm = WasmFile::new("fidelity-metrics", &bytes);
     let envoy = EnvoyBuilder::new()
-        .wasm_filter(WasmFilter::new(&wasm))
+        .wasm_filter(WasmFilter::new(&wasm.path))
         .direct_response(200, "ok")
         .start()
         .unwrap();
@@ -542,5 +523,4 @@ fn metric_names_are_filed_as_envoy_files_them() {
         "wasmcustom.probe.in_flight"
     );
     assert_eq!(prometheus_name("probe.in_flight"), "probe_in_flight");
-    let _ = std::fs::remove_dir_all(&dir);
 }

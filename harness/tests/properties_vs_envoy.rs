@@ -382,15 +382,12 @@ fn every_documented_property_reads_as_in_envoy_at_every_phase() {
     let upstream =
         TestServer::start(|_| envoy::HttpResponse::new(200, "hello").with_header("x-up", "1"))
             .unwrap();
-    let dir = std::env::temp_dir().join(format!("wasmesh-properties-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let wasm = dir.join("probe.wasm");
-    std::fs::write(&wasm, &bytes).unwrap();
+    let wasm = WasmFile::new("properties", &bytes);
     let mut bootstrap = bootstrap(upstream.addr());
     let filename = &mut bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]
         ["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]["config"]["vm_config"]
         ["code"]["local"]["filename"];
-    *filename = json!(wasm.display().to_string());
+    *filename = json!(wasm.path.display().to_string());
     let envoy = EnvoyBuilder::new()
         .start_with_bootstrap(&bootstrap.to_string(), BootstrapFormat::Json)
         .unwrap();
@@ -480,7 +477,6 @@ fn every_documented_property_reads_as_in_envoy_at_every_phase() {
         harness_view.len(),
         differences.join("\n")
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A harness stream with the route, cluster and peer addresses Envoy showed in `seen`.

@@ -530,17 +530,14 @@ fn streams_are_presented_limited_and_ended_as_in_envoy() {
         return;
     }
     let bytes = wat::parse_str(probe_module()).unwrap();
-    let dir = std::env::temp_dir().join(format!("wasmesh-stream-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let wasm = dir.join("probe.wasm");
-    std::fs::write(&wasm, &bytes).unwrap();
+    let wasm = WasmFile::new("stream", &bytes);
     let upstream = TestServer::start(|request| {
         let size: usize = request.header("x-upstream-bytes").unwrap().parse().unwrap();
         HttpResponse::new(200, vec![b'a'; size]).with_header("content-type", "text/plain")
     })
     .unwrap();
     let envoy = EnvoyBuilder::new()
-        .wasm_filter(WasmFilter::new(&wasm))
+        .wasm_filter(WasmFilter::new(&wasm.path))
         .upstream(upstream.addr())
         .start()
         .unwrap();
@@ -578,5 +575,4 @@ fn streams_are_presented_limited_and_ended_as_in_envoy() {
         stats.get("http.ingress_http.downstream_rq_too_large"),
         Some(&1)
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

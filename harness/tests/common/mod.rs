@@ -200,3 +200,27 @@ pub fn ptr(arg: &str) -> String {
         None => arg.to_string(),
     }
 }
+
+/// A module's bytes written to a file of its own for Envoy to load; the file goes when this
+/// value is dropped.
+pub struct WasmFile {
+    pub path: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl WasmFile {
+    /// Writes `bytes` as `<name>.wasm` in a fresh directory named after the test process.
+    pub fn new(name: &str, bytes: &[u8]) -> Self {
+        let dir = std::env::temp_dir().join(format!("wasmesh-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.wasm"));
+        std::fs::write(&path, bytes).unwrap();
+        WasmFile { path, dir }
+    }
+}
+
+impl Drop for WasmFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
