@@ -56,7 +56,10 @@
 //!   `proxy_grpc_stream` return `ParseFailure` for a cluster name, and `InternalFailure` for a
 //!   serialized `GrpcService`, which uses up a token. Without declared clusters every name
 //!   exists.
-//! - WASI during `_initialize`/`_start` (`tests/wasi_vs_envoy.rs`): Envoy 1.40 refuses
+//! - WASI (`tests/wasi_vs_envoy.rs`): every preview1 function Envoy 1.40 provides answers as
+//!   there (all but `path_link`, `path_symlink` and `proc_raise`, whose import makes a module
+//!   fail to load in both; most file and socket functions answer `ENOTSUP` or `ENOSYS`).
+//!   During `_initialize`/`_start` Envoy 1.40 refuses
 //!   `fd_read`, `fd_seek`, `fd_close`, `path_open`, `sched_yield` and `proc_exit` (the module
 //!   traps with `restricted_callback` and does not load) and answers every other WASI function
 //!   as it does per request: `fd_fdstat_get` is `0` for stdout and stderr and `EBADF` for other

@@ -249,6 +249,9 @@ fn cases() -> Vec<Case> {
             ..case("proc_exit", "proc_exit", "i32", "(i32.const 0)")
         },
     ]
+    .into_iter()
+    .chain(more_cases())
+    .collect()
 }
 
 /// A module that makes the call of `case` from `_initialize` (when `at_start`) and from every
@@ -542,6 +545,29 @@ const ENVOY_1_40: &[(&str, bool, &str)] = &[
     ),
     // 999: the call returned (the module's libc would then trap on its own).
     ("proc_exit", false, "rc=999 mem="),
+    ("fd_advise", true, "rc=0 mem="),
+    ("fd_allocate", true, "rc=0 mem="),
+    ("fd_datasync", true, "rc=0 mem="),
+    ("fd_fdstat_set_rights", true, "rc=0 mem="),
+    ("fd_filestat_set_size", true, "rc=0 mem="),
+    ("fd_filestat_set_times", true, "rc=0 mem="),
+    ("fd_pread", true, "rc=52 mem="),
+    // Logged like fd_write (checked by hand in Envoy's log).
+    ("fd_pwrite", true, "rc=0 mem=04000000"),
+    ("fd_readdir", true, "rc=20 mem=aaaaaaaa00000000"),
+    ("fd_renumber", true, "rc=8 mem="),
+    ("fd_sync", true, "rc=0 mem="),
+    ("fd_tell", true, "rc=0 mem=0000000000000000"),
+    ("path_create_directory", true, "rc=58 mem="),
+    ("path_filestat_set_times", true, "rc=58 mem="),
+    ("path_readlink", true, "rc=58 mem=aaaaaaaaaaaaaaaa00000000"),
+    ("path_remove_directory", true, "rc=58 mem="),
+    ("path_rename", true, "rc=58 mem="),
+    ("path_unlink_file", true, "rc=58 mem="),
+    ("sock_accept", true, "rc=58 mem=0000000000000000"),
+    ("sock_recv", true, "rc=58 mem=000000000000"),
+    ("sock_send", true, "rc=58 mem=00000000"),
+    ("sock_shutdown", true, "rc=58 mem="),
 ];
 
 /// The same table without Envoy, so that `WASMESH_SKIP_ENVOY=1` still checks the harness.
@@ -564,4 +590,75 @@ fn the_harness_answers_every_wasi_function_as_envoy_1_40_did() {
         let request_lines: Vec<String> = outcome.request.iter().map(|l| compact(l)).collect();
         assert_eq!(request_lines, [request.to_string()], "{name} per request");
     }
+}
+
+/// The rest of WASI preview1 that Envoy 1.40 provides.
+fn more_cases() -> Vec<Case> {
+    vec![
+        case("fd_advise", "fd_advise", "i32 i64 i64 i32", "(i32.const 1) (i64.const 0) (i64.const 0) (i32.const 0)"),
+        case("fd_allocate", "fd_allocate", "i32 i64 i64", "(i32.const 1) (i64.const 0) (i64.const 0)"),
+        case("fd_datasync", "fd_datasync", "i32", "(i32.const 1)"),
+        case("fd_fdstat_set_rights", "fd_fdstat_set_rights", "i32 i64 i64", "(i32.const 1) (i64.const 0) (i64.const 0)"),
+        case("fd_filestat_set_size", "fd_filestat_set_size", "i32 i64", "(i32.const 1) (i64.const 0)"),
+        case("fd_filestat_set_times", "fd_filestat_set_times", "i32 i64 i64 i32", "(i32.const 1) (i64.const 0) (i64.const 0) (i32.const 0)"),
+        case("fd_pread", "fd_pread", "i32 i32 i32 i64 i32", "(i32.const 0) (i32.const 8456) (i32.const 1) (i64.const 0) (i32.const 8192)"),
+        case("fd_pwrite", "fd_pwrite", "i32 i32 i32 i64 i32", "(i32.const 1) (i32.const 8448) (i32.const 1) (i64.const 0) (i32.const 8192)"),
+        case("fd_readdir", "fd_readdir", "i32 i32 i32 i64 i32", "(i32.const 3) (i32.const 8192) (i32.const 8) (i64.const 0) (i32.const 8196)"),
+        case("fd_renumber", "fd_renumber", "i32 i32", "(i32.const 1) (i32.const 5)"),
+        case("fd_sync", "fd_sync", "i32", "(i32.const 1)"),
+        case("fd_tell", "fd_tell", "i32 i32", "(i32.const 1) (i32.const 8192)"),
+        case("path_create_directory", "path_create_directory", "i32 i32 i32", "(i32.const 3) (i32.const 8320) (i32.const 4)"),
+        case("path_filestat_set_times", "path_filestat_set_times", "i32 i32 i32 i32 i64 i64 i32", "(i32.const 3) (i32.const 0) (i32.const 8320) (i32.const 4) (i64.const 0) (i64.const 0) (i32.const 0)"),
+        case("path_readlink", "path_readlink", "i32 i32 i32 i32 i32 i32", "(i32.const 3) (i32.const 8320) (i32.const 4) (i32.const 8192) (i32.const 8) (i32.const 8200)"),
+        case("path_remove_directory", "path_remove_directory", "i32 i32 i32", "(i32.const 3) (i32.const 8320) (i32.const 4)"),
+        case("path_rename", "path_rename", "i32 i32 i32 i32 i32 i32", "(i32.const 3) (i32.const 8320) (i32.const 4) (i32.const 3) (i32.const 8320) (i32.const 4)"),
+        case("path_unlink_file", "path_unlink_file", "i32 i32 i32", "(i32.const 3) (i32.const 8320) (i32.const 4)"),
+        case("sock_accept", "sock_accept", "i32 i32 i32", "(i32.const 3) (i32.const 0) (i32.const 8192)"),
+        case("sock_recv", "sock_recv", "i32 i32 i32 i32 i32 i32", "(i32.const 3) (i32.const 8456) (i32.const 1) (i32.const 0) (i32.const 8192) (i32.const 8196)"),
+        case("sock_send", "sock_send", "i32 i32 i32 i32 i32", "(i32.const 3) (i32.const 8448) (i32.const 1) (i32.const 0) (i32.const 8192)"),
+        case("sock_shutdown", "sock_shutdown", "i32 i32", "(i32.const 3) (i32.const 0)"),
+    ]
+}
+
+/// WASI functions Envoy 1.40 does not provide: a module importing one does not load, in Envoy
+/// (the plugin fails and Envoy exits) nor in the harness.
+#[test]
+fn a_module_importing_wasi_functions_envoy_lacks_loads_in_neither() {
+    if envoy::skip_requested() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("wasmesh-wasi-lacking-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for case in [
+        case(
+            "path_link",
+            "path_link",
+            "i32 i32 i32 i32 i32 i32 i32",
+            "(i32.const 3) (i32.const 0) (i32.const 8320) (i32.const 4) (i32.const 3) (i32.const 8320) (i32.const 4)",
+        ),
+        case(
+            "path_symlink",
+            "path_symlink",
+            "i32 i32 i32 i32 i32",
+            "(i32.const 8320) (i32.const 4) (i32.const 3) (i32.const 8320) (i32.const 4)",
+        ),
+        case("proc_raise", "proc_raise", "i32", "(i32.const 1)"),
+    ] {
+        let bytes = wat::parse_str(probe_module(&case, false)).unwrap();
+        let harness = Harness::from_bytes(&bytes).and_then(|b| b.start().map(|_| ()));
+        let error = harness.err().unwrap().to_string();
+        assert!(error.contains(case.function), "{error}");
+        let path = dir.join(format!("{}.wasm", case.name));
+        std::fs::write(&path, &bytes).unwrap();
+        let started = EnvoyBuilder::new()
+            .wasm_filter(WasmFilter::new(&path))
+            .direct_response(200, "ok")
+            .start();
+        assert!(
+            matches!(started, Err(EnvoyError::Exited { .. })),
+            "{}: {started:?}",
+            case.name
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
