@@ -354,10 +354,22 @@ pub struct CalloutOutput {
     pub answer: &'static str,
 }
 
+/// A metric: its value, and the names Envoy shows it under.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct MetricOutput {
+    /// The value.
+    #[serde(flatten)]
+    pub value: MetricValueOutput,
+    /// The name in Envoy's admin `/stats` (`wasmcustom.<name>`).
+    pub envoy_stat: String,
+    /// The name in Envoy's Prometheus output (`/stats/prometheus`).
+    pub prometheus: String,
+}
+
 /// A metric value.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum MetricOutput {
+pub enum MetricValueOutput {
     /// A counter.
     Counter {
         /// Its value.

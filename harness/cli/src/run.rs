@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use wasmesh_harness::{
-    Action, CalloutReply, FailurePolicy, Harness, HarnessError, HttpCallout, HttpStream, LogLevel,
-    MetricValue, Outcome, Plugin, PropertyValue, StreamState,
+    envoy_stat_name, prometheus_name, Action, CalloutReply, FailurePolicy, Harness, HarnessError,
+    HttpCallout, HttpStream, LogLevel, MetricValue, Outcome, Plugin, PropertyValue, StreamState,
 };
 
 use crate::exchange::{
     to_pretty_json, CalloutFailure, CalloutMock, CalloutOutput, ExchangeInput, ExchangeOutput,
-    Headers, LocalReplyOutput, LogOutput, MessageInput, MessageOutput, MetricOutput, PhaseOutput,
-    PropertyValueInput, VmFailureOutput, FORMAT_VERSION,
+    Headers, LocalReplyOutput, LogOutput, MessageInput, MessageOutput, MetricOutput,
+    MetricValueOutput, PhaseOutput, PropertyValueInput, VmFailureOutput, FORMAT_VERSION,
 };
 use crate::start_time::StartTime;
 
@@ -511,11 +511,16 @@ fn metrics(plugin: &Plugin) -> BTreeMap<String, MetricOutput> {
         .into_iter()
         .map(|(name, value)| {
             let value = match value {
-                MetricValue::Counter(value) => MetricOutput::Counter { value },
-                MetricValue::Gauge(value) => MetricOutput::Gauge { value },
-                MetricValue::Histogram(values) => MetricOutput::Histogram { values },
+                MetricValue::Counter(value) => MetricValueOutput::Counter { value },
+                MetricValue::Gauge(value) => MetricValueOutput::Gauge { value },
+                MetricValue::Histogram(values) => MetricValueOutput::Histogram { values },
             };
-            (name, value)
+            let output = MetricOutput {
+                value,
+                envoy_stat: envoy_stat_name(&name),
+                prometheus: prometheus_name(&name),
+            };
+            (name, output)
         })
         .collect()
 }

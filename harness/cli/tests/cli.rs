@@ -108,7 +108,12 @@ fn the_sample_request_is_denied_with_the_configured_reply() {
     assert_eq!(header(&reply["headers"], ":status"), Some("403"));
     assert_eq!(
         report["metrics"]["header_filter.denied"],
-        json!({ "type": "counter", "value": 1 })
+        json!({
+            "type": "counter",
+            "value": 1,
+            "envoy_stat": "wasmcustom.header_filter.denied",
+            "prometheus": "header_filter_denied"
+        })
     );
     assert_eq!(report["metrics"]["header_filter.allowed"]["value"], 0);
 }
