@@ -557,12 +557,9 @@ fn callout_answers_and_failures_reach_the_module_as_in_envoy() {
         return;
     }
     let bytes = wat::parse_str(callout_module()).unwrap();
-    let dir = std::env::temp_dir().join(format!("wasmesh-callouts-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let wasm = dir.join("callouts.wasm");
-    std::fs::write(&wasm, &bytes).unwrap();
-    let envoy = run_envoy(&wasm);
-    let _ = std::fs::remove_dir_all(&dir);
+    let wasm = WasmFile::new("callouts", &bytes);
+    let envoy = run_envoy(&wasm.path);
+    drop(wasm);
     let (harness, harness_requests) = run_harness(&bytes);
 
     let mut mismatches = Vec::new();
