@@ -478,7 +478,7 @@ pub fn require_wasm_opt() -> Result<PathBuf, BuildError> {
 }
 
 /// Finds an executable by name in the directories of `PATH`.
-pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))

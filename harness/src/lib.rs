@@ -177,7 +177,6 @@
 //! ```
 
 pub mod build;
-pub mod envoy;
 
 mod callouts;
 pub mod client;

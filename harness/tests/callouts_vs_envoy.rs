@@ -17,8 +17,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use wasmesh_harness::envoy::{
-    self, Cluster, EnvoyBuilder, HttpRequest, HttpResponse, TestServer, WasmFilter,
+use wasmesh_envoy::{
+    self as envoy, Cluster, EnvoyBuilder, HttpRequest, HttpResponse, TestServer, WasmFilter,
 };
 use wasmesh_harness::{CalloutReply, GrpcReply, Harness, HttpCallout};
 

@@ -10,8 +10,8 @@
 
 use std::path::PathBuf;
 
-use wasmesh_harness::envoy::{
-    self, Cluster, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse, ReceivedRequest,
+use wasmesh_envoy::{
+    self as envoy, Cluster, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse, ReceivedRequest,
     TestServer, WasmFilter,
 };
 

@@ -12,7 +12,7 @@
 
 mod common;
 use common::*;
-use wasmesh_harness::envoy::{self, EnvoyBuilder, HttpRequest, WasmFilter};
+use wasmesh_envoy::{self as envoy, EnvoyBuilder, HttpRequest, WasmFilter};
 use wasmesh_harness::{envoy_stat_name, prometheus_name, Harness};
 
 /// Logs every callback as `FID <name> <args>`.

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use common::*;
 use serde_json::json;
-use wasmesh_harness::envoy::{self, BootstrapFormat, EnvoyBuilder, HttpRequest, TestServer};
+use wasmesh_envoy::{self as envoy, BootstrapFormat, EnvoyBuilder, HttpRequest, TestServer};
 use wasmesh_harness::{headermap, Harness, HttpStream, PropertyValue};
 
 const WASM_NS: &str = "envoy.filters.http.wasm";

@@ -14,7 +14,7 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
-use wasmesh_harness::envoy::{self, EnvoyBuilder, HttpResponse, TestServer, WasmFilter};
+use wasmesh_envoy::{self as envoy, EnvoyBuilder, HttpResponse, TestServer, WasmFilter};
 use wasmesh_harness::{ClientRequest, Harness, HttpStream, Plugin, StreamState, UpstreamResponse};
 
 /// Behaviours chosen per request by headers; each callback logs what it saw as `FID ...`.

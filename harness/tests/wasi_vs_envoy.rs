@@ -15,7 +15,7 @@ mod common;
 use std::sync::Mutex;
 
 use common::*;
-use wasmesh_harness::envoy::{self, EnvoyBuilder, EnvoyError, HttpRequest, WasmFilter};
+use wasmesh_envoy::{self as envoy, EnvoyBuilder, EnvoyError, HttpRequest, WasmFilter};
 use wasmesh_harness::Harness;
 
 /// Where the host writes (dumped after each call).

@@ -453,7 +453,7 @@ fn target_installed(sysroot: &Path) -> bool {
         .is_dir()
 }
 
-/// `WASMESH_SKIP_ENVOY` as the tests read it (`wasmesh_harness::envoy::skip_requested`).
+/// `WASMESH_SKIP_ENVOY` as the tests read it (`wasmesh_envoy::skip_requested`).
 fn skip_envoy_requested(value: Option<&OsStr>) -> bool {
     value.is_some_and(|value| value == "1" || value == "true")
 }

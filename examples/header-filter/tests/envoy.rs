@@ -11,8 +11,8 @@
 mod common;
 
 use common::{cases, run_in_harness, sample_config, start_in_harness, Case, Verdict};
-use wasmesh_harness::envoy::{
-    self, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse, ReceivedRequest,
+use wasmesh_envoy::{
+    self as envoy, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse, ReceivedRequest,
     ShippedBootstrap, ShippedExample, TestServer, WasmFilter,
 };
 

@@ -19,8 +19,8 @@ use common::{
     cases, request_headers, run_in_harness, sample_config, send_in_harness, start_in_harness,
     verdict_in_harness, Verdict, HEADER_CONTROLLED,
 };
-use wasmesh_harness::envoy::{
-    self, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse, ShippedBootstrap,
+use wasmesh_envoy::{
+    self as envoy, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse, ShippedBootstrap,
     ShippedExample, TestServer, WasmFilter,
 };
 use wasmesh_harness::{Harness, StreamState};

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::burst::{burst, connections_per_worker, Reply};
-use wasmesh_harness::envoy::{self, Envoy, EnvoyBuilder, WasmFilter};
+use wasmesh_envoy::{self as envoy, Envoy, EnvoyBuilder, WasmFilter};
 
 const WORKERS: u32 = 4;
 const ROUNDS: usize = 40;

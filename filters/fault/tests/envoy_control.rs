@@ -15,8 +15,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{request_headers, send_in_harness, verdict_in_harness, Verdict};
-use wasmesh_harness::envoy::{
-    self, Cluster, Envoy, EnvoyBuilder, HttpRequest, HttpResponse, TestServer, WasmFilter,
+use wasmesh_envoy::{
+    self as envoy, Cluster, Envoy, EnvoyBuilder, HttpRequest, HttpResponse, TestServer, WasmFilter,
 };
 use wasmesh_harness::{CalloutReply, Harness};
 

@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use wasmesh_harness::envoy::{self, Envoy, EnvoyBuilder, HttpRequest, TestServer, WasmFilter};
+use wasmesh_envoy::{self as envoy, Envoy, EnvoyBuilder, HttpRequest, TestServer, WasmFilter};
 
 const WAIT: Duration = Duration::from_secs(30);
 

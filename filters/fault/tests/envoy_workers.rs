@@ -13,7 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::HEADER_CONTROLLED;
-use wasmesh_harness::envoy::{self, EnvoyBuilder, HttpRequest, TestServer, WasmFilter};
+use wasmesh_envoy::{self as envoy, EnvoyBuilder, HttpRequest, TestServer, WasmFilter};
 
 const WAIT: Duration = Duration::from_secs(20);
 

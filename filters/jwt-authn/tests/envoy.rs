@@ -18,9 +18,9 @@ use common::{
     status_of, token, wasm, Case, Verdict, HOST, JWKS_CLUSTER,
 };
 use serde_json::{json, Value};
-use wasmesh_harness::envoy::{
-    self, Cluster, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse, ReceivedRequest,
-    ShippedBootstrap, ShippedExample, TestServer, WasmFilter,
+use wasmesh_envoy::{
+    self as envoy, Cluster, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse,
+    ReceivedRequest, ShippedBootstrap, ShippedExample, TestServer, WasmFilter,
 };
 use wasmesh_jwt_authn::config::TYPE_URL;
 

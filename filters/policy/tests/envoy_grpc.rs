@@ -13,7 +13,7 @@ mod common;
 use common::envoy::{grpc_service, run_in_envoy};
 use common::{builder, cases, grpc_config, run_in_harness, Case, Verdict};
 use prost::Message;
-use wasmesh_harness::envoy::{self, Cluster, EnvoyBuilder, TestServer, WasmFilter};
+use wasmesh_envoy::{self as envoy, Cluster, EnvoyBuilder, TestServer, WasmFilter};
 use wasmesh_policy::proto;
 
 fn body_cases() -> Vec<Case> {

@@ -13,9 +13,9 @@ mod common;
 
 use common::envoy::{http_service, run_in_envoy, verdict_of, Gate};
 use common::{cases, run_in_harness, sample_config, start_in_harness};
-use wasmesh_harness::envoy::{
-    self, Cluster, EnvoyBuilder, HttpRequest, ShippedBootstrap, ShippedExample, TestServer,
-    WasmFilter,
+use wasmesh_envoy::{
+    self as envoy, Cluster, EnvoyBuilder, HttpRequest, ShippedBootstrap, ShippedExample,
+    TestServer, WasmFilter,
 };
 
 #[test]

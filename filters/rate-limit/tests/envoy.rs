@@ -13,8 +13,8 @@ mod common;
 use std::sync::Arc;
 
 use common::{run_in_harness, sample_cases, sample_config, start, Verdict, VERDICT_HEADERS};
-use wasmesh_harness::envoy::{
-    self, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse, ShippedBootstrap,
+use wasmesh_envoy::{
+    self as envoy, Envoy, EnvoyBuilder, EnvoyError, HttpRequest, HttpResponse, ShippedBootstrap,
     ShippedExample, TestServer, WasmFilter,
 };
 use wasmesh_harness::MetricValue;

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use common::burst::{burst, connections_per_worker};
-use wasmesh_harness::envoy::{self, EnvoyBuilder, WasmFilter};
+use wasmesh_envoy::{self as envoy, EnvoyBuilder, WasmFilter};
 
 const WORKERS: u32 = 4;
 const ROUNDS: usize = 30;

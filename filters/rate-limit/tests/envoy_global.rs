@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::rls::{self, RateLimitRequest, RateLimitResponse};
 use prost::Message;
-use wasmesh_harness::envoy::{
-    self, Cluster, EnvoyBuilder, GrpcAnswer, GrpcTestServer, HttpRequest, ReceivedRequest,
+use wasmesh_envoy::{
+    self as envoy, Cluster, EnvoyBuilder, GrpcAnswer, GrpcTestServer, HttpRequest, ReceivedRequest,
     TestServer, WasmFilter,
 };
 use wasmesh_harness::{GrpcReply, MetricValue, Plugin};

@@ -12,7 +12,7 @@
 mod common;
 
 use serde_json::{json, Value};
-use wasmesh_harness::envoy::{self, EnvoyBuilder, HttpRequest, TestServer, WasmFilter};
+use wasmesh_envoy::{self as envoy, EnvoyBuilder, HttpRequest, TestServer, WasmFilter};
 
 const CONFIG: &str = r#"{
   "stat_prefix": "per_user",

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use common::rls::{self, RateLimitResponse};
 use prost::Message;
 use serde_json::{json, Value};
-use wasmesh_harness::envoy::{
-    self, Cluster, Envoy, EnvoyBuilder, GrpcAnswer, GrpcTestServer, HttpRequest, HttpResponse,
-    TestServer, WasmFilter,
+use wasmesh_envoy::{
+    self as envoy, Cluster, Envoy, EnvoyBuilder, GrpcAnswer, GrpcTestServer, HttpRequest,
+    HttpResponse, TestServer, WasmFilter,
 };
 
 const ENVOY_WORKERS: u32 = 4;

@@ -19,8 +19,8 @@ use common::{
     cases, jwt_vectors, run_in_harness, sample_config, start_in_harness, JwtVectors, Verdict,
 };
 use serde_json::{json, Value};
-use wasmesh_harness::envoy::{
-    self, Envoy, EnvoyBuilder, HttpRequest, ShippedBootstrap, ShippedExample, TestServer,
+use wasmesh_envoy::{
+    self as envoy, Envoy, EnvoyBuilder, HttpRequest, ShippedBootstrap, ShippedExample, TestServer,
 };
 
 /// Envoy with jwt_authn and the native RBAC filter, with the connection manager normalizing

@@ -15,7 +15,7 @@ use common::{
     istio_bypass_controls, istio_bypass_corpus, istio_cases, istio_config, jwt_vectors,
     run_in_harness, start_in_harness, Verdict,
 };
-use wasmesh_harness::envoy::{self, TestServer};
+use wasmesh_envoy::{self as envoy, TestServer};
 
 #[test]
 fn istio_policies_in_envoy_agree_with_the_harness_and_resist_the_bypass_corpus() {

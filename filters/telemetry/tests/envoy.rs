@@ -19,9 +19,9 @@ use common::{
     trace_headers, upstream_answer, workload, Exchange, AUTHORITY,
 };
 use serde_json::{json, Value};
-use wasmesh_harness::envoy::{
-    self, BootstrapFormat, Cluster, Envoy, EnvoyBuilder, HttpRequest, HttpResponse, TestServer,
-    WasmFilter,
+use wasmesh_envoy::{
+    self as envoy, BootstrapFormat, Cluster, Envoy, EnvoyBuilder, HttpRequest, HttpResponse,
+    TestServer, WasmFilter,
 };
 use wasmesh_telemetry::peer::{decode_peer_header, PEER_METADATA_HEADER};
 use wasmesh_telemetry::prometheus::{self, Exposition};

@@ -12,7 +12,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::sample_config;
-use wasmesh_harness::envoy::{self, HttpRequest, ShippedBootstrap, ShippedExample, TestServer};
+use wasmesh_envoy::{self as envoy, HttpRequest, ShippedBootstrap, ShippedExample, TestServer};
 use wasmesh_telemetry::config::Config;
 use wasmesh_telemetry::prometheus;
 use wasmesh_telemetry::stats::tag_regex;

@@ -1,6 +1,6 @@
 //! `wasmesh envoy-config`: a ready-to-run Envoy bootstrap for one filter and its configuration.
 //!
-//! The bootstrap is the one `wasmesh_harness::envoy::EnvoyBuilder` generates for the end-to-end
+//! The bootstrap is the one `wasmesh_envoy::EnvoyBuilder` generates for the end-to-end
 //! tests (listener, HTTP connection manager, `envoy.filters.http.wasm` with the V8 runtime, the
 //! router), so what the tests run is what users deploy. Only what differs between a test and a
 //! deployment is changed afterwards: fixed listener and admin addresses instead of port 0,
@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
+use wasmesh_envoy::{Cluster, EnvoyBuilder, FailurePolicy, WasmFilter};
 use wasmesh_harness::build::sha256_hex;
-use wasmesh_harness::envoy::{Cluster, EnvoyBuilder, FailurePolicy, WasmFilter};
 
 use crate::filters::{self, FilterInfo};
 use crate::oci;
@@ -337,7 +337,7 @@ fn socket_address(host: &str, port: u16) -> Value {
 }
 
 /// Sets field `key` of the object at JSON pointer `parent` (`""`: `document` itself). The
-/// documents changed here come from `wasmesh_harness::envoy`, so the object is there; were it
+/// documents changed here come from `wasmesh_envoy`, so the object is there; were it
 /// not, this is an error where `document[..][key] = value` would panic.
 fn set_field(document: &mut Value, parent: &str, key: &str, value: Value) -> Result<()> {
     let object = document

@@ -100,7 +100,7 @@ pub(crate) enum FailurePolicyArg {
     Reload,
 }
 
-impl From<FailurePolicyArg> for wasmesh_harness::envoy::FailurePolicy {
+impl From<FailurePolicyArg> for wasmesh_envoy::FailurePolicy {
     fn from(policy: FailurePolicyArg) -> Self {
         match policy {
             FailurePolicyArg::Closed => Self::FailClosed,

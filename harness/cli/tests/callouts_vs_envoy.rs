@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{json, Value};
-use wasmesh_harness::envoy::{self, Cluster, EnvoyBuilder, HttpRequest, WasmFilter};
+use wasmesh_envoy::{self as envoy, Cluster, EnvoyBuilder, HttpRequest, WasmFilter};
 use wasmesh_harness::headermap;
 
 /// WAT data-section text for `bytes`.

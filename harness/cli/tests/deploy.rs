@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 
 use common::{failed, scratch_dir, stderr, succeeded, test_module_file, wasmesh, workspace_root};
 use serde_json::Value;
-use wasmesh_harness::build::sha256_hex;
-use wasmesh_harness::envoy::{
-    self, BootstrapFormat, EnvoyBuilder, HttpRequest, HttpResponse, TestServer,
+use wasmesh_envoy::{
+    self as envoy, BootstrapFormat, EnvoyBuilder, HttpRequest, HttpResponse, TestServer,
 };
+use wasmesh_harness::build::sha256_hex;
 use yaml_rust2::{Yaml, YamlLoader};
 
 const FILTERS: &[&str] = &[

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use common::{failed, scratch_dir, succeeded, test_module_file, wasmesh, Registry};
 use serde_json::Value;
-use wasmesh_harness::envoy::{send, HttpRequest};
+use wasmesh_envoy::{send, HttpRequest};
 
 fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();

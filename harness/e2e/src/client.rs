@@ -1,7 +1,7 @@
 //! The corpus's HTTP/1.1 client: one request per connection, telling an answered request from a
 //! reset stream.
 //!
-//! `wasmesh_harness::envoy::send` treats a connection closed mid-response as an I/O error. Here it
+//! `wasmesh_envoy::send` treats a connection closed mid-response as an I/O error. Here it
 //! is a result: Envoy resets a stream whose response headers already went downstream (a filter
 //! that fails or replies late, a response over the buffer limit) by closing the connection, and
 //! the client then holds a status and headers but no complete body. The request body is written
@@ -11,7 +11,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use wasmesh_harness::envoy::{HttpRequest, RESPONSE_CODE_DETAILS_HEADER, SOCKET_TIMEOUT};
+use wasmesh_envoy::{HttpRequest, RESPONSE_CODE_DETAILS_HEADER, SOCKET_TIMEOUT};
 
 use crate::E2eError;
 
@@ -46,7 +46,7 @@ impl ClientResponse {
 /// Sends `request` (with `connection: close`) and reads the response, or what arrived of it.
 pub fn send(address: SocketAddr, request: &HttpRequest) -> Result<ClientResponse, E2eError> {
     let context = |error: io::Error| {
-        E2eError::Envoy(wasmesh_harness::envoy::EnvoyError::Io {
+        E2eError::Envoy(wasmesh_envoy::EnvoyError::Io {
             context: format!("HTTP {} {} to {address}", request.method, request.path),
             source: error,
         })

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 use serde_json::Value;
-use wasmesh_harness::envoy::FailurePolicy;
+use wasmesh_envoy::FailurePolicy;
 
 use crate::E2eError;
 

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use wasmesh_harness::envoy::{Envoy, EnvoyBuilder, WasmFilter};
+use wasmesh_envoy::{Envoy, EnvoyBuilder, WasmFilter};
 use wasmesh_harness::{envoy_stat_name, Harness, MetricValue, Plugin};
 
 use crate::corpus::{Corpus, Group, Tokens};

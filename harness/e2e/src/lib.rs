@@ -30,8 +30,8 @@ pub mod services;
 
 use std::path::PathBuf;
 
+use wasmesh_envoy::EnvoyError;
 use wasmesh_harness::build::BuildError;
-use wasmesh_harness::envoy::EnvoyError;
 use wasmesh_harness::HarnessError;
 
 /// Everything that can stop a corpus run or a benchmark (as opposed to a difference between the

@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
+use wasmesh_envoy::{Envoy, HttpRequest, ReceivedRequest, RESPONSE_CODE_DETAILS_HEADER};
 use wasmesh_harness::build::sha256_hex;
-use wasmesh_harness::envoy::{Envoy, HttpRequest, ReceivedRequest, RESPONSE_CODE_DETAILS_HEADER};
 use wasmesh_harness::{
     ClientRequest, HarnessError, HttpStream, LocalReply, Plugin, StreamState, UpstreamResponse,
 };

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use wasmesh_harness::envoy::{Cluster, EnvoyError, HttpResponse, ReceivedRequest, TestServer};
+use wasmesh_envoy::{Cluster, EnvoyError, HttpResponse, ReceivedRequest, TestServer};
 use wasmesh_harness::{CalloutReply, HttpCallout};
 
 use crate::corpus::UpstreamAnswer;

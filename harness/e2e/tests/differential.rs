@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use wasmesh_e2e::corpus::{Corpus, FilterSource, Tokens, FOREIGN_CORPUS_FILE};
 use wasmesh_e2e::differential::{run_group, GroupReport};
-use wasmesh_harness::envoy;
+use wasmesh_envoy as envoy;
 
 /// Groups run at once: each holds an Envoy and a harness plugin; the machine has few cores.
 const PARALLEL_GROUPS: usize = 3;

@@ -511,7 +511,7 @@ pub mod envoy {
     use std::time::Duration;
 
     use prost::Message;
-    use wasmesh_harness::envoy::{
+    use wasmesh_envoy::{
         Envoy, GrpcAnswer, GrpcTestServer, HttpRequest, HttpResponse, ReceivedRequest, TestServer,
     };
 

@@ -2,9 +2,7 @@
 //! becomes a request, and how a verdict is read off Envoy's response.
 
 use serde_json::{json, Value};
-use wasmesh_harness::envoy::{
-    Envoy, EnvoyBuilder, HttpRequest, HttpResponse, TestServer, WasmFilter,
-};
+use wasmesh_envoy::{Envoy, EnvoyBuilder, HttpRequest, HttpResponse, TestServer, WasmFilter};
 
 use super::{Case, JwtVectors, Verdict};
 

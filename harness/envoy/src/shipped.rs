@@ -7,7 +7,7 @@
 //! path and the ports pointed at the test's own ([`ShippedBootstrap`]).
 //!
 //! ```no_run
-//! use wasmesh_harness::envoy::{self, ShippedBootstrap, ShippedExample, TestServer};
+//! use wasmesh_envoy::{self as envoy, ShippedBootstrap, ShippedExample, TestServer};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let examples = std::path::Path::new("examples");
 //! let shipped = ShippedExample::read(examples, "header-filter")?;
@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::{BootstrapFormat, Envoy, EnvoyBuilder, EnvoyError};
-use crate::build::{self, BuildError};
+use wasmesh_harness::build::{self, BuildError};
 
 /// Listener port of every shipped Envoy bootstrap.
 pub const SHIPPED_LISTENER_PORT: u16 = 10000;
