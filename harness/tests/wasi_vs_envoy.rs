@@ -662,3 +662,128 @@ fn a_module_importing_wasi_functions_envoy_lacks_loads_in_neither() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `env` hostcalls a module may import, with their parameter types and whether they return
+/// a status: the prelude's `proxy_*` imports, and the two helpers Envoy registers for
+/// Emscripten-built modules.
+fn env_hostcalls() -> Vec<(String, Vec<String>, bool)> {
+    let mut hostcalls: Vec<(String, Vec<String>, bool)> = module("")
+        .lines()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("(import \"env\" \"")?;
+            let (name, signature) = rest.split_once('"')?;
+            let params = signature
+                .split_once("(param ")
+                .and_then(|(_, p)| p.split_once(')'))
+                .map(|(p, _)| p.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default();
+            Some((name.to_string(), params, signature.contains("(result i32)")))
+        })
+        .collect();
+    hostcalls.push((
+        "pthread_equal".to_string(),
+        vec!["i32".to_string(), "i32".to_string()],
+        true,
+    ));
+    hostcalls.push((
+        "emscripten_notify_memory_growth".to_string(),
+        vec!["i32".to_string()],
+        false,
+    ));
+    hostcalls
+}
+
+/// A module whose `_initialize` calls `name` with zero arguments, then logs that it went on.
+fn start_probe(name: &str, params: &[String], returns: bool) -> Vec<u8> {
+    let mut t = Strings::new();
+    let survived = t.s(&format!("START {name} survived"));
+    let args: String = params.iter().map(|p| format!("({p}.const 0) ")).collect();
+    let call = if returns {
+        format!("(drop (call $probe {args}))")
+    } else {
+        format!("(call $probe {args})")
+    };
+    let result = if returns { "(result i32)" } else { "" };
+    let import = format!(
+        r#"(import "env" "{name}" (func $probe (param {}) {result}))"#,
+        params.join(" ")
+    );
+    let wat = module(&format!(
+        r#"{}
+  (func (export "_initialize") {call} (call $info {survived}))"#,
+        t.data()
+    ))
+    .replacen("(module\n", &format!("(module\n  {import}\n"), 1);
+    wat::parse_str(wat).unwrap()
+}
+
+/// Envoy restricts hostcalls while a module starts (`_initialize`) to logging and the WASI
+/// functions of the table above: every `env` hostcall but `proxy_log` (and the no-op
+/// `emscripten_notify_memory_growth`) fails the start with `restricted_callback`, in Envoy and in
+/// the harness.
+#[test]
+fn env_hostcalls_during_start_are_restricted_as_in_envoy() {
+    if envoy::skip_requested() {
+        return;
+    }
+    let hostcalls = env_hostcalls();
+    assert!(hostcalls.len() > 40, "{hostcalls:?}");
+    let next = Mutex::new(0usize);
+    let results: Mutex<Vec<(String, String, String)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| loop {
+                let index = {
+                    let mut next = next.lock().unwrap();
+                    *next += 1;
+                    *next - 1
+                };
+                let Some((name, params, returns)) = hostcalls.get(index) else {
+                    return;
+                };
+                let bytes = start_probe(name, params, *returns);
+                let wasm = WasmFile::new(&format!("start-{name}"), &bytes);
+                let in_envoy = match EnvoyBuilder::new()
+                    .wasm_filter(WasmFilter::new(&wasm.path))
+                    .direct_response(200, "ok")
+                    .start()
+                {
+                    Ok(_) => "started".to_string(),
+                    Err(EnvoyError::Exited { log_tail, .. }) => start_failure(&log_tail),
+                    Err(other) => panic!("{name}: {other}"),
+                };
+                let in_harness = match Harness::from_bytes(&bytes).unwrap().start() {
+                    Ok(_) => "started".to_string(),
+                    Err(error) => start_failure(&error.to_string()),
+                };
+                results
+                    .lock()
+                    .unwrap()
+                    .push((name.clone(), in_envoy, in_harness));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort();
+    let report: Vec<String> = results
+        .iter()
+        .map(|(name, envoy, harness)| format!("{name}: envoy {envoy:?}, harness {harness:?}"))
+        .collect();
+    let differing: Vec<&String> = report
+        .iter()
+        .zip(&results)
+        .filter(|(_, (_, envoy, harness))| envoy != harness)
+        .map(|(line, _)| line)
+        .collect();
+    assert!(differing.is_empty(), "{differing:#?}");
+    let started: Vec<&str> = results
+        .iter()
+        .filter(|(_, envoy, _)| envoy == "started")
+        .map(|(name, _, _)| name.as_str())
+        .collect();
+    assert_eq!(
+        started,
+        ["emscripten_notify_memory_growth", "proxy_log"],
+        "{report:#?}"
+    );
+}
