@@ -54,8 +54,8 @@
 //! - A cluster Envoy does not have, once the test declares clusters
 //!   ([`PluginBuilder::cluster`]): `proxy_http_call` returns `BadArgument`; `proxy_grpc_call` and
 //!   `proxy_grpc_stream` return `ParseFailure` for a cluster name, and `InternalFailure` for a
-//!   serialized `GrpcService`, which uses up a token. Without declared clusters every name
-//!   exists.
+//!   serialized `GrpcService`, which uses up a token that `proxy_on_grpc_close` later closes
+//!   (status 14, `Cluster not available`). Without declared clusters every name exists.
 //! - WASI (`tests/wasi_vs_envoy.rs`): every preview1 function Envoy 1.40 provides answers as
 //!   there (all but `path_link`, `path_symlink` and `proc_raise`, whose import makes a module
 //!   fail to load in both; most file and socket functions answer `ENOTSUP` or `ENOSYS`).
@@ -128,9 +128,6 @@
 //!   `x-forwarded-for` handling (tests set `source.address`).
 //! - TCP (network filter) streams, the main-thread VM Envoy keeps next to the worker VMs, and
 //!   built-in foreign functions.
-//! - After `proxy_grpc_call` or `proxy_grpc_stream` returned `InternalFailure` for a serialized
-//!   `GrpcService` naming an unknown cluster, Envoy 1.40 still calls `proxy_on_grpc_close` for
-//!   the token it used up (status 14, `Cluster not available`); the harness does not.
 //! - Upstreams behind a callout: the test answers each callout ([`CalloutReply`]); the async
 //!   client's response buffer limit, retries, and Envoy's other router answers (`no healthy
 //!   upstream`, connect timeouts) are not produced by the harness (a test can hand the module

@@ -183,8 +183,9 @@ impl PluginBuilder {
 
     /// Declares a cluster. Once at least one is declared, `proxy_http_call` to any other
     /// cluster fails with `BadArgument` (and `proxy_grpc_call`/`proxy_grpc_stream` with
-    /// `ParseFailure` for a cluster name, `InternalFailure` for a serialized `GrpcService`), as
-    /// in Envoy 1.40; with none declared every name is accepted.
+    /// `ParseFailure` for a cluster name, `InternalFailure` for a serialized `GrpcService`, whose
+    /// used-up token `proxy_on_grpc_close` closes afterwards), as in Envoy 1.40; with none
+    /// declared every name is accepted.
     pub fn cluster(mut self, name: &str) -> Self {
         self.settings
             .clusters
@@ -604,6 +605,31 @@ impl PluginInner {
                     if reply != GrpcReply::Timeout {
                         self.deliver_grpc_unary(worker, token, reply)?;
                     }
+                }
+                Event::GrpcClusterUnavailable {
+                    worker,
+                    generation,
+                    token,
+                } => {
+                    let Some(vm) = self
+                        .workers
+                        .get_mut(worker)
+                        .and_then(|w| w.vms.iter_mut().find(|vm| vm.generation == generation))
+                    else {
+                        continue;
+                    };
+                    if vm.is_failed() {
+                        continue;
+                    }
+                    if let Some(callback) = vm.exports.on_grpc_close.clone() {
+                        let root = vm.state().root_context_id;
+                        vm.state_mut().status = (14, "Cluster not available".to_string());
+                        let result =
+                            vm.invoke("proxy_on_grpc_close", callback, root, (root, token, 14));
+                        vm.state_mut().status.1.clear();
+                        result?;
+                    }
+                    self.process_deferred(worker, generation)?;
                 }
                 Event::QueueReady {
                     worker,

@@ -41,6 +41,13 @@ pub(crate) enum Event {
     HttpCalloutDispatched { worker: usize, token: u32 },
     /// A new unary gRPC call: ask the test's mock handler, if any.
     GrpcCallDispatched { worker: usize, token: u32 },
+    /// A gRPC call or stream whose serialized `GrpcService` names an unknown cluster: Envoy
+    /// refused it (`InternalFailure`) yet closes its token afterwards.
+    GrpcClusterUnavailable {
+        worker: usize,
+        generation: u64,
+        token: u32,
+    },
     /// Data was enqueued: Envoy posts `onQueueReady` to the registering VM.
     QueueReady {
         worker: usize,

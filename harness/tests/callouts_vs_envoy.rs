@@ -678,3 +678,99 @@ fn the_harness_shows_the_module_envoys_failure_answers() {
         "dispatch 2 0"
     );
 }
+
+/// Calls (or opens a stream to) a serialized `GrpcService` naming a cluster Envoy does not have,
+/// and logs what comes back later.
+fn unknown_grpc_service_module(stream: bool) -> String {
+    let mut t = Strings::new();
+    let name = b"nowhere";
+    let mut envoy_grpc = vec![0x0a, name.len() as u8];
+    envoy_grpc.extend_from_slice(name);
+    let mut grpc_service = vec![0x0a, envoy_grpc.len() as u8];
+    grpc_service.extend_from_slice(&envoy_grpc);
+    let service = t.bytes(&grpc_service);
+    let service_name = t.s("envoy.service.auth.v3.Authorization");
+    let method = t.s("Check");
+    let metadata = t.map(&[]);
+    let dispatch = t.s("LATE dispatch");
+    let close = t.s("LATE close");
+    let message = t.s("LATE message ");
+    let call = if stream {
+        format!("(call $proxy_grpc_stream {service} {service_name} {method} {metadata} (i32.const 520))")
+    } else {
+        format!(
+            "(call $proxy_grpc_call {service} {service_name} {method} {metadata} (i32.const 600) (i32.const 0) (i32.const 1000) (i32.const 520))"
+        )
+    };
+    module(&format!(
+        r#"{}
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (i32.store (i32.const 520) (i32.const 0))
+    (call $log2 {dispatch} {call} (i32.load (i32.const 520)))
+    (i32.const 0))
+  (func (export "proxy_on_grpc_close") (param $root i32) (param $token i32) (param $status i32)
+    (call $log2 {close} (local.get $token) (local.get $status))
+    (drop (call $proxy_get_status (i32.const 524) (i32.const 512) (i32.const 516)))
+    ;; "LATE message <status message>"
+    (memory.copy (i32.const 4096) {message})
+    (memory.copy (i32.add (i32.const 4096) (i32.const 13)) (i32.load (i32.const 512)) (i32.load (i32.const 516)))
+    (call $info (i32.const 4096) (i32.add (i32.const 13) (i32.load (i32.const 516)))))"#,
+        t.data()
+    ))
+}
+
+/// Envoy refuses a gRPC call or stream to a serialized `GrpcService` naming an unknown cluster
+/// (`InternalFailure`, a token used up), then closes that token: `proxy_on_grpc_close` with
+/// status 14 and message `Cluster not available`. The harness does the same.
+#[test]
+fn an_unknown_grpc_service_cluster_is_closed_later_as_in_envoy() {
+    if envoy::skip_requested() {
+        return;
+    }
+    for stream in [false, true] {
+        let bytes = wat::parse_str(unknown_grpc_service_module(stream)).unwrap();
+        let plugin = Harness::from_bytes(&bytes)
+            .unwrap()
+            .cluster("answer")
+            .start()
+            .unwrap();
+        plugin.http_stream().request_headers(GET, true).unwrap();
+        let harness: Vec<String> = messages(&plugin)
+            .into_iter()
+            .filter(|l| l.starts_with("LATE "))
+            .collect();
+
+        let wasm = WasmFile::new(&format!("late-close-{stream}"), &bytes);
+        let envoy = EnvoyBuilder::new()
+            .wasm_filter(WasmFilter::new(&wasm.path))
+            .direct_response(200, "ok")
+            .start()
+            .unwrap();
+        assert_eq!(envoy.send(&HttpRequest::get("/")).unwrap().status, 200);
+        let mut in_envoy = Vec::new();
+        for _ in 0..200 {
+            in_envoy = envoy
+                .log()
+                .lines()
+                .filter_map(|l| {
+                    l.split_once("LATE ")
+                        .map(|(_, m)| format!("LATE {}", m.trim()))
+                })
+                .collect();
+            if in_envoy.len() >= harness.len() && in_envoy.len() >= 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        assert_eq!(harness, in_envoy, "stream: {stream}");
+        let token = if stream { 6 } else { 5 };
+        assert_eq!(
+            harness,
+            [
+                "LATE dispatch 10 0".to_string(),
+                format!("LATE close {token} 14"),
+                "LATE message Cluster not available".to_string()
+            ]
+        );
+    }
+}

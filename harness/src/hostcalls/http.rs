@@ -840,13 +840,25 @@ fn grpc_open(
             // for ABI 0.1 compatibility), before taking a token.
             return Err(Status::ParseFailure);
         }
-        // A serialized `GrpcService` naming an unknown cluster: Envoy 1.40 takes a token, then
-        // fails to start the call (InternalFailure); the token is not handed out again.
+        // A serialized `GrpcService` naming an unknown cluster: Envoy 1.40 takes a token, fails
+        // to start the call (InternalFailure), and later closes that token with status 14
+        // (`Cluster not available`); the token is not handed out again.
         let state = caller.data_mut();
-        if is_stream {
+        let token = if is_stream {
             state.next_grpc_stream_id = state.next_grpc_stream_id.wrapping_add(4);
+            state.next_grpc_stream_id
         } else {
             state.next_grpc_call_id = state.next_grpc_call_id.wrapping_add(4);
+            state.next_grpc_call_id
+        };
+        let worker = state.worker;
+        if let Ok(mut shared) = state.shared.try_borrow_mut() {
+            let generation = shared.generations.get(worker).copied().unwrap_or(0);
+            shared.events.push_back(Event::GrpcClusterUnavailable {
+                worker,
+                generation,
+                token,
+            });
         }
         return Err(Status::InternalFailure);
     }
