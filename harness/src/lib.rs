@@ -129,9 +129,12 @@
 //! - TCP (network filter) streams, the main-thread VM Envoy keeps next to the worker VMs, and
 //!   built-in foreign functions.
 //! - Upstreams behind a callout: the test answers each callout ([`CalloutReply`]); the async
-//!   client's response buffer limit, retries, and Envoy's other router answers (`no healthy
-//!   upstream`, connect timeouts) are not produced by the harness (a test can hand the module
-//!   any of them as a [`CalloutReply::Response`] or [`CalloutReply::Failure`]).
+//!   client's response buffer limit, retries, and connect timeouts are not produced by the
+//!   harness (a test can hand the module any of them as a [`CalloutReply::Response`] or
+//!   [`CalloutReply::Failure`]). Nor are clusters without a healthy endpoint, where Envoy 1.40
+//!   answers `proxy_http_call` with `InternalFailure` at dispatch, and aborts (`panic: unset
+//!   oneof`) on a `proxy_grpc_call` naming such a cluster (measured with an endpoint-less
+//!   cluster).
 //! - Properties Envoy derives from configuration or from the upstream it picked: `xds.*` (node,
 //!   cluster, route, virtual host, listener, filter chain and their metadata), `upstream.*` and
 //!   `xds.upstream_host_*` (Envoy knows them from the request body on),
