@@ -56,6 +56,10 @@
 //!   `proxy_grpc_stream` return `ParseFailure` for a cluster name, and `InternalFailure` for a
 //!   serialized `GrpcService`, which uses up a token that `proxy_on_grpc_close` later closes
 //!   (status 14, `Cluster not available`). Without declared clusters every name exists.
+//! - Envoy reads a gRPC service argument as a serialized `GrpcService` whenever it parses as a
+//!   protobuf message, so some cluster names are messages (`empty` is: field 12, a fixed32); one
+//!   without a target makes Envoy 1.40 abort the whole proxy (`panic: unset oneof`). The
+//!   harness fails the VM with an error saying so.
 //! - WASI (`tests/wasi_vs_envoy.rs`): every preview1 function Envoy 1.40 provides answers as
 //!   there (all but `path_link`, `path_symlink` and `proc_raise`, whose import makes a module
 //!   fail to load in both; most file and socket functions answer `ENOTSUP` or `ENOSYS`).
@@ -132,9 +136,9 @@
 //!   client's response buffer limit, retries, and connect timeouts are not produced by the
 //!   harness (a test can hand the module any of them as a [`CalloutReply::Response`] or
 //!   [`CalloutReply::Failure`]). Nor are clusters without a healthy endpoint, where Envoy 1.40
-//!   answers `proxy_http_call` with `InternalFailure` at dispatch, and aborts (`panic: unset
-//!   oneof`) on a `proxy_grpc_call` naming such a cluster (measured with an endpoint-less
-//!   cluster).
+//!   answers `proxy_http_call` and `proxy_grpc_call` with `InternalFailure` at dispatch, using
+//!   up a token (a gRPC call's is closed afterwards with status 14); measured with an
+//!   endpoint-less cluster.
 //! - Properties Envoy derives from configuration or from the upstream it picked: `xds.*` (node,
 //!   cluster, route, virtual host, listener, filter chain and their metadata), `upstream.*` and
 //!   `xds.upstream_host_*` (Envoy knows them from the request body on),

@@ -774,3 +774,60 @@ fn an_unknown_grpc_service_cluster_is_closed_later_as_in_envoy() {
         );
     }
 }
+
+/// A gRPC call or stream whose "cluster name" happens to be a well-formed protobuf message
+/// (`empty`: field 12, a fixed32): Envoy parses it as a `GrpcService` without a target and the
+/// whole proxy aborts (`panic: unset oneof`); the harness fails the VM with an error saying so.
+#[test]
+fn a_cluster_name_that_parses_as_a_target_less_grpc_service_aborts_envoy_and_fails_the_harness() {
+    if envoy::skip_requested() {
+        return;
+    }
+    for stream in [false, true] {
+        let mut t = Strings::new();
+        let service = t.s("empty");
+        let service_name = t.s("s.S");
+        let method = t.s("M");
+        let metadata = t.map(&[]);
+        let call = if stream {
+            format!("(call $proxy_grpc_stream {service} {service_name} {method} {metadata} (i32.const 520))")
+        } else {
+            format!(
+                "(call $proxy_grpc_call {service} {service_name} {method} {metadata} (i32.const 600) (i32.const 0) (i32.const 1000) (i32.const 520))"
+            )
+        };
+        let bytes = wat::parse_str(module(&format!(
+            r#"{}
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop {call})
+    (i32.const 0))"#,
+            t.data()
+        )))
+        .unwrap();
+
+        let plugin = Harness::from_bytes(&bytes).unwrap().start().unwrap();
+        let error = plugin
+            .http_stream()
+            .request_headers(GET, true)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("panic: unset oneof"), "{error}");
+
+        let wasm = WasmFile::new(&format!("unset-oneof-{stream}"), &bytes);
+        let envoy = EnvoyBuilder::new()
+            .wasm_filter(WasmFilter::new(&wasm.path))
+            .direct_response(200, "ok")
+            .start()
+            .unwrap();
+        assert!(envoy.send(&HttpRequest::get("/")).is_err());
+        let mut log = String::new();
+        for _ in 0..200 {
+            log = envoy.log();
+            if log.contains("panic: unset oneof") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        assert!(log.contains("panic: unset oneof"), "{}", envoy.log_tail(20));
+    }
+}

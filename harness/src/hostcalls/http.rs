@@ -728,15 +728,32 @@ fn count_callout(caller: &mut Caller<'_, VmState>) -> HostResult<()> {
 /// The cluster of a gRPC service argument: either a serialized
 /// `envoy.config.core.v3.GrpcService` (field 1 `envoy_grpc`, its field 1 `cluster_name`) or,
 /// when the bytes do not parse as one, the cluster name itself.
-fn grpc_cluster(service: &[u8]) -> (String, bool) {
-    match parse_grpc_service(service) {
-        Some(cluster) => (cluster, true),
-        None => (lossy(service), false),
+///
+/// Envoy tries the protobuf parse first, so a name that happens to be a well-formed message
+/// (`empty` is: field 12, a fixed32) is read as a `GrpcService`; one without a target
+/// (`envoy_grpc` or `google_grpc`) makes Envoy 1.40 abort (`panic: unset oneof`), which the
+/// harness reports as an error instead (`None`).
+fn grpc_cluster(service: &[u8]) -> Option<(String, bool)> {
+    match parse_proto_fields(service) {
+        Some(fields) => {
+            let targeted = fields
+                .iter()
+                .any(|(number, _)| *number == 1 || *number == 2);
+            if !targeted {
+                return None;
+            }
+            // A malformed `envoy_grpc` fails the whole parse: the bytes are a name after all.
+            Some(match envoy_grpc_cluster(&fields) {
+                Some(cluster) => (cluster, true),
+                None => (lossy(service), false),
+            })
+        }
+        None => Some((lossy(service), false)),
     }
 }
 
-fn parse_grpc_service(bytes: &[u8]) -> Option<String> {
-    let fields = parse_proto_fields(bytes)?;
+/// `envoy_grpc.cluster_name` of a parsed `GrpcService`.
+fn envoy_grpc_cluster(fields: &[ProtoField<'_>]) -> Option<String> {
     let mut cluster = String::new();
     for (number, value) in fields {
         if let (1, Some(envoy_grpc)) = (number, value) {
@@ -820,8 +837,41 @@ fn grpc_open(
     service_name: &[u8],
     method: &[u8],
     metadata: &[u8],
+) -> HostResult<Result<GrpcOpen, Status>> {
+    let Some((cluster, from_proto)) = grpc_cluster(service) else {
+        return Err(wasmtime::Error::msg(format!(
+            "`{}`: the service argument {:?} parses as a serialized GrpcService without a \
+             target (neither envoy_grpc nor google_grpc), on which Envoy 1.40 aborts the whole \
+             proxy (`panic: unset oneof`); pass a cluster name that is not a well-formed \
+             protobuf message, or a GrpcService with envoy_grpc.cluster_name",
+            if is_stream {
+                "proxy_grpc_stream"
+            } else {
+                "proxy_grpc_call"
+            },
+            lossy(service)
+        )));
+    };
+    Ok(grpc_open_cluster(
+        caller,
+        is_stream,
+        cluster,
+        from_proto,
+        service_name,
+        method,
+        metadata,
+    ))
+}
+
+fn grpc_open_cluster(
+    caller: &mut Caller<'_, VmState>,
+    is_stream: bool,
+    cluster: String,
+    from_proto: bool,
+    service_name: &[u8],
+    method: &[u8],
+    metadata: &[u8],
 ) -> Result<GrpcOpen, Status> {
-    let (cluster, from_proto) = grpc_cluster(service);
     let known = {
         let shared = caller
             .data()
@@ -957,7 +1007,7 @@ fn proxy_grpc_call(
         &service_name,
         &method,
         &metadata,
-    ) {
+    )? {
         Ok(open) => open,
         Err(code) => return status(code),
     };
@@ -999,7 +1049,7 @@ fn proxy_grpc_stream(
         &service_name,
         &method,
         &metadata,
-    ) {
+    )? {
         Ok(open) => open,
         Err(code) => return status(code),
     };
@@ -1109,7 +1159,12 @@ mod tests {
     fn grpc_service_is_parsed_from_proto_or_taken_as_cluster_name() {
         // GrpcService { envoy_grpc { cluster_name: "authz" } }
         let proto = [0x0a, 0x07, 0x0a, 0x05, b'a', b'u', b't', b'h', b'z'];
-        assert_eq!(grpc_cluster(&proto), ("authz".to_string(), true));
-        assert_eq!(grpc_cluster(b"ext_authz"), ("ext_authz".to_string(), false));
+        assert_eq!(grpc_cluster(&proto), Some(("authz".to_string(), true)));
+        assert_eq!(
+            grpc_cluster(b"ext_authz"),
+            Some(("ext_authz".to_string(), false))
+        );
+        // Field 12 (fixed32) "mpty": a message without a target, on which Envoy aborts.
+        assert_eq!(grpc_cluster(b"empty"), None);
     }
 }
