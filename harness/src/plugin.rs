@@ -502,6 +502,14 @@ impl PluginInner {
             })
     }
 
+    /// The VM of a given generation on a worker, unless it is gone or failed (an event for it
+    /// has nobody to go to).
+    fn live_vm(&mut self, worker: usize, generation: u64) -> Option<&mut Vm> {
+        self.vm(worker, generation)
+            .ok()
+            .filter(|vm| !vm.is_failed())
+    }
+
     pub(crate) fn vm_ref(&self, worker: usize, generation: u64) -> Option<&Vm> {
         self.workers
             .get(worker)
@@ -611,24 +619,10 @@ impl PluginInner {
                     generation,
                     token,
                 } => {
-                    let Some(vm) = self
-                        .workers
-                        .get_mut(worker)
-                        .and_then(|w| w.vms.iter_mut().find(|vm| vm.generation == generation))
-                    else {
+                    let Some(vm) = self.live_vm(worker, generation) else {
                         continue;
                     };
-                    if vm.is_failed() {
-                        continue;
-                    }
-                    if let Some(callback) = vm.exports.on_grpc_close.clone() {
-                        let root = vm.state().root_context_id;
-                        vm.state_mut().status = (14, "Cluster not available".to_string());
-                        let result =
-                            vm.invoke("proxy_on_grpc_close", callback, root, (root, token, 14));
-                        vm.state_mut().status.1.clear();
-                        result?;
-                    }
+                    grpc_close(vm, token, 14, "Cluster not available".to_string())?;
                     self.process_deferred(worker, generation)?;
                 }
                 Event::QueueReady {
@@ -637,16 +631,9 @@ impl PluginInner {
                     context_id,
                     token,
                 } => {
-                    let Some(vm) = self
-                        .workers
-                        .get_mut(worker)
-                        .and_then(|w| w.vms.iter_mut().find(|vm| vm.generation == generation))
-                    else {
+                    let Some(vm) = self.live_vm(worker, generation) else {
                         continue;
                     };
-                    if vm.is_failed() {
-                        continue;
-                    }
                     if let Some(callback) = vm.exports.on_queue_ready.clone() {
                         vm.invoke(
                             "proxy_on_queue_ready",
@@ -796,15 +783,7 @@ impl PluginInner {
                     result?;
                 }
             }
-            GrpcReply::Error { status, message } => {
-                if let Some(callback) = vm.exports.on_grpc_close.clone() {
-                    vm.state_mut().status = (status, message);
-                    let result =
-                        vm.invoke("proxy_on_grpc_close", callback, root, (root, token, status));
-                    vm.state_mut().status.1.clear();
-                    result?;
-                }
-            }
+            GrpcReply::Error { status, message } => grpc_close(vm, token, status, message)?,
             // Refused, Reset and TimedOut arrive here as errors (`into_delivered`).
             _ => {}
         }
@@ -924,13 +903,7 @@ impl PluginInner {
                 if local_closed {
                     state.grpc_tokens.remove(&token);
                 }
-                if let Some(callback) = vm.exports.on_grpc_close.clone() {
-                    vm.state_mut().status = (status, message);
-                    let result =
-                        vm.invoke("proxy_on_grpc_close", callback, root, (root, token, status));
-                    vm.state_mut().status.1.clear();
-                    result?;
-                }
+                grpc_close(vm, token, status, message)?;
             }
         }
         self.process_deferred(worker, generation)
@@ -1496,4 +1469,17 @@ fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// `proxy_on_grpc_close(root, token, status)`, with `message` readable through
+/// `proxy_get_status` during the call.
+fn grpc_close(vm: &mut Vm, token: u32, status: u32, message: String) -> Result<(), HarnessError> {
+    let Some(callback) = vm.exports.on_grpc_close.clone() else {
+        return Ok(());
+    };
+    let root = vm.state().root_context_id;
+    vm.state_mut().status = (status, message);
+    let result = vm.invoke("proxy_on_grpc_close", callback, root, (root, token, status));
+    vm.state_mut().status.1.clear();
+    result.map(|_| ())
 }

@@ -21,8 +21,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::burst::{burst, connections_per_worker, Reply};
-use wasmesh_envoy::{self as envoy, Envoy, EnvoyBuilder, WasmFilter};
+use wasmesh_envoy::{
+    self as envoy, burst, connections_per_worker, BurstReply, Envoy, EnvoyBuilder, WasmFilter,
+};
 
 const WORKERS: u32 = 4;
 const ROUNDS: usize = 40;
@@ -62,7 +63,8 @@ fn counter(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
 
 fn run_round(envoy: &Envoy) -> Round {
     let before = envoy.stats().unwrap();
-    let replies: Vec<Reply> = burst(envoy.listener_addr(), &vec![Vec::new(); PER_ROUND]);
+    let replies: Vec<BurstReply> =
+        burst(envoy.listener_addr(), &vec![Vec::new(); PER_ROUND]).unwrap();
     for reply in &replies {
         assert_eq!(reply.status, 200, "a delay must not fail the request");
     }
@@ -174,7 +176,7 @@ fn one_active_fault_at_most_under_simultaneous_bursts_over_four_workers() {
     );
 
     // Afterwards the fault is free again: a lone request is delayed.
-    let lone = burst(envoy.listener_addr(), &[Vec::new()]);
+    let lone = burst(envoy.listener_addr(), &[Vec::new()]).unwrap();
     assert!(lone[0].latency >= DELAYED, "{lone:?}");
     let stats = envoy.stats().unwrap();
     assert_eq!(

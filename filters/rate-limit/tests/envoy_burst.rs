@@ -16,8 +16,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use common::burst::{burst, connections_per_worker};
-use wasmesh_envoy::{self as envoy, EnvoyBuilder, WasmFilter};
+use wasmesh_envoy::{self as envoy, burst, connections_per_worker, EnvoyBuilder, WasmFilter};
 
 const WORKERS: u32 = 4;
 const ROUNDS: usize = 30;
@@ -71,7 +70,7 @@ fn simultaneous_bursts_over_four_workers_admit_exactly_the_bucket() {
     for round in 0..ROUNDS {
         let before = connections_per_worker(&envoy.stats().unwrap());
         let client = vec![("x-client".to_string(), format!("round-{round}"))];
-        let replies = burst(envoy.listener_addr(), &vec![client; PER_ROUND]);
+        let replies = burst(envoy.listener_addr(), &vec![client; PER_ROUND]).unwrap();
         let after = connections_per_worker(&envoy.stats().unwrap());
         admitted.push(replies.iter().filter(|reply| reply.status == 200).count());
         other_statuses.extend(

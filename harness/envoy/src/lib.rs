@@ -41,9 +41,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod burst;
 mod grpc;
 mod shipped;
 
+pub use burst::{burst, connections_per_worker, BurstReply};
 pub use grpc::{GrpcAnswer, GrpcRequest, GrpcTestServer};
 pub use shipped::{
     block_under, shipped_wasm, ShippedBootstrap, ShippedError, ShippedExample, SHIPPED_ADMIN_PORT,

@@ -95,6 +95,16 @@ pub fn module_with_abi(body: &str, abi_marker: &str) -> String {
       (local.set $tmp (i32.div_u (local.get $tmp) (i32.const 10)))
       (br_if $write (i32.gt_u (local.get $i) (i32.const 0))))
     (local.get $len))
+  ;; Reads the decimal number of $len ASCII digits at $p.
+  (func $atoi (param $p i32) (param $len i32) (result i32)
+    (local $n i32)
+    (block $done (loop $next
+      (br_if $done (i32.eqz (local.get $len)))
+      (local.set $n (i32.add (i32.mul (local.get $n) (i32.const 10)) (i32.sub (i32.load8_u (local.get $p)) (i32.const 48))))
+      (local.set $p (i32.add (local.get $p) (i32.const 1)))
+      (local.set $len (i32.sub (local.get $len) (i32.const 1)))
+      (br $next)))
+    (local.get $n))
   ;; Logs "<tag> <a> <b>".
   (func $log2 (param $tag i32) (param $taglen i32) (param $a i32) (param $b i32)
     (local $p i32)

@@ -2,8 +2,6 @@
 //! configurations, and a table of requests with the verdict each must get.
 #![allow(dead_code)]
 
-pub mod burst;
-
 use std::path::PathBuf;
 use std::time::Duration;
 

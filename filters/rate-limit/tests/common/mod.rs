@@ -2,7 +2,6 @@
 //! configurations, and how a request's verdict is read.
 #![allow(dead_code)]
 
-pub mod burst;
 pub mod rls;
 
 use std::path::PathBuf;
