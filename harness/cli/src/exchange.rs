@@ -5,13 +5,11 @@
 //! with an example; any change that is not backward compatible bumps the format number.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use anyhow::{bail, Result};
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::start_time::StartTime;
+pub use wasmesh_scenario::{Headers, PropertyInput, PropertyValueInput, StartTime};
 
 /// The only format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -93,127 +91,6 @@ pub struct MessageInput {
     /// Trailers. Omitted: no trailers.
     #[serde(default)]
     pub trailers: Option<Headers>,
-}
-
-/// A header list, written either as `[["name", "value"], ...]` (keeps order and repeated names)
-/// or as `{"name": "value", ...}` (document order).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(pub Vec<(String, String)>);
-
-impl Headers {
-    /// The pairs as borrowed strings, the shape the harness takes.
-    pub fn as_pairs(&self) -> Vec<(&str, &str)> {
-        self.0
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_str()))
-            .collect()
-    }
-}
-
-impl<'de> Deserialize<'de> for Headers {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct HeadersVisitor;
-
-        impl<'de> Visitor<'de> for HeadersVisitor {
-            type Value = Headers;
-
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str(r#"a list of ["name", "value"] pairs or an object of strings"#)
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Headers, A::Error> {
-                let mut pairs = Vec::new();
-                while let Some(pair) = seq.next_element::<(String, String)>()? {
-                    pairs.push(pair);
-                }
-                Ok(Headers(pairs))
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Headers, A::Error> {
-                let mut pairs = Vec::new();
-                while let Some(pair) = map.next_entry::<String, String>()? {
-                    pairs.push(pair);
-                }
-                Ok(Headers(pairs))
-            }
-        }
-
-        deserializer.deserialize_any(HeadersVisitor)
-    }
-}
-
-/// A property set before the exchange: `{"path": ["source", "address"], "value": "10.0.0.1:443"}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PropertyInput {
-    /// Property path segments, as a filter passes them to `proxy_get_property`.
-    pub path: Vec<String>,
-    /// The value, with the encoding Envoy uses for that JSON type.
-    pub value: PropertyValueInput,
-}
-
-/// A property value: a string, an integer, a boolean, a number, or an object of strings (a map,
-/// such as `request.headers`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum PropertyValueInput {
-    /// A JSON string.
-    String(String),
-    /// A JSON integer that fits `i64`.
-    Int(i64),
-    /// A JSON integer above `i64::MAX`.
-    Uint(u64),
-    /// A JSON number with a fraction.
-    Double(f64),
-    /// A JSON boolean.
-    Bool(bool),
-    /// A JSON object of strings.
-    Map(Vec<(String, String)>),
-}
-
-impl<'de> Deserialize<'de> for PropertyValueInput {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ValueVisitor;
-
-        impl<'de> Visitor<'de> for ValueVisitor {
-            type Value = PropertyValueInput;
-
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("a string, number, boolean or object of strings")
-            }
-
-            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
-                Ok(PropertyValueInput::String(value.to_string()))
-            }
-
-            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
-                Ok(PropertyValueInput::Int(value))
-            }
-
-            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
-                Ok(i64::try_from(value)
-                    .map(PropertyValueInput::Int)
-                    .unwrap_or(PropertyValueInput::Uint(value)))
-            }
-
-            fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
-                Ok(PropertyValueInput::Double(value))
-            }
-
-            fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
-                Ok(PropertyValueInput::Bool(value))
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut pairs = Vec::new();
-                while let Some(pair) = map.next_entry::<String, String>()? {
-                    pairs.push(pair);
-                }
-                Ok(PropertyValueInput::Map(pairs))
-            }
-        }
-
-        deserializer.deserialize_any(ValueVisitor)
-    }
 }
 
 /// The answer to the HTTP callouts to `cluster` (and, when given, with this `:path`).

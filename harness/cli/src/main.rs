@@ -15,7 +15,6 @@ mod push;
 mod race;
 mod registry;
 mod run;
-mod start_time;
 mod validate;
 mod yaml;
 

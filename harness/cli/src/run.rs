@@ -12,12 +12,12 @@ use wasmesh_harness::{
     HttpCallout, HttpStream, LogLevel, MetricValue, Outcome, Plugin, PropertyValue, StreamState,
 };
 
+use crate::exchange::StartTime;
 use crate::exchange::{
     to_pretty_json, CalloutFailure, CalloutMock, CalloutOutput, ExchangeInput, ExchangeOutput,
     Headers, LocalReplyOutput, LogOutput, MessageInput, MessageOutput, MetricOutput,
     MetricValueOutput, PhaseOutput, PropertyValueInput, VmFailureOutput, FORMAT_VERSION,
 };
-use crate::start_time::StartTime;
 
 /// Callouts answered "timeout" only fire when virtual time passes; a filter that keeps
 /// re-dispatching on timeout would otherwise make the run loop forever.
@@ -495,14 +495,7 @@ fn vm_failure_output(error: &HarnessError) -> VmFailureOutput {
 }
 
 pub(crate) fn property_value(value: &PropertyValueInput) -> PropertyValue {
-    match value {
-        PropertyValueInput::String(text) => PropertyValue::String(text.clone()),
-        PropertyValueInput::Int(number) => PropertyValue::Int(*number),
-        PropertyValueInput::Uint(number) => PropertyValue::Uint(*number),
-        PropertyValueInput::Double(number) => PropertyValue::Double(*number),
-        PropertyValueInput::Bool(flag) => PropertyValue::Bool(*flag),
-        PropertyValueInput::Map(pairs) => PropertyValue::Map(pairs.clone()),
-    }
+    value.to_harness()
 }
 
 fn metrics(plugin: &Plugin) -> BTreeMap<String, MetricOutput> {

@@ -157,6 +157,27 @@ fn days_in_month(year: u64, month: u64) -> u64 {
     }
 }
 
+impl serde::Serialize for StartTime {
+    /// RFC 3339 in UTC, to the nanosecond when there is a fraction: what the parser reads back.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let seconds = since.as_secs();
+        let days = i64::try_from(seconds / 86_400).unwrap_or(i64::MAX);
+        let (year, month, day) = wasmesh_sdk::clock::civil_from_days(days);
+        let of_day = seconds % 86_400;
+        let fraction = match since.subsec_nanos() {
+            0 => String::new(),
+            nanos => format!(".{nanos:09}"),
+        };
+        serializer.serialize_str(&format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
+            of_day / 3600,
+            of_day / 60 % 60,
+            of_day % 60
+        ))
+    }
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`, the
 /// inverse of `wasmesh_sdk::clock::civil_from_days`).
 fn days_from_civil(year: i64, month: u64, day: u64) -> i64 {
@@ -182,6 +203,15 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs()
+    }
+
+    #[test]
+    fn writes_what_it_reads() {
+        for text in ["2024-02-29T23:59:59Z", "1970-01-01T00:00:00.000000001Z"] {
+            let time: StartTime = text.parse().unwrap();
+            let written = serde_json::to_value(time).unwrap();
+            assert_eq!(written, serde_json::Value::String(text.to_string()));
+        }
     }
 
     #[test]

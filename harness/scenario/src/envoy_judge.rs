@@ -1,0 +1,809 @@
+//! The Envoy judge: a scenario run in a real Envoy 1.40, the module loaded by its wasm filter,
+//! the upstream and every cluster answered by local servers, the clock the machine's.
+//!
+//! It mirrors [`crate::harness_judge::HarnessJudge`] step by step and reports in the same shape
+//! ([`StepObservation`]), so the two can be compared field by field. What Envoy cannot do (jump
+//! its clock) is reported as not run; what it cannot show (shared data, whether a VM failed) is
+//! `None`. Known differences with the harness, by construction:
+//! - a call no answer of an HTTP cluster matches gets a `503` from the cluster's server (a live
+//!   server cannot refuse one request and accept the next); the harness refuses it, which Envoy
+//!   turns into its own `503` with another body. A cluster with no answer, or whose answer is
+//!   `fail: refused`, points at a port where nothing listens, exactly as in the harness;
+//! - a call to a refused cluster never reaches a server, so it is not in `callouts` (the harness
+//!   records every call the module dispatched);
+//! - a gRPC `fail: reset` resets the call's HTTP/2 stream, where the harness reports a closed
+//!   connection; a failed gRPC answer (`grpc_status` not 0) with `delay_ms` holds that
+//!   cluster's server (one thread) for the delay;
+//! - a module's local reply with empty details is told from an upstream answer by the upstream
+//!   not having seen the request (Envoy's local-reply mapper adds no details header for it), so
+//!   one sent in the response phase with empty details reads as the upstream's answer;
+//! - Envoy picks the worker itself (`worker` is ignored) and has no scenario properties.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wasmesh_envoy::{
+    client, refused_address, ClientResponse, Cluster, Envoy, EnvoyBuilder, EnvoyError,
+    FailurePolicy, GrpcAnswer, GrpcRequest, GrpcTestServer, HttpRequest, HttpResponse, MockReply,
+    MockServer, ReceivedRequest, Route, WasmFilter, RESPONSE_CODE_DETAILS_HEADER,
+};
+
+use crate::format::{
+    Answer, Expect, Failure, FailurePolicyName, LogLevelName, Protocol, Request, Step,
+    UpstreamAnswer,
+};
+use crate::harness_judge::find_answer;
+use crate::load::{body_bytes, ScenarioFile};
+use crate::observe::{header, Callout, Response, StepObservation, UpstreamRequest};
+use crate::ScenarioError;
+
+/// The cluster the route sends requests to: a name no scenario is likely to give one of its own
+/// clusters, so that a module calling a cluster the scenario does not list fails at dispatch in
+/// Envoy as it does in the harness.
+const UPSTREAM_CLUSTER: &str = "wasmesh-scenario-upstream";
+
+/// The route's upstream timeout: longer than any answer a scenario delays on purpose, shorter
+/// than the client's socket timeout, so a request the upstream never answers gets Envoy's `504`
+/// rather than a client error.
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long metrics, logs and callouts may lag behind the response (Envoy flushes stats and
+/// writes its log from other threads; a callout may arrive after the response when the module
+/// does not wait for it). A guard while polling, never a timing assertion.
+const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// The wasm filter's plugin name. Empty, as the harness judge leaves it: it is the
+/// `plugin_name` property the module may read, and part of Envoy's log prefix.
+const PLUGIN_NAME: &str = "";
+
+/// The module as Envoy loads it: a binary `.wasm` file (a text module compiled to a temporary
+/// one, removed on drop, since Envoy's V8 reads only the binary form).
+struct WasmFile {
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl WasmFile {
+    fn prepare(module: &Path) -> Result<Self, ScenarioError> {
+        let io = |path: &Path, source| ScenarioError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let bytes = std::fs::read(module).map_err(|source| io(module, source))?;
+        if bytes.starts_with(b"\0asm") {
+            return Ok(Self {
+                path: module.to_path_buf(),
+                temporary: false,
+            });
+        }
+        let binary = wat::parse_bytes(&bytes).map_err(|error| ScenarioError::Io {
+            path: module.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()),
+        })?;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "wasmesh-scenario-{}-{}.wasm",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, binary.as_ref()).map_err(|source| io(&path, source))?;
+        Ok(Self {
+            path,
+            temporary: true,
+        })
+    }
+}
+
+impl Drop for WasmFile {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Locks a mutex, going on with the data if a server thread panicked while holding it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The calls the clusters' servers received, in arrival order, shared with their handlers.
+type CallLog = Arc<Mutex<Vec<Callout>>>;
+
+/// A real Envoy running one scenario, with the servers behind its clusters.
+pub struct EnvoyJudge {
+    // Declared first so it is dropped (killed) first, before the servers it talks to.
+    envoy: Envoy,
+    upstream: MockServer,
+    /// What the upstream answers the current step's request.
+    staged: Arc<Mutex<MockReply>>,
+    http_calls: CallLog,
+    grpc_calls: CallLog,
+    /// Kept alive for Envoy's clusters; stopped on drop.
+    _http_servers: Vec<MockServer>,
+    _grpc_servers: Vec<GrpcTestServer>,
+    /// What precedes a message of the module in Envoy's log.
+    log_marker: String,
+    _wasm: WasmFile,
+}
+
+impl EnvoyJudge {
+    /// Starts local servers and an Envoy running the scenario's module and configuration
+    /// (`module`: the resolved module file, binary or text). A module Envoy refuses (it fails to
+    /// load, or its start or configuration fails) is [`ScenarioError::Envoy`] with the end of
+    /// Envoy's log.
+    pub fn start(file: &ScenarioFile, module: &Path) -> Result<Self, ScenarioError> {
+        let scenario = &file.scenario;
+        let wasm = WasmFile::prepare(module)?;
+        let staged = Arc::new(Mutex::new(MockReply::respond(upstream_response(
+            &UpstreamAnswer::default(),
+        ))));
+        let upstream = {
+            let staged = Arc::clone(&staged);
+            MockServer::start(move |_| lock(&staged).clone())?
+        };
+        let mut filter = WasmFilter::new(&wasm.path)
+            .name(PLUGIN_NAME)
+            .configuration(String::from_utf8_lossy(&file.config_bytes()?).into_owned())
+            .root_id(&scenario.root_id)
+            .failure_policy(failure_policy(scenario.failure_policy));
+        let vm_config = file.vm_config_bytes();
+        if !vm_config.is_empty() {
+            filter = filter.vm_configuration(String::from_utf8_lossy(&vm_config).into_owned());
+        }
+        let mut builder = EnvoyBuilder::new()
+            .concurrency(u32::try_from(scenario.workers).unwrap_or(u32::MAX))
+            // The module asks its log level (`proxy_get_log_level`) of the `wasm` logger.
+            .component_log_levels(format!("wasm:{}", log_level(scenario.log_level)))
+            .report_response_code_details(true)
+            // Request trailers reach the filter over HTTP/1 only with this, as the harness
+            // judge delivers them.
+            .connection_manager_field("http_protocol_options", json!({"enable_trailers": true}))
+            .wasm_filter(filter)
+            .cluster(Cluster::new(UPSTREAM_CLUSTER, upstream.addr()))
+            .route(Route::Cluster {
+                name: UPSTREAM_CLUSTER.to_string(),
+                timeout: ROUTE_TIMEOUT,
+            });
+        let http_calls: CallLog = Arc::default();
+        let grpc_calls: CallLog = Arc::default();
+        let mut http_servers = Vec::new();
+        let mut grpc_servers = Vec::new();
+        for (name, cluster) in &scenario.clusters {
+            let refused = cluster
+                .answers
+                .iter()
+                .all(|answer| answer.fail == Some(Failure::Refused));
+            let address = if refused {
+                refused_address()?
+            } else {
+                match cluster.protocol {
+                    Protocol::Http => {
+                        let server = http_cluster_server(name, &scenario.clusters, &http_calls)?;
+                        let address = server.addr();
+                        http_servers.push(server);
+                        address
+                    }
+                    Protocol::Grpc => {
+                        let server = grpc_cluster_server(name, &scenario.clusters, &grpc_calls)?;
+                        let address = server.addr();
+                        grpc_servers.push(server);
+                        address
+                    }
+                }
+            };
+            let envoy_cluster = Cluster::new(name, address);
+            builder = builder.cluster(match cluster.protocol {
+                Protocol::Http => envoy_cluster,
+                Protocol::Grpc => envoy_cluster.http2(),
+            });
+        }
+        let envoy = builder.start()?;
+        Ok(Self {
+            envoy,
+            upstream,
+            staged,
+            http_calls,
+            grpc_calls,
+            _http_servers: http_servers,
+            _grpc_servers: grpc_servers,
+            log_marker: log_marker(PLUGIN_NAME, &scenario.root_id),
+            _wasm: wasm,
+        })
+    }
+
+    /// The running Envoy (for reports: its log, its stats).
+    pub fn envoy(&self) -> &Envoy {
+        &self.envoy
+    }
+
+    /// Runs one step in Envoy and reports what happened.
+    pub fn step(&mut self, index: usize, step: &Step) -> Result<StepObservation, ScenarioError> {
+        if step.advance_ms.is_some() {
+            return Ok(StepObservation {
+                not_run: Some("a jump of the virtual clock: harness only".into()),
+                ..StepObservation::default()
+            });
+        }
+        let expect = step.expect.clone().unwrap_or_default();
+        let http_before = lock(&self.http_calls).len();
+        let grpc_before = lock(&self.grpc_calls).len();
+        let log_before = self.envoy.log().len();
+        let mut seen = StepObservation::default();
+        if let Some(request) = &step.request {
+            let answer = step.upstream.clone().unwrap_or_default();
+            *lock(&self.staged) = MockReply::respond(upstream_response(&answer));
+            match step.concurrent {
+                Some(count) => seen.statuses = self.concurrent(request, count)?,
+                None => {
+                    let (response, reached) = self.exchange(index, request)?;
+                    seen.response = Some(response);
+                    seen.upstream = reached;
+                }
+            }
+        }
+        seen.callouts = self.callouts_since(http_before, grpc_before, &expect);
+        seen.metrics = self.metrics(&expect)?;
+        seen.logs = Some(self.logs_since(log_before, &expect));
+        Ok(seen)
+    }
+
+    /// One request to Envoy's listener; the response, and the request as the upstream got it.
+    fn exchange(
+        &self,
+        index: usize,
+        request: &Request,
+    ) -> Result<(Response, Option<UpstreamRequest>), ScenarioError> {
+        let before = self.upstream.requests().len();
+        let response = client::send(self.envoy.listener_addr(), &client_request(request))
+            .map_err(|error| step_error(index, error))?;
+        let received = self.upstream.requests().into_iter().nth(before);
+        Ok((
+            observed_response(response, received.is_some()),
+            received.map(|seen| upstream_request(&seen)),
+        ))
+    }
+
+    /// `count` copies of the request on parallel connections, released together; their
+    /// statuses, sorted (0 for a reset stream).
+    fn concurrent(&self, request: &Request, count: usize) -> Result<Vec<u16>, ScenarioError> {
+        let wire = client_request(request);
+        let listener = self.envoy.listener_addr();
+        let start = Barrier::new(count);
+        let results: Vec<Result<ClientResponse, EnvoyError>> = std::thread::scope(|scope| {
+            let senders: Vec<_> = (0..count)
+                .map(|_| {
+                    scope.spawn(|| {
+                        start.wait();
+                        client::send(listener, &wire)
+                    })
+                })
+                .collect();
+            senders
+                .into_iter()
+                .map(|sender| {
+                    sender.join().unwrap_or_else(|_| {
+                        Err(EnvoyError::MalformedHttp(
+                            "a concurrent sender thread panicked".to_string(),
+                        ))
+                    })
+                })
+                .collect()
+        });
+        let mut statuses = Vec::with_capacity(count);
+        for result in results {
+            let response = result?;
+            statuses.push(if response.complete {
+                response.status.unwrap_or(0)
+            } else {
+                0
+            });
+        }
+        statuses.sort_unstable();
+        Ok(statuses)
+    }
+
+    /// The calls the clusters received during the step, HTTP then gRPC as the harness judge
+    /// lists them. When the step expects more than arrived, waits a little for late ones.
+    fn callouts_since(
+        &self,
+        http_before: usize,
+        grpc_before: usize,
+        expect: &Expect,
+    ) -> Vec<Callout> {
+        let collect = || -> Vec<Callout> {
+            let http = lock(&self.http_calls)
+                .iter()
+                .skip(http_before)
+                .cloned()
+                .collect::<Vec<_>>();
+            let grpc = lock(&self.grpc_calls)
+                .iter()
+                .skip(grpc_before)
+                .cloned()
+                .collect::<Vec<_>>();
+            http.into_iter().chain(grpc).collect()
+        };
+        let wanted = expect.callouts.as_ref().map_or(0, Vec::len);
+        poll_until(collect, |calls| calls.len() >= wanted)
+    }
+
+    /// The value of each metric the step expects, polled until it shows the expected value or
+    /// the time is up. Metrics Envoy does not have are left out.
+    fn metrics(&self, expect: &Expect) -> Result<BTreeMap<String, u64>, ScenarioError> {
+        if expect.metrics.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        loop {
+            let stats = self.envoy.stats()?;
+            let values: BTreeMap<String, u64> = expect
+                .metrics
+                .keys()
+                .filter_map(|name| {
+                    let value = stats.get(&wasmesh_harness::envoy_stat_name(name))?;
+                    Some((name.clone(), *value))
+                })
+                .collect();
+            let settled = expect
+                .metrics
+                .iter()
+                .all(|(name, wanted)| values.get(name) == Some(wanted));
+            if settled || Instant::now() >= deadline {
+                return Ok(values);
+            }
+            std::thread::sleep(POLL_EVERY);
+        }
+    }
+
+    /// The module's log lines Envoy wrote since `before` (a length of its log), waiting a
+    /// little until every expected pattern matches one.
+    fn logs_since(&self, before: usize, expect: &Expect) -> Vec<String> {
+        let patterns: Vec<regex_lite::Regex> = expect
+            .logs
+            .iter()
+            .filter_map(|pattern| regex_lite::Regex::new(pattern).ok())
+            .collect();
+        let collect = || {
+            let log = self.envoy.log();
+            module_lines(log.get(before..).unwrap_or_default(), &self.log_marker)
+        };
+        poll_until(collect, |lines| {
+            patterns
+                .iter()
+                .all(|pattern| lines.iter().any(|line| pattern.is_match(line)))
+        })
+    }
+}
+
+/// Reads `collect` until `done` holds of it or [`SETTLE_LIMIT`] passes; the last reading.
+fn poll_until<T>(collect: impl Fn() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    loop {
+        let value = collect();
+        if done(&value) || Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// A client error names the step: the scenario stops there.
+fn step_error(index: usize, error: EnvoyError) -> ScenarioError {
+    ScenarioError::Envoy(match error {
+        EnvoyError::Io { context, source } => EnvoyError::Io {
+            context: format!("step {index}: {context}"),
+            source,
+        },
+        other => other,
+    })
+}
+
+/// The client's request: `host` from the authority (unless the headers give one), the body
+/// whole, in chunks, or followed by trailers.
+fn client_request(request: &Request) -> HttpRequest {
+    let mut wire = HttpRequest::new(&request.method, &request.path);
+    if header(&request.headers.0, "host").is_none() {
+        wire = wire.header("host", &request.authority);
+    }
+    for (name, value) in &request.headers.0 {
+        wire = wire.header(name, value);
+    }
+    if let Some(body) = body_bytes(request.body.as_deref(), request.body_base64.as_deref()) {
+        wire = wire.body(body);
+    }
+    if !request.chunks.is_empty() {
+        wire = wire.chunks(
+            request
+                .chunks
+                .iter()
+                .map(|chunk| chunk.as_bytes().to_vec())
+                .collect(),
+        );
+    }
+    if !request.trailers.is_empty() {
+        wire = wire.trailers(request.trailers.0.clone());
+    }
+    wire
+}
+
+/// The response as the client got it. A local reply carries its details in
+/// [`RESPONSE_CODE_DETAILS_HEADER`], except one with empty details: a complete answer to a
+/// request the upstream never saw is a local reply all the same.
+fn observed_response(response: ClientResponse, upstream_saw_it: bool) -> Response {
+    let details = response
+        .response_code_details()
+        .map(str::to_string)
+        .or_else(|| (!upstream_saw_it && response.complete).then(String::new));
+    Response {
+        status: response.status.unwrap_or(0),
+        reset: !response.complete,
+        details,
+        headers: response
+            .headers
+            .into_iter()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case(RESPONSE_CODE_DETAILS_HEADER))
+            .map(|(name, value)| (name.to_ascii_lowercase(), value))
+            .collect(),
+        body: response.body,
+    }
+}
+
+/// Headers as the harness shows a request: `:method`, `:path` and `:authority` first (the
+/// authority from `host`, which is then dropped), the rest with lower-case names.
+fn request_headers(
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+) -> Vec<(String, String)> {
+    let authority = header(headers, "host").unwrap_or_default().to_string();
+    let mut all = vec![
+        (":method".to_string(), method.to_string()),
+        (":path".to_string(), path.to_string()),
+        (":authority".to_string(), authority),
+    ];
+    all.extend(
+        headers
+            .iter()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("host"))
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.clone())),
+    );
+    all
+}
+
+fn upstream_request(seen: &ReceivedRequest) -> UpstreamRequest {
+    UpstreamRequest {
+        headers: request_headers(&seen.method, &seen.path, &seen.headers),
+        body: seen.body.clone(),
+    }
+}
+
+fn upstream_response(answer: &UpstreamAnswer) -> HttpResponse {
+    let body =
+        body_bytes(answer.body.as_deref(), answer.body_base64.as_deref()).unwrap_or_default();
+    answer.headers.0.iter().fold(
+        HttpResponse::new(answer.status, body),
+        |response, (name, value)| response.with_header(name.as_str(), value.as_str()),
+    )
+}
+
+/// The server behind an HTTP cluster: each call answered by the cluster's first matching
+/// answer, and recorded.
+fn http_cluster_server(
+    name: &str,
+    clusters: &BTreeMap<String, crate::format::Cluster>,
+    calls: &CallLog,
+) -> Result<MockServer, ScenarioError> {
+    let name = name.to_string();
+    let clusters = clusters.clone();
+    let calls = Arc::clone(calls);
+    Ok(MockServer::start(move |request| {
+        lock(&calls).push(Callout {
+            cluster: name.clone(),
+            path: request.path.clone(),
+            headers: request_headers(&request.method, &request.path, &request.headers),
+            body: request.body.clone(),
+        });
+        let answer = find_answer(&clusters, &name, Protocol::Http, &request.path);
+        http_reply(&name, &request.path, answer)
+    })?)
+}
+
+/// How a cluster's server treats a call, as the harness judge's mock does: `fail: reset` closes
+/// the connection, `fail: timeout` never answers, `delay_ms` answers late.
+fn http_reply(cluster: &str, path: &str, answer: Option<&Answer>) -> MockReply {
+    let Some(answer) = answer else {
+        // The harness refuses the connection; a live server cannot refuse one call and accept
+        // the next, so it answers a 503 that says why.
+        return MockReply::respond(HttpResponse::new(
+            503,
+            format!("wasmesh scenario: no answer of cluster {cluster} matches {path}"),
+        ));
+    };
+    match answer.fail {
+        // Only a cluster whose every answer is `refused` is refused (nothing listens); see
+        // `EnvoyJudge::start`. A lone `refused` answer cannot reach a server.
+        Some(Failure::Refused | Failure::Reset) => return MockReply::Reset,
+        Some(Failure::Timeout) => return MockReply::Hang,
+        None => {}
+    }
+    let body =
+        body_bytes(answer.body.as_deref(), answer.body_base64.as_deref()).unwrap_or_default();
+    let response = answer.headers.0.iter().fold(
+        HttpResponse::new(answer.status.unwrap_or(200), body),
+        |response, (name, value)| response.with_header(name.as_str(), value.as_str()),
+    );
+    MockReply::Respond {
+        response,
+        delay: Duration::from_millis(answer.delay_ms),
+    }
+}
+
+/// The server behind a gRPC cluster: each call answered by the cluster's first matching answer
+/// (by `/package.Service/Method`), and recorded with its metadata and message.
+fn grpc_cluster_server(
+    name: &str,
+    clusters: &BTreeMap<String, crate::format::Cluster>,
+    calls: &CallLog,
+) -> Result<GrpcTestServer, ScenarioError> {
+    let name = name.to_string();
+    let clusters = clusters.clone();
+    let calls = Arc::clone(calls);
+    Ok(GrpcTestServer::start(move |call: &GrpcRequest| {
+        lock(&calls).push(Callout {
+            cluster: name.clone(),
+            path: call.path.clone(),
+            headers: call
+                .metadata
+                .iter()
+                .map(|(key, value)| (key.to_ascii_lowercase(), value.clone()))
+                .collect(),
+            body: call.message.clone(),
+        });
+        let answer = find_answer(&clusters, &name, Protocol::Grpc, &call.path);
+        grpc_reply(&name, &call.path, answer)
+    })?)
+}
+
+/// How a gRPC cluster's server treats a call, as the harness judge's mock does.
+fn grpc_reply(cluster: &str, path: &str, answer: Option<&Answer>) -> GrpcAnswer {
+    let Some(answer) = answer else {
+        // The harness refuses the connection (status 14); a live server cannot refuse one
+        // call and accept the next.
+        return GrpcAnswer::Error {
+            status: 14,
+            message: format!("wasmesh scenario: no answer of cluster {cluster} matches {path}"),
+        };
+    };
+    match answer.fail {
+        // A lone `refused` answer cannot reach a server (see `EnvoyJudge::start`).
+        Some(Failure::Refused | Failure::Reset) => return GrpcAnswer::Reset,
+        Some(Failure::Timeout) => return GrpcAnswer::NoAnswer,
+        None => {}
+    }
+    let delay = Duration::from_millis(answer.delay_ms);
+    match answer.grpc_status.unwrap_or(0) {
+        0 => GrpcAnswer::Reply {
+            message: body_bytes(answer.body.as_deref(), answer.body_base64.as_deref())
+                .unwrap_or_default(),
+            delay,
+            initial_metadata: answer.headers.0.clone(),
+            trailing_metadata: Vec::new(),
+        },
+        status => {
+            if !delay.is_zero() {
+                // A failed call has no delayed form: the server's thread sleeps, holding its
+                // other calls for the delay too.
+                std::thread::sleep(delay);
+            }
+            GrpcAnswer::Error {
+                status,
+                message: answer.grpc_message.clone().unwrap_or_default(),
+            }
+        }
+    }
+}
+
+/// What precedes a module's message in Envoy's log: `wasm log` then the plugin's name, root id
+/// and VM id, each after a space when not empty, then `: ` (Envoy's `PluginBase::log_prefix`).
+/// The VM id is empty here.
+fn log_marker(plugin_name: &str, root_id: &str) -> String {
+    let mut marker = "wasm log".to_string();
+    for part in [plugin_name, root_id] {
+        if !part.is_empty() {
+            marker.push(' ');
+            marker.push_str(part);
+        }
+    }
+    marker.push_str(": ");
+    marker
+}
+
+/// The module's messages in a stretch of Envoy's log. A message spanning several lines goes on
+/// in lines without Envoy's `[date][thread][level]` prefix, which are joined back to it.
+fn module_lines(log: &str, marker: &str) -> Vec<String> {
+    let mut messages: Vec<String> = Vec::new();
+    let mut in_message = false;
+    for line in log.lines() {
+        if let Some((_, message)) = line.split_once(marker) {
+            messages.push(message.to_string());
+            in_message = true;
+        } else if line.starts_with('[') {
+            in_message = false;
+        } else if in_message {
+            if let Some(last) = messages.last_mut() {
+                last.push('\n');
+                last.push_str(line);
+            }
+        }
+    }
+    messages
+}
+
+fn failure_policy(name: FailurePolicyName) -> FailurePolicy {
+    match name {
+        FailurePolicyName::FailClosed => FailurePolicy::FailClosed,
+        FailurePolicyName::FailOpen => FailurePolicy::FailOpen,
+        FailurePolicyName::FailReload => FailurePolicy::FailReload,
+    }
+}
+
+/// Envoy's name of a log level (`--component-log-level`).
+fn log_level(name: LogLevelName) -> &'static str {
+    match name {
+        LogLevelName::Trace => "trace",
+        LogLevelName::Debug => "debug",
+        LogLevelName::Info => "info",
+        LogLevelName::Warn => "warn",
+        LogLevelName::Error => "error",
+        LogLevelName::Critical => "critical",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_marker_follows_envoys_prefix() {
+        assert_eq!(log_marker("", ""), "wasm log: ");
+        assert_eq!(log_marker("p", "r"), "wasm log p r: ");
+        assert_eq!(log_marker("", "r"), "wasm log r: ");
+    }
+
+    #[test]
+    fn module_lines_keep_messages_only_and_join_continuations() {
+        let log = "[2026-12-07 21:00:00.000][1][info][main] starting\n\
+                   [2026-12-07 21:00:00.001][2][info][wasm] [source/extensions/common/wasm/context.cc:1195] wasm log r: first\n\
+                   second line\n\
+                   [2026-12-07 21:00:00.002][2][info][http] other\n\
+                   not ours\n\
+                   [2026-12-07 21:00:00.003][2][warn][wasm] [context.cc:1] wasm log r: third\n";
+        assert_eq!(
+            module_lines(log, &log_marker("", "r")),
+            vec!["first\nsecond line".to_string(), "third".to_string()]
+        );
+    }
+
+    #[test]
+    fn request_headers_are_shown_as_the_harness_shows_them() {
+        let headers = vec![
+            ("Host".to_string(), "example.com".to_string()),
+            ("X-A".to_string(), "1".to_string()),
+        ];
+        assert_eq!(
+            request_headers("GET", "/p?q", &headers),
+            vec![
+                (":method".to_string(), "GET".to_string()),
+                (":path".to_string(), "/p?q".to_string()),
+                (":authority".to_string(), "example.com".to_string()),
+                ("x-a".to_string(), "1".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_local_reply_without_details_is_told_by_the_upstream_not_seeing_it() {
+        let response = |headers: Vec<(&str, &str)>, complete: bool| ClientResponse {
+            status: Some(403),
+            headers: headers
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+            body: b"no".to_vec(),
+            trailers: Vec::new(),
+            complete,
+        };
+        let with = observed_response(
+            response(
+                vec![(RESPONSE_CODE_DETAILS_HEADER, "denied"), ("X-B", "2")],
+                true,
+            ),
+            false,
+        );
+        assert_eq!(with.details.as_deref(), Some("denied"));
+        assert_eq!(with.headers, vec![("x-b".to_string(), "2".to_string())]);
+        let without = observed_response(response(vec![], true), false);
+        assert_eq!(without.details.as_deref(), Some(""));
+        let upstream = observed_response(response(vec![], true), true);
+        assert_eq!(upstream.details, None);
+        let reset = observed_response(response(vec![], false), false);
+        assert_eq!((reset.details, reset.reset), (None, true));
+    }
+
+    #[test]
+    fn cluster_answers_become_server_replies() {
+        assert_eq!(
+            http_reply("c", "/x", None).clone(),
+            MockReply::respond(HttpResponse::new(
+                503,
+                "wasmesh scenario: no answer of cluster c matches /x",
+            ))
+        );
+        let timeout = Answer {
+            fail: Some(Failure::Timeout),
+            ..Answer::default()
+        };
+        assert_eq!(http_reply("c", "/", Some(&timeout)), MockReply::Hang);
+        let late = Answer {
+            status: Some(201),
+            body: Some("b".into()),
+            delay_ms: 30,
+            ..Answer::default()
+        };
+        assert_eq!(
+            http_reply("c", "/", Some(&late)),
+            MockReply::Respond {
+                response: HttpResponse::new(201, "b"),
+                delay: Duration::from_millis(30)
+            }
+        );
+        let failed = Answer {
+            grpc_status: Some(7),
+            grpc_message: Some("no".into()),
+            ..Answer::default()
+        };
+        assert_eq!(
+            grpc_reply("g", "/a.B/C", Some(&failed)),
+            GrpcAnswer::Error {
+                status: 7,
+                message: "no".into()
+            }
+        );
+        assert_eq!(
+            grpc_reply("g", "/a.B/C", Some(&Answer::default())),
+            GrpcAnswer::Reply {
+                message: Vec::new(),
+                delay: Duration::ZERO,
+                initial_metadata: Vec::new(),
+                trailing_metadata: Vec::new(),
+            }
+        );
+    }
+
+    #[test]
+    fn the_client_request_carries_authority_chunks_and_trailers() {
+        let request = Request {
+            method: "POST".into(),
+            path: "/up".into(),
+            chunks: vec!["a".into(), "bc".into()],
+            trailers: crate::Headers(vec![("x-t".into(), "1".into())]),
+            ..Request::default()
+        };
+        let wire = client_request(&request);
+        assert_eq!(
+            wire.headers,
+            vec![("host".to_string(), "example.com".to_string())]
+        );
+        assert_eq!(wire.chunks, Some(vec![b"a".to_vec(), b"bc".to_vec()]));
+        assert_eq!(wire.body, b"abc");
+        assert_eq!(wire.trailers, vec![("x-t".to_string(), "1".to_string())]);
+    }
+}

@@ -1,0 +1,447 @@
+//! The scenario file format, version 1: what a file may say, as Rust types.
+//!
+//! These types are the one source of truth: the parser reads them (unknown fields are refused),
+//! the JSON Schema for editors is generated from them (`wasmesh test --schema`), and the
+//! README's format reference follows their documentation. A change that is not backward
+//! compatible bumps [`FORMAT_VERSION`].
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::values::{Headers, PropertyInput};
+use crate::StartTime;
+
+/// The only format version this build reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A scenario: one module with its configuration, then steps run in order against the same
+/// plugin (its state carries from step to step, as it does in a proxy).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Format version: 1.
+    pub format: u32,
+    /// What the scenario shows (default: the file name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The module under test.
+    pub module: Module,
+    /// The plugin configuration, handed to `proxy_on_configure`: a string is sent as is, any
+    /// other value as its JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
+    /// Instead of `config`: a file holding the plugin configuration (relative to the scenario).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<String>,
+    /// The VM configuration, handed to `proxy_on_vm_start` (string or JSON value, as `config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_config: Option<serde_json::Value>,
+    /// The root id selecting the root context inside the module.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub root_id: String,
+    /// Worker threads, each with its own VM, as Envoy's `--concurrency` (default 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub workers: usize,
+    /// What a request meets when the VM has failed, as Envoy's `failure_policy`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub failure_policy: FailurePolicyName,
+    /// The log level the host reports to the module (`proxy_get_log_level`); lines below it are
+    /// dropped, as Envoy drops them.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub log_level: LogLevelName,
+    /// Seed of `random_get` (harness). Envoy's randomness cannot be seeded.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub seed: u64,
+    /// Where the virtual clock starts: RFC 3339 (`2024-01-01T00:00:00Z`) or Unix seconds.
+    /// Default: now. Envoy's clock is the machine's: set only in the harness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<StartTimeSchema>")]
+    pub start_time: Option<StartTime>,
+    /// The clusters the module may call, by name, each with its answers. A call to a cluster
+    /// not listed here fails at dispatch, as in Envoy.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub clusters: BTreeMap<String, Cluster>,
+    /// Properties of the plugin (`node.metadata`, ...), set in the harness only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub properties: Vec<PropertyInput>,
+    /// The steps, run in order.
+    pub steps: Vec<Step>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(value: &usize) -> bool {
+    *value == 1
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// A point in time, as `start_time` accepts it.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Only its schema is used.
+enum StartTimeSchema {
+    /// RFC 3339, e.g. `2024-01-01T00:00:00Z`.
+    Rfc3339(String),
+    /// Unix seconds.
+    UnixSeconds(u64),
+}
+
+/// Where the module comes from: exactly one of the two.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Module {
+    /// A `.wasm` file (or `.wat` text), relative to the scenario file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A filter of the wasmesh workspace (its folder under `filters/` or `examples/`, or its
+    /// package name), built for `wasm32-wasip1` on the fly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+}
+
+/// Envoy's `failure_policy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum FailurePolicyName {
+    /// Requests get a 503 while the VM is failed.
+    #[default]
+    #[serde(rename = "FAIL_CLOSED")]
+    FailClosed,
+    /// Requests go on without the filter.
+    #[serde(rename = "FAIL_OPEN")]
+    FailOpen,
+    /// A new VM replaces the failed one.
+    #[serde(rename = "FAIL_RELOAD")]
+    FailReload,
+}
+
+/// A log level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevelName {
+    /// `trace`.
+    Trace,
+    /// `debug`.
+    Debug,
+    /// `info` (Envoy's default).
+    #[default]
+    Info,
+    /// `warn`.
+    Warn,
+    /// `error`.
+    Error,
+    /// `critical`.
+    Critical,
+}
+
+/// A cluster: its protocol and how it answers.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// `http` (default) or `grpc` (HTTP/2, for `proxy_grpc_call`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: Protocol,
+    /// Answers, tried in order; the first whose `path` matches answers. A call no answer matches
+    /// is refused, as by a cluster with nothing listening.
+    #[serde(default)]
+    pub answers: Vec<Answer>,
+}
+
+/// A cluster's protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1 calls (`proxy_http_call`).
+    #[default]
+    Http,
+    /// gRPC calls (`proxy_grpc_call`).
+    Grpc,
+}
+
+/// One answer of a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Answer {
+    /// Answer only calls to this path: the HTTP `:path` (query included), or for gRPC
+    /// `/package.Service/Method`. Omitted: every call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// HTTP status (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Response headers (HTTP) or initial metadata (gRPC).
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
+    /// The body as text (HTTP), or the response message (gRPC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The body as base64, for bytes that are not text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+    /// gRPC status of the call (default 0, OK).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
+    /// `grpc-message` of a failed gRPC call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_message: Option<String>,
+    /// Answer this much later (milliseconds): virtual time in the harness, real time in Envoy.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub delay_ms: u64,
+    /// Fail instead of answering, as Envoy reports each failure to the module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail: Option<Failure>,
+}
+
+/// How a call fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// Nothing listens: connection refused (a whole cluster: it must be its only answer).
+    Refused,
+    /// The upstream closes the connection before answering.
+    Reset,
+    /// The upstream never answers: the call times out when the module's timeout elapses.
+    Timeout,
+}
+
+/// One step: a request, a clock advance, or concurrent requests; with what to expect after it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// What the step shows (default: `<method> <path>`, or what the step does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A request from a client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Request>,
+    /// What the upstream answers, if the request reaches it (default: 200, no body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamAnswer>,
+    /// Properties of the request's stream (`source.address`, ...), set in the harness only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub properties: Vec<PropertyInput>,
+    /// The worker whose VM gets the request (harness; Envoy picks a worker itself).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub worker: usize,
+    /// Send the request this many times at once, spread over the workers. The harness runs them
+    /// in race mode (interleaved at shared-data hostcalls, on the `--race-seed` schedule); Envoy
+    /// gets them on parallel connections. Expect `statuses`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent: Option<usize>,
+    /// Let this much virtual time pass (milliseconds): timers fire, ticks run. Harness only:
+    /// Envoy's clock cannot jump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advance_ms: Option<u64>,
+    /// What must hold after the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expect>,
+}
+
+/// A client's request, sent over HTTP/1.1.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Method (default `GET`).
+    #[serde(default = "get", skip_serializing_if = "is_get")]
+    pub method: String,
+    /// Path with query (default `/`).
+    #[serde(default = "slash", skip_serializing_if = "is_slash")]
+    pub path: String,
+    /// Host (default `example.com`).
+    #[serde(default = "example_com", skip_serializing_if = "is_example_com")]
+    pub authority: String,
+    /// Headers, as a map or as a list of `[name, value]` pairs (repeated names, order kept).
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
+    /// The body as text, sent with `content-length`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The body as base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+    /// The body in chunks (chunked transfer encoding), each delivered to the module apart in the
+    /// harness. Envoy may merge chunks that arrive together.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<String>,
+    /// Trailers after the body (chunked transfer encoding).
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub trailers: Headers,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Self {
+            method: get(),
+            path: slash(),
+            authority: example_com(),
+            headers: Headers::default(),
+            body: None,
+            body_base64: None,
+            chunks: Vec::new(),
+            trailers: Headers::default(),
+        }
+    }
+}
+
+fn get() -> String {
+    "GET".to_string()
+}
+fn is_get(value: &str) -> bool {
+    value == "GET"
+}
+fn slash() -> String {
+    "/".to_string()
+}
+fn is_slash(value: &str) -> bool {
+    value == "/"
+}
+fn example_com() -> String {
+    "example.com".to_string()
+}
+fn is_example_com(value: &str) -> bool {
+    value == "example.com"
+}
+
+/// What the upstream answers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAnswer {
+    /// Status (default 200).
+    #[serde(default = "ok", skip_serializing_if = "is_ok")]
+    pub status: u16,
+    /// Headers.
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
+    /// The body as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The body as base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+}
+
+impl Default for UpstreamAnswer {
+    fn default() -> Self {
+        Self {
+            status: ok(),
+            headers: Headers::default(),
+            body: None,
+            body_base64: None,
+        }
+    }
+}
+
+fn ok() -> u16 {
+    200
+}
+fn is_ok(value: &u16) -> bool {
+    *value == 200
+}
+
+/// What must hold after a step. Every field is optional; what is not given is not checked.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// The status the client got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Whether the stream was reset (the client got no complete response).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<bool>,
+    /// Response code details of a local reply (`""` for a reply without details); `null`: the
+    /// upstream answered.
+    #[serde(
+        default,
+        deserialize_with = "null_is_a_value",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub details: Option<Option<String>>,
+    /// Response headers the client got, with these values (names in lower case).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Response headers the client must not get.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_absent: Vec<String>,
+    /// The response body, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Text the response body contains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    /// The request as the upstream got it; `null`: it never reached the upstream.
+    #[serde(
+        default,
+        deserialize_with = "null_is_a_value",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub upstream: Option<Option<UpstreamExpect>>,
+    /// The calls the module made during the step, in order (exactly these many).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callouts: Option<Vec<CalloutExpect>>,
+    /// Metric values after the step, by the name the module gave them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, u64>,
+    /// Patterns (regular expressions), each matching a line the module logged during the step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
+    /// Patterns no line logged during the step may match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs_absent: Vec<String>,
+    /// Shared data values after the step (text; `null`: the key is absent). Harness only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shared_data: BTreeMap<String, Option<String>>,
+    /// Whether the VM of the step's worker has failed (a trap, a panic). Harness only: Envoy
+    /// shows a failed VM through the statuses its failure policy gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_failed: Option<bool>,
+    /// For a concurrent step: how many requests got each status (`{"200": 3, "429": 1}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub statuses: BTreeMap<u16, usize>,
+}
+
+/// Reads a field whose `null` means something (`Some(None)`), unlike a missing field (`None`,
+/// by `#[serde(default)]`).
+fn null_is_a_value<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// The request the upstream got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamExpect {
+    /// Headers with these values (names in lower case; `:path`, `:method` and `:authority`
+    /// included).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Headers that must not reach the upstream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_absent: Vec<String>,
+    /// The body, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// A call the module made.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CalloutExpect {
+    /// The cluster called.
+    pub cluster: String,
+    /// The HTTP `:path`, or the gRPC `/package.Service/Method`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Request headers (HTTP) or initial metadata (gRPC) with these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// The request body (HTTP) or message (gRPC) as text, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}

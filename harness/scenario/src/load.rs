@@ -1,0 +1,444 @@
+//! Reading a scenario file: YAML (or JSON, by its `.json` extension) into [`Scenario`], every
+//! error naming the file, the line and the path of the field; then the checks the types alone
+//! cannot make.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+
+use crate::format::{Answer, Failure, Protocol, Scenario, Step, FORMAT_VERSION};
+use crate::ScenarioError;
+
+/// A scenario read from a file.
+#[derive(Debug, Clone)]
+pub struct ScenarioFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its contents.
+    pub scenario: Scenario,
+}
+
+impl ScenarioFile {
+    /// The folder relative paths in the scenario start from.
+    pub fn dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// The scenario's name: its `name`, else the file name.
+    pub fn name(&self) -> String {
+        self.scenario.name.clone().unwrap_or_else(|| {
+            self.path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+    }
+
+    /// The plugin configuration bytes (`config`, or the contents of `config_file`).
+    pub fn config_bytes(&self) -> Result<Vec<u8>, ScenarioError> {
+        match (&self.scenario.config, &self.scenario.config_file) {
+            (_, Some(file)) => {
+                let path = self.dir().join(file);
+                std::fs::read(&path).map_err(|source| ScenarioError::Io { path, source })
+            }
+            (Some(value), None) => Ok(document_bytes(value)),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+
+    /// The VM configuration bytes.
+    pub fn vm_config_bytes(&self) -> Vec<u8> {
+        self.scenario
+            .vm_config
+            .as_ref()
+            .map(document_bytes)
+            .unwrap_or_default()
+    }
+}
+
+/// A configuration document: a string as is, another value as its JSON text.
+fn document_bytes(value: &serde_json::Value) -> Vec<u8> {
+    match value {
+        serde_json::Value::String(text) => text.clone().into_bytes(),
+        other => other.to_string().into_bytes(),
+    }
+}
+
+/// Reads and checks a scenario file.
+pub fn load(path: &Path) -> Result<ScenarioFile, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let scenario = parse(path, &text)?;
+    let file = ScenarioFile {
+        path: path.to_path_buf(),
+        scenario,
+    };
+    validate(&file.scenario).map_err(|(field, message)| ScenarioError::Invalid {
+        file: path.display().to_string(),
+        line: None,
+        field,
+        message,
+    })?;
+    Ok(file)
+}
+
+/// Parses the text of `path` (JSON when the file name ends in `.json`, else YAML).
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    let file = path.display().to_string();
+    let is_json = path
+        .extension()
+        .is_some_and(|extension| extension == "json");
+    if is_json {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let line = error.inner().line();
+            ScenarioError::Invalid {
+                file,
+                line: Some(line),
+                field: error.path().to_string(),
+                message: strip_location(&error.inner().to_string()),
+            }
+        })
+    } else {
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let line = error.inner().location().map(|location| location.line());
+            let field = error.path().to_string();
+            // serde_yaml names the field itself: once is enough.
+            let message = strip_location(&error.inner().to_string());
+            let message = match message.split_once(": ") {
+                Some((named, rest)) if field.starts_with(named) => rest.to_string(),
+                _ => message,
+            };
+            ScenarioError::Invalid {
+                file,
+                line,
+                field,
+                message,
+            }
+        })
+    }
+}
+
+/// Drops the " at line L column C" both parsers append: the error shows the line itself.
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(at) => message.get(..at).unwrap_or(message).to_string(),
+        None => message.to_string(),
+    }
+}
+
+type Fault = (String, String);
+
+fn fault(field: impl Into<String>, message: impl Into<String>) -> Fault {
+    (field.into(), message.into())
+}
+
+/// What the types cannot say: the version, one-of fields, encodings, patterns.
+pub fn validate(scenario: &Scenario) -> Result<(), Fault> {
+    if scenario.format != FORMAT_VERSION {
+        return Err(fault(
+            "format",
+            format!(
+                "this wasmesh reads format {FORMAT_VERSION}, the file is format {}",
+                scenario.format
+            ),
+        ));
+    }
+    if scenario.module.path.is_some() == scenario.module.filter.is_some() {
+        return Err(fault("module", "give exactly one of `path` or `filter`"));
+    }
+    if scenario.config.is_some() && scenario.config_file.is_some() {
+        return Err(fault(
+            "config_file",
+            "give `config` or `config_file`, not both",
+        ));
+    }
+    if scenario.workers == 0 {
+        return Err(fault("workers", "at least 1"));
+    }
+    for (name, cluster) in &scenario.clusters {
+        for (index, answer) in cluster.answers.iter().enumerate() {
+            validate_answer(cluster.protocol, answer, cluster.answers.len())
+                .map_err(|message| fault(format!("clusters.{name}.answers[{index}]"), message))?;
+        }
+    }
+    if scenario.steps.is_empty() {
+        return Err(fault("steps", "a scenario needs at least one step"));
+    }
+    for (index, step) in scenario.steps.iter().enumerate() {
+        validate_step(scenario, step)
+            .map_err(|(field, message)| fault(join(&format!("steps[{index}]"), &field), message))?;
+    }
+    Ok(())
+}
+
+fn join(prefix: &str, field: &str) -> String {
+    if field.is_empty() {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.{field}")
+    }
+}
+
+fn validate_answer(protocol: Protocol, answer: &Answer, answers: usize) -> Result<(), String> {
+    let answers_something = answer.status.is_some()
+        || !answer.headers.is_empty()
+        || answer.body.is_some()
+        || answer.body_base64.is_some()
+        || answer.grpc_status.is_some()
+        || answer.grpc_message.is_some();
+    if answer.fail.is_some() && answers_something {
+        return Err("`fail` replaces the answer: give no status, headers or body with it".into());
+    }
+    if answer.fail == Some(Failure::Refused) && answers > 1 {
+        return Err(
+            "`refused` is a property of the whole cluster (nothing listens): it must be its only answer"
+                .into(),
+        );
+    }
+    if answer.body.is_some() && answer.body_base64.is_some() {
+        return Err("give `body` or `body_base64`, not both".into());
+    }
+    decode_base64(answer.body_base64.as_deref())
+        .map_err(|error| format!("body_base64: {error}"))?;
+    match protocol {
+        Protocol::Http if answer.grpc_status.is_some() || answer.grpc_message.is_some() => {
+            Err("`grpc_status` and `grpc_message` need `protocol: grpc` on the cluster".into())
+        }
+        Protocol::Grpc if answer.status.is_some() => {
+            Err("a gRPC answer has `grpc_status`, not an HTTP `status`".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn validate_step(scenario: &Scenario, step: &Step) -> Result<(), Fault> {
+    match (&step.request, step.advance_ms) {
+        (Some(_), Some(_)) => {
+            return Err(fault(
+                "advance_ms",
+                "a step is a request or a clock advance, not both",
+            ))
+        }
+        (None, None) => return Err(fault("", "a step needs a `request` or an `advance_ms`")),
+        _ => {}
+    }
+    if step.request.is_none() {
+        for (present, field) in [
+            (step.upstream.is_some(), "upstream"),
+            (step.concurrent.is_some(), "concurrent"),
+            (!step.properties.is_empty(), "properties"),
+        ] {
+            if present {
+                return Err(fault(field, "only a request step has this"));
+            }
+        }
+    }
+    if step.worker >= scenario.workers {
+        return Err(fault(
+            "worker",
+            format!(
+                "worker {} does not exist: the scenario has {} worker(s), numbered from 0",
+                step.worker, scenario.workers
+            ),
+        ));
+    }
+    if step.concurrent == Some(0) {
+        return Err(fault("concurrent", "at least 1 request"));
+    }
+    if let Some(request) = &step.request {
+        let bodies = usize::from(request.body.is_some())
+            + usize::from(request.body_base64.is_some())
+            + usize::from(!request.chunks.is_empty());
+        if bodies > 1 {
+            return Err(fault(
+                "request",
+                "give one of `body`, `body_base64` or `chunks`",
+            ));
+        }
+        decode_base64(request.body_base64.as_deref())
+            .map_err(|error| fault("request.body_base64", error))?;
+        if request.method.eq_ignore_ascii_case("HEAD") && bodies > 0 {
+            return Err(fault("request", "a HEAD request has no body"));
+        }
+    }
+    if let Some(upstream) = &step.upstream {
+        if upstream.body.is_some() && upstream.body_base64.is_some() {
+            return Err(fault("upstream", "give `body` or `body_base64`, not both"));
+        }
+        decode_base64(upstream.body_base64.as_deref())
+            .map_err(|error| fault("upstream.body_base64", error))?;
+    }
+    if let Some(expect) = &step.expect {
+        for (field, patterns) in [("logs", &expect.logs), ("logs_absent", &expect.logs_absent)] {
+            for (index, pattern) in patterns.iter().enumerate() {
+                regex_lite::Regex::new(pattern).map_err(|error| {
+                    fault(format!("expect.{field}[{index}]"), error.to_string())
+                })?;
+            }
+        }
+        if !expect.statuses.is_empty() && step.concurrent.is_none() {
+            return Err(fault(
+                "expect.statuses",
+                "only a concurrent step has several statuses: use `status`",
+            ));
+        }
+        if step.concurrent.is_some() {
+            let single = [
+                (expect.status.is_some(), "status"),
+                (
+                    expect.body.is_some() || expect.body_contains.is_some(),
+                    "body",
+                ),
+                (!expect.headers.is_empty(), "headers"),
+                (expect.upstream.is_some(), "upstream"),
+                (expect.details.is_some(), "details"),
+            ];
+            if let Some((_, field)) = single.iter().find(|(present, _)| *present) {
+                return Err(fault(
+                    format!("expect.{field}"),
+                    "a concurrent step has several responses: expect `statuses`, metrics, logs or shared data",
+                ));
+            }
+        }
+        if step.request.is_none() {
+            let per_request = [
+                (expect.status.is_some(), "status"),
+                (expect.reset.is_some(), "reset"),
+                (
+                    expect.body.is_some() || expect.body_contains.is_some(),
+                    "body",
+                ),
+                (
+                    !expect.headers.is_empty() || !expect.headers_absent.is_empty(),
+                    "headers",
+                ),
+                (expect.upstream.is_some(), "upstream"),
+                (expect.details.is_some(), "details"),
+            ];
+            if let Some((_, field)) = per_request.iter().find(|(present, _)| *present) {
+                return Err(fault(
+                    format!("expect.{field}"),
+                    "a clock advance has no response: expect callouts, metrics, logs or shared data",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes an optional base64 text (standard alphabet, padded).
+pub fn decode_base64(text: Option<&str>) -> Result<Vec<u8>, String> {
+    match text {
+        Some(text) => base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|error| format!("not base64: {error}")),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// A body given as `body` text or `body_base64`.
+pub fn body_bytes(text: Option<&str>, base64: Option<&str>) -> Option<Vec<u8>> {
+    match (text, base64) {
+        (Some(text), _) => Some(text.as_bytes().to_vec()),
+        // `validate` decoded it once already.
+        (None, Some(_)) => decode_base64(base64).ok(),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(text: &str) -> Result<Scenario, String> {
+        parse(Path::new("s.yaml"), text).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn a_typo_names_file_line_and_field() {
+        let error = yaml(
+            "format: 1\nmodule: {path: m.wasm}\nsteps:\n  - request:\n      path: /a\n      hedaers: {a: b}\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.starts_with("s.yaml:6: steps[0].request.hedaers: unknown field `hedaers`"),
+            "{error}"
+        );
+        assert!(error.contains("expected one of"), "{error}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_its_field() {
+        let error =
+            yaml("format: 1\nmodule: {path: m.wasm}\nworkers: many\nsteps: []\n").unwrap_err();
+        assert!(
+            error.starts_with("s.yaml:3: workers: invalid type"),
+            "{error}"
+        );
+        let error = parse(
+            Path::new("s.json"),
+            "{\"format\": 1,\n \"module\": {\"file\": \"m.wasm\"}, \"steps\": []}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("s.json:2: module.file: unknown field `file`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn semantic_faults_name_their_field() {
+        let check = |text: &str| validate(&yaml(text).unwrap()).unwrap_err();
+        let base = "format: 1\nmodule: {path: m.wasm}\n";
+        assert_eq!(check(&format!("{base}steps: [{{}}]")).0, "steps[0]");
+        assert_eq!(
+            check(&format!(
+                "{base}steps: [{{advance_ms: 5, expect: {{status: 200}}}}]"
+            ))
+            .0,
+            "steps[0].expect.status"
+        );
+        assert_eq!(
+            check(&format!("{base}steps: [{{request: {{}}, worker: 1}}]")).0,
+            "steps[0].worker"
+        );
+        assert_eq!(
+            check(&format!(
+                "{base}steps: [{{request: {{}}, expect: {{logs: ['(']}}}}]"
+            ))
+            .0,
+            "steps[0].expect.logs[0]"
+        );
+        assert_eq!(
+            check(&format!(
+                "{base}clusters: {{a: {{answers: [{{fail: refused}}, {{status: 200}}]}}}}\nsteps: [{{request: {{}}}}]"
+            ))
+            .0,
+            "clusters.a.answers[0]"
+        );
+        assert_eq!(
+            check("format: 2\nmodule: {path: m.wasm}\nsteps: [{request: {}}]").0,
+            "format"
+        );
+    }
+
+    #[test]
+    fn null_and_absent_mean_different_things() {
+        let scenario = yaml(
+            "format: 1\nmodule: {path: m.wasm}\nsteps:\n  - request: {}\n    expect: {details: null, upstream: null}\n  - request: {}\n    expect: {}\n",
+        )
+        .unwrap();
+        let first = scenario.steps[0].expect.clone().unwrap();
+        let second = scenario.steps[1].expect.clone().unwrap();
+        assert_eq!((first.details, first.upstream), (Some(None), Some(None)));
+        assert_eq!((second.details, second.upstream), (None, None));
+    }
+}
