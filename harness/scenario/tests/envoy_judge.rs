@@ -1,0 +1,345 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+//! One scenario through both judges, the harness and a real Envoy 1.40: a request the module
+//! holds while it calls an HTTP cluster (whose answer it forwards upstream as a header), a local
+//! reply, a request with a body, concurrent requests and a clock jump. Both judges must see the
+//! same statuses, details, bodies, upstream requests, callouts, metrics and logs.
+
+use std::path::{Path, PathBuf};
+
+use wasmesh_scenario::envoy_judge::EnvoyJudge;
+use wasmesh_scenario::harness_judge::HarnessJudge;
+use wasmesh_scenario::load::{parse, validate, ScenarioFile};
+use wasmesh_scenario::observe::{header, StepObservation};
+use wasmesh_scenario::ScenarioError;
+
+/// Places strings in the module's data section and hands back `(i32.const ptr) (i32.const len)`.
+struct Strings {
+    next: u32,
+    data: String,
+}
+
+impl Strings {
+    fn new() -> Self {
+        Self {
+            next: 1024,
+            data: String::new(),
+        }
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) -> String {
+        let ptr = self.next;
+        let escaped: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();
+        self.data
+            .push_str(&format!("(data (i32.const {ptr}) \"{escaped}\")\n"));
+        self.next += (bytes.len() as u32 + 8) & !7;
+        format!("(i32.const {ptr}) (i32.const {})", bytes.len())
+    }
+
+    fn s(&mut self, text: &str) -> String {
+        self.bytes(text.as_bytes())
+    }
+
+    fn map(&mut self, pairs: &[(&str, &str)]) -> String {
+        self.bytes(&wasmesh_harness::headermap::serialize(pairs))
+    }
+}
+
+/// The module: counts requests (`judge.requests`) and logs each path; `/d...` gets a local
+/// reply (403 `denied`, details `judge_denied`); `/c...` is held while the module calls cluster
+/// `auth` (`GET /check`), then goes upstream with the call's answer body in `x-auth`; anything
+/// else goes upstream as is. `configure_ok` 0 makes the configuration fail.
+fn module(configure_ok: u32) -> String {
+    let mut t = Strings::new();
+    let metric = t.s("judge.requests");
+    let path = t.s(":path");
+    let details = t.s("judge_denied");
+    let denied = t.s("denied");
+    let empty = t.map(&[]);
+    let cluster = t.s("auth");
+    let call_headers = t.map(&[
+        (":method", "GET"),
+        (":path", "/check"),
+        (":authority", "auth.local"),
+        ("x-call", "1"),
+    ]);
+    let no_body = t.s("");
+    let x_auth = t.s("x-auth");
+    format!(
+        r#"(module
+  (import "env" "proxy_log" (func $proxy_log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $proxy_get_header_map_value (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $proxy_add_header_map_value (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $proxy_send_local_response (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $proxy_continue_stream (param i32) (result i32)))
+  (import "env" "proxy_http_call" (func $proxy_http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $proxy_get_buffer_bytes (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $proxy_set_effective_context (param i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $proxy_define_metric (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $proxy_increment_metric (param i32 i64) (result i32)))
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 65536))
+  (global $stream (mut i32) (i32.const 0))
+  (global $metric (mut i32) (i32.const 0))
+  (func $malloc (export "malloc") (param $size i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (local.get $p) (i32.and (i32.add (local.get $size) (i32.const 7)) (i32.const -8))))
+    (if (i32.gt_u (global.get $heap) (i32.mul (memory.size) (i32.const 65536)))
+      (then (drop (memory.grow (i32.add (i32.shr_u (local.get $size) (i32.const 16)) (i32.const 1))))))
+    (local.get $p))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $proxy_define_metric (i32.const 0) {metric} (i32.const 520)))
+    (global.set $metric (i32.load (i32.const 520)))
+    (i32.const {configure_ok}))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param $n i32) (param $eos i32) (result i32)
+    (local $p i32) (local $first i32)
+    (drop (call $proxy_increment_metric (global.get $metric) (i64.const 1)))
+    (drop (call $proxy_get_header_map_value (i32.const 0) {path} (i32.const 512) (i32.const 516)))
+    (local.set $p (i32.load (i32.const 512)))
+    (drop (call $proxy_log (i32.const 2) (local.get $p) (i32.load (i32.const 516))))
+    (local.set $first (i32.load8_u offset=1 (local.get $p)))
+    (if (i32.eq (local.get $first) (i32.const 100))
+      (then
+        (drop (call $proxy_send_local_response (i32.const 403) {details} {denied} {empty} (i32.const -1)))
+        (return (i32.const 1))))
+    (if (i32.eq (local.get $first) (i32.const 99))
+      (then
+        (global.set $stream (local.get $ctx))
+        (drop (call $proxy_http_call {cluster} {call_headers} {no_body} {empty} (i32.const 5000) (i32.const 520)))
+        (return (i32.const 1))))
+    (i32.const 0))
+  (func (export "proxy_on_http_call_response") (param $ctx i32) (param $token i32) (param $headers i32) (param $size i32) (param $trailers i32)
+    (drop (call $proxy_set_effective_context (global.get $stream)))
+    (drop (call $proxy_get_buffer_bytes (i32.const 4) (i32.const 0) (local.get $size) (i32.const 512) (i32.const 516)))
+    (drop (call $proxy_add_header_map_value (i32.const 0) {x_auth} (i32.load (i32.const 512)) (i32.load (i32.const 516))))
+    (drop (call $proxy_continue_stream (i32.const 0))))
+{data})"#,
+        data = t.data
+    )
+}
+
+const SCENARIO: &str = r#"
+format: 1
+module: {path: judge.wat}
+clusters:
+  auth:
+    answers:
+      - path: /check
+        body: granted
+steps:
+  - request:
+      path: /call?q=1
+      headers: {x-in: "1"}
+    upstream: {status: 201, headers: {x-up: u}, body: upstream says hi}
+    expect:
+      metrics: {judge.requests: 1}
+      logs: ['^/call\?q=1$']
+      callouts: [{cluster: auth, path: /check}]
+  - request: {path: /deny}
+    expect:
+      metrics: {judge.requests: 2}
+      logs: ['^/deny$']
+  - request: {method: POST, path: /plain, body: hello}
+  - request: {path: /many}
+    concurrent: 3
+    expect:
+      metrics: {judge.requests: 6}
+  - advance_ms: 10
+"#;
+
+/// A scratch folder with the module as text, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str, wat: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "wasmesh-scenario-test-{name}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("judge.wat"), wat).unwrap();
+        Self(dir)
+    }
+
+    fn module(&self) -> PathBuf {
+        self.0.join("judge.wat")
+    }
+
+    fn scenario(&self, text: &str) -> ScenarioFile {
+        let path = self.0.join("judge.yaml");
+        let scenario = parse(&path, text).unwrap();
+        validate(&scenario).unwrap();
+        ScenarioFile { path, scenario }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run_both(file: &ScenarioFile, module: &Path) -> Vec<(StepObservation, StepObservation)> {
+    let mut harness = HarnessJudge::start(file, module, 1).unwrap();
+    let mut envoy = EnvoyJudge::start(file, module).unwrap();
+    file.scenario
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(index, step)| {
+            let by_harness = harness.step(index, step).unwrap();
+            let by_envoy = envoy.step(index, step).unwrap();
+            (by_harness, by_envoy)
+        })
+        .collect()
+}
+
+/// The response's status, reset, details and body under both judges, which must agree.
+fn agreed_response(
+    index: usize,
+    (harness, envoy): &(StepObservation, StepObservation),
+) -> (u16, bool, Option<String>, String) {
+    let view = |seen: &StepObservation| {
+        let response = seen.response.clone().unwrap();
+        (
+            response.status,
+            response.reset,
+            response.details,
+            String::from_utf8_lossy(&response.body).into_owned(),
+        )
+    };
+    assert_eq!(view(harness), view(envoy), "step {index}: harness vs Envoy");
+    view(harness)
+}
+
+#[test]
+fn the_harness_and_envoy_judges_see_the_same_steps() {
+    if wasmesh_envoy::skip_requested() {
+        return;
+    }
+    let scratch = Scratch::new("agree", &module(1));
+    let file = scratch.scenario(SCENARIO);
+    let steps = run_both(&file, &scratch.module());
+
+    // A held request, a callout, then the upstream's answer.
+    let called = &steps[0];
+    assert_eq!(
+        agreed_response(0, called),
+        (201, false, None, "upstream says hi".to_string())
+    );
+    for (judge, seen) in [("harness", &called.0), ("envoy", &called.1)] {
+        let response = seen.response.as_ref().unwrap();
+        assert_eq!(header(&response.headers, "x-up"), Some("u"), "{judge}");
+        let upstream = seen.upstream.as_ref().unwrap();
+        for (name, value) in [
+            (":method", "GET"),
+            (":path", "/call?q=1"),
+            (":authority", "example.com"),
+            ("x-in", "1"),
+            ("x-auth", "granted"),
+        ] {
+            assert_eq!(
+                header(&upstream.headers, name),
+                Some(value),
+                "{judge}: {name}"
+            );
+        }
+        assert_eq!(upstream.body, b"", "{judge}");
+        assert_eq!(seen.callouts.len(), 1, "{judge}: {:?}", seen.callouts);
+        let callout = &seen.callouts[0];
+        assert_eq!(
+            (callout.cluster.as_str(), callout.path.as_str()),
+            ("auth", "/check"),
+            "{judge}"
+        );
+        for (name, value) in [
+            (":method", "GET"),
+            (":authority", "auth.local"),
+            ("x-call", "1"),
+        ] {
+            assert_eq!(
+                header(&callout.headers, name),
+                Some(value),
+                "{judge}: {name}"
+            );
+        }
+        assert_eq!(callout.body, b"", "{judge}");
+        assert_eq!(seen.metrics.get("judge.requests"), Some(&1), "{judge}");
+        assert_eq!(seen.logs, Some(vec!["/call?q=1".to_string()]), "{judge}");
+    }
+
+    // A local reply: the upstream never sees the request.
+    let denied = &steps[1];
+    assert_eq!(
+        agreed_response(1, denied),
+        (
+            403,
+            false,
+            Some("judge_denied".to_string()),
+            "denied".to_string()
+        )
+    );
+    for (judge, seen) in [("harness", &denied.0), ("envoy", &denied.1)] {
+        assert_eq!(seen.upstream, None, "{judge}");
+        assert!(seen.callouts.is_empty(), "{judge}");
+        assert_eq!(seen.metrics.get("judge.requests"), Some(&2), "{judge}");
+        assert_eq!(seen.logs, Some(vec!["/deny".to_string()]), "{judge}");
+    }
+
+    // A body reaches the upstream; the default answer is 200 without a body.
+    let posted = &steps[2];
+    assert_eq!(
+        agreed_response(2, posted),
+        (200, false, None, String::new())
+    );
+    for (judge, seen) in [("harness", &posted.0), ("envoy", &posted.1)] {
+        let upstream = seen.upstream.as_ref().unwrap();
+        assert_eq!(upstream.body, b"hello", "{judge}");
+        assert_eq!(
+            header(&upstream.headers, ":method"),
+            Some("POST"),
+            "{judge}"
+        );
+        assert_eq!(
+            header(&upstream.headers, ":path"),
+            Some("/plain"),
+            "{judge}"
+        );
+    }
+
+    // Concurrent requests: their statuses, sorted.
+    let many = &steps[3];
+    assert_eq!(many.0.statuses, vec![200, 200, 200]);
+    assert_eq!(many.1.statuses, many.0.statuses);
+    assert_eq!(many.1.metrics.get("judge.requests"), Some(&6));
+
+    // A clock jump is the harness's only.
+    let jump = &steps[4];
+    assert_eq!(jump.0.not_run, None);
+    assert!(jump.1.not_run.as_deref().unwrap().contains("harness only"));
+    assert_eq!((jump.1.shared_data.clone(), jump.1.vm_failed), (None, None));
+}
+
+#[test]
+fn a_module_envoy_refuses_is_an_error_with_envoys_log() {
+    if wasmesh_envoy::skip_requested() {
+        return;
+    }
+    let scratch = Scratch::new("refused", &module(0));
+    let file = scratch.scenario(SCENARIO);
+    assert!(HarnessJudge::start(&file, &scratch.module(), 1).is_err());
+    let error = match EnvoyJudge::start(&file, &scratch.module()) {
+        Err(error) => error,
+        Ok(_) => panic!("Envoy started a module whose configuration fails"),
+    };
+    assert!(matches!(error, ScenarioError::Envoy(_)), "{error}");
+    assert!(error.to_string().contains("end of its log"), "{error}");
+}
