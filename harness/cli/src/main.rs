@@ -15,6 +15,7 @@ mod push;
 mod race;
 mod registry;
 mod run;
+mod test;
 mod validate;
 mod yaml;
 
@@ -36,6 +37,8 @@ enum Command {
     Build(build::Args),
     /// Run one HTTP exchange through a filter in the harness and print what happened as JSON.
     Run(run::Args),
+    /// Run scenario files under the harness (and with --envoy, under a real Envoy too).
+    Test(test::Args),
     /// Check a filter configuration with the filter's own parser (and, with --wasm, the module).
     Validate(validate::Args),
     /// Publish a filter module to an OCI registry; prints the manifest digest.
@@ -51,6 +54,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Test(args) => match test::run(&args) {
+            // Failed scenarios were reported on stdout.
+            Ok(false) => return ExitCode::FAILURE,
+            other => other.map(drop),
+        },
         Command::Build(args) => build::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Validate(args) => validate::run(&args),

@@ -291,7 +291,7 @@ impl HarnessJudge {
                     status: u16::try_from(reply.status).unwrap_or(u16::MAX),
                     reset: false,
                     details: Some(reply.details),
-                    headers: reply.headers,
+                    headers: without_pseudo_headers(reply.headers),
                     body: reply.body,
                 },
                 None,
@@ -318,7 +318,7 @@ impl HarnessJudge {
                 status: u16::try_from(reply.status).unwrap_or(u16::MAX),
                 reset: false,
                 details: Some(reply.details),
-                headers: reply.headers,
+                headers: without_pseudo_headers(reply.headers),
                 body: reply.body,
             },
             None => {
@@ -329,10 +329,7 @@ impl HarnessJudge {
                         .unwrap_or(upstream.status),
                     reset: stream.response_state() == StreamState::Reset,
                     details: None,
-                    headers: headers
-                        .into_iter()
-                        .filter(|(name, _)| !name.starts_with(':'))
-                        .collect(),
+                    headers: without_pseudo_headers(headers),
                     body: stream.response_body_now(),
                 }
             }
@@ -434,6 +431,14 @@ fn tolerate_crash<T>(result: Result<T, HarnessError>) -> Result<(), ScenarioErro
         Err(error) if error.is_vm_crash() => Ok(()),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Headers as the client reads them: `:status` is the status line, not a header.
+fn without_pseudo_headers(headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    headers
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with(':'))
+        .collect()
 }
 
 fn client_request(request: &Request) -> ClientRequest {

@@ -144,10 +144,11 @@ pub fn junit(reports: &[ScenarioReport]) -> String {
     let summary = Summary::of(reports);
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let cases: usize = reports.iter().map(|report| case_count(report)).sum();
+    let start_failures: usize = reports.iter().map(|report| report.errors.len()).sum();
     let _ = writeln!(
         out,
         "<testsuites name=\"wasmesh test\" tests=\"{cases}\" failures=\"{}\">",
-        summary.failed_steps
+        summary.failed_steps + start_failures
     );
     for report in reports {
         let failures =

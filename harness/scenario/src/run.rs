@@ -153,7 +153,11 @@ fn build_filter(start: &Path, name: &str) -> Result<PathBuf, ScenarioError> {
     } else {
         start
     };
-    let workspace = locate_workspace(start)?;
+    // The scenario's own workspace, else the one the command runs in.
+    let workspace = match locate_workspace(start) {
+        Ok(workspace) => workspace,
+        Err(error) => locate_workspace(Path::new(".")).map_err(|_| error)?,
+    };
     let package = ["filters", "examples"]
         .iter()
         .map(|folder| workspace.root.join(folder).join(name).join("Cargo.toml"))
