@@ -20,7 +20,6 @@
 //! See `harness/e2e/README.md` for the corpus format, how to run both, and the known
 //! Envoy/spec divergences.
 
-pub mod client;
 pub mod corpus;
 pub mod differential;
 pub mod foreign;

@@ -219,7 +219,8 @@ pub fn observe_envoy(
     services.stage_upstream_answer(staged.clone());
     let before = services.upstream.requests().len();
     let response =
-        crate::client::send(envoy.listener_addr(), &client_request(exchange, request_id))?;
+        wasmesh_envoy::client::send(envoy.listener_addr(), &client_request(exchange, request_id))
+            .map_err(E2eError::Envoy)?;
     let received: Option<ReceivedRequest> = services.upstream.requests().into_iter().nth(before);
     let reset = !response.complete;
     // A module's local reply with empty details (the proxy-wasm crate's `send_http_response`

@@ -4,7 +4,9 @@
 //! the same `.wasm` and configuration its harness tests use, so that the harness's verdicts can
 //! be compared with Envoy's. This crate starts Envoy on 127.0.0.1 with a generated bootstrap
 //! (one listener, an HTTP connection manager with the wasm filter then the router), talks HTTP/1.1
-//! to it, runs local upstreams (an echo server, or any handler: JWKS, ext_authz), and reads
+//! to it ([`send`]; [`client::send`] when a reset stream is a result, not an error; bodies in
+//! chunks and trailers), runs local upstreams ([`TestServer`]: an echo server, or any handler:
+//! JWKS, ext_authz; [`MockServer`]: answers late, resets, hangs; [`GrpcTestServer`]), and reads
 //! Envoy's stats.
 //!
 //! ```no_run
@@ -30,23 +32,26 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 mod burst;
+pub mod client;
 mod grpc;
+mod http1;
+mod mock;
 mod shipped;
 
 pub use burst::{burst, connections_per_worker, BurstReply};
+pub use client::ClientResponse;
 pub use grpc::{GrpcAnswer, GrpcRequest, GrpcTestServer};
+pub use mock::{refused_address, MockReply, MockServer, ReceivedRequest, TestServer};
 pub use shipped::{
     block_under, shipped_wasm, ShippedBootstrap, ShippedError, ShippedExample, SHIPPED_ADMIN_PORT,
     SHIPPED_LISTENER_PORT, SHIPPED_UPSTREAM_PORT,
@@ -66,9 +71,6 @@ pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the HTTP client and the test servers wait on a silent socket before giving up, so
 /// that a wedged exchange fails the test instead of hanging it.
 pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Largest HTTP head (start line and headers) the client and servers accept.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Response header through which Envoy reports `%RESPONSE_CODE_DETAILS%` on local replies (see
 /// [`EnvoyBuilder::report_response_code_details`]), so tests can compare a filter's local-reply
@@ -969,7 +971,11 @@ impl Drop for Envoy {
     }
 }
 
-/// An HTTP/1.1 request for [`send`].
+/// An HTTP/1.1 request for [`send`] and [`client::send`].
+///
+/// The body goes with `content-length`, unless the request is chunked: when it has
+/// [`chunks`](HttpRequest::chunks) or [`trailers`](HttpRequest::trailers), or a
+/// `transfer-encoding: chunked` header (then the body is one chunk).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpRequest {
     /// Method, e.g. `GET`.
@@ -978,8 +984,16 @@ pub struct HttpRequest {
     pub path: String,
     /// Headers in order. A `host` header is added when absent.
     pub headers: Vec<(String, String)>,
-    /// Body; sent with `content-length` when not empty.
+    /// Body; sent with `content-length` when not empty and not chunked. Not written when
+    /// `chunks` is set.
     pub body: Vec<u8>,
+    /// The body as separate chunks, to exercise a filter's streaming body callbacks: sent with
+    /// chunked transfer-encoding, each one HTTP/1.1 chunk, in order (empty ones skipped, as a
+    /// zero-size chunk ends the body). `None`: `body` is the body.
+    pub chunks: Option<Vec<Vec<u8>>>,
+    /// Trailers, sent after the last chunk (they make the request chunked). Envoy's HTTP/1
+    /// codec drops them unless the listener's `http_protocol_options.enable_trailers` is set.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl HttpRequest {
@@ -990,6 +1004,8 @@ impl HttpRequest {
             path: path.into(),
             headers: Vec::new(),
             body: Vec::new(),
+            chunks: None,
+            trailers: Vec::new(),
         }
     }
 
@@ -1009,32 +1025,73 @@ impl HttpRequest {
         self
     }
 
-    /// Sets the body.
+    /// Sets the body (sent whole; see [`HttpRequest::chunks`] for a body in chunks).
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = body.into();
+        self.chunks = None;
         self
     }
 
+    /// Sends the body as these chunks with chunked transfer-encoding, one HTTP/1.1 chunk each,
+    /// in order; [`HttpRequest::body`] becomes their concatenation, so it still says what the
+    /// peer receives.
+    pub fn chunks(mut self, chunks: Vec<Vec<u8>>) -> Self {
+        self.body = chunks.concat();
+        self.chunks = Some(chunks);
+        self
+    }
+
+    /// Sets the trailers sent after the last chunk (the request becomes chunked).
+    pub fn trailers(mut self, trailers: Vec<(String, String)>) -> Self {
+        self.trailers = trailers;
+        self
+    }
+
+    /// Adds one trailer (the request becomes chunked).
+    pub fn trailer(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.trailers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Whether the body goes with chunked transfer-encoding.
+    fn is_chunked(&self) -> bool {
+        self.chunks.is_some() || !self.trailers.is_empty() || http1::is_chunked(&self.headers)
+    }
+
+    /// The request as written on the connection (with `connection: close`).
     fn to_wire(&self) -> Vec<u8> {
+        let chunked = self.is_chunked();
         let mut head = format!("{} {} HTTP/1.1\r\n", self.method, self.path);
-        if !has_header(&self.headers, "host") {
+        if !http1::has_header(&self.headers, "host") {
             head.push_str("host: localhost\r\n");
         }
         for (name, value) in &self.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
-        if !self.body.is_empty() && !has_header(&self.headers, "content-length") {
+        if chunked {
+            if !http1::is_chunked(&self.headers) {
+                head.push_str("transfer-encoding: chunked\r\n");
+            }
+        } else if !self.body.is_empty() && !http1::has_header(&self.headers, "content-length") {
             head.push_str(&format!("content-length: {}\r\n", self.body.len()));
         }
         // One exchange per connection: the response ends at EOF if it has no length.
         head.push_str("connection: close\r\n\r\n");
         let mut wire = head.into_bytes();
-        wire.extend_from_slice(&self.body);
+        match (&self.chunks, chunked) {
+            (Some(chunks), _) => {
+                http1::write_chunked(&mut wire, chunks.iter().map(Vec::as_slice), &self.trailers);
+            }
+            (None, true) => {
+                http1::write_chunked(&mut wire, [self.body.as_slice()], &self.trailers);
+            }
+            (None, false) => wire.extend_from_slice(&self.body),
+        }
         wire
     }
 }
 
-/// An HTTP/1.1 response.
+/// An HTTP/1.1 response: what [`send`] got, or what a [`TestServer`] or [`MockServer`] answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpResponse {
     /// Status code.
@@ -1043,6 +1100,9 @@ pub struct HttpResponse {
     pub headers: Vec<(String, String)>,
     /// Body, de-chunked.
     pub body: Vec<u8>,
+    /// Trailers of a chunked response. A server answers with chunked transfer-encoding (the
+    /// body as one chunk) when there are any, with `content-length` otherwise.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl HttpResponse {
@@ -1052,6 +1112,7 @@ impl HttpResponse {
             status,
             headers: Vec::new(),
             body: body.into(),
+            trailers: Vec::new(),
         }
     }
 
@@ -1061,9 +1122,20 @@ impl HttpResponse {
         self
     }
 
+    /// Adds a trailer (a server then answers chunked).
+    pub fn with_trailer(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.trailers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The first value of a trailer (name compared case-insensitively).
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        http1::header_value(&self.trailers, name)
+    }
+
     /// The first value of a header (name compared case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
-        header_value(&self.headers, name)
+        http1::header_value(&self.headers, name)
     }
 
     /// The response code details Envoy reported for a local reply (see
@@ -1083,432 +1155,43 @@ impl HttpResponse {
     }
 }
 
-fn has_header(headers: &[(String, String)], name: &str) -> bool {
-    header_value(headers, name).is_some()
-}
-
-fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(candidate, _)| candidate.eq_ignore_ascii_case(name))
-        .map(|(_, value)| value.as_str())
-}
-
-/// Sends one request over a new connection and reads the whole response.
+/// Sends one request over a new connection and reads the whole response: a connection closed
+/// before the response ended is an error (see [`client::send`] to tell a reset stream from an
+/// answer instead).
 pub fn send(address: SocketAddr, request: &HttpRequest) -> Result<HttpResponse, EnvoyError> {
     let context = || format!("HTTP {} {} to {address}", request.method, request.path);
-    let mut stream = TcpStream::connect_timeout(&address, SOCKET_TIMEOUT)
-        .map_err(|error| EnvoyError::io(context(), error))?;
-    stream
-        .set_read_timeout(Some(SOCKET_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(SOCKET_TIMEOUT)))
-        .and_then(|()| stream.write_all(&request.to_wire()))
-        .map_err(|error| EnvoyError::io(context(), error))?;
-    let mut reader = BufReader::new(stream);
-    let head = read_head(&mut reader)
-        .map_err(|error| EnvoyError::io(context(), error))?
-        .ok_or_else(|| EnvoyError::MalformedHttp(format!("{}: connection closed", context())))?;
-    let (start_line, headers) = parse_head(&head)?;
-    let status = parse_status_line(&start_line)?;
-    let has_no_body = request.method.eq_ignore_ascii_case("HEAD")
-        || (100..200).contains(&status)
-        || status == 204
-        || status == 304;
-    let body = if has_no_body {
-        Vec::new()
-    } else {
-        read_body(&mut reader, &headers, BodyEnd::Eof)?
-    };
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn parse_status_line(line: &str) -> Result<u16, EnvoyError> {
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let code = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(EnvoyError::MalformedHttp(format!(
-            "bad status line {line:?}"
-        )));
-    }
-    code.parse()
-        .map_err(|_| EnvoyError::MalformedHttp(format!("bad status code in {line:?}")))
-}
-
-/// Reads up to and including the blank line ending an HTTP head. `None` on a clean EOF before any
-/// byte (a keep-alive connection closed by the peer).
-fn read_head(reader: &mut impl BufRead) -> io::Result<Option<Vec<u8>>> {
-    let mut head = Vec::new();
-    loop {
-        let before = head.len();
-        let read = reader.read_until(b'\n', &mut head)?;
-        if read == 0 {
-            return if head.is_empty() {
-                Ok(None)
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed inside an HTTP head",
-                ))
-            };
-        }
-        if head.len() > MAX_HEAD_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "HTTP head too large",
-            ));
-        }
-        let line = head.get(before..).unwrap_or_default();
-        if line == b"\r\n" || line == b"\n" {
-            return Ok(Some(head));
-        }
-    }
-}
-
-/// Splits a head into its start line and headers.
-fn parse_head(head: &[u8]) -> Result<(String, Vec<(String, String)>), EnvoyError> {
-    let text = String::from_utf8_lossy(head);
-    let mut lines = text.lines();
-    let start_line = lines.next().unwrap_or_default().to_string();
-    let mut headers = Vec::new();
-    for line in lines.filter(|line| !line.is_empty()) {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| EnvoyError::MalformedHttp(format!("bad header line {line:?}")))?;
-        headers.push((name.trim().to_string(), value.trim().to_string()));
-    }
-    Ok((start_line, headers))
-}
-
-/// What ends a body that has neither `content-length` nor chunked encoding.
-#[derive(Clone, Copy)]
-enum BodyEnd {
-    /// A response: the body runs to EOF.
-    Eof,
-    /// A request: no body.
-    Empty,
-}
-
-fn read_body(
-    reader: &mut impl BufRead,
-    headers: &[(String, String)],
-    without_length: BodyEnd,
-) -> Result<Vec<u8>, EnvoyError> {
-    let io_error = |error: io::Error| EnvoyError::io("reading an HTTP body", error);
-    let chunked = header_value(headers, "transfer-encoding")
-        .is_some_and(|value| value.to_ascii_lowercase().contains("chunked"));
-    if chunked {
-        return read_chunked(reader);
-    }
-    if let Some(length) = header_value(headers, "content-length") {
-        let length: usize = length
-            .parse()
-            .map_err(|_| EnvoyError::MalformedHttp(format!("bad content-length {length:?}")))?;
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).map_err(io_error)?;
-        return Ok(body);
-    }
-    let mut body = Vec::new();
-    if let BodyEnd::Eof = without_length {
-        reader.read_to_end(&mut body).map_err(io_error)?;
-    }
-    Ok(body)
-}
-
-fn read_chunked(reader: &mut impl BufRead) -> Result<Vec<u8>, EnvoyError> {
-    let io_error = |error: io::Error| EnvoyError::io("reading a chunked HTTP body", error);
-    let mut body = Vec::new();
-    loop {
-        let mut size_line = String::new();
-        reader.read_line(&mut size_line).map_err(io_error)?;
-        let size_text = size_line.trim().split(';').next().unwrap_or_default();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| EnvoyError::MalformedHttp(format!("bad chunk size {size_line:?}")))?;
-        if size == 0 {
-            // Trailers (ignored) up to the blank line.
-            loop {
-                let mut line = String::new();
-                let read = reader.read_line(&mut line).map_err(io_error)?;
-                if read == 0 || line.trim().is_empty() {
-                    return Ok(body);
-                }
-            }
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        reader
-            .read_exact(body.get_mut(start..).unwrap_or_default())
-            .map_err(io_error)?;
-        let mut crlf = String::new();
-        reader.read_line(&mut crlf).map_err(io_error)?;
-    }
-}
-
-/// A request as a [`TestServer`] received it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceivedRequest {
-    /// Method.
-    pub method: String,
-    /// Path with query.
-    pub path: String,
-    /// Headers in order as received.
-    pub headers: Vec<(String, String)>,
-    /// Body, de-chunked.
-    pub body: Vec<u8>,
-}
-
-impl ReceivedRequest {
-    /// The first value of a header (name compared case-insensitively).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header_value(&self.headers, name)
-    }
-
-    /// The JSON document [`TestServer::echo`] answers with:
-    /// `{"method": .., "path": .., "headers": [[name, value], ..], "body": ".."}`.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "method": self.method,
-            "path": self.path,
-            "headers": self.headers.iter().map(|(name, value)| json!([name, value])).collect::<Vec<_>>(),
-            "body": String::from_utf8_lossy(&self.body),
-        })
-    }
-
-    /// Decodes the request an echo server saw from the response that went back through Envoy.
-    pub fn from_echo(response: &HttpResponse) -> Result<Self, EnvoyError> {
-        let malformed = |problem: &str| {
-            EnvoyError::MalformedHttp(format!(
-                "not an echo response ({problem}): {}",
-                response.text()
-            ))
-        };
-        let document = response.json().map_err(|_| malformed("not JSON"))?;
-        let text = |field: &str| {
-            document
-                .get(field)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| malformed(field))
-        };
-        let headers = document
-            .get("headers")
-            .and_then(Value::as_array)
-            .ok_or_else(|| malformed("headers"))?
-            .iter()
-            .map(|pair| {
-                match (
-                    pair.get(0).and_then(Value::as_str),
-                    pair.get(1).and_then(Value::as_str),
-                ) {
-                    (Some(name), Some(value)) => Ok((name.to_string(), value.to_string())),
-                    _ => Err(malformed("header pair")),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            method: text("method")?,
-            path: text("path")?,
-            headers,
-            body: text("body")?.into_bytes(),
-        })
-    }
-}
-
-type Handler = dyn Fn(&ReceivedRequest) -> HttpResponse + Send + Sync + 'static;
-
-/// A local HTTP/1.1 server on 127.0.0.1 (an upstream, a JWKS endpoint, an ext_authz service)
-/// answering with a handler, recording every request. Stops when dropped.
-pub struct TestServer {
-    address: SocketAddr,
-    received: Arc<Mutex<Vec<ReceivedRequest>>>,
-    stopping: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-impl fmt::Debug for TestServer {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_struct("TestServer")
-            .field("address", &self.address)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TestServer {
-    /// A server answering `200` with the request it received as JSON (see
-    /// [`ReceivedRequest::to_json`]), so a test sees what the filter forwarded upstream.
-    pub fn echo() -> Result<Self, EnvoyError> {
-        Self::start(|request| {
-            HttpResponse::new(200, request.to_json().to_string())
-                .with_header("content-type", "application/json")
-        })
-    }
-
-    /// A server answering every request with `handler`'s response.
-    pub fn start(
-        handler: impl Fn(&ReceivedRequest) -> HttpResponse + Send + Sync + 'static,
-    ) -> Result<Self, EnvoyError> {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .map_err(|error| EnvoyError::io("binding a test server", error))?;
-        let address = listener
-            .local_addr()
-            .map_err(|error| EnvoyError::io("reading a test server's address", error))?;
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let stopping = Arc::new(AtomicBool::new(false));
-        let handler: Arc<Handler> = Arc::new(handler);
-
-        let acceptor = {
-            let received = Arc::clone(&received);
-            let stopping = Arc::clone(&stopping);
-            std::thread::Builder::new()
-                .name(format!("test-server-{address}"))
-                .spawn(move || accept_loop(&listener, &stopping, &handler, &received))
-                .map_err(|error| EnvoyError::io("spawning a test server thread", error))?
-        };
-        Ok(Self {
-            address,
-            received,
-            stopping,
-            acceptor: Some(acceptor),
-        })
-    }
-
-    /// Where the server listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.address
-    }
-
-    /// Every request received so far, in arrival order.
-    pub fn requests(&self) -> Vec<ReceivedRequest> {
-        self.received
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // Wake the blocking accept so the thread sees the flag.
-        let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-    }
-}
-
-fn accept_loop(
-    listener: &TcpListener,
-    stopping: &AtomicBool,
-    handler: &Arc<Handler>,
-    received: &Arc<Mutex<Vec<ReceivedRequest>>>,
-) {
-    for connection in listener.incoming() {
-        if stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(connection) = connection else {
-            continue;
-        };
-        let handler = Arc::clone(handler);
-        let received = Arc::clone(received);
-        // Connections end when the peer closes them (Envoy keeps upstream connections alive).
-        let _ = std::thread::Builder::new()
-            .name("test-server-connection".to_string())
-            .spawn(move || {
-                let _ = serve_connection(connection, &*handler, &received);
-            });
-    }
-}
-
-fn serve_connection(
-    connection: TcpStream,
-    handler: &Handler,
-    received: &Mutex<Vec<ReceivedRequest>>,
-) -> Result<(), EnvoyError> {
-    let io_error = |error: io::Error| EnvoyError::io("serving a test connection", error);
-    connection
-        .set_read_timeout(Some(SOCKET_TIMEOUT))
-        .map_err(io_error)?;
-    let mut writer = connection.try_clone().map_err(io_error)?;
-    let mut reader = BufReader::new(connection);
-    while let Some(head) = read_head(&mut reader).map_err(io_error)? {
-        let (start_line, headers) = parse_head(&head)?;
-        let mut parts = start_line.split(' ');
-        let method = parts.next().unwrap_or_default().to_string();
-        let path = parts.next().unwrap_or_default().to_string();
-        let body = read_body(&mut reader, &headers, BodyEnd::Empty)?;
-        let closing = header_value(&headers, "connection")
-            .is_some_and(|value| value.eq_ignore_ascii_case("close"));
-        let request = ReceivedRequest {
-            method,
-            path,
+    let response = client::send(address, request)?;
+    match response {
+        ClientResponse {
+            status: Some(status),
             headers,
             body,
-        };
-        let response = handler(&request);
-        received
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(request);
-        writer
-            .write_all(&response_wire(&response, closing))
-            .map_err(io_error)?;
-        if closing {
-            let _ = writer.shutdown(Shutdown::Both);
-            return Ok(());
-        }
-    }
-    Ok(())
-}
-
-fn response_wire(response: &HttpResponse, closing: bool) -> Vec<u8> {
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\n",
-        response.status,
-        reason_phrase(response.status)
-    );
-    for (name, value) in &response.headers {
-        // The server frames the body itself.
-        if name.eq_ignore_ascii_case("content-length")
-            || name.eq_ignore_ascii_case("transfer-encoding")
-        {
-            continue;
-        }
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str(&format!("content-length: {}\r\n", response.body.len()));
-    if closing {
-        head.push_str("connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    let mut wire = head.into_bytes();
-    wire.extend_from_slice(&response.body);
-    wire
-}
-
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
+            trailers,
+            complete: true,
+        } => Ok(HttpResponse {
+            status,
+            headers,
+            body,
+            trailers,
+        }),
+        ClientResponse { status: None, .. } => Err(EnvoyError::MalformedHttp(format!(
+            "{}: connection closed",
+            context()
+        ))),
+        ClientResponse {
+            status: Some(status),
+            body,
+            ..
+        } => Err(EnvoyError::io(
+            context(),
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "connection closed inside the body of a {status} response ({} bytes arrived)",
+                    body.len()
+                ),
+            ),
+        )),
     }
 }
 
@@ -1523,13 +1206,6 @@ fn set_field(object: &mut Value, key: &str, value: Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_a_chunked_body_and_skips_trailers() {
-        let wire = b"4\r\nwasm\r\n5;ext=1\r\nesh!!\r\n0\r\nx-trailer: 1\r\n\r\n";
-        let body = read_chunked(&mut &wire[..]).unwrap();
-        assert_eq!(body, b"wasmesh!!");
-    }
 
     #[test]
     fn request_wire_adds_host_length_and_close() {
