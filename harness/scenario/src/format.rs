@@ -63,6 +63,10 @@ pub struct Scenario {
     /// not listed here fails at dispatch, as in Envoy.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub clusters: BTreeMap<String, Cluster>,
+    /// Response headers whose values differ from run to run by nature (they carry a request id,
+    /// a time): the judges' values are compared for presence only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volatile_headers: Vec<String>,
     /// Properties of the plugin (`node.metadata`, ...), set in the harness only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub properties: Vec<PropertyInput>,

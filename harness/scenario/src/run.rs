@@ -230,6 +230,7 @@ pub fn run_scenario(file: &ScenarioFile, options: &Options) -> ScenarioReport {
     } else {
         None
     };
+    let blind = Blind::of(file);
     for (index, step) in file.scenario.steps.iter().enumerate() {
         let mut judges = Vec::new();
         if let Some(judge) = harness.as_mut() {
@@ -250,7 +251,7 @@ pub fn run_scenario(file: &ScenarioFile, options: &Options) -> ScenarioReport {
         }
         let disagreements = match judges.as_slice() {
             [first, second] if first.error.is_none() && second.error.is_none() => {
-                disagreements(&first.seen, &second.seen)
+                disagreements(&first.seen, &second.seen, &blind)
             }
             _ => Vec::new(),
         };
@@ -289,8 +290,47 @@ fn judged(
     }
 }
 
+/// What a comparison of judges must not look at.
+#[derive(Debug, Clone, Default)]
+pub struct Blind {
+    /// Clusters nothing listens behind: Envoy's servers cannot see calls to them.
+    pub refused_clusters: Vec<String>,
+    /// Response headers compared for presence only (the scenario's `volatile_headers`).
+    pub volatile_headers: Vec<String>,
+}
+
+impl Blind {
+    /// What the scenario makes unobservable or volatile.
+    pub fn of(file: &ScenarioFile) -> Self {
+        Self {
+            refused_clusters: file
+                .scenario
+                .clusters
+                .iter()
+                .filter(|(_, cluster)| {
+                    cluster
+                        .answers
+                        .iter()
+                        .any(|answer| answer.fail == Some(crate::format::Failure::Refused))
+                })
+                .map(|(name, _)| name.clone())
+                .collect(),
+            volatile_headers: file
+                .scenario
+                .volatile_headers
+                .iter()
+                .map(|name| name.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+}
+
 /// Every place where two judges saw different things in the same step.
-pub fn disagreements(harness: &StepObservation, envoy: &StepObservation) -> Vec<String> {
+pub fn disagreements(
+    harness: &StepObservation,
+    envoy: &StepObservation,
+    blind: &Blind,
+) -> Vec<String> {
     if harness.not_run.is_some() || envoy.not_run.is_some() {
         return Vec::new();
     }
@@ -301,7 +341,7 @@ pub fn disagreements(harness: &StepObservation, envoy: &StepObservation) -> Vec<
         }
     };
     if let (Some(left), Some(right)) = (&harness.response, &envoy.response) {
-        compare_responses(left, right, &mut differ);
+        compare_responses(left, right, &blind.volatile_headers, &mut differ);
         differ(
             "upstream",
             reached(harness.upstream.is_some()),
@@ -328,6 +368,7 @@ pub fn disagreements(harness: &StepObservation, envoy: &StepObservation) -> Vec<
     let calls = |seen: &StepObservation| {
         seen.callouts
             .iter()
+            .filter(|callout| !blind.refused_clusters.contains(&callout.cluster))
             .map(|callout| format!("{}{}", callout.cluster, callout.path))
             .collect::<Vec<_>>()
             .join(", ")
@@ -355,6 +396,7 @@ pub fn disagreements(harness: &StepObservation, envoy: &StepObservation) -> Vec<
 fn compare_responses(
     left: &Response,
     right: &Response,
+    volatile: &[String],
     differ: &mut impl FnMut(&str, String, String),
 ) {
     differ("status", left.status.to_string(), right.status.to_string());
@@ -379,10 +421,17 @@ fn compare_responses(
         if VOLATILE_HEADERS.contains(&name) {
             continue;
         }
+        let shown = |headers: &[(String, String)]| {
+            if volatile.iter().any(|volatile| volatile == name) {
+                reached(header(headers, name).is_some())
+            } else {
+                shown_header(headers, name)
+            }
+        };
         differ(
             &format!("header {name}"),
-            shown_header(&left.headers, name),
-            shown_header(&right.headers, name),
+            shown(&left.headers),
+            shown(&right.headers),
         );
     }
 }
@@ -416,9 +465,22 @@ mod tests {
             }),
             ..StepObservation::default()
         };
-        assert!(disagreements(&response(200, "a", "u"), &response(200, "b", "u")).is_empty());
+        let blind = Blind::default();
+        assert!(
+            disagreements(&response(200, "a", "u"), &response(200, "b", "u"), &blind).is_empty()
+        );
+        let volatile = Blind {
+            volatile_headers: vec!["x-user".into()],
+            ..Blind::default()
+        };
+        assert!(disagreements(
+            &response(200, "a", "u"),
+            &response(200, "a", "v"),
+            &volatile
+        )
+        .is_empty());
         assert_eq!(
-            disagreements(&response(200, "a", "u"), &response(403, "a", "v")),
+            disagreements(&response(200, "a", "u"), &response(403, "a", "v"), &blind),
             [
                 "status: harness 200, envoy 403",
                 "header x-user: harness \"u\", envoy \"v\""
