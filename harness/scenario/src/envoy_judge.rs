@@ -14,9 +14,11 @@
 //! - a gRPC `fail: reset` resets the call's HTTP/2 stream, where the harness reports a closed
 //!   connection; a failed gRPC answer (`grpc_status` not 0) with `delay_ms` holds that
 //!   cluster's server (one thread) for the delay;
-//! - a module's local reply with empty details is told from an upstream answer by the upstream
-//!   not having seen the request (Envoy's local-reply mapper adds no details header for it), so
-//!   one sent in the response phase with empty details reads as the upstream's answer;
+//! - a module's local reply with empty details carries no details header (Envoy's local-reply
+//!   mapper adds none for empty details): it is told from an upstream answer by the upstream not
+//!   having seen the request, or by the absence of the router's `x-envoy-upstream-service-time`
+//!   (a local reply sent in the response phase replaces the upstream's headers); a module that
+//!   removes that header from an upstream answer makes it read as a local reply;
 //! - Envoy picks the worker itself (`worker` is ignored) and has no scenario properties.
 
 use std::collections::BTreeMap;
@@ -434,14 +436,19 @@ fn client_request(request: &Request) -> HttpRequest {
     wire
 }
 
+/// The header Envoy's router adds to every response an upstream sent.
+const UPSTREAM_SERVICE_TIME: &str = "x-envoy-upstream-service-time";
+
 /// The response as the client got it. A local reply carries its details in
 /// [`RESPONSE_CODE_DETAILS_HEADER`], except one with empty details: a complete answer to a
-/// request the upstream never saw is a local reply all the same.
+/// request the upstream never saw, or one without the router's [`UPSTREAM_SERVICE_TIME`], is a
+/// local reply all the same.
 fn observed_response(response: ClientResponse, upstream_saw_it: bool) -> Response {
+    let local = !upstream_saw_it || response.header(UPSTREAM_SERVICE_TIME).is_none();
     let details = response
         .response_code_details()
         .map(str::to_string)
-        .or_else(|| (!upstream_saw_it && response.complete).then(String::new));
+        .or_else(|| (local && response.complete).then(String::new));
     Response {
         status: response.status.unwrap_or(0),
         reset: !response.complete,
@@ -732,8 +739,11 @@ mod tests {
         assert_eq!(with.headers, vec![("x-b".to_string(), "2".to_string())]);
         let without = observed_response(response(vec![], true), false);
         assert_eq!(without.details.as_deref(), Some(""));
-        let upstream = observed_response(response(vec![], true), true);
+        let upstream = observed_response(response(vec![(UPSTREAM_SERVICE_TIME, "1")], true), true);
         assert_eq!(upstream.details, None);
+        // A local reply in the response phase replaced the upstream's headers.
+        let replaced = observed_response(response(vec![], true), true);
+        assert_eq!(replaced.details.as_deref(), Some(""));
         let reset = observed_response(response(vec![], false), false);
         assert_eq!((reset.details, reset.reset), (None, true));
     }

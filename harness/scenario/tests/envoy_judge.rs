@@ -682,3 +682,175 @@ fn callouts_and_their_failures_agree_between_the_judges() {
     }
     assert!(!disagree, "{report}");
 }
+
+/// The stream module: logs what each request callback sees (`headers <end_of_stream>`,
+/// `body <size> <end_of_stream>`, `trailers <count>`), and the log level it was given
+/// (`level <n>`) after a debug line `debug line`; `/t...` traps in the request headers, `/r...`
+/// replaces the upstream's answer with a local reply (418, no details) in the response headers.
+fn stream_module() -> String {
+    let mut t = Strings::new();
+    let path = t.s(":path");
+    let headers = t.s("headers");
+    let body = t.s("body");
+    let trailers = t.s("trailers");
+    let level = t.s("level");
+    let debug = t.s("debug line");
+    let teapot = t.s("teapot");
+    let none = t.s("");
+    let empty = t.map(&[]);
+    format!(
+        r#"(module
+  (import "env" "proxy_log" (func $proxy_log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_log_level" (func $proxy_get_log_level (param i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $proxy_get_header_map_value (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $proxy_send_local_response (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 65536))
+  (global $reply (mut i32) (i32.const 0))
+  (func $malloc (export "malloc") (param $size i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (local.get $p) (i32.and (i32.add (local.get $size) (i32.const 7)) (i32.const -8))))
+    (if (i32.gt_u (global.get $heap) (i32.mul (memory.size) (i32.const 65536)))
+      (then (drop (memory.grow (i32.add (i32.shr_u (local.get $size) (i32.const 16)) (i32.const 1))))))
+    (local.get $p))
+  (func $itoa (param $n i32) (param $dst i32) (result i32)
+    (local $len i32) (local $tmp i32) (local $i i32)
+    (local.set $tmp (local.get $n)) (local.set $len (i32.const 1))
+    (block $done (loop $count
+      (br_if $done (i32.lt_u (local.get $tmp) (i32.const 10)))
+      (local.set $tmp (i32.div_u (local.get $tmp) (i32.const 10)))
+      (local.set $len (i32.add (local.get $len) (i32.const 1)))
+      (br $count)))
+    (local.set $i (local.get $len)) (local.set $tmp (local.get $n))
+    (loop $write
+      (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+      (i32.store8 (i32.add (local.get $dst) (local.get $i)) (i32.add (i32.const 48) (i32.rem_u (local.get $tmp) (i32.const 10))))
+      (local.set $tmp (i32.div_u (local.get $tmp) (i32.const 10)))
+      (br_if $write (i32.gt_u (local.get $i) (i32.const 0))))
+    (local.get $len))
+  ;; Logs "<tag> <a>" (with " <b>" unless $b is -1) at info.
+  (func $log (param $tag i32) (param $taglen i32) (param $a i32) (param $b i32)
+    (local $p i32)
+    (memory.copy (i32.const 800) (local.get $tag) (local.get $taglen))
+    (local.set $p (i32.add (i32.const 800) (local.get $taglen)))
+    (i32.store8 (local.get $p) (i32.const 32))
+    (local.set $p (i32.add (local.get $p) (i32.const 1)))
+    (local.set $p (i32.add (local.get $p) (call $itoa (local.get $a) (local.get $p))))
+    (if (i32.ne (local.get $b) (i32.const -1))
+      (then
+        (i32.store8 (local.get $p) (i32.const 32))
+        (local.set $p (i32.add (local.get $p) (i32.const 1)))
+        (local.set $p (i32.add (local.get $p) (call $itoa (local.get $b) (local.get $p))))))
+    (drop (call $proxy_log (i32.const 2) (i32.const 800) (i32.sub (local.get $p) (i32.const 800)))))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param $n i32) (param $eos i32) (result i32)
+    (local $first i32)
+    (drop (call $proxy_get_header_map_value (i32.const 0) {path} (i32.const 512) (i32.const 516)))
+    (local.set $first (i32.load8_u offset=1 (i32.load (i32.const 512))))
+    (if (i32.eq (local.get $first) (i32.const 116)) (then (unreachable)))
+    (global.set $reply (i32.eq (local.get $first) (i32.const 114)))
+    (call $log {headers} (local.get $eos) (i32.const -1))
+    (drop (call $proxy_log (i32.const 1) {debug}))
+    (drop (call $proxy_get_log_level (i32.const 520)))
+    (call $log {level} (i32.load (i32.const 520)) (i32.const -1))
+    (i32.const 0))
+  (func (export "proxy_on_request_body") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (call $log {body} (local.get $size) (local.get $eos))
+    (i32.const 0))
+  (func (export "proxy_on_request_trailers") (param $ctx i32) (param $n i32) (result i32)
+    (call $log {trailers} (local.get $n) (i32.const -1))
+    (i32.const 0))
+  (func (export "proxy_on_response_headers") (param $ctx i32) (param $n i32) (param $eos i32) (result i32)
+    (if (global.get $reply)
+      (then
+        (drop (call $proxy_send_local_response (i32.const 418) {none} {teapot} {empty} (i32.const -1)))
+        (return (i32.const 1))))
+    (i32.const 0))
+{data})"#,
+        data = t.data
+    )
+}
+
+const STREAM_SCENARIO: &str = r#"
+format: 1
+module: {path: judge.wat}
+steps:
+  - request: {path: /plain}
+  - request: {method: POST, path: /body, body: hello}
+  - request: {method: POST, path: /chunks, chunks: [ab, cde, f]}
+  - request: {method: POST, path: /with-trailers, chunks: [ab], trailers: {x-t: "1", x-u: "2"}}
+  - request: {method: POST, path: /both, body: hello, trailers: {x-t: "1"}}
+  - request: {path: /reply}
+    upstream: {status: 200, body: from upstream}
+  - request: {path: /trap}
+  - request: {path: /after}
+"#;
+
+#[test]
+fn streams_bodies_trailers_logs_and_failures_agree_between_the_judges() {
+    if wasmesh_envoy::skip_requested() {
+        return;
+    }
+    let scratch = Scratch::new("stream", &stream_module());
+    let file = scratch.scenario(STREAM_SCENARIO);
+    let steps = run_both(&file, &scratch.module());
+    let view = |seen: &StepObservation| {
+        let response = seen.response.clone().unwrap();
+        format!(
+            "{} reset={} details={:?} body={:?} upstream_body={:?}",
+            response.status,
+            response.reset,
+            response.details,
+            String::from_utf8_lossy(&response.body),
+            seen.upstream
+                .as_ref()
+                .map(|up| String::from_utf8_lossy(&up.body).into_owned()),
+        )
+    };
+    for (step, (harness, envoy)) in file.scenario.steps.iter().zip(&steps) {
+        let path = step.request.as_ref().unwrap().path.as_str();
+        match path {
+            // The harness judge sends `body` with `trailers` as trailers alone; Envoy gets both.
+            "/both" => {
+                assert_eq!(
+                    view(envoy),
+                    r#"200 reset=false details=None body="" upstream_body=Some("hello")"#
+                );
+                assert_eq!(
+                    envoy.logs.clone().unwrap(),
+                    ["headers 0", "level 2", "body 5 0", "trailers 1"]
+                );
+                continue;
+            }
+            // Envoy's codec hands chunks that arrive together to the filter as one.
+            "/chunks" => {
+                assert_eq!(view(harness), view(envoy), "{path}");
+                let sizes = |seen: &StepObservation| -> u32 {
+                    seen.logs
+                        .clone()
+                        .unwrap()
+                        .iter()
+                        .filter_map(|line| line.strip_prefix("body "))
+                        .map(|rest| rest.split(' ').next().unwrap().parse::<u32>().unwrap())
+                        .sum()
+                };
+                assert_eq!((sizes(harness), sizes(envoy)), (6, 6));
+                continue;
+            }
+            _ => {}
+        }
+        assert_eq!(view(harness), view(envoy), "{path}");
+        assert_eq!(harness.logs, envoy.logs, "{path}");
+    }
+    // The debug line is below the scenario's level (info, 2) in both.
+    assert_eq!(steps[0].1.logs.clone().unwrap(), ["headers 1", "level 2"]);
+    // A trap fails the VM: FAIL_CLOSED answers 503 from then on.
+    assert_eq!(
+        view(&steps[7].1),
+        r#"503 reset=false details=Some("wasm_fail_stream") body="" upstream_body=None"#
+    );
+}
