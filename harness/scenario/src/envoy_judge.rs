@@ -243,7 +243,7 @@ impl EnvoyJudge {
             let answer = step.upstream.clone().unwrap_or_default();
             *lock(&self.staged) = MockReply::respond(upstream_response(&answer));
             match step.concurrent {
-                Some(count) => seen.statuses = self.concurrent(request, count)?,
+                Some(count) => seen.statuses = self.concurrent(index, request, count)?,
                 None => {
                     let (response, reached) = self.exchange(index, request)?;
                     seen.response = Some(response);
@@ -265,7 +265,8 @@ impl EnvoyJudge {
     ) -> Result<(Response, Option<UpstreamRequest>), ScenarioError> {
         let before = self.upstream.requests().len();
         let response = client::send(self.envoy.listener_addr(), &client_request(request))
-            .map_err(|error| step_error(index, error))?;
+            .map_err(|error| self.step_error(index, error))?;
+        let response = self.unless_gone(index, response)?;
         let received = self.upstream.requests().into_iter().nth(before);
         Ok((
             observed_response(response, received.is_some()),
@@ -275,7 +276,12 @@ impl EnvoyJudge {
 
     /// `count` copies of the request on parallel connections, released together; their
     /// statuses, sorted (0 for a reset stream).
-    fn concurrent(&self, request: &Request, count: usize) -> Result<Vec<u16>, ScenarioError> {
+    fn concurrent(
+        &self,
+        index: usize,
+        request: &Request,
+        count: usize,
+    ) -> Result<Vec<u16>, ScenarioError> {
         let wire = client_request(request);
         let listener = self.envoy.listener_addr();
         let start = Barrier::new(count);
@@ -301,7 +307,8 @@ impl EnvoyJudge {
         });
         let mut statuses = Vec::with_capacity(count);
         for result in results {
-            let response = result?;
+            let response = result.map_err(|error| self.step_error(index, error))?;
+            let response = self.unless_gone(index, response)?;
             statuses.push(if response.complete {
                 response.status.unwrap_or(0)
             } else {
@@ -397,15 +404,56 @@ fn poll_until<T>(collect: impl Fn() -> T, done: impl Fn(&T) -> bool) -> T {
     }
 }
 
-/// A client error names the step: the scenario stops there.
-fn step_error(index: usize, error: EnvoyError) -> ScenarioError {
-    ScenarioError::Envoy(match error {
-        EnvoyError::Io { context, source } => EnvoyError::Io {
-            context: format!("step {index}: {context}"),
-            source,
-        },
-        other => other,
-    })
+/// How much of Envoy's log an error shows.
+const LOG_TAIL_LINES: usize = 60;
+
+impl EnvoyJudge {
+    /// When Envoy no longer answers its admin interface it died during the step (an abort, a
+    /// crash), which the client sees as a reset or a connection error: that stops the
+    /// scenario, with the end of Envoy's log.
+    fn gone(&self, index: usize, seen: &str) -> Option<ScenarioError> {
+        self.envoy.admin_get("/ready").err().map(|_| {
+            ScenarioError::Envoy(EnvoyError::Io {
+                context: format!("step {index}: Envoy died (the client saw {seen})"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    format!(
+                        "it no longer answers; end of its log:\n{}",
+                        self.envoy.log_tail(LOG_TAIL_LINES)
+                    ),
+                ),
+            })
+        })
+    }
+
+    /// A client error stops the scenario, naming the step (or saying Envoy died).
+    fn step_error(&self, index: usize, error: EnvoyError) -> ScenarioError {
+        if let Some(gone) = self.gone(index, &error.to_string()) {
+            return gone;
+        }
+        ScenarioError::Envoy(match error {
+            EnvoyError::Io { context, source } => EnvoyError::Io {
+                context: format!("step {index}: {context}"),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// The response, unless it is a reset because Envoy died.
+    fn unless_gone(
+        &self,
+        index: usize,
+        response: ClientResponse,
+    ) -> Result<ClientResponse, ScenarioError> {
+        if response.complete {
+            return Ok(response);
+        }
+        match self.gone(index, "a reset stream") {
+            Some(gone) => Err(gone),
+            None => Ok(response),
+        }
+    }
 }
 
 /// The client's request: `host` from the authority (unless the headers give one), the body

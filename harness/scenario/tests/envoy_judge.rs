@@ -422,8 +422,21 @@ const CALLS: &[Call] = &[
         grpc: false,
         cluster: "nowhere",
         target: "/check",
+    }, // A service argument that parses as a `GrpcService` without a target: Envoy 1.40 aborts.
+    Call {
+        grpc: true,
+        cluster: ABORTS,
+        target: "Do",
     },
 ];
+
+/// The call of [`CALLS`] that aborts Envoy.
+const ABORTS: &str = "empty";
+
+/// The request path that makes call `index` of [`CALLS`].
+fn call_path(index: usize) -> String {
+    format!("/c{}", char::from(b'A' + u8::try_from(index).unwrap()))
+}
 
 /// The module: a request to `/c<letter>` is held while the module makes call `letter - 'A'`
 /// of [`CALLS`] (timeout 1 s), then goes upstream with what the call got in request headers:
@@ -655,15 +668,15 @@ fn callouts_and_their_failures_agree_between_the_judges() {
     }
     let scratch = Scratch::new("callouts", &callout_module());
     let mut text = CALLOUT_SCENARIO_HEAD.to_string();
-    for index in 0..CALLS.len() {
-        let letter = char::from(b'A' + index as u8);
-        text.push_str(&format!("  - request: {{path: /c{letter}}}\n"));
+    let calls: Vec<&Call> = CALLS.iter().filter(|call| call.cluster != ABORTS).collect();
+    for index in 0..calls.len() {
+        text.push_str(&format!("  - request: {{path: {}}}\n", call_path(index)));
     }
     let file = scratch.scenario(&text);
     let steps = run_both(&file, &scratch.module());
     let mut report = String::new();
     let mut disagree = false;
-    for (call, (by_harness, by_envoy)) in CALLS.iter().zip(&steps) {
+    for (call, (by_harness, by_envoy)) in calls.into_iter().zip(&steps) {
         let harness = call_outcome(by_harness);
         let envoy = call_outcome(by_envoy);
         let expected = envoy_outcome(call, &harness);
@@ -853,4 +866,32 @@ fn streams_bodies_trailers_logs_and_failures_agree_between_the_judges() {
         view(&steps[7].1),
         r#"503 reset=false details=Some("wasm_fail_stream") body="" upstream_body=None"#
     );
+}
+
+#[test]
+fn envoy_dying_during_a_step_is_an_error_with_its_log() {
+    if wasmesh_envoy::skip_requested() {
+        return;
+    }
+    let scratch = Scratch::new("abort", &callout_module());
+    let index = CALLS
+        .iter()
+        .position(|call| call.cluster == ABORTS)
+        .unwrap();
+    let file = scratch.scenario(&format!(
+        "{CALLOUT_SCENARIO_HEAD}  - request: {{path: {}}}\n",
+        call_path(index)
+    ));
+    let step = &file.scenario.steps[0];
+    // The harness fails the VM instead (FAIL_CLOSED: a 503).
+    let mut harness = HarnessJudge::start(&file, &scratch.module(), 1).unwrap();
+    let by_harness = harness.step(0, step).unwrap();
+    assert_eq!(by_harness.response.unwrap().status, 503);
+    let mut envoy = EnvoyJudge::start(&file, &scratch.module()).unwrap();
+    let error = match envoy.step(0, step) {
+        Err(error) => error.to_string(),
+        Ok(seen) => panic!("Envoy survived: {seen:?}"),
+    };
+    assert!(error.contains("step 0: Envoy died"), "{error}");
+    assert!(error.contains("panic: unset oneof"), "{error}");
 }
