@@ -895,3 +895,31 @@ fn envoy_dying_during_a_step_is_an_error_with_its_log() {
     assert!(error.contains("step 0: Envoy died"), "{error}");
     assert!(error.contains("panic: unset oneof"), "{error}");
 }
+
+#[test]
+fn two_workers_and_a_root_id_give_the_same_logs_metrics_and_statuses() {
+    if wasmesh_envoy::skip_requested() {
+        return;
+    }
+    let scratch = Scratch::new("workers", &module(1));
+    // Envoy prefixes the module's lines with the root id: the judge strips it.
+    let text = SCENARIO.replace("format: 1\n", "format: 1\nworkers: 2\nroot_id: myroot\n");
+    let file = scratch.scenario(&text);
+    let steps = run_both(&file, &scratch.module());
+    for (index, (harness, envoy)) in steps.iter().enumerate() {
+        if envoy.not_run.is_some() {
+            continue;
+        }
+        assert_eq!(harness.logs, envoy.logs, "step {index}");
+        assert_eq!(harness.statuses, envoy.statuses, "step {index}");
+        for (name, value) in &envoy.metrics {
+            assert_eq!(
+                harness.metrics.get(name),
+                Some(value),
+                "step {index}: {name}"
+            );
+        }
+    }
+    assert_eq!(steps[3].1.statuses, [200, 200, 200]);
+    assert_eq!(steps[3].1.metrics.get("judge.requests"), Some(&6));
+}
