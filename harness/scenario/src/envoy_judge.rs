@@ -131,6 +131,8 @@ pub struct EnvoyJudge {
     /// Kept alive for Envoy's clusters; stopped on drop.
     _http_servers: Vec<MockServer>,
     _grpc_servers: Vec<GrpcTestServer>,
+    /// Clusters nothing listens behind: calls to them reach no server.
+    refused_clusters: Vec<String>,
     /// What precedes a message of the module in Envoy's log.
     log_marker: String,
     _wasm: WasmFile,
@@ -178,12 +180,14 @@ impl EnvoyJudge {
         let grpc_calls: CallLog = Arc::default();
         let mut http_servers = Vec::new();
         let mut grpc_servers = Vec::new();
+        let mut refused_clusters = Vec::new();
         for (name, cluster) in &scenario.clusters {
             let refused = cluster
                 .answers
                 .iter()
                 .all(|answer| answer.fail == Some(Failure::Refused));
             let address = if refused {
+                refused_clusters.push(name.clone());
                 refused_address()?
             } else {
                 match cluster.protocol {
@@ -216,6 +220,7 @@ impl EnvoyJudge {
             grpc_calls,
             _http_servers: http_servers,
             _grpc_servers: grpc_servers,
+            refused_clusters,
             log_marker: log_marker(PLUGIN_NAME, &scenario.root_id),
             _wasm: wasm,
         })
@@ -340,7 +345,13 @@ impl EnvoyJudge {
                 .collect::<Vec<_>>();
             http.into_iter().chain(grpc).collect()
         };
-        let wanted = expect.callouts.as_ref().map_or(0, Vec::len);
+        // Calls to a refused cluster never arrive: not worth waiting for.
+        let wanted = expect.callouts.as_ref().map_or(0, |callouts| {
+            callouts
+                .iter()
+                .filter(|callout| !self.refused_clusters.contains(&callout.cluster))
+                .count()
+        });
         poll_until(collect, |calls| calls.len() >= wanted)
     }
 
