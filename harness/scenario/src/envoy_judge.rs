@@ -19,7 +19,10 @@
 //!   having seen the request, or by the absence of the router's `x-envoy-upstream-service-time`
 //!   (a local reply sent in the response phase replaces the upstream's headers); a module that
 //!   removes that header from an upstream answer makes it read as a local reply;
-//! - Envoy picks the worker itself (`worker` is ignored) and has no scenario properties.
+//! - Envoy's clock is real: `delay_ms` and callout timeouts take real time, and a module's
+//!   ticks fire on their own (a call made from a tick lands in whichever step is running);
+//! - Envoy picks the worker itself (`worker` is ignored) and has no scenario properties,
+//!   `start_time` or `seed`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
