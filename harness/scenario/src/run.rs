@@ -231,6 +231,7 @@ pub fn run_scenario(file: &ScenarioFile, options: &Options) -> ScenarioReport {
         None
     };
     let blind = Blind::of(file);
+    let mut envoy_diverged: Option<String> = None;
     for (index, step) in file.scenario.steps.iter().enumerate() {
         let mut judges = Vec::new();
         if let Some(judge) = harness.as_mut() {
@@ -242,7 +243,25 @@ pub fn run_scenario(file: &ScenarioFile, options: &Options) -> ScenarioReport {
             }
         }
         if let Some(judge) = envoy.as_mut() {
-            let result = judge.step(index, step);
+            // After a step Envoy could not run (a clock jump), its state is not the harness's:
+            // later steps would compare a refilled bucket with an empty one. They are reported
+            // as not run rather than judged on a different history.
+            let result = match &envoy_diverged {
+                Some(why) => Ok(StepObservation {
+                    not_run: Some(format!("harness only after step {why}")),
+                    ..StepObservation::default()
+                }),
+                None => judge.step(index, step),
+            };
+            if let Ok(seen) = &result {
+                if seen.not_run.is_some() && envoy_diverged.is_none() {
+                    envoy_diverged = Some(format!(
+                        "{} ({}), which Envoy cannot run",
+                        index + 1,
+                        step_name(index, step)
+                    ));
+                }
+            }
             let stop = result.is_err();
             judges.push(judged(ENVOY, step, result));
             if stop {
