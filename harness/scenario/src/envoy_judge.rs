@@ -741,6 +741,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_text_module_is_compiled_for_envoy_and_the_copy_removed() {
+        let dir = std::env::temp_dir().join(format!("wasmesh-judge-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = dir.join("m.wat");
+        std::fs::write(&text, "(module)").unwrap();
+        let compiled = WasmFile::prepare(&text).unwrap();
+        let binary = compiled.path.clone();
+        assert_ne!(binary, text);
+        assert!(std::fs::read(&binary).unwrap().starts_with(b"\0asm"));
+        drop(compiled);
+        assert!(!binary.exists());
+        // A binary module is used where it is, and kept.
+        let kept = dir.join("m.wasm");
+        std::fs::write(&kept, wat::parse_str("(module)").unwrap()).unwrap();
+        drop(WasmFile::prepare(&kept).unwrap());
+        assert!(kept.exists());
+        std::fs::write(&text, "(module").unwrap();
+        assert!(matches!(
+            WasmFile::prepare(&text),
+            Err(ScenarioError::Io { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn the_log_marker_follows_envoys_prefix() {
         assert_eq!(log_marker("", ""), "wasm log: ");
         assert_eq!(log_marker("p", "r"), "wasm log p r: ");
