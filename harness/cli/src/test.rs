@@ -151,7 +151,10 @@ fn collect(root: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
             if !SKIPPED_DIRS.contains(&name.as_str()) && !name.starts_with('.') {
                 collect(&entry, files)?;
             }
-        } else if SCENARIO_SUFFIXES.iter().any(|suffix| name.ends_with(suffix)) {
+        } else if SCENARIO_SUFFIXES
+            .iter()
+            .any(|suffix| name.ends_with(suffix))
+        {
             files.push(entry);
         }
     }

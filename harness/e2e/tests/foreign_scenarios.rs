@@ -31,7 +31,10 @@ fn the_probe_scenario_passes_for_every_toolchain_under_both_judges() {
         let shown = format!("[{name}] {}", text(&report));
         eprint!("{shown}");
         assert_eq!(report.steps.len(), file.scenario.steps.len(), "{shown}");
-        let disagree = report.steps.iter().any(|step| !step.disagreements.is_empty());
+        let disagree = report
+            .steps
+            .iter()
+            .any(|step| !step.disagreements.is_empty());
         if !report.passed() || disagree {
             failed.push(shown);
         }
