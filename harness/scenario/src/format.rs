@@ -152,7 +152,7 @@ pub struct Cluster {
     #[serde(default, skip_serializing_if = "is_default")]
     pub protocol: Protocol,
     /// Answers, tried in order; the first whose `path` matches answers. A call no answer matches
-    /// is refused, as by a cluster with nothing listening.
+    /// gets a `503` (gRPC: status 14) whose body says so.
     #[serde(default)]
     pub answers: Vec<Answer>,
 }

@@ -78,7 +78,7 @@ impl HarnessJudge {
         builder = builder.http_callout_handler(move |callout: &HttpCallout| {
             let path = callout.header(":path").unwrap_or_default();
             let answer = find_answer(&http_clusters, &callout.upstream, Protocol::Http, path);
-            let reply = http_reply(answer);
+            let reply = http_reply(&callout.upstream, path, answer);
             match answer.filter(|answer| answer.delay_ms > 0 && answer.fail.is_none()) {
                 Some(answer) => {
                     let due = *http_elapsed.borrow() + Duration::from_millis(answer.delay_ms);
@@ -96,7 +96,7 @@ impl HarnessJudge {
         builder = builder.grpc_callout_handler(move |callout: &GrpcCallout| {
             let path = grpc_path(callout);
             let answer = find_answer(&clusters, &callout.cluster, Protocol::Grpc, &path);
-            let reply = grpc_reply(answer);
+            let reply = grpc_reply(&callout.cluster, &path, answer);
             match answer.filter(|answer| answer.delay_ms > 0 && answer.fail.is_none()) {
                 Some(answer) => {
                     let due = *grpc_elapsed.borrow() + Duration::from_millis(answer.delay_ms);
@@ -516,12 +516,26 @@ pub(crate) fn find_answer<'a>(
         .find(|answer| answer.path.as_deref().is_none_or(|wanted| wanted == path))
 }
 
+/// What a cluster's server answers a call no answer of the scenario matches: a `503` (gRPC:
+/// status 14) saying so. A server cannot refuse one call and accept the next, so the Envoy judge's
+/// servers answer this too, and both judges agree.
+pub(crate) fn unmatched(cluster: &str, path: &str) -> String {
+    format!("wasmesh scenario: no answer of cluster {cluster} matches {path}")
+}
+
 /// The reply the module gets for `answer`, as Envoy hands it the answer of a local server:
-/// `:status`, the server's headers, then the `content-length` it frames the body with. No
-/// answer: the cluster refuses the connection.
-fn http_reply(answer: Option<&Answer>) -> CalloutReply {
+/// `:status`, the server's headers, then the `content-length` it frames the body with.
+fn http_reply(cluster: &str, path: &str, answer: Option<&Answer>) -> CalloutReply {
     let Some(answer) = answer else {
-        return CalloutReply::Refused;
+        let body = unmatched(cluster, path);
+        return CalloutReply::Response {
+            headers: vec![
+                (":status".to_string(), "503".to_string()),
+                ("content-length".to_string(), body.len().to_string()),
+            ],
+            body: body.into_bytes(),
+            trailers: Vec::new(),
+        };
     };
     match answer.fail {
         Some(Failure::Refused) => return CalloutReply::Refused,
@@ -544,9 +558,12 @@ fn http_reply(answer: Option<&Answer>) -> CalloutReply {
     }
 }
 
-fn grpc_reply(answer: Option<&Answer>) -> GrpcReply {
+fn grpc_reply(cluster: &str, path: &str, answer: Option<&Answer>) -> GrpcReply {
     let Some(answer) = answer else {
-        return GrpcReply::Refused;
+        return GrpcReply::Error {
+            status: 14,
+            message: unmatched(cluster, path),
+        };
     };
     match answer.fail {
         Some(Failure::Refused) => return GrpcReply::Refused,
