@@ -16,18 +16,15 @@
 //! For the foreign-module corpus (`corpus/foreign.json`) there are four more callout clusters:
 //! `probe`, a service answering every request `200`, `content-type: text/plain`, `allowed`;
 //! `slow`, a server that accepts connections and never answers (callouts time out); `closing`,
-//! a server that closes every connection it accepts (the upstream resets before response
+//! a server that closes each connection once a request arrives (the upstream resets before response
 //! headers); and `refused`, an address nobody listens on (connections are refused). A cluster Envoy does not
 //! have (`nowhere` in the corpus) is not declared to the harness either. The echo upstream
 //! answers with an exchange's `upstream_answer` instead of echoing when the runner stages one.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-use wasmesh_envoy::{Cluster, EnvoyError, HttpResponse, ReceivedRequest, TestServer};
+use wasmesh_envoy::{Cluster, HttpResponse, MockReply, MockServer, ReceivedRequest, TestServer};
 use wasmesh_harness::{CalloutReply, HttpCallout};
 
 use crate::corpus::UpstreamAnswer;
@@ -44,7 +41,7 @@ pub const UPSTREAM_CLUSTER: &str = "upstream";
 pub const PROBE_CLUSTER: &str = "probe";
 /// Cluster of a server that never answers.
 pub const SLOW_CLUSTER: &str = "slow";
-/// Cluster of a server that closes every connection it accepts.
+/// Cluster of a server that closes each connection once a request arrives, without answering.
 pub const CLOSING_CLUSTER: &str = "closing";
 /// Cluster of an address that refuses connections.
 pub const REFUSED_CLUSTER: &str = "refused";
@@ -189,9 +186,9 @@ pub struct Services {
     /// The probe modules' callout service.
     pub probe: TestServer,
     /// A server that never answers.
-    pub slow: SilentServer,
+    pub slow: MockServer,
     /// A server that closes every connection.
-    pub closing: SilentServer,
+    pub closing: MockServer,
     /// An address nobody listens on.
     pub refused: SocketAddr,
     staged: Arc<Mutex<Option<Answer>>>,
@@ -222,9 +219,9 @@ impl Services {
                 authz_decision(&request.path, &request.headers).to_http()
             })?,
             probe: TestServer::start(|_| probe_answer().to_http())?,
-            slow: SilentServer::start(false)?,
-            closing: SilentServer::start(true)?,
-            refused: refusing_address()?,
+            slow: MockServer::start(|_| MockReply::Hang)?,
+            closing: MockServer::start(|_| MockReply::Reset)?,
+            refused: wasmesh_envoy::refused_address()?,
             staged,
         })
     }
@@ -279,93 +276,6 @@ impl Services {
             .into_iter()
             .map(|r| (PROBE_CLUSTER.to_string(), r));
         jwks.chain(authz).chain(probe).collect()
-    }
-}
-
-fn envoy_io(context: &str, source: std::io::Error) -> EnvoyError {
-    EnvoyError::Io {
-        context: context.to_string(),
-        source,
-    }
-}
-
-/// An address on 127.0.0.1 where nothing listens: a port the OS handed out, then released.
-fn refusing_address() -> Result<SocketAddr, E2eError> {
-    let listener = TcpListener::bind(("127.0.0.1", 0))
-        .map_err(|error| envoy_io("binding a port to release", error))?;
-    let address = listener
-        .local_addr()
-        .map_err(|error| envoy_io("reading a released port", error))?;
-    drop(listener);
-    Ok(address)
-}
-
-/// A server that accepts connections and never answers: it holds them open until it is dropped
-/// (a hung upstream), or closes each at once (an upstream that drops connections).
-pub struct SilentServer {
-    address: SocketAddr,
-    stopping: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for SilentServer {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("SilentServer")
-            .field("address", &self.address)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SilentServer {
-    /// Listens on 127.0.0.1; `closing`: closes each connection as soon as it is accepted.
-    pub fn start(closing: bool) -> Result<Self, E2eError> {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .map_err(|error| envoy_io("binding a silent server", error))?;
-        let address = listener
-            .local_addr()
-            .map_err(|error| envoy_io("reading a silent server's address", error))?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let acceptor = {
-            let stopping = Arc::clone(&stopping);
-            std::thread::Builder::new()
-                .name(format!("silent-server-{address}"))
-                .spawn(move || {
-                    let mut held = Vec::new();
-                    for connection in listener.incoming() {
-                        if stopping.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        if let Ok(connection) = connection {
-                            if !closing {
-                                held.push(connection);
-                            }
-                        }
-                    }
-                })
-                .map_err(|error| envoy_io("spawning a silent server thread", error))?
-        };
-        Ok(Self {
-            address,
-            stopping,
-            acceptor: Some(acceptor),
-        })
-    }
-
-    /// Where it listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.address
-    }
-}
-
-impl Drop for SilentServer {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // Wake the blocking accept so the thread sees the flag.
-        let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
     }
 }
 
