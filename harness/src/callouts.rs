@@ -277,8 +277,9 @@ pub enum GrpcReply {
     /// Success: the module gets `proxy_on_grpc_receive` with the message (Envoy does not
     /// deliver metadata of unary calls).
     Response(Vec<u8>),
-    /// Failure: the module gets `proxy_on_grpc_close` with this status; `proxy_get_status`
-    /// returns the message.
+    /// The service failed the call: the module gets `proxy_on_grpc_close` with this status;
+    /// `proxy_get_status` returns the message with Envoy's `{via_upstream}` appended (the
+    /// message `via_upstream` alone when this one is empty).
     Error {
         /// gRPC status code.
         status: u32,
@@ -319,6 +320,17 @@ impl GrpcReply {
                 "upstream_reset_before_response_started{connection_termination}",
             ),
             GrpcReply::TimedOut => unavailable(TIMEOUT_BODY, "response_timeout"),
+            // The service's own failure: Envoy 1.40's async client adds the stream's response
+            // code details, `via_upstream` (`enhancedGrpcMessage`: the details alone for an
+            // empty message, else `<message>{via_upstream}`).
+            GrpcReply::Error { status, message } if message.is_empty() => GrpcReply::Error {
+                status,
+                message: "via_upstream".to_string(),
+            },
+            GrpcReply::Error { status, message } => GrpcReply::Error {
+                status,
+                message: format!("{message}{{via_upstream}}"),
+            },
             other => other,
         }
     }

@@ -402,6 +402,9 @@ pub struct Cluster {
     pub address: SocketAddr,
     /// Talk HTTP/2 to the endpoint (gRPC services); HTTP/1.1 otherwise.
     pub http2: bool,
+    /// Over HTTP/1.1, keep the response trailers the endpoint sends (Envoy's HTTP/1 codec drops
+    /// them by default).
+    pub http1_trailers: bool,
 }
 
 impl Cluster {
@@ -411,7 +414,14 @@ impl Cluster {
             name: name.into(),
             address,
             http2: false,
+            http1_trailers: false,
         }
+    }
+
+    /// Keeps the trailers of HTTP/1.1 responses (`enable_trailers`).
+    pub fn http1_trailers(mut self) -> Self {
+        self.http1_trailers = true;
+        self
     }
 
     /// Talks HTTP/2 to the endpoint.
@@ -430,14 +440,21 @@ impl Cluster {
                 "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": socket_address(self.address) } }] }],
             },
         });
-        if self.http2 {
+        let protocol = if self.http2 {
+            Some(json!({ "http2_protocol_options": {} }))
+        } else if self.http1_trailers {
+            Some(json!({ "http_protocol_options": { "enable_trailers": true } }))
+        } else {
+            None
+        };
+        if let Some(protocol) = protocol {
             set_field(
                 &mut cluster,
                 "typed_extension_protocol_options",
                 json!({
                     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": { "http2_protocol_options": {} },
+                        "explicit_http_config": protocol,
                     },
                 }),
             );

@@ -97,7 +97,9 @@ fn fields(expect: &Expect) -> Vec<String> {
     add(expect.reset.is_some(), "reset");
     add(expect.details.is_some(), "details");
     add(
-        !expect.headers.is_empty() || !expect.headers_absent.is_empty(),
+        !expect.headers.is_empty()
+            || !expect.headers_present.is_empty()
+            || !expect.headers_absent.is_empty(),
         "headers",
     );
     add(
@@ -198,6 +200,15 @@ fn check_response(checks: &mut Checks, expect: &Expect, response: Option<&Respon
             format!("headers.{name}"),
             format!("{value:?}"),
             got.map_or_else(|| "absent".to_string(), |got| format!("{got:?}")),
+        );
+    }
+    for name in &expect.headers_present {
+        let got = header(&response.headers, name);
+        checks.holds(
+            format!("headers_present.{name}"),
+            got.is_some(),
+            "present".to_string(),
+            "absent".to_string(),
         );
     }
     for name in &expect.headers_absent {

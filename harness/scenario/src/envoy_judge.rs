@@ -185,10 +185,7 @@ impl EnvoyJudge {
         let mut grpc_servers = Vec::new();
         let mut refused_clusters = Vec::new();
         for (name, cluster) in &scenario.clusters {
-            let refused = cluster
-                .answers
-                .iter()
-                .all(|answer| answer.fail == Some(Failure::Refused));
+            let refused = cluster.refuses_connections();
             let address = if refused {
                 refused_clusters.push(name.clone());
                 refused_address()?
@@ -209,7 +206,14 @@ impl EnvoyJudge {
                 }
             };
             let envoy_cluster = Cluster::new(name, address);
+            let trailers = cluster
+                .answers
+                .iter()
+                .any(|answer| !answer.trailers.is_empty());
             builder = builder.cluster(match cluster.protocol {
+                // Envoy's HTTP/1 codec drops response trailers unless told to keep them; the
+                // harness delivers what the scenario's answers carry.
+                Protocol::Http if trailers => envoy_cluster.http1_trailers(),
                 Protocol::Http => envoy_cluster,
                 Protocol::Grpc => envoy_cluster.http2(),
             });
@@ -601,6 +605,7 @@ fn http_reply(cluster: &str, path: &str, answer: Option<&Answer>) -> MockReply {
         // `EnvoyJudge::start`. A lone `refused` answer cannot reach a server.
         Some(Failure::Refused | Failure::Reset) => return MockReply::Reset,
         Some(Failure::Timeout) => return MockReply::Hang,
+        Some(Failure::ResetAfterHeaders) => return MockReply::ResetAfterHeaders,
         None => {}
     }
     let body =
@@ -609,6 +614,13 @@ fn http_reply(cluster: &str, path: &str, answer: Option<&Answer>) -> MockReply {
         HttpResponse::new(answer.status.unwrap_or(200), body),
         |response, (name, value)| response.with_header(name.as_str(), value.as_str()),
     );
+    let response = answer
+        .trailers
+        .0
+        .iter()
+        .fold(response, |response, (name, value)| {
+            response.with_trailer(name.as_str(), value.as_str())
+        });
     MockReply::Respond {
         response,
         delay: Duration::from_millis(answer.delay_ms),
@@ -654,7 +666,8 @@ fn grpc_reply(cluster: &str, path: &str, answer: Option<&Answer>) -> GrpcAnswer 
     match answer.fail {
         // A lone `refused` answer cannot reach a server (see `EnvoyJudge::start`).
         Some(Failure::Refused | Failure::Reset) => return GrpcAnswer::Reset,
-        Some(Failure::Timeout) => return GrpcAnswer::NoAnswer,
+        // `load::validate` keeps `reset_after_headers` to HTTP clusters.
+        Some(Failure::Timeout | Failure::ResetAfterHeaders) => return GrpcAnswer::NoAnswer,
         None => {}
     }
     let delay = Duration::from_millis(answer.delay_ms);
@@ -664,7 +677,7 @@ fn grpc_reply(cluster: &str, path: &str, answer: Option<&Answer>) -> GrpcAnswer 
                 .unwrap_or_default(),
             delay,
             initial_metadata: answer.headers.0.clone(),
-            trailing_metadata: Vec::new(),
+            trailing_metadata: answer.trailers.0.clone(),
         },
         status => {
             if !delay.is_zero() {

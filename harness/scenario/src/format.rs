@@ -152,9 +152,19 @@ pub struct Cluster {
     #[serde(default, skip_serializing_if = "is_default")]
     pub protocol: Protocol,
     /// Answers, tried in order; the first whose `path` matches answers. A call no answer matches
-    /// gets a `503` (gRPC: status 14) whose body says so.
+    /// gets a `503` (gRPC: status 14) whose body says so. No answers: nothing listens, as with
+    /// `fail: refused`.
     #[serde(default)]
     pub answers: Vec<Answer>,
+}
+
+impl Cluster {
+    /// Whether nothing listens behind the cluster: it has no answer, or only `fail: refused`.
+    pub fn refuses_connections(&self) -> bool {
+        self.answers
+            .iter()
+            .all(|answer| answer.fail == Some(Failure::Refused))
+    }
 }
 
 /// A cluster's protocol.
@@ -188,6 +198,9 @@ pub struct Answer {
     /// The body as base64, for bytes that are not text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_base64: Option<String>,
+    /// Response trailers (HTTP) or trailing metadata (gRPC).
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub trailers: Headers,
     /// gRPC status of the call (default 0, OK).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<u32>,
@@ -212,6 +225,9 @@ pub enum Failure {
     Reset,
     /// The upstream never answers: the call times out when the module's timeout elapses.
     Timeout,
+    /// The upstream sends its response headers, then closes the connection in the middle of the
+    /// body: Envoy's async client fails the call (HTTP only).
+    ResetAfterHeaders,
 }
 
 /// One step: a request, a clock advance, or concurrent requests; with what to expect after it.
@@ -369,6 +385,9 @@ pub struct Expect {
     /// Response headers the client got, with these values (names in lower case).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Response headers the client must get, whatever their values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_present: Vec<String>,
     /// Response headers the client must not get.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers_absent: Vec<String>,

@@ -78,7 +78,7 @@ impl HarnessJudge {
         builder = builder.http_callout_handler(move |callout: &HttpCallout| {
             let path = callout.header(":path").unwrap_or_default();
             let answer = find_answer(&http_clusters, &callout.upstream, Protocol::Http, path);
-            let reply = http_reply(&callout.upstream, path, answer);
+            let reply = http_reply(&http_clusters, &callout.upstream, path, answer);
             match answer.filter(|answer| answer.delay_ms > 0 && answer.fail.is_none()) {
                 Some(answer) => {
                     let due = *http_elapsed.borrow() + Duration::from_millis(answer.delay_ms);
@@ -96,7 +96,7 @@ impl HarnessJudge {
         builder = builder.grpc_callout_handler(move |callout: &GrpcCallout| {
             let path = grpc_path(callout);
             let answer = find_answer(&clusters, &callout.cluster, Protocol::Grpc, &path);
-            let reply = grpc_reply(&callout.cluster, &path, answer);
+            let reply = grpc_reply(&clusters, &callout.cluster, &path, answer);
             match answer.filter(|answer| answer.delay_ms > 0 && answer.fail.is_none()) {
                 Some(answer) => {
                     let due = *grpc_elapsed.borrow() + Duration::from_millis(answer.delay_ms);
@@ -442,17 +442,19 @@ fn without_pseudo_headers(headers: Vec<(String, String)>) -> Vec<(String, String
 }
 
 fn client_request(request: &Request) -> ClientRequest {
-    let mut client = request.headers.0.iter().fold(
+    let client = request.headers.0.iter().fold(
         ClientRequest::new(&request.method, &request.path).authority(&request.authority),
         |client, (name, value)| client.header(name.as_str(), value.as_str()),
     );
-    if let Some(body) = body_bytes(request.body.as_deref(), request.body_base64.as_deref()) {
-        client = client.body(body);
-    }
+    let whole = body_bytes(request.body.as_deref(), request.body_base64.as_deref());
+    // Chunks and trailers need chunked transfer encoding; a whole body alone goes with a length.
     if !request.chunks.is_empty() || !request.trailers.is_empty() {
-        client = client.chunked_body(request.chunks.concat());
+        client.chunked_body(whole.unwrap_or_else(|| request.chunks.concat().into_bytes()))
+    } else if let Some(body) = whole {
+        client.body(body)
+    } else {
+        client
     }
-    client
 }
 
 /// Sends the request as Envoy's HTTP/1 codec presents it: a whole body as one chunk then an
@@ -472,8 +474,14 @@ fn send_request(
         .map(|(name, value)| (name.as_str(), value.as_str()))
         .collect();
     stream.request_headers(&pairs, false)?;
-    for chunk in &request.chunks {
-        stream.request_body(chunk.as_bytes(), false)?;
+    // A whole body sent with trailers arrives as one chunk, as Envoy's codec reads a small one.
+    let whole = body_bytes(request.body.as_deref(), request.body_base64.as_deref());
+    let chunks: Vec<&[u8]> = match &whole {
+        Some(body) => vec![body.as_slice()],
+        None => request.chunks.iter().map(String::as_bytes).collect(),
+    };
+    for chunk in chunks {
+        stream.request_body(chunk, false)?;
     }
     if request.trailers.is_empty() {
         stream.request_body(&[], true).map(drop)
@@ -525,7 +533,18 @@ pub(crate) fn unmatched(cluster: &str, path: &str) -> String {
 
 /// The reply the module gets for `answer`, as Envoy hands it the answer of a local server:
 /// `:status`, the server's headers, then the `content-length` it frames the body with.
-fn http_reply(cluster: &str, path: &str, answer: Option<&Answer>) -> CalloutReply {
+fn http_reply(
+    clusters: &BTreeMap<String, Cluster>,
+    cluster: &str,
+    path: &str,
+    answer: Option<&Answer>,
+) -> CalloutReply {
+    if clusters
+        .get(cluster)
+        .is_some_and(Cluster::refuses_connections)
+    {
+        return CalloutReply::Refused;
+    }
     let Some(answer) = answer else {
         let body = unmatched(cluster, path);
         return CalloutReply::Response {
@@ -541,6 +560,7 @@ fn http_reply(cluster: &str, path: &str, answer: Option<&Answer>) -> CalloutRepl
         Some(Failure::Refused) => return CalloutReply::Refused,
         Some(Failure::Reset) => return CalloutReply::Reset,
         Some(Failure::Timeout) => return CalloutReply::Timeout,
+        Some(Failure::ResetAfterHeaders) => return CalloutReply::Failure,
         None => {}
     }
     let body =
@@ -554,11 +574,22 @@ fn http_reply(cluster: &str, path: &str, answer: Option<&Answer>) -> CalloutRepl
     CalloutReply::Response {
         headers,
         body,
-        trailers: Vec::new(),
+        trailers: answer.trailers.0.clone(),
     }
 }
 
-fn grpc_reply(cluster: &str, path: &str, answer: Option<&Answer>) -> GrpcReply {
+fn grpc_reply(
+    clusters: &BTreeMap<String, Cluster>,
+    cluster: &str,
+    path: &str,
+    answer: Option<&Answer>,
+) -> GrpcReply {
+    if clusters
+        .get(cluster)
+        .is_some_and(Cluster::refuses_connections)
+    {
+        return GrpcReply::Refused;
+    }
     let Some(answer) = answer else {
         return GrpcReply::Error {
             status: 14,
@@ -568,7 +599,8 @@ fn grpc_reply(cluster: &str, path: &str, answer: Option<&Answer>) -> GrpcReply {
     match answer.fail {
         Some(Failure::Refused) => return GrpcReply::Refused,
         Some(Failure::Reset) => return GrpcReply::Reset,
-        Some(Failure::Timeout) => return GrpcReply::Timeout,
+        // `load::validate` keeps `reset_after_headers` to HTTP clusters.
+        Some(Failure::Timeout | Failure::ResetAfterHeaders) => return GrpcReply::Timeout,
         None => {}
     }
     match answer.grpc_status.unwrap_or(0) {

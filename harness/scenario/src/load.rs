@@ -189,6 +189,7 @@ fn join(prefix: &str, field: &str) -> String {
 fn validate_answer(protocol: Protocol, answer: &Answer, answers: usize) -> Result<(), String> {
     let answers_something = answer.status.is_some()
         || !answer.headers.is_empty()
+        || !answer.trailers.is_empty()
         || answer.body.is_some()
         || answer.body_base64.is_some()
         || answer.grpc_status.is_some()
@@ -213,6 +214,9 @@ fn validate_answer(protocol: Protocol, answer: &Answer, answers: usize) -> Resul
         }
         Protocol::Grpc if answer.status.is_some() => {
             Err("a gRPC answer has `grpc_status`, not an HTTP `status`".into())
+        }
+        Protocol::Grpc if answer.fail == Some(Failure::ResetAfterHeaders) => {
+            Err("`reset_after_headers` is for HTTP clusters".into())
         }
         _ => Ok(()),
     }
@@ -316,7 +320,9 @@ fn validate_step(scenario: &Scenario, step: &Step) -> Result<(), Fault> {
                     "body",
                 ),
                 (
-                    !expect.headers.is_empty() || !expect.headers_absent.is_empty(),
+                    !expect.headers.is_empty()
+                        || !expect.headers_present.is_empty()
+                        || !expect.headers_absent.is_empty(),
                     "headers",
                 ),
                 (expect.upstream.is_some(), "upstream"),

@@ -326,12 +326,7 @@ impl Blind {
                 .scenario
                 .clusters
                 .iter()
-                .filter(|(_, cluster)| {
-                    cluster
-                        .answers
-                        .iter()
-                        .any(|answer| answer.fail == Some(crate::format::Failure::Refused))
-                })
+                .filter(|(_, cluster)| cluster.refuses_connections())
                 .map(|(name, _)| name.clone())
                 .collect(),
             volatile_headers: file

@@ -56,6 +56,12 @@ pub fn updated_expect(
                 new.headers.entry(name.clone()).or_insert(value.clone());
             }
         }
+        new.headers_present = old
+            .headers_present
+            .iter()
+            .filter(|name| header(&response.headers, name).is_some())
+            .cloned()
+            .collect();
         new.headers_absent = old
             .headers_absent
             .iter()
