@@ -91,6 +91,9 @@ pub(crate) const REFUSED_BODY: &str =
 /// Body of the router's local reply when the upstream closes before response headers.
 pub(crate) const RESET_BODY: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+/// Body of the router's local reply when the upstream resets the stream before response headers.
+pub(crate) const STREAM_RESET_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: remote reset";
 /// Body of the router's local reply when the callout times out.
 pub(crate) const TIMEOUT_BODY: &str = "upstream request timeout";
 
@@ -297,6 +300,11 @@ pub enum GrpcReply {
     /// `upstream connect error or disconnect/reset before headers. reset reason: connection
     /// termination{upstream_reset_before_response_started{connection_termination}}`.
     Reset,
+    /// The upstream reset the call's HTTP/2 stream (`RST_STREAM`) before answering: status 14,
+    /// message `upstream connect error or disconnect/reset before headers. reset reason: remote
+    /// reset{upstream_reset_before_response_started{remote_reset}}` (measured with Envoy 1.40,
+    /// `harness/scenario/tests/envoy_judge.rs`).
+    StreamReset,
     /// The call's timeout fires now: status 14, message `upstream request
     /// timeout{response_timeout}`. What a pending call gets when the clock passes its timeout.
     TimedOut,
@@ -318,6 +326,10 @@ impl GrpcReply {
             GrpcReply::Reset => unavailable(
                 RESET_BODY,
                 "upstream_reset_before_response_started{connection_termination}",
+            ),
+            GrpcReply::StreamReset => unavailable(
+                STREAM_RESET_BODY,
+                "upstream_reset_before_response_started{remote_reset}",
             ),
             GrpcReply::TimedOut => unavailable(TIMEOUT_BODY, "response_timeout"),
             // The service's own failure: Envoy 1.40's async client adds the stream's response

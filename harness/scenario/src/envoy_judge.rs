@@ -11,9 +11,8 @@
 //!   `fail: refused`, points at a port where nothing listens, exactly as in the harness;
 //! - a call to a refused cluster never reaches a server, so it is not in `callouts` (the harness
 //!   records every call the module dispatched);
-//! - a gRPC `fail: reset` resets the call's HTTP/2 stream, where the harness reports a closed
-//!   connection; a failed gRPC answer (`grpc_status` not 0) with `delay_ms` holds that
-//!   cluster's server (one thread) for the delay;
+//! - a failed gRPC answer (`grpc_status` not 0) with `delay_ms` holds that cluster's server
+//!   (one thread) for the delay;
 //! - a module's local reply with empty details carries no details header (Envoy's local-reply
 //!   mapper adds none for empty details): it is told from an upstream answer by the upstream not
 //!   having seen the request, or by the absence of the router's `x-envoy-upstream-service-time`

@@ -221,7 +221,7 @@ pub struct Answer {
 pub enum Failure {
     /// Nothing listens: connection refused (a whole cluster: it must be its only answer).
     Refused,
-    /// The upstream closes the connection before answering.
+    /// The upstream closes the connection before answering (gRPC: resets the call's stream).
     Reset,
     /// The upstream never answers: the call times out when the module's timeout elapses.
     Timeout,

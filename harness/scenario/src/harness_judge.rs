@@ -598,7 +598,8 @@ fn grpc_reply(
     };
     match answer.fail {
         Some(Failure::Refused) => return GrpcReply::Refused,
-        Some(Failure::Reset) => return GrpcReply::Reset,
+        // The Envoy judge's gRPC server resets the call's stream: Envoy reports a remote reset.
+        Some(Failure::Reset) => return GrpcReply::StreamReset,
         // `load::validate` keeps `reset_after_headers` to HTTP clusters.
         Some(Failure::Timeout | Failure::ResetAfterHeaders) => return GrpcReply::Timeout,
         None => {}

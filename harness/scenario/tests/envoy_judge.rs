@@ -653,18 +653,6 @@ fn envoy_outcome(call: &Call, harness: &[String]) -> Vec<String> {
                 }
             }
         }
-        // The gRPC test server resets the stream (RST_STREAM) where the harness reports a
-        // closed connection.
-        ("svc", "Reset") => {
-            for line in &mut expected {
-                *line = line
-                    .replace("connection_termination", "remote_reset")
-                    .replace(
-                        "reset reason: connection termination",
-                        "reset reason: remote reset",
-                    );
-            }
-        }
         _ => {}
     }
     expected
