@@ -319,8 +319,7 @@ fn grpc_error_reply_carries_status_and_message() {
         .start()
         .unwrap();
     // Envoy 1.40 appends the response code details of the service's answer.
-    assert!(messages(&plugin).ends_with(&[
-        "close 5 7".to_string(),
-        "denied{via_upstream}".to_string()
-    ]));
+    assert!(
+        messages(&plugin).ends_with(&["close 5 7".to_string(), "denied{via_upstream}".to_string()])
+    );
 }
