@@ -143,7 +143,7 @@ pub fn summary_line(summary: &Summary) -> String {
 pub fn junit(reports: &[ScenarioReport]) -> String {
     let summary = Summary::of(reports);
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let cases: usize = reports.iter().map(|report| case_count(report)).sum();
+    let cases: usize = reports.iter().map(case_count).sum();
     let start_failures: usize = reports.iter().map(|report| report.errors.len()).sum();
     let _ = writeln!(
         out,
