@@ -59,7 +59,14 @@ impl ExchangeInput {
                 bail!("format: this wasmesh reads format {FORMAT_VERSION}, the file is format {format}");
             }
         }
+        self.request.check_body("request")?;
+        if let Some(response) = &self.response {
+            response.check_body("response")?;
+        }
         for (index, mock) in self.callouts.iter().enumerate() {
+            if let Some(response) = &mock.response {
+                response.check_body(&format!("callouts[{index}].response"))?;
+            }
             match (&mock.response, &mock.fail) {
                 (Some(_), None) | (None, Some(_)) => {}
                 _ => bail!("callouts[{index}]: give exactly one of `response` or `fail`"),
@@ -88,9 +95,30 @@ pub struct MessageInput {
     /// Body (UTF-8 text). Omitted: the headers end the stream.
     #[serde(default)]
     pub body: Option<String>,
+    /// Instead of `body`: the body as base64, for bytes that are not UTF-8 text (a JSON string
+    /// such as `"\u0081"` is the character U+0081, sent as its two UTF-8 bytes).
+    #[serde(default)]
+    pub body_base64: Option<String>,
     /// Trailers. Omitted: no trailers.
     #[serde(default)]
     pub trailers: Option<Headers>,
+}
+
+impl MessageInput {
+    /// The body's bytes: `body` as UTF-8, or `body_base64` decoded (checked by
+    /// [`ExchangeInput::validate`]).
+    pub fn body_bytes(&self) -> Option<Vec<u8>> {
+        wasmesh_scenario::load::body_bytes(self.body.as_deref(), self.body_base64.as_deref())
+    }
+
+    fn check_body(&self, field: &str) -> Result<()> {
+        if self.body.is_some() && self.body_base64.is_some() {
+            bail!("{field}: give `body` or `body_base64`, not both");
+        }
+        wasmesh_scenario::load::decode_base64(self.body_base64.as_deref())
+            .map_err(|error| anyhow::anyhow!("{field}.body_base64: {error}"))?;
+        Ok(())
+    }
 }
 
 /// The answer to the HTTP callouts to `cluster` (and, when given, with this `:path`).

@@ -64,7 +64,8 @@ pub fn run(
         .iter()
         .map(|(name, value)| (name.as_str(), value.as_str()))
         .collect();
-    let body = exchange.request.body.as_deref().map(str::as_bytes);
+    let body = exchange.request.body_bytes();
+    let body = body.as_deref();
     let mut groups: BTreeMap<Vec<String>, Vec<u64>> = BTreeMap::new();
     let mut hazards = Vec::new();
     let mut first_verdicts = None;

@@ -166,6 +166,7 @@ fn execute(
     let default_response = MessageInput {
         headers: Headers(vec![(":status".to_string(), "200".to_string())]),
         body: None,
+        body_base64: None,
         trailers: None,
     };
     let response = exchange.response.as_ref().unwrap_or(&default_response);
@@ -182,6 +183,21 @@ fn execute(
         driver.send(Direction::Response, response)?;
     }
 
+    let held = [stream.request_state(), stream.response_state()].contains(&StreamState::Paused)
+        && stream.local_reply().is_none();
+    if held {
+        let pending = plugin.pending_http_callouts().len() + plugin.pending_grpc_callouts().len();
+        eprintln!(
+            "warning: the module still holds the {} ({pending} callout(s) pending without an \
+             answer): Envoy would wait for them or for a timeout. Answer them in `callouts`, or \
+             use `wasmesh test`, which fails such a step",
+            if stream.request_state() == StreamState::Paused {
+                "request"
+            } else {
+                "response"
+            }
+        );
+    }
     let request_headers = stream.request_headers_now();
     let request_body = stream.request_body_now();
     let local_reply = stream.local_reply();
@@ -327,7 +343,7 @@ impl CalloutReplyTemplate {
             (_, Some(failure)) => Self::Fail(failure),
             (Some(response), None) => Self::Response {
                 headers: response.headers.0.clone(),
-                body: response.body.clone().unwrap_or_default().into_bytes(),
+                body: response.body_bytes().unwrap_or_default(),
                 trailers: response.trailers.clone().unwrap_or_default().0,
             },
             // `ExchangeInput::validate` guarantees exactly one of the two.
@@ -384,7 +400,8 @@ impl Driver<'_> {
             Direction::Request => ("request_headers", "request_body", "request_trailers"),
             Direction::Response => ("response_headers", "response_body", "response_trailers"),
         };
-        let has_body = message.body.is_some();
+        let body = message.body_bytes();
+        let has_body = body.is_some();
         let has_trailers = message.trailers.is_some();
 
         let headers = message.headers.as_pairs();
@@ -397,10 +414,10 @@ impl Driver<'_> {
             return Ok(());
         }
 
-        if let Some(body) = &message.body {
+        if let Some(body) = &body {
             let outcome = match direction {
-                Direction::Request => self.stream.request_body(body.as_bytes(), !has_trailers),
-                Direction::Response => self.stream.response_body(body.as_bytes(), !has_trailers),
+                Direction::Request => self.stream.request_body(body, !has_trailers),
+                Direction::Response => self.stream.response_body(body, !has_trailers),
             };
             if !self.record(body_phase, outcome)? {
                 return Ok(());

@@ -180,3 +180,66 @@ fn folders_are_searched_for_scenario_files_and_the_schema_is_printed() {
     let schema: serde_json::Value = serde_json::from_slice(&schema.stdout).unwrap();
     assert_eq!(schema, wasmesh_scenario::schema());
 }
+
+#[test]
+fn run_takes_base64_bodies_and_warns_when_the_module_holds_the_request() {
+    let module = scratch(
+        "holds-run.wat",
+        r#"(module
+          (memory (export "memory") 1)
+          (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "proxy_on_context_create") (param i32 i32))
+          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 1)))"#,
+    );
+    let exchange = scratch(
+        "holds-run.json",
+        r#"{"request": {"headers": {":method": "POST", ":path": "/", ":authority": "a"}, "body_base64": "aGk="}}"#,
+    );
+    let output = wasmesh(&[
+        "run",
+        "--wasm",
+        module.to_str().unwrap(),
+        "--request",
+        exchange.to_str().unwrap(),
+    ]);
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning: the module still holds the request (0 callout(s) pending"),
+        "{stderr}"
+    );
+    let minimal = wasmesh_harness::build::wasm("wasmesh-example-minimal").unwrap();
+    let config = scratch("minimal-run.json", r#"{"required_header": "x-api-key"}"#);
+    let passing = scratch(
+        "base64-run.json",
+        r#"{"request": {"headers": {":method": "POST", ":path": "/", ":authority": "a", "x-api-key": "k"}, "body_base64": "aGk="}}"#,
+    );
+    let output = wasmesh(&[
+        "run",
+        "--wasm",
+        minimal.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--request",
+        passing.to_str().unwrap(),
+    ]);
+    assert!(output.status.success());
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["request"]["body"], "hi");
+
+    let both = scratch(
+        "both-bodies.json",
+        r#"{"request": {"headers": {}, "body": "x", "body_base64": "eA=="}}"#,
+    );
+    let refused = wasmesh(&[
+        "run",
+        "--wasm",
+        module.to_str().unwrap(),
+        "--request",
+        both.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr)
+        .contains("request: give `body` or `body_base64`, not both"));
+}

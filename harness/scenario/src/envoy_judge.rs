@@ -5,10 +5,10 @@
 //! ([`StepObservation`]), so the two can be compared field by field. What Envoy cannot do (jump
 //! its clock) is reported as not run; what it cannot show (shared data, whether a VM failed) is
 //! `None`. Known differences with the harness, by construction:
-//! - a call no answer of an HTTP cluster matches gets a `503` from the cluster's server (a live
-//!   server cannot refuse one request and accept the next); the harness refuses it, which Envoy
-//!   turns into its own `503` with another body. A cluster with no answer, or whose answer is
-//!   `fail: refused`, points at a port where nothing listens, exactly as in the harness;
+//! - a call no answer matches gets a `503` (gRPC: status 14) from the cluster's server saying so,
+//!   as the harness judge answers it (a live server cannot refuse one call and accept the next);
+//!   a cluster with no answer, or whose answers are all `fail: refused`, points at a port where
+//!   nothing listens, as in the harness;
 //! - a call to a refused cluster never reaches a server, so it is not in `callouts` (the harness
 //!   records every call the module dispatched);
 //! - a failed gRPC answer (`grpc_status` not 0) with `delay_ms` holds that cluster's server
