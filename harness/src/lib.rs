@@ -104,6 +104,17 @@
 //!   `x-forwarded-proto`, a generated `x-request-id`, a body followed by an empty chunk that ends
 //!   the stream, `x-envoy-upstream-service-time`; see [`client`]).
 //!   [`HttpStream::request_headers`] and its siblings deliver exactly what they are given.
+//! - Envoy 1.40's built-in foreign functions answer `proxy_call_foreign_function` as there
+//!   (`tests/foreign_functions_vs_envoy.rs`; a test's own [`PluginBuilder::foreign_function`]
+//!   of the same name replaces one, and other names are `NotFound`): `compress` and
+//!   `uncompress` are zlib's, byte for byte with the zlib-ng Envoy links (a stream that does not
+//!   inflate is `SerializationFailure`); `declare_property` declares a property for
+//!   `proxy_set_property` (a read-only one is set once per stream, a second declaration of a
+//!   name is `BadArgument`, and only the root context's declarations count);
+//!   `set_envoy_filter_state` sets an object of one of Envoy's filter state factories, readable
+//!   at `filter_state.<name>` (`NotFound` for other names and in a root context);
+//!   `clear_route_cache` is `Ok` ([`HttpStream::route_cache_clears`] counts it). Arguments that
+//!   are not the expected protobuf message are `BadArgument`.
 //! - Envoy files a module's metrics as `wasmcustom.<name>` ([`envoy_stat_name`]) and shows them
 //!   to Prometheus without the namespace ([`prometheus_name`]); the harness reports them under
 //!   the module's own names.
@@ -130,8 +141,17 @@
 //! - The connection manager's own work: its statistics (`downstream_rq_too_large`,
 //!   `rs_too_large`, ...), the headers it adds after the filter chain (`date`, `server`), and
 //!   `x-forwarded-for` handling (tests set `source.address`).
-//! - TCP (network filter) streams, the main-thread VM Envoy keeps next to the worker VMs, and
-//!   built-in foreign functions.
+//! - TCP (network filter) streams, and the main-thread VM Envoy keeps next to the worker VMs.
+//! - The foreign functions that need Envoy's own libraries: `expr_create` (CEL: the harness has
+//!   no CEL parser or evaluator) answers `Unimplemented`, so `expr_evaluate` finds no token
+//!   (`NotFound`) and `expr_delete` is `Ok`; `sign` and `verify_signature` check their
+//!   arguments as Envoy does (`BadArgument` without exactly one key) but answer
+//!   `Unimplemented` instead of signing (no crypto here). `set_envoy_filter_state` does not run
+//!   the factory's parser: a value Envoy's factory refuses (`envoy.network.ip` that is not an
+//!   address, ...) is `BadArgument` there and accepted here. `declare_property`'s types and
+//!   schemas are not applied below the property (`<name>.<field>` of a protobuf or flatbuffers
+//!   value), nor its life span. A test registers its own [`PluginBuilder::foreign_function`]
+//!   of the same name to answer these.
 //! - Upstreams behind a callout: the test answers each callout ([`CalloutReply`]); the async
 //!   client's response buffer limit, retries, and connect timeouts are not produced by the
 //!   harness (a test can hand the module any of them as a [`CalloutReply::Response`] or

@@ -229,7 +229,10 @@ impl PluginBuilder {
         self
     }
 
-    /// Registers a foreign function callable with `proxy_call_foreign_function`.
+    /// Registers a foreign function callable with `proxy_call_foreign_function`. It replaces
+    /// Envoy's built-in of the same name (`compress`, `uncompress`, `declare_property`,
+    /// `set_envoy_filter_state`, `clear_route_cache`, `expr_*`, `sign`, `verify_signature`),
+    /// e.g. to answer `expr_create` or `sign`, which the harness does not emulate.
     pub fn foreign_function(
         mut self,
         name: &str,

@@ -344,6 +344,13 @@ impl HttpStream {
         self.read(|e| e.response.state).unwrap_or(StreamState::Idle)
     }
 
+    /// How many times the module called the `clear_route_cache` foreign function for this
+    /// stream. Envoy then picks the route again with the headers as the filter left them; the
+    /// harness has no routes, so a test that relies on re-routing checks this count instead.
+    pub fn route_cache_clears(&self) -> u32 {
+        self.read(|e| e.route_cache_clears).unwrap_or(0)
+    }
+
     /// Response code details Envoy recorded (`via_upstream`, a local reply's details,
     /// `wasm_close_stream`, `wasm_fail_stream`).
     pub fn response_code_details(&self) -> Option<String> {

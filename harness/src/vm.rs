@@ -204,6 +204,13 @@ pub(crate) struct HttpExchange {
     pub(crate) properties: BTreeMap<Vec<String>, PropertyValue>,
     /// Values stored with `proxy_set_property` (Envoy's `wasm.<path>` filter state).
     pub(crate) filter_state: HashMap<Vec<u8>, Vec<u8>>,
+    /// Keys of `filter_state` created under a read-only `declare_property`: Envoy refuses to set
+    /// them again (`BadArgument`).
+    pub(crate) readonly_state: HashSet<Vec<u8>>,
+    /// Objects set with the `set_envoy_filter_state` foreign function, by factory name.
+    pub(crate) envoy_filter_state: HashMap<Vec<u8>, Vec<u8>>,
+    /// Calls of the `clear_route_cache` foreign function (the harness has no routes to clear).
+    pub(crate) route_cache_clears: u32,
     pub(crate) request: Direction,
     pub(crate) response: Direction,
     /// Envoy keeps one `end_of_stream_` flag for both directions.
@@ -228,6 +235,9 @@ impl HttpExchange {
         HttpExchange {
             properties: BTreeMap::new(),
             filter_state: HashMap::new(),
+            readonly_state: HashSet::new(),
+            envoy_filter_state: HashMap::new(),
+            route_cache_clears: 0,
             request: Direction::new(),
             response: Direction::new(),
             end_of_stream: false,
@@ -343,6 +353,9 @@ pub(crate) struct VmState {
     /// Shared-data keys the running callback read (with their CAS tokens): a write of one of
     /// them without a token is a [`crate::race::HazardKind::TokenReadButNotUsed`].
     pub(crate) shared_reads: HashSet<Vec<u8>>,
+    /// Properties declared with the `declare_property` foreign function, by the context that
+    /// declared them.
+    pub(crate) declared_properties: crate::hostcalls::foreign::Declarations,
 }
 
 /// A [`crate::Limits`] cap a hostcall refused to exceed.
@@ -502,6 +515,7 @@ impl Vm {
             resource_exceeded: None,
             callback: "",
             shared_reads: HashSet::new(),
+            declared_properties: Default::default(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);

@@ -205,10 +205,28 @@ fn proxy_set_property(
     };
     let state = caller.data_mut();
     let context = state.active_context();
+    // A new key takes the prototype its root context declared (`declare_property`; Envoy's
+    // `rootContext()->state_prototypes_`): a read-only one is set once per stream.
+    let root = match state.contexts.get(&context) {
+        Some(c) if c.parent != 0 => c.parent,
+        _ => context,
+    };
+    let readonly = state
+        .declared_properties
+        .get(&root)
+        .and_then(|declared| declared.get(&key))
+        .is_some_and(|property| property.readonly);
     // Envoy stores the value as filter state of the request; without a stream (root context)
     // there is no stream info and the property is NotFound.
     match state.exchange_mut(context) {
         Some(exchange) => {
+            if exchange.filter_state.contains_key(&key) {
+                if exchange.readonly_state.contains(&key) {
+                    return status(Status::BadArgument);
+                }
+            } else if readonly {
+                exchange.readonly_state.insert(key.clone());
+            }
             exchange.filter_state.insert(key, value);
             status(Status::Ok)
         }
@@ -579,29 +597,41 @@ fn proxy_call_foreign_function(
     ) else {
         return status(Status::InvalidMemoryAccess);
     };
+    // A function the test registered overrides Envoy's built-in of the same name.
     let function = caller
         .data()
         .shared
         .try_borrow()
         .ok()
         .and_then(|s| s.foreign_functions.get(&lossy(&name)).cloned());
-    let Some(function) = function else {
-        return status(Status::NotFound);
-    };
-    // The shared state is not borrowed while the test's closure runs.
-    let outcome = function(&args);
-    let (code, output) = match outcome {
-        Ok(output) => (Status::Ok, output),
-        Err(code) => (code, Vec::new()),
+    let (code, output) = match function {
+        Some(function) => {
+            // The shared state is not borrowed while the test's closure runs.
+            match function(&args) {
+                Ok(output) if output.is_empty() => (Status::Ok, None),
+                Ok(output) => (Status::Ok, Some(output)),
+                Err(code) => (code, None),
+            }
+        }
+        None => match super::foreign::call_builtin(caller.data_mut(), &name, &args) {
+            Some(answer) => answer,
+            None => return status(Status::NotFound),
+        },
     };
     let mut address = 0;
-    if results_ptr != 0 && !output.is_empty() {
-        match super::alloc_copy(&mut caller, &output)? {
-            Some(ptr) => address = ptr,
-            None => return status(Status::InvalidMemoryAccess),
+    let mut size = 0;
+    if let Some(output) = output {
+        // Envoy copies a result into the module only when the caller asked for it (a non-zero
+        // `results`), with the module's allocator even when it is empty (`malloc(0)`).
+        if results_ptr != 0 {
+            match super::alloc_copy(&mut caller, &output)? {
+                Some(ptr) => address = ptr,
+                None if output.is_empty() => {}
+                None => return status(Status::InvalidMemoryAccess),
+            }
         }
+        size = u32::try_from(output.len()).unwrap_or(u32::MAX);
     }
-    let size = u32::try_from(output.len()).unwrap_or(u32::MAX);
     if results_ptr != 0 && !write_u32(&mut caller, results_ptr, address) {
         return status(Status::InvalidMemoryAccess);
     }

@@ -5,6 +5,7 @@
 //! `InvalidMemoryAccess` (WASI: `EFAULT`) to the module, never a host panic. Hostcalls only fail
 //! (trap the module) when the module's own allocator traps while the host copies data into it.
 
+pub(crate) mod foreign;
 mod general;
 mod http;
 mod maps;

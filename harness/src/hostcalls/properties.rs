@@ -104,14 +104,20 @@ pub(crate) fn resolve(
 
 /// Filter state written by `proxy_set_property`: Envoy keeps it as `wasm.<path>` (the whole
 /// path written) and finds it by the first segment of a read, or as
-/// `filter_state.wasm.<name>`; a bytes value has nothing below it.
+/// `filter_state.wasm.<name>`; a bytes value has nothing below it. An object set with the
+/// `set_envoy_filter_state` foreign function is found as `filter_state.<factory name>` only,
+/// serialized as its string (the value given, for the string objects the harness can check).
 fn filter_state(exchange: Option<&HttpExchange>, parts: &[String]) -> Option<Vec<u8>> {
+    let exchange = exchange?;
     let name = match parts {
         [name] => name.as_str(),
-        [top, key] if top == "filter_state" => key.strip_prefix("wasm.")?,
+        [top, key] if top == "filter_state" => match key.strip_prefix("wasm.") {
+            Some(name) => name,
+            None => return exchange.envoy_filter_state.get(key.as_bytes()).cloned(),
+        },
         _ => return None,
     };
-    exchange?.filter_state.get(name.as_bytes()).cloned()
+    exchange.filter_state.get(name.as_bytes()).cloned()
 }
 
 fn available_in_root_context(parts: &[String]) -> bool {
