@@ -7,27 +7,31 @@
 //! `wasmesh test`: scenario files through the command, as a user runs them (harness judge; the
 //! Envoy judge is covered by `harness/scenario/tests` and the shipped scenarios).
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
+use std::path::PathBuf;
+use std::process::Output;
+
+use common::wasmesh;
+
+/// Writes `contents` to a file `name` in a fresh scratch folder.
 fn scratch(name: &str, contents: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-test-command");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+    let path = common::scratch_dir("test-command").join(name);
     std::fs::write(&path, contents).unwrap();
     path
-}
-
-fn wasmesh(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wasmesh"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// A module whose `on_request_headers` always stops iteration, and nothing ever resumes it.
+const HOLDS_EVERY_REQUEST: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 1)))"#;
 
 /// The minimal example: a request without `x-api-key` gets a 401.
 fn minimal_scenario(name: &str, denied_status: u16) -> PathBuf {
@@ -140,15 +144,7 @@ fn a_module_that_cannot_start_fails_its_scenario_not_the_runner() {
 
 #[test]
 fn a_request_held_with_nothing_pending_fails_the_step_instead_of_passing() {
-    let module = scratch(
-        "holds.wat",
-        r#"(module
-          (memory (export "memory") 1)
-          (func (export "malloc") (param i32) (result i32) (i32.const 1024))
-          (func (export "proxy_abi_version_0_2_1"))
-          (func (export "proxy_on_context_create") (param i32 i32))
-          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 1)))"#,
-    );
+    let module = scratch("holds.wat", HOLDS_EVERY_REQUEST);
     let file = scratch(
         "holds.scenario.yaml",
         &format!(
@@ -183,15 +179,7 @@ fn folders_are_searched_for_scenario_files_and_the_schema_is_printed() {
 
 #[test]
 fn run_takes_base64_bodies_and_warns_when_the_module_holds_the_request() {
-    let module = scratch(
-        "holds-run.wat",
-        r#"(module
-          (memory (export "memory") 1)
-          (func (export "malloc") (param i32) (result i32) (i32.const 1024))
-          (func (export "proxy_abi_version_0_2_1"))
-          (func (export "proxy_on_context_create") (param i32 i32))
-          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 1)))"#,
-    );
+    let module = scratch("holds-run.wat", HOLDS_EVERY_REQUEST);
     let exchange = scratch(
         "holds-run.json",
         r#"{"request": {"headers": {":method": "POST", ":path": "/", ":authority": "a"}, "body_base64": "aGk="}}"#,

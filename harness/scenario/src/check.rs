@@ -52,6 +52,13 @@ struct Checks {
     checks: Vec<Check>,
 }
 
+/// What is expected of a header list.
+struct HeaderExpectations<'a> {
+    equal: &'a BTreeMap<String, String>,
+    present: &'a [String],
+    absent: &'a [String],
+}
+
 impl Checks {
     fn equal(&mut self, field: impl Into<String>, expected: String, got: String) {
         let verdict = if expected == got {
@@ -75,6 +82,41 @@ impl Checks {
             field: field.into(),
             verdict,
         });
+    }
+
+    /// Checks `headers` against what is expected of them; fields are named `<prefix>headers.<name>`,
+    /// `<prefix>headers_present.<name>` and `<prefix>headers_absent.<name>`.
+    fn headers(
+        &mut self,
+        prefix: &str,
+        headers: &[(String, String)],
+        expected: HeaderExpectations<'_>,
+    ) {
+        for (name, value) in expected.equal {
+            let got = header(headers, name);
+            self.equal(
+                format!("{prefix}headers.{name}"),
+                format!("{value:?}"),
+                got.map_or_else(|| "absent".to_string(), |got| format!("{got:?}")),
+            );
+        }
+        for name in expected.present {
+            self.holds(
+                format!("{prefix}headers_present.{name}"),
+                header(headers, name).is_some(),
+                "present".to_string(),
+                "absent".to_string(),
+            );
+        }
+        for name in expected.absent {
+            let got = header(headers, name);
+            self.holds(
+                format!("{prefix}headers_absent.{name}"),
+                got.is_none(),
+                "absent".to_string(),
+                format!("{:?}", got.unwrap_or_default()),
+            );
+        }
     }
 
     fn unobservable(&mut self, field: impl Into<String>, why: &str) {
@@ -194,32 +236,15 @@ fn check_response(checks: &mut Checks, expect: &Expect, response: Option<&Respon
             show_details(response.details.as_deref()),
         );
     }
-    for (name, value) in &expect.headers {
-        let got = header(&response.headers, name);
-        checks.equal(
-            format!("headers.{name}"),
-            format!("{value:?}"),
-            got.map_or_else(|| "absent".to_string(), |got| format!("{got:?}")),
-        );
-    }
-    for name in &expect.headers_present {
-        let got = header(&response.headers, name);
-        checks.holds(
-            format!("headers_present.{name}"),
-            got.is_some(),
-            "present".to_string(),
-            "absent".to_string(),
-        );
-    }
-    for name in &expect.headers_absent {
-        let got = header(&response.headers, name);
-        checks.holds(
-            format!("headers_absent.{name}"),
-            got.is_none(),
-            "absent".to_string(),
-            format!("{:?}", got.unwrap_or_default()),
-        );
-    }
+    checks.headers(
+        "",
+        &response.headers,
+        HeaderExpectations {
+            equal: &expect.headers,
+            present: &expect.headers_present,
+            absent: &expect.headers_absent,
+        },
+    );
     if let Some(body) = &expect.body {
         checks.equal(
             "body",
@@ -265,23 +290,15 @@ fn check_upstream(
         }
         (Some(wanted), Some(got)) => (wanted, got),
     };
-    for (name, value) in &wanted.headers {
-        let seen = header(&got.headers, name);
-        checks.equal(
-            format!("upstream.headers.{name}"),
-            format!("{value:?}"),
-            seen.map_or_else(|| "absent".to_string(), |seen| format!("{seen:?}")),
-        );
-    }
-    for name in &wanted.headers_absent {
-        let seen = header(&got.headers, name);
-        checks.holds(
-            format!("upstream.headers_absent.{name}"),
-            seen.is_none(),
-            "absent".to_string(),
-            format!("{:?}", seen.unwrap_or_default()),
-        );
-    }
+    checks.headers(
+        "upstream.",
+        &got.headers,
+        HeaderExpectations {
+            equal: &wanted.headers,
+            present: &[],
+            absent: &wanted.headers_absent,
+        },
+    );
     if let Some(body) = &wanted.body {
         checks.equal(
             "upstream.body",
@@ -314,14 +331,15 @@ fn check_callouts(checks: &mut Checks, wanted: &[CalloutExpect], got: &[Callout]
         if let Some(path) = &wanted.path {
             checks.equal(field("path"), path.clone(), got.path.clone());
         }
-        for (name, value) in &wanted.headers {
-            let seen = header(&got.headers, name);
-            checks.equal(
-                field(&format!("headers.{name}")),
-                format!("{value:?}"),
-                seen.map_or_else(|| "absent".to_string(), |seen| format!("{seen:?}")),
-            );
-        }
+        checks.headers(
+            &format!("callouts[{index}]."),
+            &got.headers,
+            HeaderExpectations {
+                equal: &wanted.headers,
+                present: &[],
+                absent: &[],
+            },
+        );
         if let Some(body) = &wanted.body {
             checks.equal(
                 field("body"),
