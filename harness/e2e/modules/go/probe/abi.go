@@ -35,6 +35,9 @@ func proxyIncrementMetric(id uint32, offset int64) uint32
 //go:wasmimport env proxy_set_effective_context
 func proxySetEffectiveContext(contextID uint32) uint32
 
+//go:wasmimport env proxy_call_foreign_function
+func proxyCallForeignFunction(name unsafe.Pointer, nameSize uint32, arguments unsafe.Pointer, argumentsSize uint32, results unsafe.Pointer, resultsSize unsafe.Pointer) uint32
+
 const (
 	mapRequestHeaders      = 0
 	mapResponseHeaders     = 2
@@ -145,4 +148,15 @@ func defineCounter(name string) uint32 {
 	var id uint32
 	proxyDefineMetric(metricCounter, bytesPointer(data), uint32(len(data)), unsafe.Pointer(&id))
 	return id
+}
+
+// callForeign calls one of the host's foreign functions: its result, and the status (0: Ok).
+func callForeign(function string, arguments []byte) ([]byte, uint32) {
+	name := []byte(function)
+	var pointer, size uint32
+	status := proxyCallForeignFunction(bytesPointer(name), uint32(len(name)), bytesPointer(arguments), uint32(len(arguments)), unsafe.Pointer(&pointer), unsafe.Pointer(&size))
+	if status != 0 {
+		return nil, status
+	}
+	return taken(pointer, size), 0
 }

@@ -80,8 +80,29 @@ func proxyOnRequestHeaders(contextID, headers, endOfStream uint32) uint32 {
 		}
 		calls[token] = contextID
 		return 1
+	case "foreign":
+		function := header(mapRequestHeaders, "x-probe-function")
+		data := []byte(header(mapRequestHeaders, "x-probe-data"))
+		body := foreignLine(function, data)
+		// A compressed result goes back through uncompress.
+		if function == "compress" {
+			if packed, status := callForeign("compress", data); status == 0 {
+				body += foreignLine("uncompress", packed)
+			}
+		}
+		sendLocalResponse(200, body, [][2]string{{"content-type", "text/x-probe"}})
+		return 1
 	}
 	return 0
+}
+
+// foreignLine is "<function> ok <result in hex>" or "<function> error <status code>".
+func foreignLine(function string, arguments []byte) string {
+	result, status := callForeign(function, arguments)
+	if status != 0 {
+		return fmt.Sprintf("%s error %d\n", function, status)
+	}
+	return fmt.Sprintf("%s ok %x\n", function, result)
 }
 
 //go:wasmexport proxy_on_request_body

@@ -9,6 +9,7 @@ import {
   FilterHeadersStatusValues, FilterDataStatusValues, GrpcStatusValues, WasmResultValues,
 } from "@solo-io/proxy-runtime";
 import { get_buffer_bytes } from "@solo-io/proxy-runtime/runtime";
+import { proxy_call_foreign_function } from "@solo-io/proxy-runtime/imports";
 
 // BufferType HttpCallResponseBody (the runtime does not export the enum).
 const HTTP_CALL_RESPONSE_BODY = 4;
@@ -40,6 +41,39 @@ function onCalloutResponse(origin: Context, headers: u32, bodySize: usize, trail
     return;
   }
   reply(403, result + "\n", []);
+}
+
+// Where the last foreign function call left its result (in memory the host allocated).
+let foreignPointer: usize = 0;
+let foreignSize: u32 = 0;
+
+// Calls one of the host's foreign functions; returns its status (0: Ok).
+function callForeign(name: string, args: ArrayBuffer): u32 {
+  const nameBytes = String.UTF8.encode(name);
+  const out = new ArrayBuffer(8);
+  const outPointer = changetype<usize>(out);
+  store<u32>(outPointer, 0);
+  store<u32>(outPointer + 4, 0);
+  const status = proxy_call_foreign_function(changetype<usize>(nameBytes), nameBytes.byteLength,
+    changetype<usize>(args), args.byteLength, outPointer, outPointer + 4) as u32;
+  foreignPointer = load<u32>(outPointer) as usize;
+  foreignSize = load<u32>(outPointer + 4);
+  return status;
+}
+
+// "<function> ok <result in hex>" or "<function> error <status code>".
+function foreignLine(name: string, args: ArrayBuffer): string {
+  const status = callForeign(name, args);
+  if (status != 0) {
+    return name + " error " + status.toString() + "\n";
+  }
+  const digits = "0123456789abcdef";
+  let hex = "";
+  for (let i: u32 = 0; i < foreignSize; i++) {
+    const byte = load<u8>(foreignPointer + i);
+    hex += digits.charAt(byte >> 4) + digits.charAt(byte & 15);
+  }
+  return name + " ok " + hex + "\n";
 }
 
 class ProbeRoot extends RootContext {
@@ -95,6 +129,19 @@ class Probe extends Context {
       if (result != WasmResultValues.Ok) {
         reply(500, "dispatch failed: " + (result as u32).toString() + "\n", []);
       }
+      return FilterHeadersStatusValues.StopIteration;
+    }
+    if (this.mode == "foreign") {
+      const name = request.get("x-probe-function");
+      const data = String.UTF8.encode(request.get("x-probe-data"));
+      let body = foreignLine(name, data);
+      // A compressed result goes back through uncompress.
+      if (name == "compress" && callForeign("compress", data) == 0) {
+        const packed = new ArrayBuffer(foreignSize as i32);
+        memory.copy(changetype<usize>(packed), foreignPointer, foreignSize);
+        body += foreignLine("uncompress", packed);
+      }
+      reply(200, body, [pair("content-type", "text/x-probe")]);
       return FilterHeadersStatusValues.StopIteration;
     }
     return FilterHeadersStatusValues.Continue;

@@ -134,6 +134,26 @@ impl HttpContext for Probe {
                 }
                 Action::Pause
             }
+            "foreign" => {
+                let function = self.request_header("x-probe-function");
+                let data = self.request_header("x-probe-data");
+                let mut body = foreign_call(&function, data.as_bytes());
+                // A compressed result goes back through `uncompress`.
+                if function == "compress" {
+                    if let Ok(Some(packed)) = proxy_wasm::hostcalls::call_foreign_function(
+                        "compress",
+                        Some(data.as_bytes()),
+                    ) {
+                        body.push_str(&foreign_call("uncompress", &packed));
+                    }
+                }
+                self.send_http_response(
+                    200,
+                    vec![("content-type", "text/x-probe")],
+                    Some(body.as_bytes()),
+                );
+                Action::Pause
+            }
             _ => Action::Continue,
         }
     }
@@ -185,6 +205,22 @@ impl HttpContext for Probe {
             return Action::Pause;
         }
         Action::Continue
+    }
+}
+
+/// `<function> ok <result in hex>` or `<function> error <status code>`, one line: what Envoy's
+/// built-in foreign function answered (`x-probe: foreign`).
+fn foreign_call(function: &str, arguments: &[u8]) -> String {
+    match proxy_wasm::hostcalls::call_foreign_function(function, Some(arguments)) {
+        Ok(result) => {
+            let hex: String = result
+                .unwrap_or_default()
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect();
+            format!("{function} ok {hex}\n")
+        }
+        Err(status) => format!("{function} error {}\n", status as u32),
     }
 }
 
