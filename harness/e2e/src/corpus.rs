@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 use serde_json::Value;
-use wasmesh_envoy::FailurePolicy;
 
 use crate::E2eError;
 
@@ -104,40 +103,8 @@ pub struct Group {
     pub requests: Vec<Exchange>,
 }
 
-/// `failure_policy` as Envoy spells it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub enum FailurePolicyName {
-    /// `FAIL_CLOSED`.
-    #[default]
-    #[serde(rename = "FAIL_CLOSED")]
-    FailClosed,
-    /// `FAIL_OPEN`.
-    #[serde(rename = "FAIL_OPEN")]
-    FailOpen,
-    /// `FAIL_RELOAD`.
-    #[serde(rename = "FAIL_RELOAD")]
-    FailReload,
-}
-
-impl FailurePolicyName {
-    /// The policy for Envoy's bootstrap.
-    pub fn for_envoy(self) -> FailurePolicy {
-        match self {
-            Self::FailClosed => FailurePolicy::FailClosed,
-            Self::FailOpen => FailurePolicy::FailOpen,
-            Self::FailReload => FailurePolicy::FailReload,
-        }
-    }
-
-    /// The same policy for the harness.
-    pub fn for_harness(self) -> wasmesh_harness::FailurePolicy {
-        match self {
-            Self::FailClosed => wasmesh_harness::FailurePolicy::FailClosed,
-            Self::FailOpen => wasmesh_harness::FailurePolicy::FailOpen,
-            Self::FailReload => wasmesh_harness::FailurePolicy::FailReload,
-        }
-    }
-}
+/// `failure_policy` as Envoy spells it: the scenario format's type, one definition.
+pub use wasmesh_scenario::format::FailurePolicyName;
 
 /// One request a client sends.
 #[derive(Debug, Clone, Deserialize)]

@@ -31,14 +31,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wasmesh_envoy::{
-    client, refused_address, ClientResponse, Cluster, Envoy, EnvoyBuilder, EnvoyError,
-    FailurePolicy, GrpcAnswer, GrpcRequest, GrpcTestServer, HttpRequest, HttpResponse, MockReply,
-    MockServer, ReceivedRequest, Route, WasmFilter, RESPONSE_CODE_DETAILS_HEADER,
+    client, refused_address, ClientResponse, Cluster, Envoy, EnvoyBuilder, EnvoyError, GrpcAnswer,
+    GrpcRequest, GrpcTestServer, HttpRequest, HttpResponse, MockReply, MockServer, ReceivedRequest,
+    Route, WasmFilter, RESPONSE_CODE_DETAILS_HEADER,
 };
 
 use crate::format::{
-    Answer, Expect, Failure, FailurePolicyName, LogLevelName, Protocol, Request, Step,
-    UpstreamAnswer,
+    Answer, Expect, Failure, LogLevelName, Protocol, Request, Step, UpstreamAnswer,
 };
 use crate::harness_judge::find_answer;
 use crate::load::{body_bytes, ScenarioFile};
@@ -159,7 +158,7 @@ impl EnvoyJudge {
             .name(PLUGIN_NAME)
             .configuration(String::from_utf8_lossy(&file.config_bytes()?).into_owned())
             .root_id(&scenario.root_id)
-            .failure_policy(failure_policy(scenario.failure_policy));
+            .failure_policy(scenario.failure_policy.for_envoy());
         let vm_config = file.vm_config_bytes();
         if !vm_config.is_empty() {
             filter = filter.vm_configuration(String::from_utf8_lossy(&vm_config).into_owned());
@@ -726,14 +725,6 @@ fn module_lines(log: &str, marker: &str) -> Vec<String> {
         }
     }
     messages
-}
-
-fn failure_policy(name: FailurePolicyName) -> FailurePolicy {
-    match name {
-        FailurePolicyName::FailClosed => FailurePolicy::FailClosed,
-        FailurePolicyName::FailOpen => FailurePolicy::FailOpen,
-        FailurePolicyName::FailReload => FailurePolicy::FailReload,
-    }
 }
 
 /// Envoy's name of a log level (`--component-log-level`).

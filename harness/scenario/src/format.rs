@@ -125,6 +125,26 @@ pub enum FailurePolicyName {
     FailReload,
 }
 
+impl FailurePolicyName {
+    /// The same policy for the harness.
+    pub fn for_harness(self) -> wasmesh_harness::FailurePolicy {
+        match self {
+            Self::FailClosed => wasmesh_harness::FailurePolicy::FailClosed,
+            Self::FailOpen => wasmesh_harness::FailurePolicy::FailOpen,
+            Self::FailReload => wasmesh_harness::FailurePolicy::FailReload,
+        }
+    }
+
+    /// The same policy for Envoy's bootstrap.
+    pub fn for_envoy(self) -> wasmesh_envoy::FailurePolicy {
+        match self {
+            Self::FailClosed => wasmesh_envoy::FailurePolicy::FailClosed,
+            Self::FailOpen => wasmesh_envoy::FailurePolicy::FailOpen,
+            Self::FailReload => wasmesh_envoy::FailurePolicy::FailReload,
+        }
+    }
+}
+
 /// A log level.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -8,13 +8,12 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use wasmesh_harness::{
-    CalloutReply, ClientRequest, FailurePolicy, GrpcCallout, GrpcReply, Harness, HarnessError,
-    HttpCallout, HttpStream, LogLevel, MetricValue, Plugin, StreamState, UpstreamResponse,
+    CalloutReply, ClientRequest, GrpcCallout, GrpcReply, Harness, HarnessError, HttpCallout,
+    HttpStream, LogLevel, MetricValue, Plugin, StreamState, UpstreamResponse,
 };
 
 use crate::format::{
-    Answer, Cluster, Failure, FailurePolicyName, LogLevelName, Protocol, Request, Step,
-    UpstreamAnswer,
+    Answer, Cluster, Failure, LogLevelName, Protocol, Request, Step, UpstreamAnswer,
 };
 use crate::load::{body_bytes, ScenarioFile};
 use crate::observe::{header, Callout, Response, StepObservation, UpstreamRequest};
@@ -58,7 +57,7 @@ impl HarnessJudge {
             .vm_config(file.vm_config_bytes())
             .root_id(&scenario.root_id)
             .workers(scenario.workers)
-            .failure_policy(failure_policy(scenario.failure_policy))
+            .failure_policy(scenario.failure_policy.for_harness())
             .log_level(log_level(scenario.log_level))
             .random_seed(scenario.seed);
         if let Some(start) = scenario.start_time {
@@ -612,14 +611,6 @@ fn grpc_reply(
             status,
             message: answer.grpc_message.clone().unwrap_or_default(),
         },
-    }
-}
-
-fn failure_policy(name: FailurePolicyName) -> FailurePolicy {
-    match name {
-        FailurePolicyName::FailClosed => FailurePolicy::FailClosed,
-        FailurePolicyName::FailOpen => FailurePolicy::FailOpen,
-        FailurePolicyName::FailReload => FailurePolicy::FailReload,
     }
 }
 
