@@ -116,7 +116,8 @@ fn compress(args: &[u8]) -> Answer {
 /// error is `SerializationFailure`. The harness stops doubling past the VM's memory cap (the
 /// result could not be copied into the module anyway; Envoy would crash there).
 fn uncompress(args: &[u8], max_bytes: u64) -> Answer {
-    let cap = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+    // A wasm32 module holds at most 4 GiB.
+    let cap = usize::try_from(max_bytes.min(u64::from(u32::MAX))).unwrap_or(usize::MAX);
     let mut size = args.len().saturating_mul(2).saturating_add(2);
     loop {
         let mut output = vec![0u8; size];
