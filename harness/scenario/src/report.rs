@@ -61,6 +61,13 @@ pub fn text(report: &ScenarioReport) -> String {
         report.path.display(),
         report.judges.join(", ")
     );
+    if !report.harness_only.is_empty() {
+        let _ = writeln!(
+            out,
+            "  note  set in the harness only (Envoy takes no such setting): {}",
+            report.harness_only.join(", ")
+        );
+    }
     for (judge, error) in &report.errors {
         let _ = writeln!(out, "  FAIL  the scenario did not start under {judge}:");
         for line in error.lines() {

@@ -104,6 +104,9 @@ pub struct ScenarioReport {
     /// What stopped the scenario before its steps, per judge (a module that cannot start, a
     /// build failure).
     pub errors: Vec<(&'static str, String)>,
+    /// Settings only the harness applies (Envoy has no way to take them), named so that a
+    /// difference they cause is not a surprise.
+    pub harness_only: Vec<&'static str>,
     /// The steps.
     pub steps: Vec<StepReport>,
 }
@@ -121,6 +124,7 @@ impl ScenarioReport {
             name: path.display().to_string(),
             judges: Vec::new(),
             errors: vec![("load", error.to_string())],
+            harness_only: Vec::new(),
             steps: Vec::new(),
         }
     }
@@ -200,10 +204,12 @@ pub fn run_scenario(file: &ScenarioFile, options: &Options) -> ScenarioReport {
         name: file.name(),
         judges: vec![HARNESS],
         errors: Vec::new(),
+        harness_only: Vec::new(),
         steps: Vec::new(),
     };
     if options.envoy {
         report.judges.push(ENVOY);
+        report.harness_only = harness_only_settings(&file.scenario);
     }
     let module = match resolve_module(file, options) {
         Ok(module) => module,
@@ -282,6 +288,24 @@ pub fn run_scenario(file: &ScenarioFile, options: &Options) -> ScenarioReport {
         });
     }
     report
+}
+
+/// The settings of `scenario` the Envoy judge cannot apply.
+fn harness_only_settings(scenario: &crate::format::Scenario) -> Vec<&'static str> {
+    let steps = &scenario.steps;
+    [
+        (!scenario.properties.is_empty(), "properties"),
+        (scenario.start_time.is_some(), "start_time"),
+        (scenario.seed != 0, "seed"),
+        (
+            steps.iter().any(|step| !step.properties.is_empty()),
+            "steps[].properties",
+        ),
+        (steps.iter().any(|step| step.worker != 0), "steps[].worker"),
+    ]
+    .into_iter()
+    .filter_map(|(set, name)| set.then_some(name))
+    .collect()
 }
 
 fn judged(
@@ -461,6 +485,20 @@ fn shown_header(headers: &[(String, String)], name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_envoy_cannot_take_are_named() {
+        let scenario = crate::load::parse(
+            Path::new("s.yaml"),
+            "format: 1\nmodule: {path: m.wasm}\nworkers: 2\nseed: 7\nstart_time: 0\n\
+             steps: [{request: {}, worker: 1}]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            harness_only_settings(&scenario),
+            ["start_time", "seed", "steps[].worker"]
+        );
+    }
 
     #[test]
     fn manifests_name_their_package() {
