@@ -2,7 +2,9 @@
 //! order, check each step's expectations under each judge, and (with both judges) compare what
 //! they saw.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use wasmesh_harness::build::{locate_workspace, WasmBuild};
 
@@ -151,12 +153,27 @@ pub fn resolve_module(file: &ScenarioFile, options: &Options) -> Result<PathBuf,
 }
 
 /// Builds a workspace filter named by its folder (under `filters/` or `examples/`) or package.
+///
+/// Built once per process and folder: scenarios of one filter share the module, and each cargo
+/// invocation, even with nothing to rebuild, costs a good part of a second.
 fn build_filter(start: &Path, name: &str) -> Result<PathBuf, ScenarioError> {
+    type Built = Mutex<HashMap<(PathBuf, String), PathBuf>>;
+    static BUILT: OnceLock<Built> = OnceLock::new();
     let start = if start.as_os_str().is_empty() {
         Path::new(".")
     } else {
         start
     };
+    let key = (start.to_path_buf(), name.to_string());
+    let built = BUILT.get_or_init(Built::default);
+    let lock = || {
+        built
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    if let Some(module) = lock().get(&key) {
+        return Ok(module.clone());
+    }
     // The scenario's own workspace, else the one the command runs in.
     let workspace = match locate_workspace(start) {
         Ok(workspace) => workspace,
@@ -168,9 +185,11 @@ fn build_filter(start: &Path, name: &str) -> Result<PathBuf, ScenarioError> {
         .find_map(|manifest| std::fs::read_to_string(manifest).ok())
         .and_then(|manifest| package_name(&manifest))
         .unwrap_or_else(|| name.to_string());
-    Ok(WasmBuild::new(&package)
+    let module = WasmBuild::new(&package)
         .workspace_root(&workspace.root)
-        .run()?)
+        .run()?;
+    lock().insert(key, module.clone());
+    Ok(module)
 }
 
 /// The `name` of a Cargo manifest's `[package]`.
