@@ -115,6 +115,14 @@
 //!   at `filter_state.<name>` (`NotFound` for other names and in a root context);
 //!   `clear_route_cache` is `Ok` ([`HttpStream::route_cache_clears`] counts it). Arguments that
 //!   are not the expected protobuf message are `BadArgument`.
+//! - A singleton service (bootstrap extension `envoy.bootstrap.wasm`, `singleton: true`;
+//!   [`PluginBuilder::service`], [`PluginBuilder::start_service`], `tests/singleton_vs_envoy.rs`)
+//!   is one more VM, with a root context and no streams, sharing shared data and queues with
+//!   the plugins: both are keyed by vm_id, so a worker reaches the service's queue by resolving
+//!   it under the service's vm_id (under another vm_id: `NotFound`), and every enqueue gives the
+//!   service one `proxy_on_queue_ready`. Envoy 1.40 runs the service's start sequence
+//!   (`proxy_on_context_create`, `proxy_on_vm_start`, `proxy_on_configure`) twice: on a VM it
+//!   drops without `proxy_on_done` (its ticks never fire), then on the VM that stays.
 //! - Envoy files a module's metrics as `wasmcustom.<name>` ([`envoy_stat_name`]) and shows them
 //!   to Prometheus without the namespace ([`prometheus_name`]); the harness reports them under
 //!   the module's own names.
@@ -141,7 +149,12 @@
 //! - The connection manager's own work: its statistics (`downstream_rq_too_large`,
 //!   `rs_too_large`, ...), the headers it adds after the filter chain (`date`, `server`), and
 //!   `x-forwarded-for` handling (tests set `source.address`).
-//! - TCP (network filter) streams, and the main-thread VM Envoy keeps next to the worker VMs.
+//! - TCP (network filter) streams.
+//! - The main-thread VMs Envoy runs beside an HTTP plugin's worker VMs (it starts the plugin's
+//!   root context on the main thread twice, as for a service, before the workers'): their
+//!   log lines, queue registrations and shared-data writes do not happen here. Singleton
+//!   services are emulated ([`PluginBuilder::service`]); a bootstrap service without
+//!   `singleton` (one VM per worker) is not.
 //! - The foreign functions that need Envoy's own libraries: `expr_create` (CEL: the harness has
 //!   no CEL parser or evaluator) answers `Unimplemented`, so `expr_evaluate` finds no token
 //!   (`NotFound`) and `expr_delete` is `Ok`; `sign` and `verify_signature` check their
@@ -225,7 +238,7 @@ pub use clock::{pinned_start, START_UNIX_SECONDS};
 pub use engine::{AbiVersion, CacheStats};
 pub use error::{HarnessError, Status};
 pub use metrics::{envoy_stat_name, prometheus_name};
-pub use plugin::{Harness, Plugin, PluginBuilder};
+pub use plugin::{Harness, Plugin, PluginBuilder, Service};
 pub use property::PropertyValue;
 pub use race::{explore_races, HazardKind, Race, RaceFailure, RaceReport, SharedDataHazard};
 pub use stream::HttpStream;

@@ -62,6 +62,14 @@ pub struct PluginBuilder {
     allow_on_headers_stop_iteration: bool,
     buffer_limit: usize,
     start_time: Option<SystemTime>,
+    service: Option<ServiceSpec>,
+}
+
+/// What a singleton service runs: its module and its own settings.
+#[derive(Clone)]
+pub(crate) struct ServiceSpec {
+    compiled: CompiledModule,
+    settings: Settings,
 }
 
 impl PluginBuilder {
@@ -90,6 +98,7 @@ impl PluginBuilder {
             allow_on_headers_stop_iteration: false,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
             start_time: None,
+            service: None,
         }
     }
 
@@ -263,13 +272,54 @@ impl PluginBuilder {
         self
     }
 
+    /// Runs `service` as a singleton service beside this plugin, as Envoy runs a bootstrap
+    /// extension `envoy.bootstrap.wasm` with `singleton: true`: one more VM (Envoy's main
+    /// thread) whose root context gets `proxy_on_vm_start`, `proxy_on_configure`, ticks,
+    /// callout answers and `proxy_on_queue_ready`, but no streams. It shares this plugin's
+    /// shared data and queues (both keyed by vm_id, so a worker reaches the service's queue by
+    /// resolving it under the service's vm_id), clock, logs, stats and limits; from `service`
+    /// it takes its module, vm_id, root_id, plugin name, configurations, environment and
+    /// properties (the log level, clusters, handlers and limits are this plugin's, the host's).
+    /// It starts before the plugin's workers. Reach it with [`Plugin::service`].
+    pub fn service(mut self, service: PluginBuilder) -> Self {
+        let mut settings = service.settings;
+        settings.log_level = self.settings.log_level;
+        settings.clusters = self.settings.clusters.clone();
+        self.service = Some(ServiceSpec {
+            compiled: service.compiled,
+            settings,
+        });
+        self
+    }
+
+    /// Starts this module as a singleton service alone, without an HTTP plugin (see
+    /// [`Self::service`]): a bootstrap extension whose module only serves queues and ticks.
+    pub fn start_service(mut self) -> Result<Service, HarnessError> {
+        self.service = Some(ServiceSpec {
+            compiled: self.compiled.clone(),
+            settings: self.settings.clone(),
+        });
+        let plugin = self.start_host(0)?;
+        plugin
+            .service()
+            .ok_or_else(|| HarnessError::InvalidUse("the service did not start".into()))
+    }
+
     /// Instantiates the VMs and runs `_initialize`, `proxy_on_context_create`,
     /// `proxy_on_vm_start` and `proxy_on_configure` on each, then delivers any callout
     /// answered by the mock handlers.
     pub fn start(self) -> Result<Plugin, HarnessError> {
+        let workers = self.workers;
+        self.start_host(workers)
+    }
+
+    /// Starts `workers` worker VMs, after the service if there is one (its VM is the last
+    /// worker slot, so stream round-robin never reaches it).
+    fn start_host(self, workers: usize) -> Result<Plugin, HarnessError> {
+        let slots = workers + usize::from(self.service.is_some());
         let shared = Rc::new(RefCell::new(SharedState::new(
             self.settings,
-            self.workers,
+            slots,
             self.random_seed,
         )));
         if let Ok(mut s) = shared.try_borrow_mut() {
@@ -282,18 +332,33 @@ impl PluginBuilder {
                 queued_items: self.limits.max_queued_items,
             };
         }
+        let service = self.service.map(|spec| (workers, spec));
         let mut inner = PluginInner {
             compiled: self.compiled,
             shared: shared.clone(),
-            workers: Vec::with_capacity(self.workers),
+            workers: Vec::with_capacity(slots),
             policy: self.failure_policy,
             limits: self.limits,
             http_handler: self.http_handler,
             grpc_handler: self.grpc_handler,
             allow_on_headers_stop_iteration: self.allow_on_headers_stop_iteration,
             buffer_limit: self.buffer_limit,
+            service,
         };
-        for worker in 0..self.workers {
+        // The service's VM before the workers' (Envoy 1.40 starts it before its worker
+        // threads). Envoy runs the service's start sequence twice on the main thread
+        // (measured: `tests/singleton_vs_envoy.rs`): on a first VM, which it then drops without
+        // `proxy_on_done` and whose ticks never fire, then on the VM that stays. What the first
+        // did (logs, queue registrations, shared data) remains, and queue notifications reach
+        // the second, which Envoy finds by VM key and root context id.
+        let service_vm = match inner.service.as_ref().map(|(slot, _)| *slot) {
+            Some(slot) => {
+                drop(inner.start_vm(slot, 0)?);
+                Some((inner.start_vm(slot, 0)?, inner.elapsed()))
+            }
+            None => None,
+        };
+        for worker in 0..workers {
             let vm = inner.start_vm(worker, 0)?;
             // Envoy stamps a worker's plugin handle with its load time (`last_load`), so the
             // reload backoff also runs from the first load: a VM that crashes within the
@@ -305,12 +370,19 @@ impl PluginBuilder {
                 reload_error: None,
             });
         }
+        if let Some((vm, loaded)) = service_vm {
+            inner.workers.push(Worker {
+                vms: vec![vm],
+                last_reload: Some(loaded),
+                reload_error: None,
+            });
+        }
         inner.drain_events()?;
         Ok(Plugin {
             inner: Rc::new(RefCell::new(inner)),
             shared,
             next_worker: Rc::new(Cell::new(0)),
-            worker_count: self.workers,
+            worker_count: workers,
         })
     }
 }
@@ -343,6 +415,8 @@ pub(crate) struct PluginInner {
     grpc_handler: Option<GrpcHandler>,
     pub(crate) allow_on_headers_stop_iteration: bool,
     pub(crate) buffer_limit: usize,
+    /// The singleton service's worker slot and what it runs.
+    service: Option<(usize, ServiceSpec)>,
 }
 
 /// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB).
@@ -381,17 +455,30 @@ impl PluginInner {
             fuel_per_callback: self.limits.fuel_per_callback,
             max_callouts_per_callback: self.limits.max_callouts_per_callback,
         };
-        let mut vm = Vm::instantiate(&self.compiled, self.shared.clone(), &settings, generation)?;
-        let (vm_config_len, plugin_config_len) = self
-            .shared
-            .try_borrow()
-            .map(|s| {
-                (
-                    len_u32(s.settings.vm_config.len()),
-                    len_u32(s.settings.plugin_config.len()),
-                )
-            })
-            .unwrap_or((0, 0));
+        let service = self
+            .service
+            .as_ref()
+            .filter(|(slot, _)| *slot == worker)
+            .map(|(_, spec)| spec);
+        let compiled = service.map_or(&self.compiled, |spec| &spec.compiled);
+        let mut vm = Vm::instantiate(compiled, self.shared.clone(), &settings, generation)?;
+        let (vm_config_len, plugin_config_len) = match service {
+            Some(spec) => (
+                len_u32(spec.settings.vm_config.len()),
+                len_u32(spec.settings.plugin_config.len()),
+            ),
+            None => self
+                .shared
+                .try_borrow()
+                .map(|s| {
+                    (
+                        len_u32(s.settings.vm_config.len()),
+                        len_u32(s.settings.plugin_config.len()),
+                    )
+                })
+                .unwrap_or((0, 0)),
+        };
+        vm.own_settings = service.map(|spec| spec.settings.clone());
         // WASI reactor (`_initialize`, then `main` if present) or command (`_start`).
         vm.state_mut().restricted = true;
         let started = (|| {
@@ -473,6 +560,7 @@ impl PluginInner {
             grpc_handler: None,
             allow_on_headers_stop_iteration: self.allow_on_headers_stop_iteration,
             buffer_limit: self.buffer_limit,
+            service: self.service.clone(),
         }
     }
 
@@ -1133,14 +1221,31 @@ impl Plugin {
 
     /// Opens an HTTP stream on the next worker (round-robin, as Envoy spreads connections).
     pub fn http_stream(&self) -> HttpStream {
-        let worker = self.next_worker.get() % self.worker_count;
-        self.next_worker.set((worker + 1) % self.worker_count);
+        let worker = self
+            .next_worker
+            .get()
+            .checked_rem(self.worker_count)
+            .unwrap_or(0);
+        self.next_worker
+            .set((worker + 1).checked_rem(self.worker_count).unwrap_or(0));
         HttpStream::new(self.clone(), worker)
     }
 
     /// Opens an HTTP stream on a chosen worker (taken modulo the number of workers).
     pub fn http_stream_on(&self, worker: usize) -> HttpStream {
-        HttpStream::new(self.clone(), worker % self.worker_count)
+        HttpStream::new(
+            self.clone(),
+            worker.checked_rem(self.worker_count).unwrap_or(0),
+        )
+    }
+
+    /// The singleton service started beside this plugin ([`PluginBuilder::service`]).
+    pub fn service(&self) -> Option<Service> {
+        let slot = self.inner.try_borrow().ok()?.service.as_ref()?.0;
+        Some(Service {
+            plugin: self.clone(),
+            slot,
+        })
     }
 
     /// Stream events for several workers that arrive at the same instant, run on the schedule of
@@ -1464,6 +1569,102 @@ impl Plugin {
     pub fn reload_error(&self, worker: usize) -> Option<HarnessError> {
         let inner = self.inner.try_borrow().ok()?;
         inner.workers.get(worker)?.reload_error.clone()
+    }
+}
+
+/// A singleton service: the VM Envoy runs on its main thread for a bootstrap extension
+/// `envoy.bootstrap.wasm` with `singleton: true` ([`PluginBuilder::service`],
+/// [`PluginBuilder::start_service`]). It has a root context and no streams; it sees the same
+/// shared data, queues, clock and logs as the plugin it was started with. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    plugin: Plugin,
+    slot: usize,
+}
+
+impl Service {
+    /// The worker number its log lines ([`LogEntry::worker`]), callouts and errors carry: one
+    /// past the plugin's workers.
+    pub fn worker(&self) -> usize {
+        self.slot
+    }
+
+    /// Advances the virtual clock shared with the plugin (see [`Plugin::advance_clock`]):
+    /// fires the service's ticks as well as the workers'.
+    pub fn advance_clock(&self, by: Duration) -> Result<(), HarnessError> {
+        self.plugin.advance_clock(by)
+    }
+
+    /// The service's own log lines, in order (the plugin's [`Plugin::logs`] has everyone's).
+    pub fn logs(&self) -> Vec<LogEntry> {
+        self.plugin
+            .logs()
+            .into_iter()
+            .filter(|entry| entry.worker == self.slot)
+            .collect()
+    }
+
+    /// The service's vm_id, under which its queues and shared data are filed.
+    pub fn vm_id(&self) -> String {
+        self.plugin
+            .inner
+            .try_borrow()
+            .ok()
+            .and_then(|inner| {
+                inner
+                    .service
+                    .as_ref()
+                    .map(|(_, spec)| spec.settings.vm_id.clone())
+            })
+            .unwrap_or_default()
+    }
+
+    /// Enqueues data on a queue the service registered (as a VM of another plugin would, after
+    /// resolving it under the service's vm_id), then delivers `proxy_on_queue_ready`.
+    pub fn enqueue(&self, queue_name: &str, data: &[u8]) -> Result<(), HarnessError> {
+        let vm_id = self.vm_id();
+        let status = {
+            let mut shared = self
+                .plugin
+                .shared
+                .try_borrow_mut()
+                .map_err(|_| reentrancy())?;
+            // Not `resolve_queue`, which reads an empty vm_id as the host's.
+            let key = (vm_id.clone(), queue_name.to_string());
+            match shared.queue_names.get(&key).copied() {
+                Some(token) => shared.enqueue(token, data),
+                None => Status::NotFound,
+            }
+        };
+        if status != Status::Ok {
+            return Err(HarnessError::InvalidUse(format!(
+                "no shared queue named {queue_name:?} is registered under vm_id {vm_id:?}"
+            )));
+        }
+        self.plugin.with_inner(PluginInner::drain_events)
+    }
+
+    /// A shared-data entry (value and CAS) under the service's vm_id.
+    pub fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        let vm_id = self.vm_id();
+        let shared = self.plugin.shared.try_borrow().ok()?;
+        shared.shared_data.get(&vm_id)?.get(key.as_bytes()).cloned()
+    }
+
+    /// The tick period the service set, if any.
+    pub fn tick_period(&self) -> Option<Duration> {
+        self.plugin.tick_period(self.slot)
+    }
+
+    /// Why the service's VM failed, if it did (the harness never reloads a service: it
+    /// gets no streams, which are what trigger `FAIL_RELOAD`).
+    pub fn vm_failure(&self) -> Option<HarnessError> {
+        self.plugin.vm_failure(self.slot)
+    }
+
+    /// A metric by name, every VM of the host together (see [`Plugin::metric`]).
+    pub fn metric(&self, name: &str) -> Option<MetricValue> {
+        self.plugin.metric(name)
     }
 }
 

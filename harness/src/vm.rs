@@ -457,6 +457,10 @@ pub(crate) struct Vm {
     pub(crate) fuel_per_callback: Option<u64>,
     /// Bumped on every reload so streams started on a previous VM are recognised.
     pub(crate) generation: u64,
+    /// A singleton service's own settings (vm_id, root_id, configuration), put in place of the
+    /// host's for each of its callbacks: the service shares the host's shared data, queues,
+    /// clock and logs, as Envoy's process-wide stores are, but is configured apart.
+    pub(crate) own_settings: Option<crate::shared::Settings>,
 }
 
 impl Vm {
@@ -577,7 +581,18 @@ impl Vm {
             exports,
             fuel_per_callback: settings.fuel_per_callback,
             generation,
+            own_settings: None,
         })
+    }
+
+    /// Exchanges [`Self::own_settings`] with the host's, before and after a callback (a no-op
+    /// for a plugin's VMs, which run with the host's).
+    fn swap_settings(&mut self) {
+        if let Some(own) = self.own_settings.as_mut() {
+            if let Ok(mut shared) = self.store.data().shared.try_borrow_mut() {
+                std::mem::swap(&mut shared.settings, own);
+            }
+        }
     }
 
     pub(crate) fn state(&self) -> &VmState {
@@ -626,7 +641,9 @@ impl Vm {
         state.log_mark = log_mark;
         state.callback = callback;
         state.shared_reads.clear();
+        self.swap_settings();
         let result = func.call(&mut self.store, params);
+        self.swap_settings();
         let budget = self.fuel_per_callback.unwrap_or(u64::MAX);
         let used = budget.saturating_sub(self.store.get_fuel().unwrap_or(0));
         if let Ok(mut shared) = self.store.data().shared.try_borrow_mut() {
