@@ -228,6 +228,7 @@ mod property;
 pub mod race;
 mod shared;
 mod stream;
+mod tcp;
 mod types;
 mod vm;
 mod wasi;
@@ -242,6 +243,7 @@ pub use plugin::{Harness, Plugin, PluginBuilder, Service};
 pub use property::PropertyValue;
 pub use race::{explore_races, HazardKind, Race, RaceFailure, RaceReport, SharedDataHazard};
 pub use stream::HttpStream;
+pub use tcp::{PeerType, TcpConnection};
 pub use types::{
     Action, FailurePolicy, Limits, LocalReply, LogEntry, LogLevel, MetricValue, Outcome,
     StreamState,

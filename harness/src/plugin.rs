@@ -16,6 +16,7 @@ use crate::property::PropertyValue;
 use crate::race::{Race, SharedDataHazard};
 use crate::shared::{Event, ForeignFn, HostCaps, Settings, SharedState};
 use crate::stream::HttpStream;
+use crate::tcp::TcpConnection;
 use crate::types::{FailurePolicy, Limits, LogEntry, LogLevel, MetricValue};
 use crate::vm::{CalloutResponseData, ContextState, Vm, VmSettings};
 
@@ -1234,6 +1235,29 @@ impl Plugin {
     /// Opens an HTTP stream on a chosen worker (taken modulo the number of workers).
     pub fn http_stream_on(&self, worker: usize) -> HttpStream {
         HttpStream::new(
+            self.clone(),
+            worker.checked_rem(self.worker_count).unwrap_or(0),
+        )
+    }
+
+    /// A TCP connection through the plugin as a network filter (Envoy's
+    /// `envoy.filters.network.wasm` before `tcp_proxy`), on the next worker (round-robin, as
+    /// for HTTP streams). Nothing reaches the module until [`TcpConnection::open`] or the first
+    /// data.
+    pub fn tcp_connection(&self) -> TcpConnection {
+        let worker = self
+            .next_worker
+            .get()
+            .checked_rem(self.worker_count)
+            .unwrap_or(0);
+        self.next_worker
+            .set((worker + 1).checked_rem(self.worker_count).unwrap_or(0));
+        TcpConnection::new(self.clone(), worker)
+    }
+
+    /// A TCP connection on a chosen worker (taken modulo the number of workers).
+    pub fn tcp_connection_on(&self, worker: usize) -> TcpConnection {
+        TcpConnection::new(
             self.clone(),
             worker.checked_rem(self.worker_count).unwrap_or(0),
         )

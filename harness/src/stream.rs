@@ -25,7 +25,7 @@ use crate::hostcalls::{add_header, header_value};
 use crate::plugin::{len_u32, reentrancy, Plugin, PluginInner};
 use crate::property::PropertyValue;
 use crate::types::{Action, FailurePolicy, LocalReply, Outcome, StreamState};
-use crate::vm::{ContextState, Deferred, HttpExchange, PendingLocalReply, StreamKind};
+use crate::vm::{ContextState, Deferred, HttpExchange, PendingLocalReply, StreamKind, TcpState};
 
 /// Which part of a direction a callback is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,38 +97,9 @@ impl HttpStream {
         }
         let worker = self.worker;
         let properties = std::mem::take(&mut self.pending_properties);
-        let handle = self.plugin.with_inner(|inner| {
-            inner.maybe_reload(worker)?;
-            let start = inner.elapsed();
-            let connection_id = inner
-                .shared
-                .try_borrow_mut()
-                .map(|mut s| s.next_connection_id())
-                .map_err(|_| reentrancy())?;
-            let fail_open = inner.policy == FailurePolicy::FailOpen;
-            let vm = inner.current_vm(worker)?;
-            let bypass = fail_open && vm.is_failed();
-            let state = vm.state_mut();
-            let context = state.next_context_id;
-            state.next_context_id += 1;
-            let mut exchange = HttpExchange::new(start, connection_id);
-            exchange.properties.extend(properties);
-            exchange.bypass = bypass;
-            let root = state.root_context_id;
-            state.contexts.insert(
-                context,
-                ContextState {
-                    parent: root,
-                    created_in_vm: false,
-                    deleted: false,
-                    http: Some(exchange),
-                },
-            );
-            Ok(StreamHandle {
-                generation: vm.generation,
-                context,
-            })
-        })?;
+        let handle = self
+            .plugin
+            .with_inner(|inner| inner.new_stream_context(worker, properties, None))?;
         self.handle = Some(handle);
         Ok(handle)
     }
@@ -553,6 +524,48 @@ fn http_to_grpc_status(code: u32) -> u32 {
 }
 
 impl PluginInner {
+    /// Allocates a stream context on `worker`'s VM (reloading a failed VM under `FailReload`):
+    /// an HTTP stream's, or a TCP connection's when `tcp` is given. The module hears of it at
+    /// its first callback (`ensure_created`).
+    pub(crate) fn new_stream_context(
+        &mut self,
+        worker: usize,
+        properties: Vec<(Vec<String>, PropertyValue)>,
+        tcp: Option<Box<TcpState>>,
+    ) -> Result<StreamHandle, HarnessError> {
+        self.maybe_reload(worker)?;
+        let start = self.elapsed();
+        let connection_id = self
+            .shared
+            .try_borrow_mut()
+            .map(|mut s| s.next_connection_id())
+            .map_err(|_| reentrancy())?;
+        let fail_open = self.policy == FailurePolicy::FailOpen;
+        let vm = self.current_vm(worker)?;
+        let bypass = fail_open && vm.is_failed();
+        let state = vm.state_mut();
+        let context = state.next_context_id;
+        state.next_context_id += 1;
+        let mut exchange = HttpExchange::new(start, connection_id);
+        exchange.properties.extend(properties);
+        exchange.bypass = bypass;
+        exchange.tcp = tcp;
+        let root = state.root_context_id;
+        state.contexts.insert(
+            context,
+            ContextState {
+                parent: root,
+                created_in_vm: false,
+                deleted: false,
+                http: Some(exchange),
+            },
+        );
+        Ok(StreamHandle {
+            generation: vm.generation,
+            context,
+        })
+    }
+
     /// Hands `op` to the stream's filter.
     pub(crate) fn apply(
         &mut self,
@@ -600,7 +613,11 @@ impl PluginInner {
     }
 
     /// Envoy's `onCreate`: `proxy_on_context_create(id, root)` once, unless the VM has failed.
-    fn ensure_created(&mut self, worker: usize, handle: StreamHandle) -> Option<HarnessError> {
+    pub(crate) fn ensure_created(
+        &mut self,
+        worker: usize,
+        handle: StreamHandle,
+    ) -> Option<HarnessError> {
         let vm = self.vm(worker, handle.generation).ok()?;
         let context = handle.context;
         let state = vm.state_mut();
@@ -1055,13 +1072,26 @@ impl PluginInner {
                     )?;
                 }
                 Deferred::Close { context } => {
-                    self.finish(
+                    let handle = StreamHandle {
+                        generation,
+                        context,
+                    };
+                    if self
+                        .exchange(worker, handle)
+                        .is_some_and(|e| e.tcp.is_some())
+                    {
+                        self.tcp_filter_close(worker, handle)?;
+                    } else {
+                        self.finish(worker, handle, true)?;
+                    }
+                }
+                Deferred::ContinueReading { context } => {
+                    self.tcp_continue_reading(
                         worker,
                         StreamHandle {
                             generation,
                             context,
                         },
-                        true,
                     )?;
                 }
             }
@@ -1285,27 +1315,53 @@ impl PluginInner {
             }
         }
         // Envoy's `log()` creates the context if no callback did yet.
-        let mut first_error = self.ensure_created(worker, handle);
+        let first_error = self.ensure_created(worker, handle);
+        self.destroy_context(worker, handle, true, first_error)
+    }
+
+    /// The end of a stream context: `proxy_on_log` then `proxy_on_done` (`log_first`, an HTTP
+    /// stream: Envoy runs access logs before destroying filters), or `proxy_on_done` then
+    /// `proxy_on_log` (a TCP connection, as measured with Envoy 1.40), then `proxy_on_delete`.
+    /// Returns the first error a callback raised.
+    pub(crate) fn destroy_context(
+        &mut self,
+        worker: usize,
+        handle: StreamHandle,
+        log_first: bool,
+        mut first_error: Option<HarnessError>,
+    ) -> Result<(), HarnessError> {
         let context = handle.context;
-        if let Some(exchange) = self.exchange_mut(worker, handle) {
-            exchange.access_log_phase = true;
-        }
         let vm = self.vm(worker, handle.generation)?;
-        if !vm.is_failed() {
-            if let Some(on_log) = vm.exports.on_log.clone() {
-                if let Err(error) = vm.invoke("proxy_on_log", on_log, context, context) {
-                    first_error.get_or_insert(error);
-                }
+        for callback in if log_first {
+            [true, false]
+        } else {
+            [false, true]
+        } {
+            if vm.is_failed() {
+                break;
             }
-        }
-        if let Some(exchange) = vm.state_mut().exchange_mut(context) {
-            exchange.access_log_phase = false;
-        }
-        if !vm.is_failed() {
-            if let Some(on_done) = vm.exports.on_done.clone() {
-                if let Err(error) = vm.invoke("proxy_on_done", on_done, context, context) {
-                    first_error.get_or_insert(error);
+            let result = if callback {
+                if let Some(exchange) = vm.state_mut().exchange_mut(context) {
+                    exchange.access_log_phase = true;
                 }
+                let result = match vm.exports.on_log.clone() {
+                    Some(on_log) => vm.invoke("proxy_on_log", on_log, context, context),
+                    None => Ok(()),
+                };
+                if let Some(exchange) = vm.state_mut().exchange_mut(context) {
+                    exchange.access_log_phase = false;
+                }
+                result
+            } else {
+                match vm.exports.on_done.clone() {
+                    Some(on_done) => vm
+                        .invoke("proxy_on_done", on_done, context, context)
+                        .map(|_| ()),
+                    None => Ok(()),
+                }
+            };
+            if let Err(error) = result {
+                first_error.get_or_insert(error);
             }
         }
         let created = vm
@@ -1326,7 +1382,7 @@ impl PluginInner {
         // Anything the module asked for while the stream was ending has no stream to act on.
         vm.state_mut()
             .deferred
-            .retain(|d| !matches!(d, Deferred::LocalReply { context: c, .. } | Deferred::Continue { context: c, .. } if *c == context));
+            .retain(|d| !matches!(d, Deferred::LocalReply { context: c, .. } | Deferred::Continue { context: c, .. } | Deferred::ContinueReading { context: c } | Deferred::Close { context: c } if *c == context));
         self.process_deferred(worker, handle.generation)?;
         match first_error {
             Some(error) => Err(error),

@@ -101,8 +101,13 @@ pub(crate) enum Deferred {
         context: u32,
         stream: StreamKind,
     },
-    /// Either direction: Envoy resets the whole stream.
+    /// Either direction: Envoy resets the whole stream (for a TCP connection: closes the
+    /// downstream connection, `FlushWrite`).
     Close {
+        context: u32,
+    },
+    /// `proxy_continue_stream(Downstream)` of a TCP connection: Envoy's `continueReading`.
+    ContinueReading {
         context: u32,
     },
 }
@@ -228,6 +233,70 @@ pub(crate) struct HttpExchange {
     /// The stream started after its VM failed under `FailOpen`: Envoy does not create the filter
     /// at all, so nothing reaches the module.
     pub(crate) bypass: bool,
+    /// The network-filter state when this context is a TCP connection's
+    /// ([`crate::TcpConnection`]); `None` for an HTTP stream. Kept beside the HTTP state so that
+    /// properties, filter state and foreign functions serve both alike.
+    pub(crate) tcp: Option<Box<TcpState>>,
+}
+
+/// One direction of a TCP connection through a network filter.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TcpDirection {
+    /// The connection's buffer the filter was handed (Envoy's `network_*_data_buffer_`): data
+    /// the filter held back with `StopIteration`, then what arrived since. Envoy's network
+    /// filter manager hands a stopped filter the whole buffer again on the next read.
+    pub(crate) buffer: Vec<u8>,
+    /// The buffer is reachable through `proxy_get_buffer_bytes`: from the data callback on, until
+    /// it returns `Continue` (Envoy only clears the pointer then).
+    pub(crate) available: bool,
+    /// Bytes that went past the filter (to the upstream for downstream data, to the client for
+    /// upstream data).
+    pub(crate) forwarded: Vec<u8>,
+    /// End of stream arrived from this side.
+    pub(crate) end_received: bool,
+    /// End of stream went past the filter.
+    pub(crate) end_forwarded: bool,
+    /// The filter returned `StopIteration` on this side's last data.
+    pub(crate) paused: bool,
+}
+
+/// Per-connection state of a network (TCP) filter.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TcpState {
+    /// Client to upstream (`proxy_on_downstream_data`, `DownstreamData` buffer).
+    pub(crate) downstream: TcpDirection,
+    /// Upstream to client (`proxy_on_upstream_data`, `UpstreamData` buffer).
+    pub(crate) upstream: TcpDirection,
+    /// What `proxy_on_new_connection` returned, once it ran.
+    pub(crate) new_connection: Option<crate::types::Action>,
+    /// The downstream connection closed, and with which peer type.
+    pub(crate) closed: Option<u32>,
+    /// The filter closed it (`proxy_close_stream`).
+    pub(crate) closed_by_filter: bool,
+}
+
+impl TcpDirection {
+    /// The buffer, as the filter left it, goes past the filter (with the end of stream, if it
+    /// arrived).
+    pub(crate) fn pass(&mut self) {
+        let buffer = std::mem::take(&mut self.buffer);
+        self.forwarded.extend_from_slice(&buffer);
+        self.available = false;
+        self.paused = false;
+        if self.end_received {
+            self.end_forwarded = true;
+        }
+    }
+}
+
+impl TcpState {
+    pub(crate) fn direction_mut(&mut self, downstream: bool) -> &mut TcpDirection {
+        if downstream {
+            &mut self.downstream
+        } else {
+            &mut self.upstream
+        }
+    }
 }
 
 impl HttpExchange {
@@ -252,6 +321,7 @@ impl HttpExchange {
             connection_id,
             finished: false,
             bypass: false,
+            tcp: None,
         }
     }
 
@@ -436,6 +506,11 @@ pub(crate) struct Exports {
     pub(crate) on_grpc_close: F<(u32, u32, u32), ()>,
     pub(crate) on_queue_ready: F<(u32, u32), ()>,
     pub(crate) on_foreign_function: F<(u32, u32, u32), ()>,
+    pub(crate) on_new_connection: F<u32, u32>,
+    pub(crate) on_downstream_data: F<(u32, u32, u32), u32>,
+    pub(crate) on_upstream_data: F<(u32, u32, u32), u32>,
+    pub(crate) on_downstream_connection_close: F<(u32, u32), ()>,
+    pub(crate) on_upstream_connection_close: F<(u32, u32), ()>,
     pub(crate) on_done: F<u32, u32>,
     pub(crate) on_log: F<u32, ()>,
     pub(crate) on_delete: F<u32, ()>,
@@ -572,6 +647,19 @@ impl Vm {
             on_grpc_close: typed(&instance, &mut store, "proxy_on_grpc_close")?,
             on_queue_ready: typed(&instance, &mut store, "proxy_on_queue_ready")?,
             on_foreign_function: typed(&instance, &mut store, "proxy_on_foreign_function")?,
+            on_new_connection: typed(&instance, &mut store, "proxy_on_new_connection")?,
+            on_downstream_data: typed(&instance, &mut store, "proxy_on_downstream_data")?,
+            on_upstream_data: typed(&instance, &mut store, "proxy_on_upstream_data")?,
+            on_downstream_connection_close: typed(
+                &instance,
+                &mut store,
+                "proxy_on_downstream_connection_close",
+            )?,
+            on_upstream_connection_close: typed(
+                &instance,
+                &mut store,
+                "proxy_on_upstream_connection_close",
+            )?,
             on_done: typed(&instance, &mut store, "proxy_on_done")?,
             on_log: typed(&instance, &mut store, "proxy_on_log")?,
             on_delete: typed(&instance, &mut store, "proxy_on_delete")?,

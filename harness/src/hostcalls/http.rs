@@ -369,8 +369,20 @@ fn with_buffer<R>(state: &VmState, buffer: BufferType, f: impl FnOnce(&[u8]) -> 
                 .and_then(|e| e.direction(kind).visible_body());
             Some(f(body.map(Vec::as_slice).unwrap_or_default()))
         }
-        // No TCP streams in this harness: the network buffers are always empty.
-        BufferType::DownstreamData | BufferType::UpstreamData => Some(f(&[])),
+        // A TCP connection's buffer while Envoy holds it for the filter; otherwise (an HTTP
+        // stream, or between callbacks) Envoy's buffer pointer is null: an empty buffer.
+        BufferType::DownstreamData | BufferType::UpstreamData => {
+            let data = state
+                .exchange(context)
+                .and_then(|e| e.tcp.as_deref())
+                .map(|tcp| match buffer {
+                    BufferType::DownstreamData => &tcp.downstream,
+                    _ => &tcp.upstream,
+                })
+                .filter(|direction| direction.available)
+                .map(|direction| direction.buffer.as_slice());
+            Some(f(data.unwrap_or_default()))
+        }
         BufferType::HttpCallResponseBody => state.http_call_response.as_ref().map(|r| f(&r.body)),
         BufferType::GrpcReceiveBuffer => {
             Some(f(state.grpc_receive_buffer.as_deref().unwrap_or_default()))
@@ -463,18 +475,23 @@ fn proxy_set_buffer_bytes(
     let Some(data) = read_bytes(&caller, data_ptr, data_len) else {
         return status(Status::InvalidMemoryAccess);
     };
-    let kind = match buffer_type {
-        BufferType::HttpRequestBody => StreamKind::Request,
-        BufferType::HttpResponseBody => StreamKind::Response,
-        // Envoy only supports writing into body buffers; string buffers refuse writes.
-        _ => return status(Status::BadArgument),
-    };
     let state = caller.data_mut();
     let context = state.active_context();
-    let Some(body) = state
-        .exchange_mut(context)
-        .and_then(|e| e.direction_mut(kind).visible_body_mut())
-    else {
+    let exchange = state.exchange_mut(context);
+    let body = match buffer_type {
+        BufferType::HttpRequestBody => exchange.and_then(|e| e.request.visible_body_mut()),
+        BufferType::HttpResponseBody => exchange.and_then(|e| e.response.visible_body_mut()),
+        // A network buffer is writable while Envoy holds it for the filter (measured with
+        // Envoy 1.40: writing `DownstreamData` during `proxy_on_upstream_data` is BadArgument).
+        BufferType::DownstreamData | BufferType::UpstreamData => exchange
+            .and_then(|e| e.tcp.as_deref_mut())
+            .map(|tcp| tcp.direction_mut(buffer_type == BufferType::DownstreamData))
+            .filter(|direction| direction.available)
+            .map(|direction| &mut direction.buffer),
+        // Envoy only supports writing into body buffers; string buffers refuse writes.
+        _ => None,
+    };
+    let Some(body) = body else {
         return status(Status::BadArgument);
     };
     // Envoy's `Buffer::copyFrom`: start 0 replaces the first `len` bytes (prepend when 0),
@@ -555,8 +572,18 @@ fn proxy_continue_stream(mut caller: Caller<'_, VmState>, stream: u32) -> HostRe
     match stream {
         0 => continue_stream(caller, StreamKind::Request),
         1 => continue_stream(caller, StreamKind::Response),
-        // Downstream: no TCP filter chain here, nothing to resume.
-        2 => status(Status::Ok),
+        // Downstream: Envoy's `continueReading` for a network filter (after the callback), a
+        // no-op for an HTTP stream; Upstream is not implemented in Envoy 1.40.
+        2 => {
+            let state = caller.data_mut();
+            let context = state.active_context();
+            if state.exchange(context).is_some_and(|e| e.tcp.is_some()) {
+                state
+                    .deferred
+                    .push_back(Deferred::ContinueReading { context });
+            }
+            status(Status::Ok)
+        }
         3 => status(Status::Unimplemented),
         _ => status(Status::BadArgument),
     }
@@ -588,7 +615,16 @@ fn proxy_close_stream(mut caller: Caller<'_, VmState>, stream: u32) -> HostResul
     };
     let state = caller.data_mut();
     let context = state.active_context();
-    if let (Some(_), Some(exchange)) = (kind, state.exchange_mut(context)) {
+    if kind.is_none() {
+        // Downstream or Upstream: both close a TCP connection's downstream connection
+        // (`FlushWrite`) after the callback; an HTTP stream has no network filter callbacks.
+        if state.exchange(context).is_some_and(|e| e.tcp.is_some()) {
+            state.deferred.push_back(Deferred::Close { context });
+        }
+        return status(Status::Ok);
+    }
+    // Request or Response: a network filter has no HTTP callbacks, Envoy does nothing.
+    if let Some(exchange) = state.exchange_mut(context).filter(|e| e.tcp.is_none()) {
         if exchange.response_code_details.is_none() {
             exchange.response_code_details = Some("wasm_close_stream".to_string());
         }

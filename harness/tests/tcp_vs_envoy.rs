@@ -1,0 +1,481 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+//! A network (TCP) filter in the harness ([`wasmesh_harness::TcpConnection`]) and in a real
+//! Envoy 1.40 (`envoy.filters.network.wasm` before `envoy.filters.network.tcp_proxy`, to a
+//! local TCP echo server). One WAT module logs every callback with its sizes and end-of-stream
+//! flags, wraps each downstream chunk in `<`...`>`, prefixes each upstream chunk with `u:`,
+//! holds downstream data that ends in `+` (`StopIteration`) until more arrives, and closes the
+//! connection (`proxy_close_stream(Downstream)`) when downstream data holds `CLOSE`. The module's log lines, the bytes the upstream received and the bytes the client
+//! received must be the same.
+//!
+//! The echo server answers each read with the same bytes; on `BYE` it also ends its side of
+//! the connection (a half-close from the upstream), and it ends its side when the client's
+//! side ends.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use wasmesh_envoy::{self as envoy, BootstrapFormat, Cluster, EnvoyBuilder, WasmFilter};
+use wasmesh_harness::{PeerType, TcpConnection};
+
+const TAGS: [&str; 14] = [
+    "TCP hold",
+    "TCP create",
+    "TCP new_connection",
+    "TCP downstream",
+    "TCP upstream",
+    "TCP close",
+    "TCP edit",
+    "TCP size",
+    "TCP downstream_close",
+    "TCP upstream_close",
+    "TCP log",
+    "TCP done",
+    "TCP delete",
+    "TCP read",
+];
+
+fn module() -> String {
+    let mut t = Strings::new();
+    let tags: Vec<String> = TAGS.iter().map(|tag| t.s(tag)).collect();
+    let tag = |name: &str| -> &str {
+        let index = TAGS.iter().position(|t| *t == name).unwrap();
+        &tags[index]
+    };
+    let marker = t.s("CLOSE");
+    let lt = t.s("<");
+    let gt = t.s(">");
+    let up = t.s("u:");
+    common::module(&format!(
+        r#"
+  {data}
+  (global $root (mut i32) (i32.const 0))
+  ;; 1 when the 5 bytes at $p are "CLOSE".
+  (func $is_marker (param $p i32) (result i32)
+    (i32.and
+      (i32.eq (i32.load (local.get $p)) (i32.load {marker_ptr}))
+      (i32.eq (i32.load8_u (i32.add (local.get $p) (i32.const 4))) (i32.const 69))))
+  ;; 1 when ($p, $len) holds "CLOSE".
+  (func $has_marker (param $p i32) (param $len i32) (result i32)
+    (local $i i32)
+    (if (i32.lt_u (local.get $len) (i32.const 5)) (then (return (i32.const 0))))
+    (block $done (loop $next
+      (br_if $done (i32.gt_u (i32.add (local.get $i) (i32.const 5)) (local.get $len)))
+      (if (call $is_marker (i32.add (local.get $p) (local.get $i))) (then (return (i32.const 1))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))
+    (i32.const 0))
+  ;; Logs "TCP size <buffer> <size>" for a buffer type.
+  (func $size (param $buffer i32)
+    (drop (call $proxy_get_buffer_status (local.get $buffer) (i32.const 520) (i32.const 524)))
+    (call $log2 {size} (local.get $buffer) (i32.load (i32.const 520))))
+  (func (export "proxy_on_context_create") (param $ctx i32) (param $parent i32)
+    (if (i32.eqz (local.get $parent))
+      (then (global.set $root (local.get $ctx)))
+      (else (call $info {create}))))
+  (func (export "proxy_on_vm_start") (param $ctx i32) (param $size i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param $ctx i32) (param $size i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_new_connection") (param $ctx i32) (result i32)
+    (call $info {new_connection})
+    (i32.const 0))
+  (func (export "proxy_on_downstream_data") (param $ctx i32) (param $len i32) (param $eos i32) (result i32)
+    (local $rc i32)
+    (call $log2 {downstream} (local.get $len) (local.get $eos))
+    (local.set $rc (call $proxy_get_buffer_bytes (i32.const 2) (i32.const 0) (local.get $len) (i32.const 512) (i32.const 516)))
+    (call $log2 {read} (local.get $rc) (i32.load (i32.const 516)))
+    (if (i32.eqz (local.get $len)) (then (return (i32.const 0))))
+    ;; Data ending in '+' is held (StopIteration) until more arrives.
+    (if (i32.eq (i32.load8_u (i32.add (i32.load (i32.const 512)) (i32.sub (local.get $len) (i32.const 1)))) (i32.const 43))
+      (then
+        (call $info {hold})
+        (return (i32.const 1))))
+    (if (call $has_marker (i32.load (i32.const 512)) (i32.load (i32.const 516)))
+      (then
+        (call $log1 {close} (call $proxy_close_stream (i32.const 2)))
+        (return (i32.const 0))))
+    (call $log2 {edit}
+      (call $proxy_set_buffer_bytes (i32.const 2) (i32.const 0) (i32.const 0) {lt})
+      (call $proxy_set_buffer_bytes (i32.const 2) (i32.add (local.get $len) (i32.const 1)) (i32.const 0) {gt}))
+    (call $size (i32.const 2))
+    (call $size (i32.const 3))
+    (i32.const 0))
+  (func (export "proxy_on_upstream_data") (param $ctx i32) (param $len i32) (param $eos i32) (result i32)
+    (local $rc i32)
+    (call $log2 {upstream} (local.get $len) (local.get $eos))
+    (local.set $rc (call $proxy_get_buffer_bytes (i32.const 3) (i32.const 0) (local.get $len) (i32.const 512) (i32.const 516)))
+    (call $log2 {read} (local.get $rc) (i32.load (i32.const 516)))
+    (if (i32.eqz (local.get $len)) (then (return (i32.const 0))))
+    (call $log2 {edit}
+      (call $proxy_set_buffer_bytes (i32.const 3) (i32.const 0) (i32.const 0) {up})
+      (call $proxy_set_buffer_bytes (i32.const 2) (i32.const 0) (i32.const 0) {up}))
+    (call $size (i32.const 3))
+    (call $size (i32.const 2))
+    (i32.const 0))
+  (func (export "proxy_on_downstream_connection_close") (param $ctx i32) (param $peer i32)
+    (call $log1 {downstream_close} (local.get $peer)))
+  (func (export "proxy_on_upstream_connection_close") (param $ctx i32) (param $peer i32)
+    (call $log1 {upstream_close} (local.get $peer)))
+  (func (export "proxy_on_log") (param $ctx i32)
+    (call $info {log})
+    (call $size (i32.const 2))
+    (call $size (i32.const 3)))
+  (func (export "proxy_on_done") (param $ctx i32) (result i32)
+    (if (i32.ne (local.get $ctx) (global.get $root)) (then (call $info {done})))
+    (i32.const 1))
+  (func (export "proxy_on_delete") (param $ctx i32)
+    (if (i32.ne (local.get $ctx) (global.get $root)) (then (call $info {delete}))))
+"#,
+        data = t.data(),
+        marker_ptr = ptr(&marker),
+        size = tag("TCP size"),
+        create = tag("TCP create"),
+        new_connection = tag("TCP new_connection"),
+        downstream = tag("TCP downstream"),
+        upstream = tag("TCP upstream"),
+        read = tag("TCP read"),
+        close = tag("TCP close"),
+        hold = tag("TCP hold"),
+        edit = tag("TCP edit"),
+        downstream_close = tag("TCP downstream_close"),
+        upstream_close = tag("TCP upstream_close"),
+        log = tag("TCP log"),
+        done = tag("TCP done"),
+        delete = tag("TCP delete"),
+        lt = lt,
+        gt = gt,
+        up = up,
+    ))
+}
+
+/// The module's `TCP ...` lines, in order.
+fn tcp_lines(lines: impl Iterator<Item = String>) -> Vec<String> {
+    lines
+        .filter_map(|line| line.find("TCP ").map(|i| line[i..].trim().to_string()))
+        .collect()
+}
+
+/// What the client does on one connection.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// Writes bytes, then waits for what comes back.
+    Write(&'static [u8]),
+    /// Ends its sending side (`shutdown(Write)`), then reads until the connection ends.
+    HalfClose,
+    /// Closes the socket.
+    Close,
+}
+
+/// The scenarios: a few writes each way then a close; a half-close from the upstream (`BYE`)
+/// with the client still writing, then the client's half-close; bytes the filter holds back,
+/// handed to it again with the next ones; the close-on-marker case.
+const SCENARIOS: [(&str, &[Step]); 4] = [
+    (
+        "writes",
+        &[
+            Step::Write(b"hello"),
+            Step::Write(b"world!"),
+            Step::Write(b"x"),
+            Step::Close,
+        ],
+    ),
+    (
+        "half-close",
+        &[
+            Step::Write(b"ping"),
+            Step::Write(b"BYE"),
+            Step::Write(b"more"),
+            Step::HalfClose,
+        ],
+    ),
+    (
+        "hold-then-more",
+        &[Step::Write(b"a+"), Step::Write(b"b"), Step::HalfClose],
+    ),
+    (
+        "close-on-marker",
+        &[
+            Step::Write(b"hi"),
+            Step::Write(b"xxCLOSExx"),
+            Step::HalfClose,
+        ],
+    ),
+];
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Observed {
+    lines: Vec<String>,
+    /// What the upstream received.
+    upstream: Vec<u8>,
+    /// What the client received.
+    client: Vec<u8>,
+}
+
+/// The echo server's answer to one read, and whether it then ends its side.
+fn echo(data: &[u8]) -> (Vec<u8>, bool) {
+    (data.to_vec(), data.windows(3).any(|w| w == b"BYE"))
+}
+
+/// A TCP echo server; records what each connection received.
+struct EchoServer {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl EchoServer {
+    fn start() -> EchoServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let index = {
+                    let mut log = log.lock().unwrap();
+                    log.push(Vec::new());
+                    log.len() - 1
+                };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let mut write_open = true;
+                    loop {
+                        let n = match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        log.lock().unwrap()[index].extend_from_slice(&buf[..n]);
+                        if write_open {
+                            let (answer, end) = echo(&buf[..n]);
+                            let _ = stream.write_all(&answer);
+                            if end {
+                                let _ = stream.shutdown(Shutdown::Write);
+                                write_open = false;
+                            }
+                        }
+                    }
+                    let _ = stream.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        EchoServer { addr, received }
+    }
+}
+
+/// Reads until nothing more arrives for a while (or the connection ends).
+fn read_idle(stream: &mut TcpStream, into: &mut Vec<u8>) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+fn envoy_run(bytes: &[u8]) -> Vec<Observed> {
+    let file = WasmFile::new("tcp", bytes);
+    let echo = EchoServer::start();
+    let filter = WasmFilter::new(&file.path).name("tcp").root_id("tcp");
+    let builder = EnvoyBuilder::new()
+        .wasm_filter(filter.clone())
+        .cluster(Cluster::new("echo", echo.addr))
+        .concurrency(1);
+    let mut bootstrap = builder.bootstrap();
+    bootstrap["static_resources"]["listeners"][0]["filter_chains"] = json!([{ "filters": [
+        {
+            "name": "envoy.filters.network.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+                "config": filter.to_envoy_json()["typed_config"]["config"].clone(),
+            },
+        },
+        {
+            "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": "tcp",
+                "cluster": "echo",
+            },
+        },
+    ] }]);
+    let envoy = builder
+        .start_with_bootstrap(&format!("{bootstrap:#}"), BootstrapFormat::Json)
+        .unwrap();
+    let lines = || tcp_lines(envoy.log().lines().map(str::to_string));
+    let mut observed = Vec::new();
+    for (index, (_, steps)) in SCENARIOS.iter().enumerate() {
+        let before = lines().len();
+        let mut client = TcpStream::connect(envoy.listener_addr()).unwrap();
+        let mut received = Vec::new();
+        let mut ended = false;
+        for step in *steps {
+            match step {
+                Step::Write(data) => {
+                    // After Envoy ended the client's side the client still writes (a
+                    // half-closed connection); after a close the write may fail.
+                    if client.write_all(data).is_err() {
+                        break;
+                    }
+                    if !ended {
+                        ended = read_idle(&mut client, &mut received);
+                    } else {
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                }
+                Step::HalfClose => {
+                    let _ = client.shutdown(Shutdown::Write);
+                    while !read_idle(&mut client, &mut received) {}
+                }
+                Step::Close => break,
+            }
+        }
+        drop(client);
+        // The filter's last callbacks run once both sides are gone.
+        let mut last = lines().len();
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = lines().len();
+            if now == last && lines()[before..].iter().any(|l| l == "TCP delete") {
+                break;
+            }
+            last = now;
+        }
+        observed.push(Observed {
+            lines: lines()[before..].to_vec(),
+            upstream: echo
+                .received
+                .lock()
+                .unwrap()
+                .get(index)
+                .cloned()
+                .unwrap_or_default(),
+            client: received,
+        });
+    }
+    observed
+}
+
+/// The same client steps through the harness; the test plays the echo server.
+fn harness_run(bytes: &[u8]) -> Vec<Observed> {
+    let plugin = wasmesh_harness::Harness::from_bytes(bytes)
+        .unwrap()
+        .start()
+        .unwrap();
+    let mut observed = Vec::new();
+    for (_, steps) in SCENARIOS {
+        plugin.clear_logs();
+        let mut connection = plugin.tcp_connection();
+        assert_eq!(
+            connection.open().unwrap(),
+            wasmesh_harness::Action::Continue
+        );
+        // How much of what went upstream the echo server has answered, and whether its side
+        // is still open.
+        let mut answered = 0;
+        let mut echo_open = true;
+        for step in steps {
+            if connection.closed().is_some() {
+                break;
+            }
+            match step {
+                Step::Write(data) => {
+                    connection.downstream_data(data, false).unwrap();
+                }
+                Step::HalfClose | Step::Close => {
+                    connection.downstream_data(&[], true).unwrap();
+                }
+            }
+            let upstream = connection.upstream_received();
+            let fresh = upstream[answered..].to_vec();
+            answered = upstream.len();
+            if echo_open && !fresh.is_empty() && connection.closed().is_none() {
+                let (answer, end) = echo(&fresh);
+                echo_open = !end;
+                connection.upstream_data(&answer, end).unwrap();
+            }
+            if echo_open && connection.upstream_got_end() && connection.closed().is_none() {
+                echo_open = false;
+                connection.upstream_close().unwrap();
+            }
+            if matches!(step, Step::Close) {
+                break;
+            }
+        }
+        if connection.closed().is_none() {
+            connection.downstream_close(PeerType::Remote).unwrap();
+        }
+        observed.push(Observed {
+            lines: tcp_lines(messages(&plugin).into_iter()),
+            upstream: connection.upstream_received(),
+            client: connection.downstream_received(),
+        });
+        check_accessors(&connection);
+    }
+    observed
+}
+
+/// The connection handle's own view after a scenario: closed, nothing held back.
+fn check_accessors(connection: &TcpConnection) {
+    assert!(connection.closed().is_some());
+    assert!(!connection.downstream_paused());
+    assert!(!connection.upstream_paused());
+    assert_eq!(
+        connection.new_connection_action(),
+        Some(wasmesh_harness::Action::Continue)
+    );
+}
+
+#[test]
+fn tcp_filter_matches_envoy() {
+    if envoy::skip_requested() {
+        return;
+    }
+    let bytes = wat::parse_str(module()).unwrap();
+    let envoy = envoy_run(&bytes);
+    let harness = harness_run(&bytes);
+    for ((name, _), envoy) in SCENARIOS.iter().zip(&envoy) {
+        eprintln!(
+            "envoy {name}: {:#?}\nupstream {:?}\nclient {:?}",
+            envoy.lines,
+            String::from_utf8_lossy(&envoy.upstream),
+            String::from_utf8_lossy(&envoy.client)
+        );
+    }
+    for ((name, _), (harness, envoy)) in SCENARIOS.iter().zip(harness.iter().zip(&envoy)) {
+        assert_eq!(harness.lines, envoy.lines, "{name}: the module's log lines");
+        assert_eq!(
+            String::from_utf8_lossy(&harness.upstream),
+            String::from_utf8_lossy(&envoy.upstream),
+            "{name}: what the upstream received"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&harness.client),
+            String::from_utf8_lossy(&envoy.client),
+            "{name}: what the client received"
+        );
+    }
+    assert_eq!(harness.len(), SCENARIOS.len());
+}
