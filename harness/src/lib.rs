@@ -123,6 +123,20 @@
 //!   service one `proxy_on_queue_ready`. Envoy 1.40 runs the service's start sequence
 //!   (`proxy_on_context_create`, `proxy_on_vm_start`, `proxy_on_configure`) twice: on a VM it
 //!   drops without `proxy_on_done` (its ticks never fire), then on the VM that stays.
+//! - A network (TCP) filter ([`Plugin::tcp_connection`], [`TcpConnection`],
+//!   `tests/tcp_vs_envoy.rs`: `envoy.filters.network.wasm` before `tcp_proxy`) gets
+//!   `proxy_on_new_connection` when the connection is accepted, each side's bytes in
+//!   `proxy_on_downstream_data`/`proxy_on_upstream_data` as the `DownstreamData`/`UpstreamData`
+//!   buffer (the other side's buffer reads empty and refuses writes), and the whole held
+//!   buffer again after `StopIteration`. The upstream's end of stream is followed by
+//!   `proxy_on_upstream_connection_close(Unknown)`; once both sides ended the connection closes
+//!   with `proxy_on_downstream_connection_close`, `Remote` when the client ended last, `Local`
+//!   when the upstream did. `proxy_close_stream` (Downstream or Upstream) closes it `Local`
+//!   before that callback's bytes go through; `proxy_continue_stream(Downstream)` lets held
+//!   client bytes through, `Upstream` is `Unimplemented`. After `StopIteration` Envoy keeps the
+//!   filter's buffer pointer set until a `Continue`, so a drained buffer stays reachable and
+//!   writable. A connection ends with `proxy_on_done`, then `proxy_on_log`, then
+//!   `proxy_on_delete` (an HTTP stream logs first).
 //! - Envoy files a module's metrics as `wasmcustom.<name>` ([`envoy_stat_name`]) and shows them
 //!   to Prometheus without the namespace ([`prometheus_name`]); the harness reports them under
 //!   the module's own names.
@@ -149,7 +163,16 @@
 //! - The connection manager's own work: its statistics (`downstream_rq_too_large`,
 //!   `rs_too_large`, ...), the headers it adds after the filter chain (`date`, `server`), and
 //!   `x-forwarded-for` handling (tests set `source.address`).
-//! - TCP (network filter) streams.
+//! - Of network (TCP) filters: what `tcp_proxy` and the sockets do on their own. The test
+//!   plays the client and the upstream, so connecting to the upstream (a connection the filter
+//!   stopped at `proxy_on_new_connection` goes on as if connected), connect failures and idle
+//!   timeouts are not produced (a test ends the connection with
+//!   [`TcpConnection::downstream_close`]); nor are read-disable and back-pressure (watermarks),
+//!   how reads split a stream into chunks (each `downstream_data` is one read), failure
+//!   policies (a callback that traps ends the connection without further callbacks, whatever
+//!   the policy; Envoy fails open or closes it), and the connection properties Envoy derives
+//!   from the sockets and the upstream it picked (`connection.*`, `upstream.*`, `source.*`,
+//!   `destination.*`: tests set them with [`TcpConnection::property`]).
 //! - The main-thread VMs Envoy runs beside an HTTP plugin's worker VMs (it starts the plugin's
 //!   root context on the main thread twice, as for a service, before the workers'): their
 //!   log lines, queue registrations and shared-data writes do not happen here. Singleton

@@ -16,7 +16,12 @@
 //!   the connection's buffer and the next data of that side is appended to it: the filter is
 //!   handed the whole buffer again (Envoy's network filter manager re-runs a stopped filter on
 //!   its connection's read buffer). `proxy_continue_stream(Downstream)` lets the held client
-//!   bytes through (`continueReading`); `Upstream` is `Unimplemented` in Envoy 1.40;
+//!   bytes through after the callback (`continueReading`, even from the callback that stops);
+//!   `Upstream` is `Unimplemented` in Envoy 1.40;
+//! - after `StopIteration` Envoy keeps pointing the filter at the connection's buffer until a
+//!   callback of that side returns `Continue`: once `continueReading` drained it, other
+//!   callbacks still read it (empty) and write into it, and those bytes go upstream ahead of
+//!   the client's next ones;
 //! - the upstream's end of stream (`upstream_data(.., true)`) is followed by
 //!   `proxy_on_upstream_connection_close(Unknown)`, whatever the filter returned: Envoy calls it
 //!   from `onWrite` rather than on an upstream connection event;
@@ -389,6 +394,13 @@ impl PluginInner {
                 return Err(error);
             }
         };
+        if action == Action::Pause {
+            // Stopped before the deferred actions run: a `continueReading` the callback asked
+            // for lets the bytes through at once (Envoy resumes the chain from this filter).
+            if let Some(tcp) = self.tcp_state(worker, handle) {
+                tcp.direction_mut(downstream).paused = true;
+            }
+        }
         // Envoy runs the module's deferred actions (a close) before it clears the buffer.
         self.process_deferred(worker, handle.generation)?;
         let Some(tcp) = self.tcp_state(worker, handle) else {
@@ -397,11 +409,8 @@ impl PluginInner {
         if tcp.closed.is_some() {
             return Ok(action);
         }
-        let direction = tcp.direction_mut(downstream);
         if action == Action::Continue {
-            direction.pass();
-        } else {
-            direction.paused = true;
+            tcp.direction_mut(downstream).pass();
         }
         if !downstream && end_of_stream {
             // Envoy's `onWrite`: on the upstream's end of stream, whatever the filter returned.
@@ -485,7 +494,17 @@ impl PluginInner {
         if tcp.closed.is_some() || !tcp.downstream.paused {
             return Ok(());
         }
-        tcp.downstream.pass();
+        // `tcp_proxy` drains the connection's read buffer, but the filter's pointer to it stays
+        // set (Envoy only clears it when a callback returns `Continue`): later callbacks still
+        // reach, and may write into, that buffer, and what they write there goes upstream with
+        // the next client bytes (measured with Envoy 1.40).
+        let direction = &mut tcp.downstream;
+        let buffer = std::mem::take(&mut direction.buffer);
+        direction.forwarded.extend_from_slice(&buffer);
+        direction.paused = false;
+        if direction.end_received {
+            direction.end_forwarded = true;
+        }
         Ok(())
     }
 

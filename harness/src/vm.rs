@@ -247,7 +247,8 @@ pub(crate) struct TcpDirection {
     /// filter manager hands a stopped filter the whole buffer again on the next read.
     pub(crate) buffer: Vec<u8>,
     /// The buffer is reachable through `proxy_get_buffer_bytes`: from the data callback on, until
-    /// it returns `Continue` (Envoy only clears the pointer then).
+    /// one returns `Continue` (Envoy only clears the pointer then; after `StopIteration` it
+    /// stays set, also in the other side's callbacks).
     pub(crate) available: bool,
     /// Bytes that went past the filter (to the upstream for downstream data, to the client for
     /// upstream data).

@@ -8,7 +8,8 @@
 //! Envoy 1.40 (`envoy.filters.network.wasm` before `envoy.filters.network.tcp_proxy`, to a
 //! local TCP echo server). One WAT module logs every callback with its sizes and end-of-stream
 //! flags, wraps each downstream chunk in `<`...`>`, prefixes each upstream chunk with `u:`,
-//! holds downstream data that ends in `+` (`StopIteration`) until more arrives, and closes the
+//! holds downstream data that ends in `+` (`StopIteration`) until more arrives, lets data that
+//! ends in `!` through with `proxy_continue_stream(Downstream)` (then stops), and closes the
 //! connection (`proxy_close_stream(Downstream)`) when downstream data holds `CLOSE`. The module's log lines, the bytes the upstream received and the bytes the client
 //! received must be the same.
 //!
@@ -28,7 +29,8 @@ use serde_json::json;
 use wasmesh_envoy::{self as envoy, BootstrapFormat, Cluster, EnvoyBuilder, WasmFilter};
 use wasmesh_harness::{PeerType, TcpConnection};
 
-const TAGS: [&str; 14] = [
+const TAGS: [&str; 15] = [
+    "TCP continue",
     "TCP hold",
     "TCP create",
     "TCP new_connection",
@@ -94,6 +96,12 @@ fn module() -> String {
     (local.set $rc (call $proxy_get_buffer_bytes (i32.const 2) (i32.const 0) (local.get $len) (i32.const 512) (i32.const 516)))
     (call $log2 {read} (local.get $rc) (i32.load (i32.const 516)))
     (if (i32.eqz (local.get $len)) (then (return (i32.const 0))))
+    ;; Data ending in '!' asks Envoy to continue reading (and to continue the upstream side,
+    ;; which Envoy 1.40 does not implement), and stops.
+    (if (i32.eq (i32.load8_u (i32.add (i32.load (i32.const 512)) (i32.sub (local.get $len) (i32.const 1)))) (i32.const 33))
+      (then
+        (call $log2 {continue} (call $proxy_continue_stream (i32.const 2)) (call $proxy_continue_stream (i32.const 3)))
+        (return (i32.const 1))))
     ;; Data ending in '+' is held (StopIteration) until more arrives.
     (if (i32.eq (i32.load8_u (i32.add (i32.load (i32.const 512)) (i32.sub (local.get $len) (i32.const 1)))) (i32.const 43))
       (then
@@ -145,6 +153,7 @@ fn module() -> String {
         read = tag("TCP read"),
         close = tag("TCP close"),
         hold = tag("TCP hold"),
+        continue = tag("TCP continue"),
         edit = tag("TCP edit"),
         downstream_close = tag("TCP downstream_close"),
         upstream_close = tag("TCP upstream_close"),
@@ -177,13 +186,14 @@ enum Step {
 
 /// The scenarios: a few writes each way then a close; a half-close from the upstream (`BYE`)
 /// with the client still writing, then the client's half-close; bytes the filter holds back,
-/// handed to it again with the next ones; the close-on-marker case.
-const SCENARIOS: [(&str, &[Step]); 4] = [
+/// handed to it again with the next ones, then let through by `proxy_continue_stream`; the
+/// close-on-marker case.
+const SCENARIOS: [(&str, &[Step]); 5] = [
     (
         "writes",
         &[
             Step::Write(b"hello"),
-            Step::Write(b"world!"),
+            Step::Write(b"world"),
             Step::Write(b"x"),
             Step::Close,
         ],
@@ -200,6 +210,10 @@ const SCENARIOS: [(&str, &[Step]); 4] = [
     (
         "hold-then-more",
         &[Step::Write(b"a+"), Step::Write(b"b"), Step::HalfClose],
+    ),
+    (
+        "hold-then-continue",
+        &[Step::Write(b"a+"), Step::Write(b"b!"), Step::HalfClose],
     ),
     (
         "close-on-marker",
@@ -412,7 +426,10 @@ fn harness_run(bytes: &[u8]) -> Vec<Observed> {
             let fresh = upstream[answered..].to_vec();
             answered = upstream.len();
             if echo_open && !fresh.is_empty() && connection.closed().is_none() {
+                // The echo server reads the client's end with its last bytes: it answers and
+                // ends its side at once.
                 let (answer, end) = echo(&fresh);
+                let end = end || connection.upstream_got_end();
                 echo_open = !end;
                 connection.upstream_data(&answer, end).unwrap();
             }
@@ -478,4 +495,61 @@ fn tcp_filter_matches_envoy() {
         );
     }
     assert_eq!(harness.len(), SCENARIOS.len());
+}
+
+/// Harness only: `proxy_close_stream(Upstream)` closes the downstream connection too (Envoy's
+/// write filter callbacks hold the same connection), `proxy_continue_stream(Upstream)` is
+/// `Unimplemented`, a connection the test closes gets `proxy_on_downstream_connection_close`
+/// with the peer it names, and a trap ends the connection without further callbacks.
+#[test]
+fn tcp_closes_and_traps() {
+    let mut t = Strings::new();
+    let upstream = t.s("TCP upstream");
+    let close = t.s("TCP downstream_close");
+    let done = t.s("TCP done");
+    let plugin = builder(&common::module(&format!(
+        r#"
+  {data}
+  (func (export "proxy_on_upstream_data") (param $ctx i32) (param $len i32) (param $eos i32) (result i32)
+    (call $log2 {upstream} (call $proxy_continue_stream (i32.const 3)) (call $proxy_close_stream (i32.const 3)))
+    (i32.const 0))
+  (func (export "proxy_on_downstream_data") (param $ctx i32) (param $len i32) (param $eos i32) (result i32)
+    (unreachable))
+  (func (export "proxy_on_downstream_connection_close") (param $ctx i32) (param $peer i32)
+    (call $log1 {close} (local.get $peer)))
+  (func (export "proxy_on_done") (param $ctx i32) (result i32)
+    (if (i32.gt_u (local.get $ctx) (i32.const 1)) (then (call $info {done})))
+    (i32.const 1))
+"#,
+        data = t.data(),
+    )))
+    .start()
+    .unwrap();
+
+    let mut connection = plugin.tcp_connection();
+    connection.open().unwrap();
+    connection.upstream_data(b"bye", false).unwrap();
+    assert_eq!(connection.closed(), Some(PeerType::Local));
+    assert!(connection.closed_by_filter());
+    // The bytes of the callback that closed never reach the client.
+    assert!(connection.downstream_received().is_empty());
+    assert!(connection.downstream_data(b"late", false).is_err());
+    assert_eq!(
+        messages(&plugin),
+        ["TCP upstream 12 0", "TCP downstream_close 1", "TCP done"]
+    );
+
+    plugin.clear_logs();
+    let mut connection = plugin.tcp_connection();
+    connection.downstream_close(PeerType::Remote).unwrap();
+    assert_eq!(connection.closed(), Some(PeerType::Remote));
+    assert!(!connection.closed_by_filter());
+    assert_eq!(messages(&plugin), ["TCP downstream_close 2", "TCP done"]);
+
+    plugin.clear_logs();
+    let mut connection = plugin.tcp_connection();
+    assert!(connection.downstream_data(b"boom", false).is_err());
+    assert!(connection.closed().is_some());
+    assert!(connection.upstream_received().is_empty());
+    assert!(messages(&plugin).is_empty());
 }
