@@ -136,7 +136,8 @@
 //!   client bytes through, `Upstream` is `Unimplemented`. After `StopIteration` Envoy keeps the
 //!   filter's buffer pointer set until a `Continue`, so a drained buffer stays reachable and
 //!   writable. A connection ends with `proxy_on_done`, then `proxy_on_log`, then
-//!   `proxy_on_delete` (an HTTP stream logs first).
+//!   `proxy_on_delete` (an HTTP stream logs first). Its HTTP properties (`request.path`,
+//!   `response.code`) are `NotFound` and `request.headers` an empty map, as in Envoy.
 //! - Envoy files a module's metrics as `wasmcustom.<name>` ([`envoy_stat_name`]) and shows them
 //!   to Prometheus without the namespace ([`prometheus_name`]); the harness reports them under
 //!   the module's own names.

@@ -10,8 +10,10 @@
 //! flags, wraps each downstream chunk in `<`...`>`, prefixes each upstream chunk with `u:`,
 //! holds downstream data that ends in `+` (`StopIteration`) until more arrives, lets data that
 //! ends in `!` through with `proxy_continue_stream(Downstream)` (then stops), and closes the
-//! connection (`proxy_close_stream(Downstream)`) when downstream data holds `CLOSE`. The module's log lines, the bytes the upstream received and the bytes the client
-//! received must be the same.
+//! connection (`proxy_close_stream(Downstream)`) when downstream data holds `CLOSE`; when the
+//! connection opens it logs the status of a few property reads (HTTP ones, `connection.*`,
+//! `plugin_name`). The module's log lines, the bytes the upstream received and the bytes the
+//! client received must be the same.
 //!
 //! The echo server answers each read with the same bytes; on `BYE` it also ends its side of
 //! the connection (a half-close from the upstream), and it ends its side when the client's
@@ -29,7 +31,8 @@ use serde_json::json;
 use wasmesh_envoy::{self as envoy, BootstrapFormat, Cluster, EnvoyBuilder, WasmFilter};
 use wasmesh_harness::{PeerType, TcpConnection};
 
-const TAGS: [&str; 15] = [
+const TAGS: [&str; 16] = [
+    "TCP props",
     "TCP continue",
     "TCP hold",
     "TCP create",
@@ -55,6 +58,12 @@ fn module() -> String {
         &tags[index]
     };
     let marker = t.s("CLOSE");
+    let request_path = t.path(&["request", "path"]);
+    let response_code = t.path(&["response", "code"]);
+    let mtls = t.path(&["connection", "mtls"]);
+    let plugin_name = t.path(&["plugin_name"]);
+    let request_headers = t.path(&["request", "headers"]);
+    let connection_id = t.path(&["connection", "id"]);
     let lt = t.s("<");
     let gt = t.s(">");
     let up = t.s("u:");
@@ -89,6 +98,15 @@ fn module() -> String {
   (func (export "proxy_on_configure") (param $ctx i32) (param $size i32) (result i32) (i32.const 1))
   (func (export "proxy_on_new_connection") (param $ctx i32) (result i32)
     (call $info {new_connection})
+    (call $log2 {props}
+      (call $proxy_get_property {request_path} (i32.const 512) (i32.const 516))
+      (call $proxy_get_property {response_code} (i32.const 512) (i32.const 516)))
+    (call $log2 {props}
+      (call $proxy_get_property {mtls} (i32.const 512) (i32.const 516))
+      (call $proxy_get_property {plugin_name} (i32.const 512) (i32.const 516)))
+    (call $log2 {props}
+      (call $proxy_get_property {request_headers} (i32.const 512) (i32.const 516))
+      (call $proxy_get_property {connection_id} (i32.const 512) (i32.const 516)))
     (i32.const 0))
   (func (export "proxy_on_downstream_data") (param $ctx i32) (param $len i32) (param $eos i32) (result i32)
     (local $rc i32)
@@ -153,6 +171,13 @@ fn module() -> String {
         read = tag("TCP read"),
         close = tag("TCP close"),
         hold = tag("TCP hold"),
+        props = tag("TCP props"),
+        request_path = request_path,
+        response_code = response_code,
+        mtls = mtls,
+        plugin_name = plugin_name,
+        request_headers = request_headers,
+        connection_id = connection_id,
         continue = tag("TCP continue"),
         edit = tag("TCP edit"),
         downstream_close = tag("TCP downstream_close"),
