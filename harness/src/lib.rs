@@ -128,7 +128,9 @@
 //!   `proxy_on_new_connection` when the connection is accepted, each side's bytes in
 //!   `proxy_on_downstream_data`/`proxy_on_upstream_data` as the `DownstreamData`/`UpstreamData`
 //!   buffer (the other side's buffer reads empty and refuses writes), and the whole held
-//!   buffer again after `StopIteration`. The upstream's end of stream is followed by
+//!   buffer again after `StopIteration`. `StopIteration` from `proxy_on_new_connection` stops
+//!   the connection: no data callbacks and no upstream until `proxy_continue_stream`
+//!   (what happens then is not compared with Envoy: held bytes go upstream unfiltered). The upstream's end of stream is followed by
 //!   `proxy_on_upstream_connection_close(Unknown)`; once both sides ended the connection closes
 //!   with `proxy_on_downstream_connection_close`, `Remote` when the client ended last, `Local`
 //!   when the upstream did. `proxy_close_stream` (Downstream or Upstream) closes it `Local`
@@ -165,9 +167,8 @@
 //!   `rs_too_large`, ...), the headers it adds after the filter chain (`date`, `server`), and
 //!   `x-forwarded-for` handling (tests set `source.address`).
 //! - Of network (TCP) filters: what `tcp_proxy` and the sockets do on their own. The test
-//!   plays the client and the upstream, so connecting to the upstream (a connection the filter
-//!   stopped at `proxy_on_new_connection` goes on as if connected), connect failures and idle
-//!   timeouts are not produced (a test ends the connection with
+//!   plays the client and the upstream, so connecting to the upstream, connect failures and
+//!   idle timeouts are not produced (a test ends the connection with
 //!   [`TcpConnection::downstream_close`]); nor are read-disable and back-pressure (watermarks),
 //!   how reads split a stream into chunks (each `downstream_data` is one read), failure
 //!   policies (a callback that traps ends the connection without further callbacks, whatever

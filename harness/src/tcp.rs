@@ -7,7 +7,8 @@
 //! `tests/tcp_vs_envoy.rs`:
 //! - a connection creates its context (`proxy_on_context_create(id, root)`) and calls
 //!   `proxy_on_new_connection` when it is accepted; 0 is `Continue`, anything else
-//!   `StopIteration`;
+//!   `StopIteration`, after which Envoy 1.40 connects no upstream and hands the filter no data
+//!   (not even the client's end) until `proxy_continue_stream(Downstream)`;
 //! - client bytes go to `proxy_on_downstream_data(len, end_of_stream)`, upstream bytes to
 //!   `proxy_on_upstream_data`; during the callback the bytes are the `DownstreamData` (2) or
 //!   `UpstreamData` (3) buffer, readable and writable (prepend at 0, append at or past the
@@ -258,7 +259,8 @@ impl TcpConnection {
         self.read(|t| t.upstream.paused).unwrap_or(false)
     }
 
-    /// What `proxy_on_new_connection` answered, once the connection is open.
+    /// What `proxy_on_new_connection` answered, once the connection is open (`Continue` again
+    /// once a stopped connection was continued).
     pub fn new_connection_action(&self) -> Option<Action> {
         self.read(|t| t.new_connection).flatten()
     }
@@ -358,11 +360,25 @@ impl PluginInner {
                 "the {side} sent data on a closed connection"
             )));
         }
+        let stopped_at_open = tcp.new_connection == Some(Action::Pause);
+        if stopped_at_open && !downstream {
+            return Err(HarnessError::InvalidUse(
+                "no upstream connection: the filter stopped at proxy_on_new_connection".into(),
+            ));
+        }
         let direction = tcp.direction_mut(downstream);
         if direction.end_received {
             return Err(HarnessError::InvalidUse(format!(
                 "the {side} sent data after ending its side"
             )));
+        }
+        if stopped_at_open {
+            // Envoy 1.40 hands the filter nothing more, and connects no upstream, until it
+            // continues: the connection's buffer just fills.
+            direction.buffer.extend_from_slice(data);
+            direction.end_received = end_of_stream;
+            direction.paused = true;
+            return Ok(Action::Pause);
         }
         direction.buffer.extend_from_slice(data);
         direction.available = true;
@@ -491,6 +507,12 @@ impl PluginInner {
         let Some(tcp) = self.tcp_state(worker, handle) else {
             return Ok(());
         };
+        if tcp.new_connection == Some(Action::Pause) {
+            // Stopped at `proxy_on_new_connection`: the chain resumes after this filter, so
+            // `tcp_proxy` connects and the bytes held since go upstream without the filter
+            // seeing them (not compared with Envoy).
+            tcp.new_connection = Some(Action::Continue);
+        }
         if tcp.closed.is_some() || !tcp.downstream.paused {
             return Ok(());
         }
