@@ -1222,22 +1222,24 @@ impl Plugin {
 
     /// Opens an HTTP stream on the next worker (round-robin, as Envoy spreads connections).
     pub fn http_stream(&self) -> HttpStream {
-        let worker = self
-            .next_worker
-            .get()
-            .checked_rem(self.worker_count)
-            .unwrap_or(0);
-        self.next_worker
-            .set((worker + 1).checked_rem(self.worker_count).unwrap_or(0));
-        HttpStream::new(self.clone(), worker)
+        HttpStream::new(self.clone(), self.next_worker())
     }
 
     /// Opens an HTTP stream on a chosen worker (taken modulo the number of workers).
     pub fn http_stream_on(&self, worker: usize) -> HttpStream {
-        HttpStream::new(
-            self.clone(),
-            worker.checked_rem(self.worker_count).unwrap_or(0),
-        )
+        HttpStream::new(self.clone(), self.worker_slot(worker))
+    }
+
+    /// The next worker in round-robin order, as Envoy spreads connections over its workers.
+    fn next_worker(&self) -> usize {
+        let worker = self.worker_slot(self.next_worker.get());
+        self.next_worker.set(self.worker_slot(worker + 1));
+        worker
+    }
+
+    /// `worker` taken modulo the number of workers (the service's slot is never reached).
+    fn worker_slot(&self, worker: usize) -> usize {
+        worker.checked_rem(self.worker_count).unwrap_or(0)
     }
 
     /// A TCP connection through the plugin as a network filter (Envoy's
@@ -1245,22 +1247,12 @@ impl Plugin {
     /// for HTTP streams). Nothing reaches the module until [`TcpConnection::open`] or the first
     /// data.
     pub fn tcp_connection(&self) -> TcpConnection {
-        let worker = self
-            .next_worker
-            .get()
-            .checked_rem(self.worker_count)
-            .unwrap_or(0);
-        self.next_worker
-            .set((worker + 1).checked_rem(self.worker_count).unwrap_or(0));
-        TcpConnection::new(self.clone(), worker)
+        TcpConnection::new(self.clone(), self.next_worker())
     }
 
     /// A TCP connection on a chosen worker (taken modulo the number of workers).
     pub fn tcp_connection_on(&self, worker: usize) -> TcpConnection {
-        TcpConnection::new(
-            self.clone(),
-            worker.checked_rem(self.worker_count).unwrap_or(0),
-        )
+        TcpConnection::new(self.clone(), self.worker_slot(worker))
     }
 
     /// The singleton service started beside this plugin ([`PluginBuilder::service`]).

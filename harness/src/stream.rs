@@ -73,20 +73,14 @@ impl HttpStream {
     /// Sets a property of this stream (e.g. `["source", "address"]`, `["connection", "mtls"]`,
     /// `["upstream", "address"]`, `["xds", "route_name"]`, `["metadata", ...]`).
     pub fn property(&mut self, path: &[&str], value: impl Into<PropertyValue>) -> &mut Self {
-        let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
-        let value = value.into();
-        match self.handle {
-            Some(handle) => {
-                let worker = self.worker;
-                let _ = self.plugin.with_inner(|inner| {
-                    if let Some(exchange) = inner.exchange_mut(worker, handle) {
-                        exchange.properties.insert(path, value);
-                    }
-                    Ok(())
-                });
-            }
-            None => self.pending_properties.push((path, value)),
-        }
+        set_property(
+            &self.plugin,
+            self.worker,
+            self.handle,
+            &mut self.pending_properties,
+            path,
+            value.into(),
+        );
         self
     }
 
@@ -1388,5 +1382,29 @@ impl PluginInner {
             Some(error) => Err(error),
             None => Ok(()),
         }
+    }
+}
+
+/// Sets a property of a stream or connection: on its context once it exists, else kept for when
+/// it opens (so that its first callback sees it).
+pub(crate) fn set_property(
+    plugin: &Plugin,
+    worker: usize,
+    handle: Option<StreamHandle>,
+    pending: &mut Vec<(Vec<String>, PropertyValue)>,
+    path: &[&str],
+    value: PropertyValue,
+) {
+    let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+    match handle {
+        Some(handle) => {
+            let _ = plugin.with_inner(|inner| {
+                if let Some(exchange) = inner.exchange_mut(worker, handle) {
+                    exchange.properties.insert(path, value);
+                }
+                Ok(())
+            });
+        }
+        None => pending.push((path, value)),
     }
 }

@@ -108,20 +108,14 @@ impl TcpConnection {
     /// Sets a property of this connection (e.g. `["source", "address"]`); before [`Self::open`]
     /// so that `proxy_on_new_connection` sees it.
     pub fn property(&mut self, path: &[&str], value: impl Into<PropertyValue>) -> &mut Self {
-        let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
-        let value = value.into();
-        match self.handle {
-            Some(handle) => {
-                let worker = self.worker;
-                let _ = self.plugin.with_inner(|inner| {
-                    if let Some(exchange) = inner.exchange_mut(worker, handle) {
-                        exchange.properties.insert(path, value);
-                    }
-                    Ok(())
-                });
-            }
-            None => self.pending_properties.push((path, value)),
-        }
+        crate::stream::set_property(
+            &self.plugin,
+            self.worker,
+            self.handle,
+            &mut self.pending_properties,
+            path,
+            value.into(),
+        );
         self
     }
 
