@@ -186,7 +186,12 @@ pub fn configure<F: HttpFilter>(bytes: &[u8], host: &mut dyn Host) -> Result<F, 
 
 /// The message `on_configure` logs when [`configure`] fails.
 pub fn configure_error_message<F: HttpFilter>(error: &Error) -> String {
-    format!("{}: {error}; the filter refuses to start", F::NAME)
+    refusal_message(F::NAME, error)
+}
+
+/// The message a plugin named `name` logs when it refuses to start because of `error`.
+pub fn refusal_message(name: &str, error: &Error) -> String {
+    format!("{name}: {error}; the filter refuses to start")
 }
 
 /// What the glue must do after a callback.
@@ -455,7 +460,7 @@ mod glue {
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
     use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-    use super::{configure, configure_error_message, HttpFilter, Outcome, StreamDriver};
+    use super::{configure, HttpFilter, Outcome, StreamDriver};
     use crate::body::Body;
     use crate::callout::CalloutResponse;
     use crate::host::{Host, Log, Phase, ProxyWasmHost};
@@ -559,28 +564,11 @@ mod glue {
 
     impl<F: HttpFilter> RootContext for Root<F> {
         fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-            let built = self
+            self.filter = self
                 .host
-                .plugin_configuration()
-                .and_then(|bytes| configure::<F>(&bytes, &mut self.host));
-            match built {
-                Ok(filter) => {
-                    if let Some(period) = filter.tick_period() {
-                        if let Err(error) = self.host.set_tick_period(period) {
-                            self.host
-                                .log(LogLevel::Error, &configure_error_message::<F>(&error));
-                            return false;
-                        }
-                    }
-                    self.filter = Some(Rc::new(filter));
-                    true
-                }
-                Err(error) => {
-                    self.host
-                        .log(LogLevel::Error, &configure_error_message::<F>(&error));
-                    false
-                }
-            }
+                .configure_plugin(F::NAME, configure::<F>, F::tick_period)
+                .map(Rc::new);
+            self.filter.is_some()
         }
 
         fn on_tick(&mut self) {
@@ -750,7 +738,7 @@ mod glue {
         }
 
         fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-            let source = crate::body::HostRequestBody;
+            let source = crate::body::HostBuffer::REQUEST_BODY;
             let body = Body::new(body_size, end_of_stream, &source);
             self.run(StreamDriver::body_phase, |driver, request, host| {
                 driver.on_request_body(request, host, &body)
@@ -769,7 +757,7 @@ mod glue {
         }
 
         fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-            let source = crate::body::HostResponseBody;
+            let source = crate::body::HostBuffer::RESPONSE_BODY;
             let body = Body::new(body_size, end_of_stream, &source);
             if let Ok(mut driver) = self.driver.try_borrow_mut() {
                 let mut host = self.host;

@@ -1,4 +1,6 @@
-//! Request bodies, as a filter sees them while it buffers.
+//! Bodies and connection data, as a filter sees them: an HTTP request body while the filter
+//! buffers it, a response body chunk, or the bytes a network filter holds of a connection
+//! ([`crate::network`]).
 //!
 //! A filter that needs the request body (an authorization check carrying it, a WAF) implements
 //! [`crate::adapter::HttpFilter::on_request_body`]. Every call gets a [`Body`]: the size of the
@@ -24,7 +26,7 @@ pub trait BodySource {
     fn read_body(&self, start: usize, max: usize) -> Result<Vec<u8>, Error>;
 }
 
-/// The request body the proxy holds for the filter during one body callback.
+/// The bytes the proxy holds for the filter during one body or data callback.
 pub struct Body<'a> {
     size: usize,
     end_of_stream: bool,
@@ -46,7 +48,8 @@ impl<'a> Body<'a> {
         self.size
     }
 
-    /// Whether the client finished sending the request body (no trailers follow).
+    /// Whether the sender finished: the client sent the whole request body (no trailers follow),
+    /// or the side of the connection this data came from ended.
     pub fn end_of_stream(&self) -> bool {
         self.end_of_stream
     }
@@ -95,7 +98,7 @@ impl BodySource for MemoryBody {
 }
 
 #[cfg(target_arch = "wasm32")]
-pub use wasm::{HostRequestBody, HostResponseBody};
+pub use wasm::HostBuffer;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm {
@@ -105,25 +108,24 @@ mod wasm {
     use super::BodySource;
     use crate::error::Error;
 
-    /// The request body buffer of the current stream (`proxy_get_buffer_bytes`).
-    #[derive(Debug, Clone, Copy, Default)]
-    pub struct HostRequestBody;
+    /// One of the current context's buffers, read with `proxy_get_buffer_bytes`.
+    #[derive(Debug, Clone, Copy)]
+    pub struct HostBuffer(BufferType);
 
-    impl BodySource for HostRequestBody {
-        fn read_body(&self, start: usize, max: usize) -> Result<Vec<u8>, Error> {
-            hostcalls::get_buffer(BufferType::HttpRequestBody, start, max)
-                .map(Option::unwrap_or_default)
-                .map_err(|status| Error::host("proxy_get_buffer_bytes", status))
-        }
+    impl HostBuffer {
+        /// The request body an HTTP stream holds for the filter.
+        pub const REQUEST_BODY: HostBuffer = HostBuffer(BufferType::HttpRequestBody);
+        /// The response body chunk of an HTTP stream.
+        pub const RESPONSE_BODY: HostBuffer = HostBuffer(BufferType::HttpResponseBody);
+        /// The bytes from the client a connection holds for the filter.
+        pub const DOWNSTREAM_DATA: HostBuffer = HostBuffer(BufferType::DownstreamData);
+        /// The bytes from the upstream a connection holds for the filter.
+        pub const UPSTREAM_DATA: HostBuffer = HostBuffer(BufferType::UpstreamData);
     }
 
-    /// The response body chunk of the current stream (`proxy_get_buffer_bytes`).
-    #[derive(Debug, Clone, Copy, Default)]
-    pub struct HostResponseBody;
-
-    impl BodySource for HostResponseBody {
+    impl BodySource for HostBuffer {
         fn read_body(&self, start: usize, max: usize) -> Result<Vec<u8>, Error> {
-            hostcalls::get_buffer(BufferType::HttpResponseBody, start, max)
+            hostcalls::get_buffer(self.0, start, max)
                 .map(Option::unwrap_or_default)
                 .map_err(|status| Error::host("proxy_get_buffer_bytes", status))
         }

@@ -13,7 +13,7 @@
 //! calling the host — the proxy-wasm Rust SDK panics (and so aborts the VM) when Envoy answers
 //! such calls with `BadArgument`.
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::OnceCell;
 
 pub use proxy_wasm::types::LogLevel;
 
@@ -21,6 +21,7 @@ use crate::callout::Callouts;
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::metrics::MetricSink;
+use crate::properties::{Properties, PropertyCache};
 use crate::request::{
     apply_mutation, mutation, validate_header_name, validate_header_value, Header, HeaderMapKind,
     MutationKind, Request,
@@ -76,13 +77,9 @@ pub struct HostRequest<B: HeaderBackend> {
     /// In the access-log phase, the snapshot of the request phase: the live request headers are
     /// read only if the filter asks for them.
     earlier_snapshot: Option<Vec<Header>>,
-    /// Properties read in this callback, in the order they were read. A callback reads a
-    /// handful, so a list searched without allocating beats a map keyed by owned paths.
-    properties: RefCell<Vec<CachedProperty>>,
+    /// Properties read in this callback.
+    properties: PropertyCache,
 }
-
-/// A property path and the value the host gave for it (`None`: absent).
-type CachedProperty = (Vec<String>, Option<Vec<u8>>);
 
 impl<B: HeaderBackend> HostRequest<B> {
     /// A view for a callback in `phase`. `request_snapshot` serves request-header reads in
@@ -102,7 +99,7 @@ impl<B: HeaderBackend> HostRequest<B> {
             request_headers,
             response_headers: OnceCell::new(),
             earlier_snapshot,
-            properties: RefCell::new(Vec::new()),
+            properties: PropertyCache::default(),
         }
     }
 
@@ -198,6 +195,13 @@ impl<B: HeaderBackend> HostRequest<B> {
     }
 }
 
+impl<B: HeaderBackend> Properties for HostRequest<B> {
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.properties
+            .get(path, |path| self.backend.get_property(path).unwrap_or(None))
+    }
+}
+
 impl<B: HeaderBackend> Request for HostRequest<B> {
     fn request_headers(&self) -> &[Header] {
         self.headers(HeaderMapKind::Request)
@@ -205,22 +209,6 @@ impl<B: HeaderBackend> Request for HostRequest<B> {
 
     fn response_headers(&self) -> &[Header] {
         self.headers(HeaderMapKind::Response)
-    }
-
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        let same_path = |key: &[String]| key.iter().map(String::as_str).eq(path.iter().copied());
-        if let Some((_, cached)) = self
-            .properties
-            .borrow()
-            .iter()
-            .find(|(key, _)| same_path(key))
-        {
-            return cached.clone();
-        }
-        let value = self.backend.get_property(path).unwrap_or(None);
-        let key = path.iter().map(|part| (*part).to_string()).collect();
-        self.properties.borrow_mut().push((key, value.clone()));
-        value
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
@@ -593,6 +581,36 @@ mod wasm {
             hostcalls::set_tick_period(period)
                 .map_err(|status| Error::host("proxy_set_tick_period_milliseconds", status))
         }
+
+        /// What `on_configure` does for every wasmesh plugin: reads the plugin configuration,
+        /// builds the plugin with `build` (which parses and validates it) and sets the tick
+        /// period the plugin asks for. On failure it logs why at `error` (the message names the
+        /// JSON path of a bad field) and gives `None`: `on_configure` then returns `false` and
+        /// the proxy refuses to start the plugin.
+        pub fn configure_plugin<T>(
+            &mut self,
+            name: &str,
+            build: impl FnOnce(&[u8], &mut dyn crate::host::Host) -> Result<T, Error>,
+            tick_period: impl FnOnce(&T) -> Option<std::time::Duration>,
+        ) -> Option<T> {
+            let built = self.plugin_configuration().and_then(|bytes| {
+                let plugin = build(&bytes, self)?;
+                if let Some(period) = tick_period(&plugin) {
+                    self.set_tick_period(period)?;
+                }
+                Ok(plugin)
+            });
+            match built {
+                Ok(plugin) => Some(plugin),
+                Err(error) => {
+                    self.log(
+                        LogLevel::Error,
+                        &crate::adapter::refusal_message(name, &error),
+                    );
+                    None
+                }
+            }
+        }
     }
 
     #[allow(unsafe_code)]
@@ -643,7 +661,7 @@ mod wasm {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
 
     /// A backend that counts hostcalls and records writes.
     #[derive(Default)]

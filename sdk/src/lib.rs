@@ -23,6 +23,8 @@
 //!
 //! Modules:
 //! * [`request`]: the [`Request`](request::Request) view and [`MemoryRequest`](request::MemoryRequest);
+//! * [`properties`]: Envoy attributes ([`Properties`](properties::Properties)), what requests and
+//!   connections share;
 //! * [`decision`]: [`Decision`](decision::Decision) and [`LocalReply`](decision::LocalReply);
 //! * [`config`]: JSON loading with JSON-path errors, [`Validate`](config::Validate), proto3 helpers;
 //! * [`header_option`]: Envoy's `HeaderValueOption` (headers to add, with append policy);
@@ -32,6 +34,7 @@
 //! * [`testing`]: [`MemoryHost`](testing::MemoryHost) for native tests (and, with the
 //!   `proptest` feature, the configuration property tests every filter runs);
 //! * [`adapter`]: [`HttpFilter`](adapter::HttpFilter) and the proxy-wasm glue;
+//! * [`network`]: [`NetworkFilter`](network::NetworkFilter), the same for network (TCP) filters;
 //! * [`body`]: the request body a filter sees while it buffers;
 //! * [`error`]: the panic-free [`Error`](error::Error).
 
@@ -46,6 +49,8 @@ pub mod header_option;
 pub mod host;
 pub mod matcher;
 pub mod metrics;
+pub mod network;
+pub mod properties;
 pub mod protobuf;
 pub mod random;
 pub mod request;
@@ -67,5 +72,7 @@ pub mod prelude {
     pub use crate::host::{Host, LogLevel};
     pub use crate::matcher::{normalize_path, StringMatcher};
     pub use crate::metrics::{stat_name, Counter, Gauge, Histogram};
+    pub use crate::network::{NetworkFilter, Verdict};
+    pub use crate::properties::Properties;
     pub use crate::request::{HeaderMapKind, Request};
 }

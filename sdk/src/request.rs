@@ -17,15 +17,15 @@
 //!   `add_*` appends another value (`addCopy`); `remove_*` removes every value.
 //! * Values that are not valid UTF-8 are exposed with U+FFFD replacement characters.
 //!
-//! # Properties (as Envoy encodes them)
-//! [`Request::property`] returns raw bytes: strings as their bytes, integers as 8-byte
-//! little-endian, booleans as one byte. The typed helpers decode those encodings.
+//! # Properties
+//! A request is also [`Properties`]: connection and stream attributes as Envoy encodes them
+//! (see [`crate::properties`]).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::error::Error;
+use crate::properties::{MemoryProperties, Properties};
 
 /// One header: lower-case name and value.
 pub type Header = (String, String);
@@ -67,51 +67,6 @@ pub enum HeaderMutation {
         /// Lower-case header name.
         name: String,
     },
-}
-
-/// Well-known property paths (Envoy attribute names).
-pub mod property {
-    /// `source.address`: downstream peer address, `"ip:port"` string.
-    pub const SOURCE_ADDRESS: &[&str] = &["source", "address"];
-    /// `destination.address`: local address the connection arrived on, `"ip:port"` string.
-    pub const DESTINATION_ADDRESS: &[&str] = &["destination", "address"];
-    /// `connection.mtls`: whether the downstream connection used mutual TLS (bool).
-    pub const CONNECTION_MTLS: &[&str] = &["connection", "mtls"];
-    /// `connection.uri_san_peer_certificate`: first URI SAN of the peer certificate.
-    pub const PEER_URI_SAN: &[&str] = &["connection", "uri_san_peer_certificate"];
-    /// `connection.subject_peer_certificate`: subject of the peer certificate.
-    pub const PEER_SUBJECT: &[&str] = &["connection", "subject_peer_certificate"];
-    /// `request.id`: the `x-request-id` Envoy assigned.
-    pub const REQUEST_ID: &[&str] = &["request", "id"];
-}
-
-/// Decodes a string property (raw bytes; invalid UTF-8 is refused).
-pub fn decode_string(bytes: &[u8]) -> Option<String> {
-    String::from_utf8(bytes.to_vec()).ok()
-}
-
-/// Decodes an integer property (8-byte little-endian, as Envoy serializes `int64`/`uint64`).
-pub fn decode_int(bytes: &[u8]) -> Option<i64> {
-    let array: [u8; 8] = bytes.try_into().ok()?;
-    Some(i64::from_le_bytes(array))
-}
-
-/// Decodes a boolean property (one byte, non-zero means true).
-pub fn decode_bool(bytes: &[u8]) -> Option<bool> {
-    match bytes {
-        [byte] => Some(*byte != 0),
-        _ => None,
-    }
-}
-
-/// Encodes an integer property as Envoy does.
-pub fn encode_int(value: i64) -> Vec<u8> {
-    value.to_le_bytes().to_vec()
-}
-
-/// Encodes a boolean property as Envoy does.
-pub fn encode_bool(value: bool) -> Vec<u8> {
-    vec![u8::from(value)]
 }
 
 /// Joins every value of `name` in `headers` with `","`; borrowed when there is one value.
@@ -243,15 +198,12 @@ pub fn validate_header_value(value: &str) -> Result<(), Error> {
 /// What a filter sees of one HTTP exchange.
 ///
 /// Object-safe: logic takes `&mut dyn Request`.
-pub trait Request {
+pub trait Request: Properties {
     /// Request headers (pseudo-headers first), lower-case names, in host order.
     fn request_headers(&self) -> &[Header];
 
     /// Response headers; empty until the response phase.
     fn response_headers(&self) -> &[Header];
-
-    /// Raw property bytes at `path` (e.g. `["source", "address"]`), `None` when absent.
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
 
     /// Replaces every value of a request header (Envoy `setCopy`).
     fn set_request_header(&mut self, name: &str, value: &str) -> Result<(), Error>;
@@ -318,67 +270,6 @@ pub trait Request {
     fn scheme(&self) -> Option<&str> {
         first_value(self.request_headers(), ":scheme")
     }
-
-    /// A configuration attribute (`node`, `cluster_name`, `route_name`, `listener_direction`,
-    /// the metadata ones): Envoy 1.40 serves these only under `xds.` (`xds.cluster_name`) and
-    /// answers `NotFound` at the top level, where older proxies served them; both are tried, in
-    /// that order.
-    fn xds_property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        let mut xds = Vec::with_capacity(path.len() + 1);
-        xds.push("xds");
-        xds.extend_from_slice(path);
-        self.property(&xds).or_else(|| self.property(path))
-    }
-
-    /// A string configuration attribute (see [`Request::xds_property`]).
-    fn xds_property_string(&self, path: &[&str]) -> Option<String> {
-        self.xds_property(path)
-            .and_then(|bytes| decode_string(&bytes))
-    }
-
-    /// A string property.
-    fn property_string(&self, path: &[&str]) -> Option<String> {
-        self.property(path).and_then(|bytes| decode_string(&bytes))
-    }
-
-    /// An integer property.
-    fn property_int(&self, path: &[&str]) -> Option<i64> {
-        self.property(path).and_then(|bytes| decode_int(&bytes))
-    }
-
-    /// A boolean property.
-    fn property_bool(&self, path: &[&str]) -> Option<bool> {
-        self.property(path).and_then(|bytes| decode_bool(&bytes))
-    }
-
-    /// Downstream peer address (`source.address`).
-    fn source_address(&self) -> Option<SocketAddr> {
-        self.property_string(property::SOURCE_ADDRESS)?.parse().ok()
-    }
-
-    /// Local address the request arrived on (`destination.address`).
-    fn destination_address(&self) -> Option<SocketAddr> {
-        self.property_string(property::DESTINATION_ADDRESS)?
-            .parse()
-            .ok()
-    }
-
-    /// Whether the downstream connection used mutual TLS (`connection.mtls`).
-    fn mtls(&self) -> bool {
-        self.property_bool(property::CONNECTION_MTLS)
-            .unwrap_or(false)
-    }
-
-    /// Peer identity from the client certificate: the URI SAN (SPIFFE ID in a mesh) when
-    /// present, else the certificate subject. `None` without a peer certificate.
-    fn peer_identity(&self) -> Option<String> {
-        self.property_string(property::PEER_URI_SAN)
-            .filter(|value| !value.is_empty())
-            .or_else(|| {
-                self.property_string(property::PEER_SUBJECT)
-                    .filter(|value| !value.is_empty())
-            })
-    }
 }
 
 /// An in-memory [`Request`] for native tests: build it, hand it to the logic, inspect the
@@ -387,7 +278,7 @@ pub trait Request {
 pub struct MemoryRequest {
     request_headers: Vec<Header>,
     response_headers: Vec<Header>,
-    properties: HashMap<Vec<String>, Vec<u8>>,
+    properties: MemoryProperties,
     mutations: Vec<HeaderMutation>,
 }
 
@@ -422,29 +313,36 @@ impl MemoryRequest {
 
     /// Sets a raw property.
     #[must_use]
-    pub fn with_property(mut self, path: &[&str], value: impl Into<Vec<u8>>) -> Self {
-        let key = path.iter().map(|part| (*part).to_string()).collect();
-        self.properties.insert(key, value.into());
-        self
+    pub fn with_property(self, path: &[&str], value: impl Into<Vec<u8>>) -> Self {
+        self.with_properties(|properties| properties.with_property(path, value))
     }
 
     /// Sets `source.address`.
     #[must_use]
     pub fn with_source_address(self, address: SocketAddr) -> Self {
-        self.with_property(property::SOURCE_ADDRESS, address.to_string())
+        self.with_properties(|properties| properties.with_source_address(address))
     }
 
     /// Sets `destination.address`.
     #[must_use]
     pub fn with_destination_address(self, address: SocketAddr) -> Self {
-        self.with_property(property::DESTINATION_ADDRESS, address.to_string())
+        self.with_properties(|properties| properties.with_destination_address(address))
     }
 
     /// Marks the connection as mTLS with the given peer URI SAN.
     #[must_use]
     pub fn with_mtls_peer(self, uri_san: &str) -> Self {
-        self.with_property(property::CONNECTION_MTLS, encode_bool(true))
-            .with_property(property::PEER_URI_SAN, uri_san)
+        self.with_properties(|properties| properties.with_mtls_peer(uri_san))
+    }
+
+    /// Sets properties with [`MemoryProperties`]' builders.
+    #[must_use]
+    pub fn with_properties(
+        mut self,
+        set: impl FnOnce(MemoryProperties) -> MemoryProperties,
+    ) -> Self {
+        self.properties = set(std::mem::take(&mut self.properties));
+        self
     }
 
     /// Every mutation applied so far, in order.
@@ -505,6 +403,12 @@ pub enum MutationKind {
     Remove,
 }
 
+impl Properties for MemoryRequest {
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.properties.property(path)
+    }
+}
+
 impl Request for MemoryRequest {
     fn request_headers(&self) -> &[Header] {
         &self.request_headers
@@ -512,11 +416,6 @@ impl Request for MemoryRequest {
 
     fn response_headers(&self) -> &[Header] {
         &self.response_headers
-    }
-
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        let key: Vec<String> = path.iter().map(|part| (*part).to_string()).collect();
-        self.properties.get(&key).cloned()
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
@@ -689,42 +588,5 @@ mod tests {
         );
         assert_eq!(percent_decode("%e2%82%ac%ff"), "\u{20ac}\u{fffd}");
         assert_eq!(MemoryRequest::new().query_param("a"), None);
-    }
-
-    #[test]
-    fn properties_decode_envoy_encodings() {
-        let request = MemoryRequest::get("/")
-            .with_source_address("[2001:db8::1]:443".parse().unwrap())
-            .with_destination_address("10.0.0.1:8080".parse().unwrap())
-            .with_property(&["connection", "mtls"], encode_bool(true))
-            .with_property(&["connection", "subject_peer_certificate"], "CN=client")
-            .with_property(&["upstream", "port"], encode_int(8443));
-        assert_eq!(
-            request.source_address(),
-            Some("[2001:db8::1]:443".parse().unwrap())
-        );
-        assert_eq!(
-            request.destination_address(),
-            Some("10.0.0.1:8080".parse().unwrap())
-        );
-        assert!(request.mtls());
-        assert_eq!(request.peer_identity().as_deref(), Some("CN=client"));
-        assert_eq!(request.property_int(&["upstream", "port"]), Some(8443));
-        assert_eq!(decode_int(&[1, 2]), None);
-        assert_eq!(decode_bool(&[0]), Some(false));
-        assert_eq!(decode_bool(&[]), None);
-    }
-
-    #[test]
-    fn peer_identity_prefers_uri_san_over_subject() {
-        let request = MemoryRequest::get("/")
-            .with_mtls_peer("spiffe://cluster.local/ns/default/sa/client")
-            .with_property(&["connection", "subject_peer_certificate"], "CN=client");
-        assert_eq!(
-            request.peer_identity().as_deref(),
-            Some("spiffe://cluster.local/ns/default/sa/client")
-        );
-        assert_eq!(MemoryRequest::get("/").peer_identity(), None);
-        assert!(!MemoryRequest::get("/").mtls());
     }
 }

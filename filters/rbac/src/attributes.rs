@@ -8,7 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 use serde_json::Value;
 use wasmesh_sdk::matcher::{HeaderMatcher, StringMatcher};
-use wasmesh_sdk::request::{property, Header, Request};
+use wasmesh_sdk::properties::property;
+use wasmesh_sdk::request::{Header, Request};
 
 use crate::metadata::decode_metadata;
 use crate::normalize::{host_forms, Normalization, NormalizedPath, PathRejection};

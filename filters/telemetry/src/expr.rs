@@ -17,7 +17,7 @@
 
 use crate::peer::NodeInfo;
 use crate::util::{cel_duration, from_unix_nanos, rfc3339_millis};
-use wasmesh_sdk::request::decode_int as decode_i64;
+use wasmesh_sdk::properties::decode_int as decode_i64;
 
 /// Which peer a `*_peer` attribute names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

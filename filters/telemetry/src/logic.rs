@@ -53,7 +53,7 @@ impl Local {
             .unwrap_or_default();
         let direction = request
             .xds_property(&["listener_direction"])
-            .and_then(|bytes| wasmesh_sdk::request::decode_int(&bytes));
+            .and_then(|bytes| wasmesh_sdk::properties::decode_int(&bytes));
         let outbound = match direction {
             Some(2) => true,
             Some(1) => false,
@@ -582,7 +582,8 @@ mod tests {
     use std::time::Duration;
     use wasmesh_sdk::body::MemoryBody;
     use wasmesh_sdk::config::load;
-    use wasmesh_sdk::request::{encode_int, MemoryRequest};
+    use wasmesh_sdk::properties::encode_int;
+    use wasmesh_sdk::request::MemoryRequest;
     use wasmesh_sdk::testing::MemoryHost;
 
     fn telemetry(json: &str) -> Telemetry {
