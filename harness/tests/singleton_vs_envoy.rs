@@ -14,7 +14,8 @@
 //! and under another vm_id) and enqueues the request path. What the service logged, from its
 //! start-up callbacks on, and what the filter logged per request must be the same.
 //!
-//! Every line the module logs is `SQ <S|F> <event> <number>`.
+//! Every line the module logs is `SQ <S|F> <event> <number>`. The same module written with the
+//! `proxy-wasm` crate alone (`harness/e2e/modules/rust/queue`) goes through the same comparison.
 
 mod common;
 
@@ -220,8 +221,8 @@ fn harness_run(bytes: &[u8]) -> Observed {
     }
 }
 
-fn envoy_run(bytes: &[u8]) -> Observed {
-    let file = WasmFile::new("singleton", bytes);
+fn envoy_run(name: &str, bytes: &[u8]) -> Observed {
+    let file = WasmFile::new(name, bytes);
     let filter = WasmFilter::new(&file.path)
         .vm_id(VM_ID)
         .root_id("flt")
@@ -294,8 +295,25 @@ fn singleton_service_gets_what_a_filter_enqueues_as_in_envoy() {
         return;
     }
     let bytes = wat::parse_str(module()).unwrap();
-    let harness = harness_run(&bytes);
-    let envoy = envoy_run(&bytes);
+    compare("singleton", &bytes);
+}
+
+/// The same with the module written with the `proxy-wasm` crate alone
+/// (`harness/e2e/modules/rust/queue`, crate `wasmesh-e2e-queue-rust`), which logs the same lines.
+#[test]
+fn singleton_service_in_rust_gets_what_a_filter_enqueues_as_in_envoy() {
+    if envoy::skip_requested() {
+        return;
+    }
+    let path = wasmesh_harness::build::wasm("wasmesh-e2e-queue-rust").unwrap();
+    compare("singleton-rust", &std::fs::read(path).unwrap());
+}
+
+/// Runs `bytes` as service and filter in the harness and in Envoy (written to `<name>.wasm`)
+/// and compares what each part logged.
+fn compare(name: &str, bytes: &[u8]) {
+    let harness = harness_run(bytes);
+    let envoy = envoy_run(name, bytes);
     eprintln!("harness service start: {:#?}", harness.service_start);
     eprintln!("envoy service start: {:#?}", envoy.service_start);
     eprintln!("harness service: {:#?}", harness.service_requests);
