@@ -372,11 +372,14 @@ fn read_idle(stream: &mut TcpStream, into: &mut Vec<u8>) -> bool {
     }
 }
 
-fn envoy_run(name: &str, bytes: &[u8]) -> Vec<Observed> {
+fn envoy_run(name: &str, bytes: &[u8], configuration: &str) -> Vec<Observed> {
     // One file per test: the tests run in parallel in one process.
     let file = WasmFile::new(name, bytes);
     let echo = EchoServer::start();
-    let filter = WasmFilter::new(&file.path).name("tcp").root_id("tcp");
+    let mut filter = WasmFilter::new(&file.path).name("tcp").root_id("tcp");
+    if !configuration.is_empty() {
+        filter = filter.configuration(configuration);
+    }
     let builder = EnvoyBuilder::new()
         .wasm_filter(filter.clone())
         .cluster(Cluster::new("echo", echo.addr))
@@ -462,13 +465,18 @@ fn envoy_run(name: &str, bytes: &[u8]) -> Vec<Observed> {
 }
 
 /// The same client steps through the harness; the test plays the echo server.
-fn harness_run(bytes: &[u8], new_connection: wasmesh_harness::Action) -> Vec<Observed> {
+fn harness_run(
+    bytes: &[u8],
+    configuration: &str,
+    new_connection: wasmesh_harness::Action,
+) -> Vec<Observed> {
     // Named as in Envoy's configuration: `plugin_name` reads the name (the WAT module sees only
     // the status, the Rust module also whether a value came back).
     let plugin = wasmesh_harness::Harness::from_bytes(bytes)
         .unwrap()
         .plugin_name("tcp")
         .root_id("tcp")
+        .config(configuration)
         .start()
         .unwrap();
     let mut observed = Vec::new();
@@ -550,7 +558,7 @@ fn tcp_filter_matches_envoy() {
         return;
     }
     let bytes = wat::parse_str(module(0)).unwrap();
-    compare("tcp-0", &bytes, wasmesh_harness::Action::Continue);
+    compare("tcp-0", &bytes, "", wasmesh_harness::Action::Continue);
 }
 
 /// The same with `StopIteration` from `proxy_on_new_connection`: Envoy 1.40 then hands the
@@ -561,7 +569,7 @@ fn tcp_filter_stopped_at_new_connection_matches_envoy() {
         return;
     }
     let bytes = wat::parse_str(module(1)).unwrap();
-    compare("tcp-1", &bytes, wasmesh_harness::Action::Pause);
+    compare("tcp-1", &bytes, "", wasmesh_harness::Action::Pause);
 }
 
 /// The same filter written with the `proxy-wasm` crate alone
@@ -575,17 +583,35 @@ fn tcp_filter_in_rust_matches_envoy() {
     }
     let path = wasmesh_harness::build::wasm("wasmesh-e2e-tcp-rust").unwrap();
     let bytes = std::fs::read(path).unwrap();
-    compare("tcp-rust", &bytes, wasmesh_harness::Action::Continue);
+    compare("tcp-rust", &bytes, "", wasmesh_harness::Action::Continue);
 }
 
-/// Runs [`SCENARIOS`] with `bytes` in Envoy and in the harness; `action` is what the module's
-/// `proxy_on_new_connection` returns.
-fn compare(name: &str, bytes: &[u8], action: wasmesh_harness::Action) {
-    let mut envoy = envoy_run(name, bytes);
+/// The Rust filter configured to stop at `proxy_on_new_connection` (plugin configuration
+/// `stop`), as `tcp_filter_stopped_at_new_connection_matches_envoy` does with the WAT module.
+#[test]
+fn tcp_filter_in_rust_stopped_at_new_connection_matches_envoy() {
+    if envoy::skip_requested() {
+        return;
+    }
+    let path = wasmesh_harness::build::wasm("wasmesh-e2e-tcp-rust").unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    compare(
+        "tcp-rust-stop",
+        &bytes,
+        "stop",
+        wasmesh_harness::Action::Pause,
+    );
+}
+
+/// Runs [`SCENARIOS`] with `bytes` (given `configuration` as plugin configuration when not
+/// empty) in Envoy and in the harness; `action` is what the module's `proxy_on_new_connection`
+/// returns.
+fn compare(name: &str, bytes: &[u8], configuration: &str, action: wasmesh_harness::Action) {
+    let mut envoy = envoy_run(name, bytes, configuration);
     for observed in &mut envoy {
         fold_split_upstream_end(&mut observed.lines);
     }
-    let harness = harness_run(bytes, action);
+    let harness = harness_run(bytes, configuration, action);
     for ((name, _), envoy) in SCENARIOS.iter().zip(&envoy) {
         eprintln!(
             "envoy {name}: {:#?}\nupstream {:?}\nclient {:?}",

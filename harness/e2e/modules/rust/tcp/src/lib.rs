@@ -5,7 +5,9 @@
 //! with `u:` (and an attempt to prefix the downstream buffer too, which Envoy refuses); downstream
 //! data ending in `+` held (`StopIteration`) until more arrives; data ending in `!` let through
 //! with `proxy_continue_stream` (then stopped); the connection closed when downstream data holds
-//! `CLOSE`; the status of a few property reads when the connection opens.
+//! `CLOSE`; the status of a few property reads when the connection opens. With the plugin
+//! configuration `stop`, `proxy_on_new_connection` returns `StopIteration` (and the module never
+//! continues), as the WAT module built with `module(1)` does.
 //!
 //! Where the crate reports less than the ABI does, the module logs what the crate gives (see
 //! `status_of`, `read`); where the crate would panic on a status Envoy answers, or does not wrap
@@ -17,7 +19,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, PeerType, Sta
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { stop: false }) });
 }}
 
 fn log(message: &str) {
@@ -70,22 +72,32 @@ fn read(buffer: BufferType, len: usize) -> Vec<u8> {
     }
 }
 
-struct Root;
+struct Root {
+    /// Whether connections stop at `proxy_on_new_connection`.
+    stop: bool,
+}
 
 impl Context for Root {}
 
 impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        self.stop = self.get_plugin_configuration().as_deref() == Some(b"stop".as_slice());
+        true
+    }
+
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::StreamContext)
     }
 
     fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
         log("TCP create");
-        Some(Box::new(Connection))
+        Some(Box::new(Connection { stop: self.stop }))
     }
 }
 
-struct Connection;
+struct Connection {
+    stop: bool,
+}
 
 impl Context for Connection {
     fn on_done(&mut self) -> bool {
@@ -113,7 +125,11 @@ impl StreamContext for Connection {
             read_status(vec!["request", "headers"]),
             read_status(vec!["connection", "id"])
         ));
-        Action::Continue
+        if self.stop {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 
     fn on_downstream_data(&mut self, len: usize, end_of_stream: bool) -> Action {
