@@ -115,6 +115,18 @@
 //!   at `filter_state.<name>` (`NotFound` for other names and in a root context);
 //!   `clear_route_cache` is `Ok` ([`HttpStream::route_cache_clears`] counts it). Arguments that
 //!   are not the expected protobuf message are `BadArgument`.
+//! - Envoy runs VMs on its main thread beside an HTTP (or network) plugin's worker VMs
+//!   ([`PluginBuilder::main_thread_vms`], on by default; [`Plugin::main_thread`],
+//!   `tests/main_thread_vs_envoy.rs` at `--concurrency` 1 and 2): a base VM that only runs
+//!   `_initialize`, a canary that runs the start sequence (`proxy_on_context_create`,
+//!   `proxy_on_vm_start`, `proxy_on_configure`) and is dropped without `proxy_on_done` (its
+//!   ticks never fire, its callouts are cancelled), then the main thread's own VM, which runs it
+//!   again and stays: it ticks and gets callout answers, but never a request. Then each
+//!   worker's VM starts. So with N workers a module's start-up runs N + 2 times (its
+//!   `_initialize` N + 3 times) and N + 1 VMs tick; shared-data writes, queue registrations and
+//!   metrics of those start-ups count as in Envoy, and a queue's notifications go to whichever
+//!   VM registered it last (a worker's). Their log lines carry [`LogEntry::main_thread`];
+//!   [`Plugin::worker_logs`] leaves them out.
 //! - A singleton service (bootstrap extension `envoy.bootstrap.wasm`, `singleton: true`;
 //!   [`PluginBuilder::service`], [`PluginBuilder::start_service`], `tests/singleton_vs_envoy.rs`)
 //!   is one more VM, with a root context and no streams, sharing shared data and queues with
@@ -175,11 +187,13 @@
 //!   the policy; Envoy fails open or closes it), and the connection properties Envoy derives
 //!   from the sockets and the upstream it picked (`connection.*`, `upstream.*`, `source.*`,
 //!   `destination.*`: tests set them with [`TcpConnection::property`]).
-//! - The main-thread VMs Envoy runs beside an HTTP plugin's worker VMs (it starts the plugin's
-//!   root context on the main thread twice, as for a service, before the workers'): their
-//!   log lines, queue registrations and shared-data writes do not happen here. Singleton
-//!   services are emulated ([`PluginBuilder::service`]); a bootstrap service without
-//!   `singleton` (one VM per worker) is not.
+//! - Of the VMs on Envoy's main thread ([`PluginBuilder::main_thread_vms`]): Envoy keeps one VM
+//!   per thread for each VM key (vm_id, VM configuration and code), so a singleton service and
+//!   a plugin with the same key share the main thread's VM (and its root contexts' ticks run
+//!   there side by side); here each has its own. Envoy's main thread and workers tick
+//!   independently (on the wall clock); here ticks due at the same virtual instant fire workers
+//!   first, then the service, then the main thread. A bootstrap service without `singleton`
+//!   (one VM per worker) is not emulated.
 //! - The foreign functions that need Envoy's own libraries: `expr_create` (CEL: the harness has
 //!   no CEL parser or evaluator) answers `Unimplemented`, so `expr_evaluate` finds no token
 //!   (`NotFound`) and `expr_delete` is `Ok`; `sign` and `verify_signature` check their
@@ -264,7 +278,7 @@ pub use clock::{pinned_start, START_UNIX_SECONDS};
 pub use engine::{AbiVersion, CacheStats};
 pub use error::{HarnessError, Status};
 pub use metrics::{envoy_stat_name, prometheus_name};
-pub use plugin::{Harness, Plugin, PluginBuilder, Service};
+pub use plugin::{Harness, MainThread, Plugin, PluginBuilder, Service};
 pub use property::PropertyValue;
 pub use race::{explore_races, HazardKind, Race, RaceFailure, RaceReport, SharedDataHazard};
 pub use stream::HttpStream;

@@ -64,6 +64,7 @@ pub struct PluginBuilder {
     buffer_limit: usize,
     start_time: Option<SystemTime>,
     service: Option<ServiceSpec>,
+    main_thread_vms: bool,
 }
 
 /// What a singleton service runs: its module and its own settings.
@@ -100,6 +101,7 @@ impl PluginBuilder {
             buffer_limit: DEFAULT_BUFFER_LIMIT,
             start_time: None,
             service: None,
+            main_thread_vms: DEFAULT_MAIN_THREAD_VMS,
         }
     }
 
@@ -273,6 +275,27 @@ impl PluginBuilder {
         self
     }
 
+    /// Whether to run the VMs Envoy 1.40 runs on its main thread beside an HTTP plugin's worker
+    /// VMs (measured: `tests/main_thread_vs_envoy.rs`). Envoy loads the plugin on its main
+    /// thread first: a base VM that only runs `_initialize` (the module's start function), a
+    /// canary VM that runs the start sequence (`_initialize`, `proxy_on_context_create`,
+    /// `proxy_on_vm_start`, `proxy_on_configure`) and is dropped without `proxy_on_done` (its
+    /// ticks never fire), then the main thread's own VM, which runs the start sequence and
+    /// stays: its ticks fire, it answers its callouts and, when it registered a shared queue
+    /// last, gets the queue's notifications, but it never sees a request or a connection. Then
+    /// each worker's VM starts. So with one worker the module's start-up runs three times and
+    /// two VMs tick; what those VMs log, register, write to shared data and count in metrics
+    /// counts as in Envoy. Their log lines carry [`LogEntry::main_thread`] and the main-thread
+    /// slot ([`MainThread::worker`], past the workers and the service); reach them with
+    /// [`Plugin::main_thread`].
+    ///
+    /// Default `true`, as in Envoy. `false` runs the worker VMs alone (one start-up per
+    /// worker), e.g. for a test that counts a worker's start-up lines in [`Plugin::logs`].
+    pub fn main_thread_vms(mut self, run: bool) -> Self {
+        self.main_thread_vms = run;
+        self
+    }
+
     /// Runs `service` as a singleton service beside this plugin, as Envoy runs a bootstrap
     /// extension `envoy.bootstrap.wasm` with `singleton: true`: one more VM (Envoy's main
     /// thread) whose root context gets `proxy_on_vm_start`, `proxy_on_configure`, ticks,
@@ -314,10 +337,16 @@ impl PluginBuilder {
         self.start_host(workers)
     }
 
-    /// Starts `workers` worker VMs, after the service if there is one (its VM is the last
-    /// worker slot, so stream round-robin never reaches it).
+    /// Starts `workers` worker VMs, after the service if there is one (its VM is the slot after
+    /// the workers, so stream round-robin never reaches it) and the plugin's main-thread VMs if
+    /// it runs them (the slot after that). With no worker there is no HTTP plugin, so no
+    /// main-thread VM of its own either.
     fn start_host(self, workers: usize) -> Result<Plugin, HarnessError> {
-        let slots = workers + usize::from(self.service.is_some());
+        let service_slot = self.service.is_some().then_some(workers);
+        let main_slot = (self.main_thread_vms && workers > 0)
+            .then(|| workers + usize::from(service_slot.is_some()));
+        let slots =
+            workers + usize::from(service_slot.is_some()) + usize::from(main_slot.is_some());
         let shared = Rc::new(RefCell::new(SharedState::new(
             self.settings,
             slots,
@@ -332,6 +361,7 @@ impl PluginBuilder {
                 shared_bytes: self.limits.max_shared_bytes,
                 queued_items: self.limits.max_queued_items,
             };
+            s.main_thread_slots = service_slot.into_iter().chain(main_slot).collect();
         }
         let service = self.service.map(|spec| (workers, spec));
         let mut inner = PluginInner {
@@ -345,18 +375,24 @@ impl PluginBuilder {
             allow_on_headers_stop_iteration: self.allow_on_headers_stop_iteration,
             buffer_limit: self.buffer_limit,
             service,
+            main_slot,
         };
-        // The service's VM before the workers' (Envoy 1.40 starts it before its worker
-        // threads). Envoy runs the service's start sequence twice on the main thread
-        // (measured: `tests/singleton_vs_envoy.rs`): on a first VM, which it then drops without
-        // `proxy_on_done` and whose ticks never fire, then on the VM that stays. What the first
-        // did (logs, queue registrations, shared data) remains, and queue notifications reach
-        // the second, which Envoy finds by VM key and root context id.
-        let service_vm = match inner.service.as_ref().map(|(slot, _)| *slot) {
-            Some(slot) => {
-                drop(inner.start_vm(slot, 0)?);
-                Some((inner.start_vm(slot, 0)?, inner.elapsed()))
-            }
+        // The service's VMs, then the plugin's main-thread VMs, then the workers' (Envoy 1.40
+        // creates bootstrap extensions before listeners, and its workers start once the main
+        // thread has loaded the configuration). On the main thread Envoy loads a module as a
+        // base VM that only runs `_initialize` (`proxy_wasm::createWasm`), runs the start
+        // sequence on a canary VM cloned from it, which it drops without `proxy_on_done` and
+        // whose ticks never fire (`WasmHandleBase::canary`), then on the main thread's own VM
+        // (`getOrCreateThreadLocalPlugin`), which stays (measured:
+        // `tests/singleton_vs_envoy.rs`, `tests/main_thread_vs_envoy.rs`). What the first two
+        // did (logs, queue registrations, shared data) remains; queue notifications reach
+        // whichever VM registered the queue last.
+        let service_vm = match service_slot {
+            Some(slot) => Some(inner.start_main_thread_vms(slot)?),
+            None => None,
+        };
+        let main_vm = match main_slot {
+            Some(slot) => Some(inner.start_main_thread_vms(slot)?),
             None => None,
         };
         for worker in 0..workers {
@@ -371,7 +407,7 @@ impl PluginBuilder {
                 reload_error: None,
             });
         }
-        if let Some((vm, loaded)) = service_vm {
+        for (vm, loaded) in service_vm.into_iter().chain(main_vm) {
             inner.workers.push(Worker {
                 vms: vec![vm],
                 last_reload: Some(loaded),
@@ -418,7 +454,12 @@ pub(crate) struct PluginInner {
     pub(crate) buffer_limit: usize,
     /// The singleton service's worker slot and what it runs.
     service: Option<(usize, ServiceSpec)>,
+    /// The slot of the plugin's main-thread VM ([`PluginBuilder::main_thread_vms`]).
+    main_slot: Option<usize>,
 }
+
+/// Whether a plugin runs Envoy's main-thread VMs unless told otherwise.
+const DEFAULT_MAIN_THREAD_VMS: bool = true;
 
 /// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB).
 pub(crate) const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
@@ -448,8 +489,45 @@ impl PluginInner {
             .unwrap_or_default()
     }
 
-    /// Creates a VM and runs Envoy's start sequence on it.
-    fn start_vm(&mut self, worker: usize, generation: u64) -> Result<Vm, HarnessError> {
+    /// What Envoy does on its main thread for a module in `slot` (the service's or the plugin's
+    /// main-thread slot): a base VM that only runs the module's start function, a canary that
+    /// runs the start sequence and is dropped, then the VM that stays, with its load time.
+    fn start_main_thread_vms(&mut self, slot: usize) -> Result<(Vm, Duration), HarnessError> {
+        drop(self.instantiate(slot, 0)?);
+        drop(self.start_vm(slot, 0)?);
+        self.cancel_callouts(slot);
+        let vm = self.start_vm(slot, 0)?;
+        Ok((vm, self.elapsed()))
+    }
+
+    /// Cancels the callouts a dropped VM of `slot` left pending (Envoy cancels a context's
+    /// requests when it goes): no handler answers them and no timeout fires. They stay in
+    /// [`Plugin::http_callouts`] and [`Plugin::grpc_callouts`]: they were dispatched.
+    fn cancel_callouts(&mut self, slot: usize) {
+        let Ok(mut shared) = self.shared.try_borrow_mut() else {
+            return;
+        };
+        for record in shared.http_callouts.iter_mut() {
+            if record.callout.worker == slot {
+                record.status = CalloutStatus::Done;
+            }
+        }
+        for record in shared.grpc_callouts.iter_mut() {
+            if record.callout.worker == slot {
+                record.status = CalloutStatus::Done;
+            }
+        }
+        shared.events.retain(|event| match event {
+            Event::HttpCalloutDispatched { worker, .. }
+            | Event::GrpcCallDispatched { worker, .. }
+            | Event::GrpcClusterUnavailable { worker, .. } => *worker != slot,
+            Event::QueueReady { .. } => true,
+        });
+    }
+
+    /// Creates a VM and runs the module's start function (`_initialize`, then `main` if
+    /// present, or `_start`), during which Envoy refuses some WASI functions.
+    fn instantiate(&mut self, worker: usize, generation: u64) -> Result<Vm, HarnessError> {
         let settings = VmSettings {
             worker,
             max_memory_bytes: self.limits.max_memory_bytes,
@@ -463,22 +541,6 @@ impl PluginInner {
             .map(|(_, spec)| spec);
         let compiled = service.map_or(&self.compiled, |spec| &spec.compiled);
         let mut vm = Vm::instantiate(compiled, self.shared.clone(), &settings, generation)?;
-        let (vm_config_len, plugin_config_len) = match service {
-            Some(spec) => (
-                len_u32(spec.settings.vm_config.len()),
-                len_u32(spec.settings.plugin_config.len()),
-            ),
-            None => self
-                .shared
-                .try_borrow()
-                .map(|s| {
-                    (
-                        len_u32(s.settings.vm_config.len()),
-                        len_u32(s.settings.plugin_config.len()),
-                    )
-                })
-                .unwrap_or((0, 0)),
-        };
         vm.own_settings = service.map(|spec| spec.settings.clone());
         // WASI reactor (`_initialize`, then `main` if present) or command (`_start`).
         vm.state_mut().restricted = true;
@@ -495,6 +557,33 @@ impl PluginInner {
         })();
         vm.state_mut().restricted = false;
         started?;
+        Ok(vm)
+    }
+
+    /// Creates a VM and runs Envoy's start sequence on it.
+    fn start_vm(&mut self, worker: usize, generation: u64) -> Result<Vm, HarnessError> {
+        let mut vm = self.instantiate(worker, generation)?;
+        let service = self
+            .service
+            .as_ref()
+            .filter(|(slot, _)| *slot == worker)
+            .map(|(_, spec)| spec);
+        let (vm_config_len, plugin_config_len) = match service {
+            Some(spec) => (
+                len_u32(spec.settings.vm_config.len()),
+                len_u32(spec.settings.plugin_config.len()),
+            ),
+            None => self
+                .shared
+                .try_borrow()
+                .map(|s| {
+                    (
+                        len_u32(s.settings.vm_config.len()),
+                        len_u32(s.settings.plugin_config.len()),
+                    )
+                })
+                .unwrap_or((0, 0)),
+        };
 
         let root = vm.state().next_context_id;
         {
@@ -562,6 +651,7 @@ impl PluginInner {
             allow_on_headers_stop_iteration: self.allow_on_headers_stop_iteration,
             buffer_limit: self.buffer_limit,
             service: self.service.clone(),
+            main_slot: self.main_slot,
         }
     }
 
@@ -1264,6 +1354,16 @@ impl Plugin {
         })
     }
 
+    /// The VMs Envoy runs on its main thread beside this plugin's workers
+    /// ([`PluginBuilder::main_thread_vms`]), unless turned off.
+    pub fn main_thread(&self) -> Option<MainThread> {
+        let slot = self.inner.try_borrow().ok()?.main_slot?;
+        Some(MainThread {
+            plugin: self.clone(),
+            slot,
+        })
+    }
+
     /// Stream events for several workers that arrive at the same instant, run on the schedule of
     /// `seed`: see [`crate::race`].
     ///
@@ -1324,12 +1424,21 @@ impl Plugin {
             .unwrap_or_default()
     }
 
-    /// Every log line so far, in order.
+    /// Every log line so far, in order: the workers', and those of the VMs on Envoy's main
+    /// thread ([`LogEntry::main_thread`]: the plugin's main-thread VMs, a singleton service).
     pub fn logs(&self) -> Vec<LogEntry> {
         self.shared
             .try_borrow()
             .map(|s| s.logs.clone())
             .unwrap_or_default()
+    }
+
+    /// The log lines of the worker VMs only (those that see requests), in order: [`Self::logs`]
+    /// without the main thread's.
+    pub fn worker_logs(&self) -> Vec<LogEntry> {
+        let mut logs = self.logs();
+        logs.retain(|entry| !entry.main_thread);
+        logs
     }
 
     /// How many times the module called each hostcall (`proxy_*` and WASI functions, by
@@ -1681,6 +1790,42 @@ impl Service {
     /// A metric by name, every VM of the host together (see [`Plugin::metric`]).
     pub fn metric(&self, name: &str) -> Option<MetricValue> {
         self.plugin.metric(name)
+    }
+}
+
+/// The VMs Envoy 1.40 runs on its main thread beside an HTTP plugin's worker VMs
+/// ([`PluginBuilder::main_thread_vms`], [`Plugin::main_thread`]): a canary, dropped after its
+/// start sequence, and the VM that stays, with a root context, ticks and callouts but no
+/// streams. Cheap to clone.
+#[derive(Clone)]
+pub struct MainThread {
+    plugin: Plugin,
+    slot: usize,
+}
+
+impl MainThread {
+    /// The worker number its log lines ([`LogEntry::worker`]), callouts and errors carry: past
+    /// the plugin's workers (and the service's slot, if there is a service).
+    pub fn worker(&self) -> usize {
+        self.slot
+    }
+
+    /// The main-thread VMs' log lines (the canary's first), in order.
+    pub fn logs(&self) -> Vec<LogEntry> {
+        let mut logs = self.plugin.logs();
+        logs.retain(|entry| entry.worker == self.slot);
+        logs
+    }
+
+    /// The tick period the main-thread VM set, if any (its ticks fire on
+    /// [`Plugin::advance_clock`] as the workers' do).
+    pub fn tick_period(&self) -> Option<Duration> {
+        self.plugin.tick_period(self.slot)
+    }
+
+    /// Why the main-thread VM failed, if it did (it is never reloaded: it gets no streams).
+    pub fn vm_failure(&self) -> Option<HarnessError> {
+        self.plugin.vm_failure(self.slot)
     }
 }
 

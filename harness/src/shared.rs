@@ -125,6 +125,9 @@ pub(crate) struct SharedState {
     pub(crate) race: Option<Rc<RefCell<Scheduler>>>,
     /// Shared-data writes that can lose a concurrent update.
     pub(crate) hazards: Vec<SharedDataHazard>,
+    /// The worker slots of VMs that run on Envoy's main thread (a singleton service, the
+    /// plugin's main-thread VMs): their log lines say so ([`LogEntry::main_thread`]).
+    pub(crate) main_thread_slots: BTreeSet<usize>,
 }
 
 impl SharedState {
@@ -176,6 +179,7 @@ impl SharedState {
             hostcall_counts: HashMap::new(),
             race: None,
             hazards: Vec::new(),
+            main_thread_slots: BTreeSet::new(),
         }
     }
 
@@ -223,6 +227,7 @@ impl SharedState {
                 level,
                 message,
                 worker,
+                main_thread: self.main_thread_slots.contains(&worker),
             });
         }
     }

@@ -41,8 +41,14 @@ pub struct LogEntry {
     pub level: LogLevel,
     /// The message, without Envoy's `wasm log <plugin>:` prefix.
     pub message: String,
-    /// The worker (VM) that logged it.
+    /// The worker (VM) that logged it: a worker's number, or the slot of a VM on Envoy's main
+    /// thread (a singleton service's, [`crate::Service::worker`]; the plugin's main-thread VMs',
+    /// [`crate::MainThread::worker`]), past the workers.
     pub worker: usize,
+    /// Whether a VM on Envoy's main thread logged it (a singleton service, or one of the VMs
+    /// Envoy runs there beside an HTTP plugin's workers: [`crate::PluginBuilder::main_thread_vms`])
+    /// rather than a worker's VM.
+    pub main_thread: bool,
 }
 
 /// What Envoy does with requests once a VM has crashed

@@ -177,12 +177,13 @@ fn http_call_arguments_are_validated_like_envoy() {
     let plugin = builder(&wat).cluster("authz").start().unwrap();
     // unknown cluster, missing :authority, negative timeout, bad token pointer, then OK.
     assert_eq!(messages(&plugin), vec!["2", "2", "2", "6", "0"]);
+    // The worker's call and the main-thread VM's (the canary's was cancelled with it).
     let pending = plugin.pending_http_callouts();
-    assert_eq!(pending.len(), 1);
+    assert_eq!(pending.len(), 2);
     assert_eq!(pending[0].timeout, Duration::ZERO);
-    // No timeout: the call stays pending however long we wait.
+    // No timeout: the calls stay pending however long we wait.
     plugin.advance_clock(Duration::from_secs(3600)).unwrap();
-    assert_eq!(plugin.pending_http_callouts().len(), 1);
+    assert_eq!(plugin.pending_http_callouts().len(), 2);
 }
 
 fn grpc_filter() -> String {
@@ -270,7 +271,11 @@ fn grpc_unary_call_is_answered_by_the_mock_with_a_message() {
 
 #[test]
 fn grpc_errors_timeouts_and_streams_reach_the_module() {
-    let plugin = builder(&grpc_filter()).start().unwrap();
+    // One VM's calls and streams (the main-thread VM would open the same tokens).
+    let plugin = builder(&grpc_filter())
+        .main_thread_vms(false)
+        .start()
+        .unwrap();
     plugin.clear_logs();
     // The unary call times out: Envoy 1.40 reports UNAVAILABLE with the router's message and
     // its response code details.

@@ -230,8 +230,12 @@ fn log_level_filters_lines_and_is_reported_to_the_module() {
     assert_eq!(messages(&quiet), vec!["level 2", "2"]);
     let verbose = builder(&wat).log_level(LogLevel::Debug).start().unwrap();
     assert_eq!(messages(&verbose), vec!["debug line", "level 1", "2"]);
-    assert!(verbose.logs().iter().all(|l| l.worker == 0));
-    assert_eq!(verbose.logs()[0].level, LogLevel::Debug);
+    assert!(verbose.worker_logs().iter().all(|l| l.worker == 0));
+    assert_eq!(verbose.worker_logs()[0].level, LogLevel::Debug);
+    // The main thread's two start-ups (canary, then its own VM) logged the same, first.
+    let main = verbose.main_thread().unwrap();
+    assert_eq!(main.logs().len(), 6);
+    assert!(main.logs().iter().all(|l| l.main_thread && l.worker == 1));
 }
 
 #[test]

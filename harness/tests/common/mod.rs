@@ -140,9 +140,14 @@ pub fn builder(wat: &str) -> PluginBuilder {
     Harness::from_bytes(&bytes).unwrap()
 }
 
-/// The messages logged so far.
+/// The messages the worker VMs logged so far (not those of the VMs Envoy runs on its main
+/// thread: [`wasmesh_harness::PluginBuilder::main_thread_vms`]).
 pub fn messages(plugin: &wasmesh_harness::Plugin) -> Vec<String> {
-    plugin.logs().into_iter().map(|l| l.message).collect()
+    plugin
+        .worker_logs()
+        .into_iter()
+        .map(|l| l.message)
+        .collect()
 }
 
 /// Standard request headers.
