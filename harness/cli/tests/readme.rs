@@ -64,7 +64,7 @@ fn each_filter_readme_quotes_its_shipped_configurations_verbatim() {
             quoted += 1;
         }
     }
-    assert_eq!(quoted, 14, "seven filters, an Envoy and an Istio file each");
+    assert_eq!(quoted, 16, "eight filters, an Envoy and an Istio file each");
 }
 
 #[test]
