@@ -692,3 +692,38 @@ fn tcp_closes_and_traps() {
     assert!(connection.upstream_received().is_empty());
     assert!(messages(&plugin).is_empty());
 }
+
+/// Envoy's two-read form of the echo server's last bytes and end is folded into the one-read
+/// form; an end after the client's own end (no bytes of the upstream's before it) is kept.
+#[test]
+fn a_split_upstream_end_is_folded() {
+    let lines = |lines: &[&str]| lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    let mut split = lines(&[
+        "TCP upstream 4 0",
+        "TCP read 0 4",
+        "TCP edit 0 2",
+        "TCP upstream 0 1",
+        "TCP read 0 none",
+        "TCP upstream_close 0",
+    ]);
+    fold_split_upstream_end(&mut split);
+    assert_eq!(
+        split,
+        lines(&[
+            "TCP upstream 4 1",
+            "TCP read 0 4",
+            "TCP edit 0 2",
+            "TCP upstream_close 0",
+        ])
+    );
+    let after_client_end = lines(&[
+        "TCP upstream 3 0",
+        "TCP downstream 0 1",
+        "TCP read 0 0",
+        "TCP upstream 0 1",
+        "TCP read 0 0",
+    ]);
+    let mut kept = after_client_end.clone();
+    fold_split_upstream_end(&mut kept);
+    assert_eq!(kept, after_client_end);
+}
