@@ -126,7 +126,8 @@
 //!   `_initialize` N + 3 times) and N + 1 VMs tick; shared-data writes, queue registrations and
 //!   metrics of those start-ups count as in Envoy, and a queue's notifications go to whichever
 //!   VM registered it last (a worker's). Their log lines carry [`LogEntry::main_thread`];
-//!   [`Plugin::worker_logs`] leaves them out.
+//!   [`Plugin::worker_logs`] leaves them out. A singleton service's VMs start after the
+//!   plugin's main-thread VMs (Envoy starts bootstrap services once its listeners are loaded).
 //! - A singleton service (bootstrap extension `envoy.bootstrap.wasm`, `singleton: true`;
 //!   [`PluginBuilder::service`], [`PluginBuilder::start_service`], `tests/singleton_vs_envoy.rs`)
 //!   is one more VM, with a root context and no streams, sharing shared data and queues with
@@ -193,7 +194,10 @@
 //!   there side by side); here each has its own. Envoy's main thread and workers tick
 //!   independently (on the wall clock); here ticks due at the same virtual instant fire workers
 //!   first, then the service, then the main thread. A bootstrap service without `singleton`
-//!   (one VM per worker) is not emulated.
+//!   beside a plugin: Envoy 1.40 runs it as a plugin (base, canary and VM on the main thread,
+//!   then one VM per worker, after the plugin's on each worker); alone it is a plugin that gets
+//!   no requests (`tests/main_thread_vs_envoy.rs` compares that), but the harness cannot run
+//!   one beside another plugin.
 //! - The foreign functions that need Envoy's own libraries: `expr_create` (CEL: the harness has
 //!   no CEL parser or evaluator) answers `Unimplemented`, so `expr_evaluate` finds no token
 //!   (`NotFound`) and `expr_delete` is `Ok`; `sign` and `verify_signature` check their

@@ -304,7 +304,8 @@ impl PluginBuilder {
     /// resolving it under the service's vm_id), clock, logs, stats and limits; from `service`
     /// it takes its module, vm_id, root_id, plugin name, configurations, environment and
     /// properties (the log level, clusters, handlers and limits are this plugin's, the host's).
-    /// It starts before the plugin's workers. Reach it with [`Plugin::service`].
+    /// It starts after the plugin's main-thread VMs ([`Self::main_thread_vms`]) and before its
+    /// workers, as in Envoy 1.40. Reach it with [`Plugin::service`].
     pub fn service(mut self, service: PluginBuilder) -> Self {
         let mut settings = service.settings;
         settings.log_level = self.settings.log_level;
@@ -377,21 +378,22 @@ impl PluginBuilder {
             service,
             main_slot,
         };
-        // The service's VMs, then the plugin's main-thread VMs, then the workers' (Envoy 1.40
-        // creates bootstrap extensions before listeners, and its workers start once the main
-        // thread has loaded the configuration). On the main thread Envoy loads a module as a
-        // base VM that only runs `_initialize` (`proxy_wasm::createWasm`), runs the start
-        // sequence on a canary VM cloned from it, which it drops without `proxy_on_done` and
-        // whose ticks never fire (`WasmHandleBase::canary`), then on the main thread's own VM
+        // The plugin's main-thread VMs, then the service's, then the workers' (Envoy 1.40 loads
+        // its listeners' filters, then starts bootstrap services `onServerInitialized`, and its
+        // workers once the main thread is done; measured). On the main thread Envoy loads a
+        // module as a base VM that only runs `_initialize` (`proxy_wasm::createWasm`), runs
+        // the start sequence on a canary VM cloned from it, which it drops without
+        // `proxy_on_done` and whose ticks never fire (`WasmHandleBase::canary`), then on the
+        // main thread's own VM
         // (`getOrCreateThreadLocalPlugin`), which stays (measured:
         // `tests/singleton_vs_envoy.rs`, `tests/main_thread_vs_envoy.rs`). What the first two
         // did (logs, queue registrations, shared data) remains; queue notifications reach
         // whichever VM registered the queue last.
-        let service_vm = match service_slot {
+        let main_vm = match main_slot {
             Some(slot) => Some(inner.start_main_thread_vms(slot)?),
             None => None,
         };
-        let main_vm = match main_slot {
+        let service_vm = match service_slot {
             Some(slot) => Some(inner.start_main_thread_vms(slot)?),
             None => None,
         };

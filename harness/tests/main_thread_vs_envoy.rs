@@ -20,6 +20,10 @@
 //! it logs is `MT <event> <serial or status>`: start-up callbacks, queue registration, ticks,
 //! requests, queue notifications. A request enqueues on queue `q`, which every VM registers
 //! (the last registration wins: a worker's).
+//!
+//! With a bootstrap service (`envoy.bootstrap.wasm`) the same module also runs as `svc`: a
+//! singleton service's VMs start after the plugin's main-thread VMs, and a service without
+//! `singleton` runs as a plugin does (main-thread VMs, then one VM per worker).
 
 mod common;
 
@@ -468,4 +472,235 @@ fn worker_logs_leave_the_main_thread_out() {
     assert!(main.logs().iter().all(|e| e.main_thread && e.worker == 1));
     assert_eq!(main.logs().len(), 3 + 2 * 6);
     assert!(main.vm_failure().is_none());
+}
+
+/// A bootstrap service `envoy.bootstrap.wasm` beside the plugin, in Envoy: the module as
+/// `svc` (its own VM key, through its VM configuration) under the same vm_id, so the serials
+/// count both.
+fn envoy_with_service(
+    file: &WasmFile,
+    workers: u32,
+    singleton: bool,
+    with_filter: bool,
+) -> wasmesh_envoy::Envoy {
+    let filter = WasmFilter::new(&file.path)
+        .vm_id(VM_ID)
+        .root_id("mt")
+        .name("mt")
+        .vm_configuration("filter")
+        .configuration("cfg");
+    let service = WasmFilter::new(&file.path)
+        .vm_id(VM_ID)
+        .root_id("svc")
+        .name("svc")
+        .vm_configuration("service")
+        .configuration("svc-config");
+    let mut builder = EnvoyBuilder::new()
+        .direct_response(200, "ok")
+        .concurrency(workers);
+    if with_filter {
+        builder = builder.wasm_filter(filter);
+    }
+    let mut bootstrap = builder.bootstrap();
+    bootstrap["bootstrap_extensions"] = serde_json::json!([{
+        "name": "envoy.bootstrap.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+            "singleton": singleton,
+            "config": service.to_envoy_json()["typed_config"]["config"].clone(),
+        },
+    }]);
+    builder
+        .start_with_bootstrap(
+            &format!("{bootstrap:#}"),
+            wasmesh_envoy::BootstrapFormat::Json,
+        )
+        .unwrap()
+}
+
+/// Waits until each of `serials` ticked three times (wall-clock time: a generous deadline).
+fn wait_for_ticks(envoy: &wasmesh_envoy::Envoy, serials: &[u32]) {
+    let ticks = || -> BTreeMap<u32, usize> {
+        let mut ticks = BTreeMap::new();
+        for (_, line) in envoy_lines(&envoy.log()) {
+            if line.starts_with("MT tick ") {
+                *ticks.entry(serial(&line)).or_default() += 1;
+            }
+        }
+        ticks
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !serials
+        .iter()
+        .all(|s| ticks().get(s).is_some_and(|n| *n >= 3))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every VM ticked three times: {:?}\n{}",
+            ticks(),
+            envoy.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Envoy's `MT` lines with who logged them (`svc`, `mt`, or `-` for `_initialize`, which Envoy
+/// logs without a plugin) before the message.
+fn envoy_labelled(log: &str) -> Vec<(Thread, String)> {
+    let labels: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("MT "))
+        .map(|line| {
+            if line.contains("wasm log svc ") {
+                "svc"
+            } else if line.contains("wasm log mt ") {
+                "mt"
+            } else {
+                "-"
+            }
+        })
+        .collect();
+    envoy_lines(log)
+        .into_iter()
+        .zip(labels)
+        .map(|((thread, line), label)| (thread, format!("{label} {line}")))
+        .collect()
+}
+
+/// The harness's `MT` lines labelled as [`envoy_labelled`] does.
+fn harness_labelled(plugin: &wasmesh_harness::Plugin) -> Vec<(Thread, String)> {
+    let service = plugin.service().map(|s| s.worker());
+    plugin
+        .logs()
+        .into_iter()
+        .map(|entry| {
+            let label = if entry.message == "MT init 0" {
+                "-"
+            } else if Some(entry.worker) == service {
+                "svc"
+            } else {
+                "mt"
+            };
+            let thread = if entry.main_thread {
+                Thread::Main
+            } else {
+                Thread::Worker(entry.worker.to_string())
+            };
+            (thread, format!("{label} {}", entry.message))
+        })
+        .collect()
+}
+
+/// The main thread's start-up lines (no ticks), and each worker thread's lines.
+fn by_thread(lines: &[(Thread, String)]) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut main = Vec::new();
+    let mut workers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (thread, line) in lines {
+        if line.contains("MT tick ") {
+            continue;
+        }
+        match thread {
+            Thread::Main => main.push(line.clone()),
+            Thread::Worker(id) => workers.entry(id.clone()).or_default().push(line.clone()),
+        }
+    }
+    let mut workers: Vec<Vec<String>> = workers.into_values().collect();
+    workers.sort();
+    (main, workers)
+}
+
+/// Who ticked: (main thread?, label and serial).
+fn tickers(lines: &[(Thread, String)]) -> BTreeSet<(bool, String)> {
+    lines
+        .iter()
+        .filter(|(_, line)| line.contains("MT tick "))
+        .map(|(thread, line)| (*thread == Thread::Main, line.clone()))
+        .collect()
+}
+
+/// A singleton service beside the plugin: Envoy 1.40 starts the plugin's main-thread VMs
+/// (serials 1 and 2), then the service's (3 and 4: base, canary, its VM), then the worker's (5).
+#[test]
+fn a_singleton_service_starts_after_the_plugins_main_thread_vms_as_in_envoy() {
+    if envoy::skip_requested() {
+        return;
+    }
+    let bytes = wat::parse_str(module()).unwrap();
+    let service = builder(&module())
+        .vm_id(VM_ID)
+        .root_id("svc")
+        .vm_config("service")
+        .config("svc-config");
+    let plugin = builder(&module())
+        .vm_id(VM_ID)
+        .root_id("mt")
+        .vm_config("filter")
+        .config("cfg")
+        .service(service)
+        .start()
+        .unwrap();
+    plugin
+        .advance_clock(Duration::from_millis(3 * TICK_MS))
+        .unwrap();
+    let harness = harness_labelled(&plugin);
+
+    let file = WasmFile::new("main-thread-singleton", &bytes);
+    let envoy = envoy_with_service(&file, 1, true, true);
+    wait_for_ticks(&envoy, &[2, 4, 5]);
+    let envoy = envoy_labelled(&envoy.log());
+
+    let (harness_main, harness_workers) = by_thread(&harness);
+    let (envoy_main, envoy_workers) = by_thread(&envoy);
+    eprintln!("harness main thread: {harness_main:#?}\nenvoy main thread: {envoy_main:#?}");
+    assert_eq!(harness_main, envoy_main, "main thread");
+    assert_eq!(harness_workers, envoy_workers, "worker");
+    assert_eq!(tickers(&harness), tickers(&envoy), "who ticks");
+    assert_eq!(
+        tickers(&harness),
+        BTreeSet::from([
+            (true, "mt MT tick 2".to_string()),
+            (true, "svc MT tick 4".to_string()),
+            (false, "mt MT tick 5".to_string()),
+        ])
+    );
+}
+
+/// A bootstrap service without `singleton` alone: Envoy 1.40 runs it as it runs a plugin (base,
+/// canary and VM on the main thread, then one VM per worker, every one but the canary ticking),
+/// so in the harness it is a plugin that gets no requests.
+#[test]
+fn a_service_without_singleton_runs_as_a_plugin_without_requests() {
+    if envoy::skip_requested() {
+        return;
+    }
+    let bytes = wat::parse_str(module()).unwrap();
+    let plugin = builder(&module())
+        .vm_id(VM_ID)
+        .root_id("svc")
+        .vm_config("service")
+        .config("svc-config")
+        .workers(2)
+        .start()
+        .unwrap();
+    plugin
+        .advance_clock(Duration::from_millis(3 * TICK_MS))
+        .unwrap();
+    // Every line labelled `svc` but `_initialize`'s.
+    let harness: Vec<(Thread, String)> = harness_labelled(&plugin)
+        .into_iter()
+        .map(|(thread, line)| (thread, line.replacen("mt MT", "svc MT", 1)))
+        .collect();
+
+    let file = WasmFile::new("main-thread-per-worker", &bytes);
+    let envoy = envoy_with_service(&file, 2, false, false);
+    wait_for_ticks(&envoy, &[2, 3, 4]);
+    let envoy = envoy_labelled(&envoy.log());
+
+    let (harness_main, harness_workers) = by_thread(&harness);
+    let (envoy_main, envoy_workers) = by_thread(&envoy);
+    eprintln!("harness: {harness_main:#?} {harness_workers:#?}");
+    eprintln!("envoy: {envoy_main:#?} {envoy_workers:#?}");
+    assert_eq!(harness_main, envoy_main, "main thread");
+    assert_eq!(harness_workers, envoy_workers, "workers");
+    assert_eq!(tickers(&harness), tickers(&envoy), "who ticks");
 }
