@@ -256,18 +256,24 @@ fn failed_fetches_are_retried_with_backoff_on_the_root_tick() {
 fn async_fetch_loads_keys_before_requests_and_refreshes_them() {
     let plugin = remote_plugin(json!({"async_fetch": {}, "cache_duration": "60s"}));
     plugin.advance_clock(Duration::from_secs(1)).unwrap();
-    plugin
-        .respond_http_callout(
-            pending_token(&plugin),
-            CalloutReply::ok(200, jwks_document()),
-        )
-        .unwrap();
+    // The worker's VM and, as in Envoy, the VM on its main thread each fetch.
+    let pending = plugin.pending_http_callouts();
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    for fetch in pending {
+        plugin
+            .respond_http_callout_on(
+                fetch.worker,
+                fetch.token,
+                CalloutReply::ok(200, jwks_document()),
+            )
+            .unwrap();
+    }
     let stream = send(&plugin, "ES384");
     assert_eq!(stream.request_state(), StreamState::Continued);
     plugin.advance_clock(Duration::from_secs(60)).unwrap();
     assert_eq!(
         plugin.pending_http_callouts().len(),
-        1,
+        2,
         "refreshed in the background"
     );
     // While the refresh is in flight, the old keys keep serving.
