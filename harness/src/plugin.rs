@@ -502,23 +502,20 @@ impl PluginInner {
         Ok((vm, self.elapsed()))
     }
 
-    /// Cancels the callouts a dropped VM of `slot` left pending (Envoy cancels a context's
-    /// requests when it goes): no handler answers them and no timeout fires. They stay in
-    /// [`Plugin::http_callouts`] and [`Plugin::grpc_callouts`]: they were dispatched.
+    /// Cancels the callouts a dropped VM of `slot` made (Envoy cancels a context's requests when
+    /// it goes, before its main thread's event loop ever sends them): no handler answers them,
+    /// no timeout fires, and they are not in [`Plugin::http_callouts`] or
+    /// [`Plugin::grpc_callouts`], as no upstream receives them.
     fn cancel_callouts(&mut self, slot: usize) {
         let Ok(mut shared) = self.shared.try_borrow_mut() else {
             return;
         };
-        for record in shared.http_callouts.iter_mut() {
-            if record.callout.worker == slot {
-                record.status = CalloutStatus::Done;
-            }
-        }
-        for record in shared.grpc_callouts.iter_mut() {
-            if record.callout.worker == slot {
-                record.status = CalloutStatus::Done;
-            }
-        }
+        shared
+            .http_callouts
+            .retain(|record| record.callout.worker != slot);
+        shared
+            .grpc_callouts
+            .retain(|record| record.callout.worker != slot);
         shared.events.retain(|event| match event {
             Event::HttpCalloutDispatched { worker, .. }
             | Event::GrpcCallDispatched { worker, .. }

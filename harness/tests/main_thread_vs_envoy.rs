@@ -704,3 +704,86 @@ fn a_service_without_singleton_runs_as_a_plugin_without_requests() {
     assert_eq!(harness_workers, envoy_workers, "workers");
     assert_eq!(tickers(&harness), tickers(&envoy), "who ticks");
 }
+
+/// A module that dispatches an HTTP callout from `proxy_on_configure` and logs `CO answered
+/// <status count>` when its answer arrives.
+fn callout_module() -> String {
+    let mut t = Strings::new();
+    let cluster = t.s("rec");
+    let headers = t.map(&[
+        (":method", "GET"),
+        (":path", "/configure"),
+        (":authority", "rec"),
+    ]);
+    let empty = t.s("");
+    let answered = t.s("CO answered");
+    common::module(&format!(
+        r#"
+  {data}
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $proxy_http_call {cluster} {headers} {empty} (i32.const 0) (i32.const 0) (i32.const 5000) (i32.const 520)))
+    (i32.const 1))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (call $log1 {answered} (local.get 2)))
+"#,
+        data = t.data(),
+    ))
+}
+
+/// A callout dispatched at start-up: the canary's never reaches the upstream (Envoy cancels it
+/// with the canary), the main thread's VM's and the worker's do, and their answers arrive.
+#[test]
+fn start_up_callouts_of_the_main_thread_match_envoy() {
+    if envoy::skip_requested() {
+        return;
+    }
+    let bytes = wat::parse_str(callout_module()).unwrap();
+    let plugin = builder(&callout_module())
+        .cluster("rec")
+        .http_callout_handler(|_| wasmesh_harness::CalloutReply::ok(200, "{}"))
+        .start()
+        .unwrap();
+    let harness_callouts = plugin.http_callouts().len();
+    let harness_answers = plugin
+        .logs()
+        .iter()
+        .filter(|e| e.message.starts_with("CO answered"))
+        .count();
+    assert!(plugin.pending_http_callouts().is_empty());
+
+    let upstream = wasmesh_envoy::TestServer::echo().unwrap();
+    let file = WasmFile::new("main-thread-callout", &bytes);
+    let envoy = EnvoyBuilder::new()
+        .wasm_filter(WasmFilter::new(&file.path).name("co"))
+        .cluster(wasmesh_envoy::Cluster::new("rec", upstream.addr()))
+        .direct_response(200, "ok")
+        .concurrency(1)
+        .start()
+        .unwrap();
+    let answers = || {
+        envoy
+            .log()
+            .lines()
+            .filter(|l| l.contains("CO answered"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while answers() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Anything more (the canary's) would have arrived by now.
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!("harness: {harness_callouts} callouts, {harness_answers} answers");
+    eprintln!(
+        "envoy: {} requests, {} answers",
+        upstream.requests().len(),
+        answers()
+    );
+    assert_eq!(
+        harness_callouts,
+        upstream.requests().len(),
+        "callouts received"
+    );
+    assert_eq!(harness_answers, answers(), "answers");
+    assert_eq!(harness_callouts, 2);
+}
