@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::format::{CalloutExpect, Expect, UpstreamExpect};
-use crate::observe::{header, Callout, Response, StepObservation, UpstreamRequest};
+use crate::format::{CalloutExpect, ClosedBy, ConnectionExpect, Expect, UpstreamExpect};
+use crate::load::body_bytes;
+use crate::observe::{header, Callout, ConnectionSeen, Response, StepObservation, UpstreamRequest};
 
 /// The verdict on one expected fact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +159,7 @@ fn fields(expect: &Expect) -> Vec<String> {
     add(!expect.shared_data.is_empty(), "shared_data");
     add(expect.vm_failed.is_some(), "vm_failed");
     add(!expect.statuses.is_empty(), "statuses");
+    add(expect.connection.is_some(), "connection");
     fields
 }
 
@@ -216,7 +218,73 @@ pub fn check(expect: &Expect, seen: &StepObservation) -> Vec<Check> {
             format!("{got:?}"),
         );
     }
+    if let Some(wanted) = &expect.connection {
+        check_connection(&mut checks, wanted, seen.connection.as_ref());
+    }
     checks.checks
+}
+
+fn check_connection(checks: &mut Checks, wanted: &ConnectionExpect, got: Option<&ConnectionSeen>) {
+    let Some(got) = got else {
+        checks.holds(
+            "connection",
+            false,
+            "a connection".to_string(),
+            "none".to_string(),
+        );
+        return;
+    };
+    if let Some(connected) = wanted.upstream_connected {
+        checks.equal(
+            "connection.upstream_connected",
+            connected.to_string(),
+            got.upstream_connected.to_string(),
+        );
+    }
+    for (field, text, base64, bytes) in [
+        (
+            "connection.upstream_received",
+            &wanted.upstream_received,
+            &wanted.upstream_received_base64,
+            &got.upstream_received,
+        ),
+        (
+            "connection.client_received",
+            &wanted.client_received,
+            &wanted.client_received_base64,
+            &got.client_received,
+        ),
+    ] {
+        if let Some(expected) = body_bytes(text.as_deref(), base64.as_deref()) {
+            checks.equal(field, show_bytes(&expected), show_bytes(bytes));
+        }
+    }
+    if let Some(end) = wanted.client_got_end {
+        checks.equal(
+            "connection.client_got_end",
+            end.to_string(),
+            got.client_got_end.to_string(),
+        );
+    }
+    if let Some(closed) = wanted.closed {
+        match got.closed {
+            None => checks.unobservable(
+                "connection.closed",
+                "this judge cannot tell who closed the connection",
+            ),
+            Some(seen) => checks.equal("connection.closed", show_closed(closed), show_closed(seen)),
+        }
+    }
+}
+
+/// How a report shows who closed a connection.
+pub fn show_closed(closed: ClosedBy) -> String {
+    match closed {
+        ClosedBy::Open => "open",
+        ClosedBy::Client => "client",
+        ClosedBy::Proxy => "proxy",
+    }
+    .to_string()
 }
 
 fn check_response(checks: &mut Checks, expect: &Expect, response: Option<&Response>) {

@@ -24,24 +24,27 @@
 //!   `start_time` or `seed`.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use wasmesh_envoy::{
-    client, refused_address, ClientResponse, Cluster, Envoy, EnvoyBuilder, EnvoyError, GrpcAnswer,
-    GrpcRequest, GrpcTestServer, HttpRequest, HttpResponse, MockReply, MockServer, ReceivedRequest,
-    Route, WasmFilter, RESPONSE_CODE_DETAILS_HEADER,
+    client, refused_address, BootstrapFormat, ClientResponse, Cluster, Envoy, EnvoyBuilder,
+    EnvoyError, GrpcAnswer, GrpcRequest, GrpcTestServer, HttpRequest, HttpResponse, MockReply,
+    MockServer, ReceivedRequest, Route, WasmFilter, RESPONSE_CODE_DETAILS_HEADER,
 };
 
 use crate::format::{
-    Answer, Expect, Failure, LogLevelName, Protocol, Request, Step, UpstreamAnswer,
+    Answer, ClosedBy, Connection, Expect, Failure, LogLevelName, Protocol, Request, Step,
+    TcpUpstream, UpstreamAnswer,
 };
-use crate::harness_judge::find_answer;
-use crate::load::{body_bytes, ScenarioFile};
-use crate::observe::{header, Callout, Response, StepObservation, UpstreamRequest};
+use crate::harness_judge::{find_answer, SOURCE_PORT};
+use crate::load::{body_bytes, source_ip, ScenarioFile};
+use crate::observe::{header, Callout, ConnectionSeen, Response, StepObservation, UpstreamRequest};
 use crate::ScenarioError;
 
 /// The cluster the route sends requests to: a name no scenario is likely to give one of its own
@@ -136,6 +139,10 @@ pub struct EnvoyJudge {
     refused_clusters: Vec<String>,
     /// What precedes a message of the module in Envoy's log.
     log_marker: String,
+    /// The upstream of a scenario of connections (`tcp_proxy`'s cluster).
+    tcp_upstream: Option<TcpUpstreamServer>,
+    /// Its clients send a PROXY protocol header (some connection names its source address).
+    proxy_protocol: bool,
     _wasm: WasmFile,
 }
 
@@ -171,12 +178,22 @@ impl EnvoyJudge {
             // Request trailers reach the filter over HTTP/1 only with this, as the harness
             // judge delivers them.
             .connection_manager_field("http_protocol_options", json!({"enable_trailers": true}))
-            .wasm_filter(filter)
-            .cluster(Cluster::new(UPSTREAM_CLUSTER, upstream.addr()))
+            .wasm_filter(filter.clone())
             .route(Route::Cluster {
                 name: UPSTREAM_CLUSTER.to_string(),
                 timeout: ROUTE_TIMEOUT,
             });
+        // A scenario of connections runs the module as a network filter before `tcp_proxy`,
+        // whose cluster is a TCP server playing each step's upstream.
+        let tcp_upstream = if network_scenario(scenario) {
+            Some(TcpUpstreamServer::start()?)
+        } else {
+            None
+        };
+        let upstream_addr = tcp_upstream
+            .as_ref()
+            .map_or_else(|| upstream.addr(), |server| server.addr);
+        builder = builder.cluster(Cluster::new(UPSTREAM_CLUSTER, upstream_addr));
         let http_calls: CallLog = Arc::default();
         let grpc_calls: CallLog = Arc::default();
         let mut http_servers = Vec::new();
@@ -216,7 +233,18 @@ impl EnvoyJudge {
                 Protocol::Grpc => envoy_cluster.http2(),
             });
         }
-        let envoy = builder.start()?;
+        let envoy = if tcp_upstream.is_some() {
+            // Envoy's `connection` logger says how each connection closed.
+            let builder = builder.component_log_levels(format!(
+                "wasm:{},connection:debug,conn_handler:debug",
+                log_level(scenario.log_level)
+            ));
+            let bootstrap =
+                network_bootstrap(builder.bootstrap(), &filter, uses_source_address(scenario));
+            builder.start_with_bootstrap(&format!("{bootstrap:#}"), BootstrapFormat::Json)?
+        } else {
+            builder.start()?
+        };
         Ok(Self {
             envoy,
             upstream,
@@ -227,6 +255,8 @@ impl EnvoyJudge {
             _grpc_servers: grpc_servers,
             refused_clusters,
             log_marker: log_marker(PLUGIN_NAME, &scenario.root_id),
+            tcp_upstream,
+            proxy_protocol: uses_source_address(scenario),
             _wasm: wasm,
         })
     }
@@ -249,6 +279,9 @@ impl EnvoyJudge {
         let grpc_before = lock(&self.grpc_calls).len();
         let log_before = self.envoy.log().len();
         let mut seen = StepObservation::default();
+        if let Some(connection) = &step.connection {
+            seen.connection = Some(self.connection(index, connection)?);
+        }
         if let Some(request) = &step.request {
             let answer = step.upstream.clone().unwrap_or_default();
             *lock(&self.staged) = MockReply::respond(upstream_response(&answer));
@@ -282,6 +315,140 @@ impl EnvoyJudge {
             observed_response(response, received.is_some()),
             received.map(|seen| upstream_request(&seen)),
         ))
+    }
+
+    /// One TCP connection through the listener: the client's actions, each followed by a wait
+    /// until nothing moves (the client reads nothing more, the upstream receives nothing more,
+    /// Envoy logs nothing more); observed, then wound down as the harness judge does.
+    fn connection(
+        &self,
+        index: usize,
+        connection: &Connection,
+    ) -> Result<ConnectionSeen, ScenarioError> {
+        let Some(server) = &self.tcp_upstream else {
+            return Err(ScenarioError::Invalid {
+                file: String::new(),
+                line: None,
+                field: format!("steps[{index}].connection"),
+                message: "a connection in a scenario of requests".to_string(),
+            });
+        };
+        let upstream_before = server.connections();
+        server.stage(connection.upstream.clone().unwrap_or_default());
+        let log_before = self.envoy.log().len();
+        let listener = self.envoy.listener_addr();
+        let mut client = TcpStream::connect(listener).map_err(|error| {
+            self.step_error(
+                index,
+                envoy_io(format!("connecting to the listener {listener}"), error),
+            )
+        })?;
+        // The client's address as Envoy sees it: the PROXY header's, else the socket's.
+        let client_address = match connection.source_address.as_deref().and_then(source_ip) {
+            Some((ip, port)) => Some(SocketAddr::new(ip, port.unwrap_or(SOURCE_PORT)).to_string()),
+            None => client.local_addr().ok().map(|local| local.to_string()),
+        };
+        if self.proxy_protocol {
+            // Envoy's `proxy_protocol` listener filter takes the client's address from it.
+            let header = proxy_protocol_header(connection.source_address.as_deref(), listener);
+            let _ = client.write_all(header.as_bytes());
+        }
+        let mut reading = ClientReading::default();
+        self.settle(&mut client, &mut reading, server);
+        let mut ended = false;
+        for action in &connection.client {
+            if action.end {
+                let _ = client.shutdown(Shutdown::Write);
+                ended = true;
+            } else {
+                let bytes = body_bytes(action.send.as_deref(), action.send_base64.as_deref())
+                    .unwrap_or_default();
+                // After Envoy closed the connection a write may fail: nothing more happens.
+                if client.write_all(&bytes).is_err() {
+                    break;
+                }
+            }
+            self.settle(&mut client, &mut reading, server);
+        }
+        let log = self.envoy.log();
+        let stretch = log.get(log_before..).unwrap_or_default();
+        let seen = ConnectionSeen {
+            upstream_connected: server.connections() > upstream_before,
+            upstream_received: server.received(upstream_before),
+            client_received: reading.received.clone(),
+            client_got_end: reading.ended,
+            closed: client_address.and_then(|client| closed_by(stretch, &client)),
+        };
+        if !ended {
+            let _ = client.shutdown(Shutdown::Write);
+            self.settle(&mut client, &mut reading, server);
+        }
+        drop(client);
+        self.settle_log();
+        Ok(seen)
+    }
+
+    /// Waits until nothing moves for [`IDLE`]: the client reads nothing more (or read the
+    /// connection's end), the upstream receives nothing more, Envoy's log stays the same.
+    /// Bounded by [`SETTLE_CONNECTION_LIMIT`]; a wait, never a timing assertion.
+    fn settle(
+        &self,
+        client: &mut TcpStream,
+        reading: &mut ClientReading,
+        server: &TcpUpstreamServer,
+    ) {
+        let _ = client.set_read_timeout(Some(POLL_EVERY));
+        let deadline = Instant::now() + SETTLE_CONNECTION_LIMIT;
+        let mut last = (usize::MAX, usize::MAX, usize::MAX);
+        let mut still_since = Instant::now();
+        let mut buffer = [0u8; 4096];
+        while Instant::now() < deadline {
+            if reading.ended {
+                std::thread::sleep(POLL_EVERY);
+            } else {
+                match client.read(&mut buffer) {
+                    Ok(0) => reading.ended = true,
+                    Ok(count) => reading
+                        .received
+                        .extend_from_slice(buffer.get(..count).unwrap_or_default()),
+                    Err(error)
+                        if matches!(
+                            error.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => reading.ended = true,
+                }
+            }
+            let now = (
+                reading.received.len() + usize::from(reading.ended),
+                server.total(),
+                self.envoy.log().len(),
+            );
+            if now != last {
+                last = now;
+                still_since = Instant::now();
+            } else if still_since.elapsed() >= IDLE {
+                return;
+            }
+        }
+    }
+
+    /// Waits until Envoy's log stays the same for [`IDLE`] (the filter's last callbacks after a
+    /// close), bounded by [`SETTLE_CONNECTION_LIMIT`].
+    fn settle_log(&self) {
+        let deadline = Instant::now() + SETTLE_CONNECTION_LIMIT;
+        let mut last = usize::MAX;
+        let mut still_since = Instant::now();
+        while Instant::now() < deadline {
+            let now = self.envoy.log().len();
+            if now != last {
+                last = now;
+                still_since = Instant::now();
+            } else if still_since.elapsed() >= IDLE {
+                return;
+            }
+            std::thread::sleep(POLL_EVERY);
+        }
     }
 
     /// `count` copies of the request on parallel connections, released together; their
@@ -417,6 +584,235 @@ fn poll_until<T>(collect: impl Fn() -> T, done: impl Fn(&T) -> bool) -> T {
             return value;
         }
         std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// An I/O error of the Envoy judge's own sockets, with what it was doing.
+fn envoy_io(context: impl Into<String>, source: std::io::Error) -> EnvoyError {
+    EnvoyError::Io {
+        context: context.into(),
+        source,
+    }
+}
+
+/// How long nothing may move on a connection before the Envoy judge takes it as settled.
+const IDLE: Duration = Duration::from_millis(400);
+/// How long one wait on a connection may last at most.
+const SETTLE_CONNECTION_LIMIT: Duration = Duration::from_secs(10);
+
+/// What the client of a connection step read so far.
+#[derive(Debug, Default)]
+struct ClientReading {
+    received: Vec<u8>,
+    /// It read the connection's end (or the connection broke).
+    ended: bool,
+}
+
+/// Whether a scenario drives connections (a network filter) rather than requests.
+fn network_scenario(scenario: &crate::format::Scenario) -> bool {
+    scenario.steps.iter().any(|step| step.connection.is_some())
+}
+
+/// Whether any connection of the scenario names the client's address, which the client then
+/// tells Envoy with a PROXY protocol header.
+fn uses_source_address(scenario: &crate::format::Scenario) -> bool {
+    scenario.steps.iter().any(|step| {
+        step.connection
+            .as_ref()
+            .is_some_and(|connection| connection.source_address.is_some())
+    })
+}
+
+/// The PROXY protocol (v1) header that gives Envoy the client's address: the scenario's (its
+/// port, or the harness judge's default), or `UNKNOWN` (Envoy keeps the real one).
+fn proxy_protocol_header(source: Option<&str>, listener: SocketAddr) -> String {
+    let Some((ip, port)) = source.and_then(source_ip) else {
+        return "PROXY UNKNOWN\r\n".to_string();
+    };
+    let port = port.unwrap_or(SOURCE_PORT);
+    match ip {
+        IpAddr::V4(ip) => format!(
+            "PROXY TCP4 {ip} {} {port} {}\r\n",
+            listener.ip(),
+            listener.port()
+        ),
+        IpAddr::V6(ip) => format!("PROXY TCP6 {ip} ::1 {port} {}\r\n", listener.port()),
+    }
+}
+
+/// The listener of a scenario of connections: the module as `envoy.filters.network.wasm`, then
+/// `tcp_proxy` to the upstream's cluster; with `proxy_protocol`, the listener filter that reads
+/// the client's address from a PROXY header.
+fn network_bootstrap(mut bootstrap: Value, filter: &WasmFilter, proxy_protocol: bool) -> Value {
+    let config = filter.to_envoy_json()["typed_config"]["config"].clone();
+    if let Some(listener) = bootstrap
+        .pointer_mut("/static_resources/listeners/0")
+        .and_then(Value::as_object_mut)
+    {
+        listener.insert(
+            "filter_chains".to_string(),
+            json!([{ "filters": [
+                {
+                    "name": "envoy.filters.network.wasm",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+                        "config": config,
+                    },
+                },
+                {
+                    "name": "envoy.filters.network.tcp_proxy",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                        "stat_prefix": "wasmesh_scenario",
+                        "cluster": UPSTREAM_CLUSTER,
+                    },
+                },
+            ] }]),
+        );
+        if proxy_protocol {
+            listener.insert(
+                "listener_filters".to_string(),
+                json!([{
+                    "name": "envoy.filters.listener.proxy_protocol",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+                    },
+                }]),
+            );
+        }
+    }
+    bootstrap
+}
+
+/// How Envoy closed the downstream connection from `client` (the address Envoy gives the
+/// client, after the PROXY header), from its debug lines in `log`: the connection's id on
+/// `conn_handler`'s `new connection from <client>`, then `connection`'s `closing socket: <event>`
+/// for that id (0 `RemoteClose`: the client; 1 `LocalClose`: Envoy), or none yet (open).
+/// `None` when the log does not show the connection.
+fn closed_by(log: &str, client: &str) -> Option<ClosedBy> {
+    let accepted = format!("] new connection from {client}");
+    let id = log.lines().rev().find_map(|line| {
+        let (before, _) = line.split_once(&accepted)?;
+        let (_, id) = before.rsplit_once("\"ConnectionId\":\"")?;
+        Some(id.trim_end_matches('"').to_string())
+    })?;
+    let closing = format!("\"ConnectionId\":\"{id}\"] closing socket: ");
+    let event = log.lines().find_map(|line| {
+        let (_, event) = line.split_once(&closing)?;
+        Some(event.trim().to_string())
+    });
+    Some(match event.as_deref() {
+        None => ClosedBy::Open,
+        Some("0") => ClosedBy::Client,
+        Some(_) => ClosedBy::Proxy,
+    })
+}
+
+/// The TCP server behind `tcp_proxy`'s cluster: it plays the current step's upstream on each
+/// connection (echo, or the scripted replies, one per read), ends its side after a reply that
+/// says so or once it reads the client's end, and records what each connection received.
+struct TcpUpstreamServer {
+    addr: SocketAddr,
+    staged: Arc<Mutex<TcpUpstream>>,
+    /// What each connection received, in the order they were accepted.
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl TcpUpstreamServer {
+    fn start() -> Result<Self, ScenarioError> {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .map_err(|error| envoy_io("binding the TCP upstream", error))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|error| envoy_io("reading the TCP upstream's address", error))?;
+        let staged: Arc<Mutex<TcpUpstream>> = Arc::default();
+        let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let server = Self {
+            addr,
+            staged: Arc::clone(&staged),
+            received: Arc::clone(&received),
+        };
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let index = {
+                    let mut received = lock(&received);
+                    received.push(Vec::new());
+                    received.len() - 1
+                };
+                let script = lock(&staged).clone();
+                let received = Arc::clone(&received);
+                std::thread::spawn(move || play_upstream(stream, &script, &received, index));
+            }
+        });
+        Ok(server)
+    }
+
+    /// Plays `upstream` on the connections accepted from now on.
+    fn stage(&self, upstream: TcpUpstream) {
+        *lock(&self.staged) = upstream;
+    }
+
+    /// How many connections it accepted.
+    fn connections(&self) -> usize {
+        lock(&self.received).len()
+    }
+
+    /// What connection `index` received (empty if there was none).
+    fn received(&self, index: usize) -> Vec<u8> {
+        lock(&self.received).get(index).cloned().unwrap_or_default()
+    }
+
+    /// Every byte it received, over all connections.
+    fn total(&self) -> usize {
+        let received = lock(&self.received);
+        received.iter().map(Vec::len).sum::<usize>() + received.len()
+    }
+}
+
+/// One upstream connection: each read answered, its side ended as the scenario says.
+fn play_upstream(
+    mut stream: TcpStream,
+    upstream: &TcpUpstream,
+    received: &Mutex<Vec<Vec<u8>>>,
+    index: usize,
+) {
+    let mut buffer = [0u8; 4096];
+    let mut open = true;
+    let mut next = 0;
+    loop {
+        let count = match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(count) => count,
+        };
+        let read = buffer.get(..count).unwrap_or_default();
+        if let Some(seen) = lock(received).get_mut(index) {
+            seen.extend_from_slice(read);
+        }
+        if !open {
+            continue;
+        }
+        let (answer, end) = match &upstream.replies {
+            None => (read.to_vec(), false),
+            Some(replies) => match replies.get(next) {
+                Some(reply) => {
+                    next += 1;
+                    let bytes = body_bytes(reply.send.as_deref(), reply.send_base64.as_deref());
+                    (bytes.unwrap_or_default(), reply.end)
+                }
+                None => (Vec::new(), false),
+            },
+        };
+        if !answer.is_empty() {
+            let _ = stream.write_all(&answer);
+        }
+        if end {
+            let _ = stream.shutdown(Shutdown::Write);
+            open = false;
+        }
+    }
+    if open {
+        let _ = stream.shutdown(Shutdown::Write);
     }
 }
 

@@ -7,16 +7,20 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use wasmesh_harness::{
-    CalloutReply, ClientRequest, GrpcCallout, GrpcReply, Harness, HarnessError, HttpCallout,
-    HttpStream, LogLevel, MetricValue, Plugin, StreamState, UpstreamResponse,
+    Action, CalloutReply, ClientRequest, GrpcCallout, GrpcReply, Harness, HarnessError,
+    HttpCallout, HttpStream, LogLevel, MetricValue, PeerType, Plugin, StreamState, TcpConnection,
+    UpstreamResponse,
 };
 
 use crate::format::{
-    Answer, Cluster, Failure, LogLevelName, Protocol, Request, Step, UpstreamAnswer,
+    Answer, ClosedBy, Cluster, Connection, Failure, LogLevelName, Protocol, Request, Step,
+    TcpReply, TcpUpstream, UpstreamAnswer,
 };
-use crate::load::{body_bytes, ScenarioFile};
-use crate::observe::{header, Callout, Response, StepObservation, UpstreamRequest};
+use crate::load::{body_bytes, source_ip, ScenarioFile};
+use crate::observe::{header, Callout, ConnectionSeen, Response, StepObservation, UpstreamRequest};
 use crate::ScenarioError;
 
 /// How far the clock moves at a time while the module holds a request (a delay, a callout that
@@ -131,6 +135,9 @@ impl HarnessJudge {
         let mut seen = StepObservation::default();
         if let Some(by) = step.advance_ms {
             self.advance(Duration::from_millis(by))?;
+        }
+        if let Some(connection) = &step.connection {
+            seen.connection = Some(self.connection(step, connection)?);
         }
         if let Some(request) = &step.request {
             let upstream = step.upstream.clone().unwrap_or_default();
@@ -337,6 +344,64 @@ impl HarnessJudge {
         Ok((response, Some(reached)))
     }
 
+    /// One TCP connection on the step's worker: the client's actions, each followed by the
+    /// upstream's answers; observed once the actions are done, then wound down (the client
+    /// ends its side if it has not, the upstream answers that end) so the filter's last
+    /// callbacks run within the step.
+    fn connection(
+        &self,
+        step: &Step,
+        connection: &Connection,
+    ) -> Result<ConnectionSeen, ScenarioError> {
+        let mut tcp = self.plugin.tcp_connection_on(step.worker);
+        for property in &step.properties {
+            let path: Vec<&str> = property.path.iter().map(String::as_str).collect();
+            tcp.property(&path, property.value.to_harness());
+        }
+        if let Some((ip, port)) = connection.source_address.as_deref().and_then(source_ip) {
+            let port = port.unwrap_or(SOURCE_PORT);
+            tcp.property(
+                &["source", "address"],
+                SocketAddr::new(ip, port).to_string(),
+            );
+            tcp.property(&["source", "port"], i64::from(port));
+        }
+        if let Some(sni) = &connection.sni {
+            tcp.property(&["connection", "requested_server_name"], sni.as_str());
+        }
+        let mut upstream = TcpUpstreamPlay::new(connection.upstream.as_ref());
+        tolerate_crash(tcp.open())?;
+        upstream.react(&mut tcp)?;
+        for action in &connection.client {
+            // A client still writes to a connection Envoy closed; nothing reaches the filter.
+            if tcp.closed().is_some() {
+                break;
+            }
+            let bytes = body_bytes(action.send.as_deref(), action.send_base64.as_deref())
+                .unwrap_or_default();
+            tolerate_crash(tcp.downstream_data(&bytes, action.end))?;
+            upstream.react(&mut tcp)?;
+        }
+        let seen = ConnectionSeen {
+            upstream_connected: upstream.connected,
+            upstream_received: tcp.upstream_received(),
+            client_received: tcp.downstream_received(),
+            client_got_end: tcp.client_got_end() || tcp.closed().is_some(),
+            closed: Some(match tcp.closed() {
+                None => ClosedBy::Open,
+                Some(PeerType::Remote) => ClosedBy::Client,
+                Some(PeerType::Local | PeerType::Unknown) => ClosedBy::Proxy,
+            }),
+        };
+        let client_ended = connection.client.iter().any(|action| action.end);
+        if tcp.closed().is_none() && !client_ended {
+            // The client closes its socket: Envoy reads its end.
+            tolerate_crash(tcp.downstream_data(&[], true))?;
+            upstream.react(&mut tcp)?;
+        }
+        Ok(seen)
+    }
+
     /// `count` copies of the request at once, spread over the workers, raced on the seed's
     /// schedule; returns their statuses, sorted.
     fn concurrent(
@@ -421,6 +486,89 @@ impl HarnessJudge {
         http.chain(grpc).collect()
     }
 }
+
+/// The client's port in `source.address` when the scenario names none (Envoy's is the
+/// system's choice).
+pub(crate) const SOURCE_PORT: u16 = 40000;
+
+/// The upstream of a connection step, played against the harness's connection as the Envoy
+/// judge's server plays it: each read answered (echoed, or by the next scripted reply), its
+/// side ended after a reply that says so or once it reads the client's end.
+struct TcpUpstreamPlay<'a> {
+    /// `None`: echo.
+    replies: Option<&'a [TcpReply]>,
+    next: usize,
+    /// How much of what went upstream it has read.
+    read: usize,
+    /// Its side is still open.
+    open: bool,
+    /// It got a connection.
+    connected: bool,
+}
+
+impl<'a> TcpUpstreamPlay<'a> {
+    fn new(upstream: Option<&'a TcpUpstream>) -> Self {
+        Self {
+            replies: upstream.and_then(|upstream| upstream.replies.as_deref()),
+            next: 0,
+            read: 0,
+            open: true,
+            connected: false,
+        }
+    }
+
+    /// The answer to one read, and whether the upstream then ends its side.
+    fn answer(&mut self, read: &[u8]) -> (Vec<u8>, bool) {
+        let Some(replies) = self.replies else {
+            return (read.to_vec(), false);
+        };
+        let Some(reply) = replies.get(self.next) else {
+            return (Vec::new(), false);
+        };
+        self.next += 1;
+        let bytes = body_bytes(reply.send.as_deref(), reply.send_base64.as_deref());
+        (bytes.unwrap_or_default(), reply.end)
+    }
+
+    /// Reads what reached the upstream since last time and answers it, until nothing new
+    /// arrives (an answer the filter turns into more upstream bytes is read too).
+    fn react(&mut self, tcp: &mut TcpConnection) -> Result<(), ScenarioError> {
+        // Bounded: each round needs new upstream bytes, which only the scenario's finite
+        // answers can cause; a filter that answers every answer would loop forever in Envoy.
+        for _ in 0..REACT_ROUNDS {
+            if tcp.new_connection_action() == Some(Action::Continue) {
+                self.connected = true;
+            }
+            if !self.connected || tcp.closed().is_some() {
+                return Ok(());
+            }
+            let received = tcp.upstream_received();
+            let fresh = received.get(self.read..).unwrap_or_default().to_vec();
+            self.read = received.len();
+            let got_end = tcp.upstream_got_end();
+            if !self.open || (fresh.is_empty() && !got_end) {
+                return Ok(());
+            }
+            let (answer, ended) = if fresh.is_empty() {
+                (Vec::new(), false)
+            } else {
+                self.answer(&fresh)
+            };
+            // It reads the client's end with the last bytes, answers, and ends its side.
+            let end = ended || got_end;
+            self.open = !end;
+            if !answer.is_empty() || end {
+                tolerate_crash(tcp.upstream_data(&answer, end))?;
+            }
+            if fresh.is_empty() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+const REACT_ROUNDS: usize = 64;
 
 /// A VM crash is not an error of the run: the harness applied the failure policy, and the step
 /// reports what the client got. Anything else is.

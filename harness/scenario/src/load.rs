@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 
-use crate::format::{Answer, Failure, Protocol, Scenario, Step, FORMAT_VERSION};
+use crate::format::{Answer, Connection, Failure, Protocol, Scenario, Step, FORMAT_VERSION};
 use crate::ScenarioError;
 
 /// A scenario read from a file.
@@ -171,6 +171,29 @@ pub fn validate(scenario: &Scenario) -> Result<(), Fault> {
     if scenario.steps.is_empty() {
         return Err(fault("steps", "a scenario needs at least one step"));
     }
+    // A scenario drives one kind of filter: HTTP requests, or TCP connections.
+    let connections = scenario
+        .steps
+        .iter()
+        .position(|step| step.connection.is_some());
+    let requests = scenario
+        .steps
+        .iter()
+        .position(|step| step.request.is_some());
+    if let (Some(connection), Some(request)) = (connections, requests) {
+        let (index, kind, first, first_kind) = if connection < request {
+            (request, "request", connection, "connection")
+        } else {
+            (connection, "connection", request, "request")
+        };
+        return Err(fault(
+            format!("steps[{index}].{kind}"),
+            format!(
+                "a scenario drives an HTTP filter (requests) or a network filter (connections), \
+                 not both: steps[{first}] is a {first_kind}"
+            ),
+        ));
+    }
     for (index, step) in scenario.steps.iter().enumerate() {
         validate_step(scenario, step)
             .map_err(|(field, message)| fault(join(&format!("steps[{index}]"), &field), message))?;
@@ -223,26 +246,49 @@ fn validate_answer(protocol: Protocol, answer: &Answer, answers: usize) -> Resul
 }
 
 fn validate_step(scenario: &Scenario, step: &Step) -> Result<(), Fault> {
-    match (&step.request, step.advance_ms) {
-        (Some(_), Some(_)) => {
+    match (&step.request, step.advance_ms, &step.connection) {
+        (Some(_), Some(_), _) => {
             return Err(fault(
                 "advance_ms",
                 "a step is a request or a clock advance, not both",
             ))
         }
-        (None, None) => return Err(fault("", "a step needs a `request` or an `advance_ms`")),
+        (_, Some(_), Some(_)) => {
+            return Err(fault(
+                "advance_ms",
+                "a step is a connection or a clock advance, not both",
+            ))
+        }
+        (None, None, None) => {
+            return Err(fault(
+                "",
+                "a step needs a `request`, a `connection` or an `advance_ms`",
+            ))
+        }
         _ => {}
     }
     if step.request.is_none() {
         for (present, field) in [
             (step.upstream.is_some(), "upstream"),
             (step.concurrent.is_some(), "concurrent"),
-            (!step.properties.is_empty(), "properties"),
+            (
+                !step.properties.is_empty() && step.connection.is_none(),
+                "properties",
+            ),
         ] {
             if present {
-                return Err(fault(field, "only a request step has this"));
+                let message = if step.connection.is_some() && field == "upstream" {
+                    "a connection's upstream is `connection.upstream`"
+                } else {
+                    "only a request step has this"
+                };
+                return Err(fault(field, message));
             }
         }
+    }
+    if let Some(connection) = &step.connection {
+        validate_connection(connection)
+            .map_err(|(field, message)| fault(join("connection", &field), message))?;
     }
     if step.worker >= scenario.workers {
         return Err(fault(
@@ -311,6 +357,35 @@ fn validate_step(scenario: &Scenario, step: &Step) -> Result<(), Fault> {
                 ));
             }
         }
+        if let Some(wanted) = &expect.connection {
+            if step.connection.is_none() {
+                return Err(fault(
+                    "expect.connection",
+                    "only a connection step has a connection",
+                ));
+            }
+            for (text, base64, field) in [
+                (
+                    &wanted.upstream_received,
+                    &wanted.upstream_received_base64,
+                    "upstream_received",
+                ),
+                (
+                    &wanted.client_received,
+                    &wanted.client_received_base64,
+                    "client_received",
+                ),
+            ] {
+                if text.is_some() && base64.is_some() {
+                    return Err(fault(
+                        format!("expect.connection.{field}_base64"),
+                        format!("give `{field}` or `{field}_base64`, not both"),
+                    ));
+                }
+                decode_base64(base64.as_deref())
+                    .map_err(|error| fault(format!("expect.connection.{field}_base64"), error))?;
+            }
+        }
         if step.request.is_none() {
             let per_request = [
                 (expect.status.is_some(), "status"),
@@ -329,14 +404,81 @@ fn validate_step(scenario: &Scenario, step: &Step) -> Result<(), Fault> {
                 (expect.details.is_some(), "details"),
             ];
             if let Some((_, field)) = per_request.iter().find(|(present, _)| *present) {
-                return Err(fault(
-                    format!("expect.{field}"),
-                    "a clock advance has no response: expect callouts, metrics, logs or shared data",
-                ));
+                let message = if step.connection.is_some() {
+                    "a connection has no HTTP response: expect `connection`, callouts, metrics, \
+                     logs or shared data"
+                } else {
+                    "a clock advance has no response: expect callouts, metrics, logs or shared data"
+                };
+                return Err(fault(format!("expect.{field}"), message));
             }
         }
     }
     Ok(())
+}
+
+fn validate_connection(connection: &Connection) -> Result<(), Fault> {
+    let mut ended = false;
+    for (index, action) in connection.client.iter().enumerate() {
+        let field = format!("client[{index}]");
+        let given = usize::from(action.send.is_some())
+            + usize::from(action.send_base64.is_some())
+            + usize::from(action.end);
+        if given != 1 {
+            return Err(fault(
+                field,
+                "give exactly one of `send`, `send_base64` or `end: true`",
+            ));
+        }
+        if ended {
+            return Err(fault(
+                field,
+                "the client ended its side (`end: true`) before: it can send no more",
+            ));
+        }
+        decode_base64(action.send_base64.as_deref())
+            .map_err(|error| fault(format!("{field}.send_base64"), error))?;
+        ended = action.end;
+    }
+    let replies = connection
+        .upstream
+        .as_ref()
+        .and_then(|upstream| upstream.replies.as_deref())
+        .unwrap_or_default();
+    let mut upstream_ended = false;
+    for (index, reply) in replies.iter().enumerate() {
+        let field = format!("upstream.replies[{index}]");
+        if reply.send.is_some() && reply.send_base64.is_some() {
+            return Err(fault(field, "give `send` or `send_base64`, not both"));
+        }
+        if upstream_ended {
+            return Err(fault(
+                field,
+                "the upstream ended its side (`end: true`) before: it can send no more",
+            ));
+        }
+        decode_base64(reply.send_base64.as_deref())
+            .map_err(|error| fault(format!("{field}.send_base64"), error))?;
+        upstream_ended = reply.end;
+    }
+    if let Some(address) = &connection.source_address {
+        if source_ip(address).is_none() {
+            return Err(fault(
+                "source_address",
+                format!("{address:?} is not an IP address, or an IP address and a port"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The IP of a `source_address` (`IP` or `IP:port`), and the port if it names one.
+pub fn source_ip(address: &str) -> Option<(std::net::IpAddr, Option<u16>)> {
+    if let Ok(ip) = address.parse::<std::net::IpAddr>() {
+        return Some((ip, None));
+    }
+    let socket = address.parse::<std::net::SocketAddr>().ok()?;
+    Some((socket.ip(), Some(socket.port())))
 }
 
 /// Decodes an optional base64 text (standard alphabet, padded).

@@ -24,6 +24,23 @@ pub struct StepObservation {
     pub vm_failed: Option<bool>,
     /// Statuses of a concurrent step's requests, sorted (0 for a reset stream).
     pub statuses: Vec<u16>,
+    /// What a connection step's connection carried and how it ended.
+    pub connection: Option<ConnectionSeen>,
+}
+
+/// A TCP connection once the client's actions are done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionSeen {
+    /// The upstream got a connection.
+    pub upstream_connected: bool,
+    /// Every byte the upstream received.
+    pub upstream_received: Vec<u8>,
+    /// Every byte the client received.
+    pub client_received: Vec<u8>,
+    /// The client read the connection's end.
+    pub client_got_end: bool,
+    /// Whether and how it closed (`None`: the judge cannot tell).
+    pub closed: Option<crate::format::ClosedBy>,
 }
 
 /// A response as the client got it.

@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 
 use wasmesh_harness::build::{locate_workspace, WasmBuild};
 
-use crate::check::{check, show_bytes, Check, Verdict};
+use crate::check::{check, show_bytes, show_closed, Check, Verdict};
 use crate::envoy_judge::EnvoyJudge;
 use crate::format::{Module, Step};
 use crate::harness_judge::HarnessJudge;
@@ -206,6 +206,19 @@ pub fn step_name(index: usize, step: &Step) -> String {
     if let Some(name) = &step.name {
         return name.clone();
     }
+    if let Some(connection) = &step.connection {
+        let sends = connection
+            .client
+            .iter()
+            .filter(|action| !action.end)
+            .count();
+        let end = if connection.client.iter().any(|action| action.end) {
+            ", then ends its side"
+        } else {
+            ""
+        };
+        return format!("a connection: the client sends {sends} time(s){end}");
+    }
     match (&step.request, step.advance_ms, step.concurrent) {
         (Some(request), _, Some(count)) => {
             format!("{count} × {} {} at once", request.method, request.path)
@@ -321,6 +334,14 @@ fn harness_only_settings(scenario: &crate::format::Scenario) -> Vec<&'static str
             "steps[].properties",
         ),
         (steps.iter().any(|step| step.worker != 0), "steps[].worker"),
+        (
+            steps.iter().any(|step| {
+                step.connection
+                    .as_ref()
+                    .is_some_and(|connection| connection.sni.is_some())
+            }),
+            "steps[].connection.sni",
+        ),
     ]
     .into_iter()
     .filter_map(|(set, name)| set.then_some(name))
@@ -420,6 +441,31 @@ pub fn disagreements(
                     shown_header(&right.headers, name),
                 );
             }
+        }
+    }
+    if let (Some(left), Some(right)) = (&harness.connection, &envoy.connection) {
+        differ(
+            "upstream connected",
+            left.upstream_connected.to_string(),
+            right.upstream_connected.to_string(),
+        );
+        differ(
+            "upstream received",
+            show_bytes(&left.upstream_received),
+            show_bytes(&right.upstream_received),
+        );
+        differ(
+            "client received",
+            show_bytes(&left.client_received),
+            show_bytes(&right.client_received),
+        );
+        differ(
+            "client got the end",
+            left.client_got_end.to_string(),
+            right.client_got_end.to_string(),
+        );
+        if let (Some(left), Some(right)) = (left.closed, right.closed) {
+            differ("closed", show_closed(left), show_closed(right));
         }
     }
     let calls = |seen: &StepObservation| {

@@ -26,6 +26,11 @@ fn the_schema_refuses_unknown_fields_where_the_parser_does() {
         "Answer",
         "Cluster",
         "UpstreamAnswer",
+        "Connection",
+        "ClientAction",
+        "TcpUpstream",
+        "TcpReply",
+        "ConnectionExpect",
     ] {
         let definition = defs
             .get(name)
