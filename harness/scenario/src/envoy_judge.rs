@@ -377,7 +377,8 @@ impl EnvoyJudge {
             upstream_received: server.received(upstream_before),
             client_received: reading.received.clone(),
             client_got_end: reading.ended,
-            closed: client_address.and_then(|client| closed_by(stretch, &client)),
+            closed: client_address
+                .and_then(|client| closed_by(stretch, &client, &main_thread(&log))),
         };
         if !ended {
             let _ = client.shutdown(Shutdown::Write);
@@ -685,27 +686,77 @@ fn network_bootstrap(mut bootstrap: Value, filter: &WasmFilter, proxy_protocol: 
 }
 
 /// How Envoy closed the downstream connection from `client` (the address Envoy gives the
-/// client, after the PROXY header), from its debug lines in `log`: the connection's id on
-/// `conn_handler`'s `new connection from <client>`, then `connection`'s `closing socket: <event>`
-/// for that id (0 `RemoteClose`: the client; 1 `LocalClose`: Envoy), or none yet (open).
-/// `None` when the log does not show the connection.
-fn closed_by(log: &str, client: &str) -> Option<ClosedBy> {
+/// client, after the PROXY header), from its debug lines in `log`: the connection's id, then
+/// `connection`'s `closing socket: <event>` for that id (0 `RemoteClose`: the client; 1
+/// `LocalClose`: Envoy), or none yet (open). The id is on `conn_handler`'s `new connection from
+/// <client>`; a connection the filter closed while Envoy accepted it has no such line, and is
+/// then the one connection of a worker thread (not `main_thread`, where the admin interface's
+/// are) that Envoy did not open itself (`connecting to`: the upstream, a cluster). `None` when
+/// the log does not show the connection.
+fn closed_by(log: &str, client: &str, main_thread: &str) -> Option<ClosedBy> {
     let accepted = format!("] new connection from {client}");
-    let id = log.lines().rev().find_map(|line| {
-        let (before, _) = line.split_once(&accepted)?;
-        let (_, id) = before.rsplit_once("\"ConnectionId\":\"")?;
-        Some(id.trim_end_matches('"').to_string())
-    })?;
+    let id = log
+        .lines()
+        .rev()
+        .find_map(|line| {
+            let (before, _) = line.split_once(&accepted)?;
+            connection_id(before)
+        })
+        .or_else(|| {
+            let mut accepted: Vec<&str> = Vec::new();
+            let mut opened: Vec<&str> = Vec::new();
+            for line in log.lines() {
+                let Some(id) = connection_id(line) else {
+                    continue;
+                };
+                if log_thread(line) == Some(main_thread) {
+                    continue;
+                }
+                if line.contains("] connecting to ") {
+                    opened.push(id);
+                } else if !accepted.contains(&id) {
+                    accepted.push(id);
+                }
+            }
+            accepted.retain(|id| !opened.contains(id));
+            match accepted.as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            }
+        })?;
     let closing = format!("\"ConnectionId\":\"{id}\"] closing socket: ");
     let event = log.lines().find_map(|line| {
         let (_, event) = line.split_once(&closing)?;
-        Some(event.trim().to_string())
+        Some(event.trim())
     });
-    Some(match event.as_deref() {
+    Some(match event {
         None => ClosedBy::Open,
         Some("0") => ClosedBy::Client,
         Some(_) => ClosedBy::Proxy,
     })
+}
+
+/// The connection id a log line names (`[Tags: "ConnectionId":"7"]`), the last one.
+fn connection_id(line: &str) -> Option<&str> {
+    let (_, rest) = line.rsplit_once("\"ConnectionId\":\"")?;
+    rest.split('"').next()
+}
+
+/// The thread of an Envoy log line (`[date][thread][level][component] ...`).
+fn log_thread(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix('[')?;
+    let (_, rest) = rest.split_once("][")?;
+    rest.split(']').next()
+}
+
+/// The thread of Envoy's main loop (where the admin interface's connections are), from its
+/// start-up lines.
+fn main_thread(log: &str) -> String {
+    log.lines()
+        .find(|line| line.contains("starting main dispatch loop"))
+        .and_then(log_thread)
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The TCP server behind `tcp_proxy`'s cluster: it plays the current step's upstream on each

@@ -536,10 +536,14 @@ impl<'a> TcpUpstreamPlay<'a> {
         // Bounded: each round needs new upstream bytes, which only the scenario's finite
         // answers can cause; a filter that answers every answer would loop forever in Envoy.
         for _ in 0..REACT_ROUNDS {
+            // A connection the filter closed before it continued never reached `tcp_proxy`.
+            if tcp.closed().is_some() {
+                return Ok(());
+            }
             if tcp.new_connection_action() == Some(Action::Continue) {
                 self.connected = true;
             }
-            if !self.connected || tcp.closed().is_some() {
+            if !self.connected {
                 return Ok(());
             }
             let received = tcp.upstream_received();

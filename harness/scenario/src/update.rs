@@ -6,9 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::format::{CalloutExpect, Expect, Step, UpstreamExpect};
+use base64::Engine;
+
+use crate::format::{CalloutExpect, ConnectionExpect, Expect, Step, UpstreamExpect};
 use crate::load::ScenarioFile;
-use crate::observe::{header, StepObservation};
+use crate::observe::{header, ConnectionSeen, StepObservation};
 use crate::run::{ScenarioReport, HARNESS};
 use crate::ScenarioError;
 
@@ -100,6 +102,9 @@ pub fn updated_expect(
             }));
         }
     }
+    if let Some(connection) = &seen.connection {
+        new.connection = Some(connection_expect(connection));
+    }
     if old.callouts.is_some() || !seen.callouts.is_empty() {
         new.callouts = Some(
             seen.callouts
@@ -133,6 +138,28 @@ pub fn updated_expect(
         }
     }
     new
+}
+
+/// Every fact of a connection: bytes as text when they are UTF-8, else as base64.
+fn connection_expect(seen: &ConnectionSeen) -> ConnectionExpect {
+    let text_or_base64 = |bytes: &[u8]| match std::str::from_utf8(bytes) {
+        Ok(text) => (Some(text.to_string()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    };
+    let (upstream_received, upstream_received_base64) = text_or_base64(&seen.upstream_received);
+    let (client_received, client_received_base64) = text_or_base64(&seen.client_received);
+    ConnectionExpect {
+        upstream_connected: Some(seen.upstream_connected),
+        upstream_received,
+        upstream_received_base64,
+        client_received,
+        client_received_base64,
+        client_got_end: Some(seen.client_got_end),
+        closed: seen.closed,
+    }
 }
 
 /// Rewrites the file of `report` with expectations from the harness's observations. Returns how
@@ -250,5 +277,36 @@ mod tests {
         assert_eq!(expect.logs, ["denied"]);
         assert_eq!(expect.callouts.unwrap()[0].path.as_deref(), Some("/check"));
         assert_eq!(expect.vm_failed, None);
+    }
+
+    #[test]
+    fn a_connection_is_snapshotted_whole_bytes_as_text_or_base64() {
+        let step = Step {
+            connection: Some(crate::format::Connection::default()),
+            ..Step::default()
+        };
+        let seen = StepObservation {
+            connection: Some(ConnectionSeen {
+                upstream_connected: true,
+                upstream_received: b"<hi>".to_vec(),
+                client_received: vec![0xff, 0x00],
+                client_got_end: true,
+                closed: Some(crate::format::ClosedBy::Proxy),
+            }),
+            ..StepObservation::default()
+        };
+        let expect = updated_expect(&step, &seen, &BTreeMap::new());
+        assert_eq!(
+            expect.connection,
+            Some(ConnectionExpect {
+                upstream_connected: Some(true),
+                upstream_received: Some("<hi>".into()),
+                upstream_received_base64: None,
+                client_received: None,
+                client_received_base64: Some("/wA=".into()),
+                client_got_end: Some(true),
+                closed: Some(crate::format::ClosedBy::Proxy),
+            })
+        );
     }
 }
