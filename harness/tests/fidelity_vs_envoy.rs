@@ -157,6 +157,8 @@ fn the_harness_and_envoy_show_the_module_the_same_lifecycle_and_results() {
     );
     assert_eq!(&envoy_trace[..4], &harness[..4]);
     assert_eq!(streams(&envoy_trace), streams(&harness));
+    // The whole trace too, with the start-ups of the VMs on Envoy's main thread.
+    assert_eq!(envoy_trace, harness);
     assert_eq!(
         streams(&harness),
         [
