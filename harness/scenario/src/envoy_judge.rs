@@ -45,6 +45,7 @@ use crate::format::{
 use crate::harness_judge::{find_answer, SOURCE_PORT};
 use crate::load::{body_bytes, source_ip, ScenarioFile};
 use crate::observe::{header, Callout, ConnectionSeen, Response, StepObservation, UpstreamRequest};
+use crate::tls::client_hello;
 use crate::ScenarioError;
 
 /// The cluster the route sends requests to: a name no scenario is likely to give one of its own
@@ -239,8 +240,12 @@ impl EnvoyJudge {
                 "wasm:{},connection:debug,conn_handler:debug",
                 log_level(scenario.log_level)
             ));
-            let bootstrap =
-                network_bootstrap(builder.bootstrap(), &filter, uses_source_address(scenario));
+            let bootstrap = network_bootstrap(
+                builder.bootstrap(),
+                &filter,
+                uses_source_address(scenario),
+                uses_sni(scenario),
+            );
             builder.start_with_bootstrap(&format!("{bootstrap:#}"), BootstrapFormat::Json)?
         } else {
             builder.start()?
@@ -354,6 +359,10 @@ impl EnvoyJudge {
             let _ = client.write_all(header.as_bytes());
         }
         let mut reading = ClientReading::default();
+        if let Some(sni) = &connection.sni {
+            // Envoy's `tls_inspector` reads the name from it; the filter sees it as data.
+            let _ = client.write_all(&client_hello(sni));
+        }
         self.settle(&mut client, &mut reading, server);
         let mut ended = false;
         for action in &connection.client {
@@ -624,6 +633,15 @@ fn uses_source_address(scenario: &crate::format::Scenario) -> bool {
     })
 }
 
+/// Whether any connection of the scenario opens with a TLS `ClientHello` (`sni`).
+fn uses_sni(scenario: &crate::format::Scenario) -> bool {
+    scenario.steps.iter().any(|step| {
+        step.connection
+            .as_ref()
+            .is_some_and(|connection| connection.sni.is_some())
+    })
+}
+
 /// The PROXY protocol (v1) header that gives Envoy the client's address: the scenario's (its
 /// port, or the harness judge's default), or `UNKNOWN` (Envoy keeps the real one).
 fn proxy_protocol_header(source: Option<&str>, listener: SocketAddr) -> String {
@@ -643,8 +661,15 @@ fn proxy_protocol_header(source: Option<&str>, listener: SocketAddr) -> String {
 
 /// The listener of a scenario of connections: the module as `envoy.filters.network.wasm`, then
 /// `tcp_proxy` to the upstream's cluster; with `proxy_protocol`, the listener filter that reads
-/// the client's address from a PROXY header.
-fn network_bootstrap(mut bootstrap: Value, filter: &WasmFilter, proxy_protocol: bool) -> Value {
+/// the client's address from a PROXY header; with `tls_inspector`, the one that reads the
+/// server name of a TLS `ClientHello` (a client that sends something else is let through
+/// without one).
+fn network_bootstrap(
+    mut bootstrap: Value,
+    filter: &WasmFilter,
+    proxy_protocol: bool,
+    tls_inspector: bool,
+) -> Value {
     let config = filter.to_envoy_json()["typed_config"]["config"].clone();
     if let Some(listener) = bootstrap
         .pointer_mut("/static_resources/listeners/0")
@@ -670,16 +695,25 @@ fn network_bootstrap(mut bootstrap: Value, filter: &WasmFilter, proxy_protocol: 
                 },
             ] }]),
         );
+        let mut listener_filters = Vec::new();
         if proxy_protocol {
-            listener.insert(
-                "listener_filters".to_string(),
-                json!([{
-                    "name": "envoy.filters.listener.proxy_protocol",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
-                    },
-                }]),
-            );
+            listener_filters.push(json!({
+                "name": "envoy.filters.listener.proxy_protocol",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+                },
+            }));
+        }
+        if tls_inspector {
+            listener_filters.push(json!({
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+                },
+            }));
+        }
+        if !listener_filters.is_empty() {
+            listener.insert("listener_filters".to_string(), json!(listener_filters));
         }
     }
     bootstrap

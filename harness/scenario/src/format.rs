@@ -517,9 +517,10 @@ pub struct Connection {
     /// `source.address` (port 40000 when none is given) and `source.port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_address: Option<String>,
-    /// The TLS server name the client asked for (`connection.requested_server_name`). Harness
-    /// only: Envoy reads it from a TLS ClientHello (`tls_inspector`), which the judge's plain
-    /// client does not send.
+    /// A TLS server name (SNI): the client opens with a TLS `ClientHello` naming it (fixed
+    /// bytes, before its `client` actions; the upstream reads them like any others), from which
+    /// Envoy's `tls_inspector` sets `connection.requested_server_name`; the harness sets that
+    /// property and sends the same bytes. Envoy does not terminate the TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
 }

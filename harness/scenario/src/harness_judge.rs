@@ -21,6 +21,7 @@ use crate::format::{
 };
 use crate::load::{body_bytes, source_ip, ScenarioFile};
 use crate::observe::{header, Callout, ConnectionSeen, Response, StepObservation, UpstreamRequest};
+use crate::tls::client_hello;
 use crate::ScenarioError;
 
 /// How far the clock moves at a time while the module holds a request (a delay, a callout that
@@ -372,6 +373,12 @@ impl HarnessJudge {
         let mut upstream = TcpUpstreamPlay::new(connection.upstream.as_ref());
         tolerate_crash(tcp.open())?;
         upstream.react(&mut tcp)?;
+        if let Some(sni) = &connection.sni {
+            if tcp.closed().is_none() {
+                tolerate_crash(tcp.downstream_data(&client_hello(sni), false))?;
+                upstream.react(&mut tcp)?;
+            }
+        }
         for action in &connection.client {
             // A client still writes to a connection Envoy closed; nothing reaches the filter.
             if tcp.closed().is_some() {

@@ -25,6 +25,7 @@ pub mod observe;
 pub mod report;
 pub mod run;
 mod start_time;
+pub mod tls;
 pub mod update;
 mod values;
 

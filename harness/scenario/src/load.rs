@@ -461,6 +461,19 @@ fn validate_connection(connection: &Connection) -> Result<(), Fault> {
             .map_err(|error| fault(format!("{field}.send_base64"), error))?;
         upstream_ended = reply.end;
     }
+    if let Some(name) = &connection.sni {
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'.');
+        if !valid {
+            return Err(fault(
+                "sni",
+                format!("{name:?} is not a server name (letters, digits, `-` and `.`)"),
+            ));
+        }
+    }
     if let Some(address) = &connection.source_address {
         if source_ip(address).is_none() {
             return Err(fault(

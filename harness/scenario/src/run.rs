@@ -334,14 +334,6 @@ fn harness_only_settings(scenario: &crate::format::Scenario) -> Vec<&'static str
             "steps[].properties",
         ),
         (steps.iter().any(|step| step.worker != 0), "steps[].worker"),
-        (
-            steps.iter().any(|step| {
-                step.connection
-                    .as_ref()
-                    .is_some_and(|connection| connection.sni.is_some())
-            }),
-            "steps[].connection.sni",
-        ),
     ]
     .into_iter()
     .filter_map(|(set, name)| set.then_some(name))
