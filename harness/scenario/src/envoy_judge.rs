@@ -142,8 +142,6 @@ pub struct EnvoyJudge {
     log_marker: String,
     /// The upstream of a scenario of connections (`tcp_proxy`'s cluster).
     tcp_upstream: Option<TcpUpstreamServer>,
-    /// Its clients send a PROXY protocol header (some connection names its source address).
-    proxy_protocol: bool,
     _wasm: WasmFile,
 }
 
@@ -240,12 +238,7 @@ impl EnvoyJudge {
                 "wasm:{},connection:debug,conn_handler:debug",
                 log_level(scenario.log_level)
             ));
-            let bootstrap = network_bootstrap(
-                builder.bootstrap(),
-                &filter,
-                uses_source_address(scenario),
-                uses_sni(scenario),
-            );
+            let bootstrap = network_bootstrap(builder.bootstrap(), &filter, uses_sni(scenario));
             builder.start_with_bootstrap(&format!("{bootstrap:#}"), BootstrapFormat::Json)?
         } else {
             builder.start()?
@@ -261,7 +254,6 @@ impl EnvoyJudge {
             refused_clusters,
             log_marker: log_marker(PLUGIN_NAME, &scenario.root_id),
             tcp_upstream,
-            proxy_protocol: uses_source_address(scenario),
             _wasm: wasm,
         })
     }
@@ -348,16 +340,15 @@ impl EnvoyJudge {
                 envoy_io(format!("connecting to the listener {listener}"), error),
             )
         })?;
-        // The client's address as Envoy sees it: the PROXY header's, else the socket's.
-        let client_address = match connection.source_address.as_deref().and_then(source_ip) {
-            Some((ip, port)) => Some(SocketAddr::new(ip, port.unwrap_or(SOURCE_PORT)).to_string()),
-            None => client.local_addr().ok().map(|local| local.to_string()),
-        };
-        if self.proxy_protocol {
-            // Envoy's `proxy_protocol` listener filter takes the client's address from it.
-            let header = proxy_protocol_header(connection.source_address.as_deref(), listener);
-            let _ = client.write_all(header.as_bytes());
-        }
+        // Envoy's `proxy_protocol` listener filter takes the client's address from it.
+        let _ = client
+            .write_all(proxy_protocol_header(connection.source_address.as_deref()).as_bytes());
+        let (ip, port) = connection
+            .source_address
+            .as_deref()
+            .and_then(source_ip)
+            .unwrap_or((IpAddr::from([127, 0, 0, 1]), None));
+        let client_address = SocketAddr::new(ip, port.unwrap_or(SOURCE_PORT)).to_string();
         let mut reading = ClientReading::default();
         if let Some(sni) = &connection.sni {
             // Envoy's `tls_inspector` reads the name from it; the filter sees it as data.
@@ -386,8 +377,7 @@ impl EnvoyJudge {
             upstream_received: server.received(upstream_before),
             client_received: reading.received.clone(),
             client_got_end: reading.ended,
-            closed: client_address
-                .and_then(|client| closed_by(stretch, &client, &main_thread(&log))),
+            closed: closed_by(stretch, &client_address, &main_thread(&log)),
         };
         if !ended {
             let _ = client.shutdown(Shutdown::Write);
@@ -623,16 +613,6 @@ fn network_scenario(scenario: &crate::format::Scenario) -> bool {
     scenario.steps.iter().any(|step| step.connection.is_some())
 }
 
-/// Whether any connection of the scenario names the client's address, which the client then
-/// tells Envoy with a PROXY protocol header.
-fn uses_source_address(scenario: &crate::format::Scenario) -> bool {
-    scenario.steps.iter().any(|step| {
-        step.connection
-            .as_ref()
-            .is_some_and(|connection| connection.source_address.is_some())
-    })
-}
-
 /// Whether any connection of the scenario opens with a TLS `ClientHello` (`sni`).
 fn uses_sni(scenario: &crate::format::Scenario) -> bool {
     scenario.steps.iter().any(|step| {
@@ -642,34 +622,30 @@ fn uses_sni(scenario: &crate::format::Scenario) -> bool {
     })
 }
 
-/// The PROXY protocol (v1) header that gives Envoy the client's address: the scenario's (its
-/// port, or the harness judge's default), or `UNKNOWN` (Envoy keeps the real one).
-fn proxy_protocol_header(source: Option<&str>, listener: SocketAddr) -> String {
-    let Some((ip, port)) = source.and_then(source_ip) else {
-        return "PROXY UNKNOWN\r\n".to_string();
-    };
+/// The PROXY protocol (v1) header that gives Envoy the client's address: the scenario's, else
+/// the harness's default (`127.0.0.1:40000`), with the port [`SOURCE_PORT`] when it names none;
+/// and the harness's default destination, `127.0.0.1:10000` (`[::1]:10000` for an IPv6 client),
+/// so that `source.*` and `destination.*` read the same under both judges.
+fn proxy_protocol_header(source: Option<&str>) -> String {
+    let (ip, port) = source
+        .and_then(source_ip)
+        .unwrap_or((IpAddr::from([127, 0, 0, 1]), None));
     let port = port.unwrap_or(SOURCE_PORT);
     match ip {
-        IpAddr::V4(ip) => format!(
-            "PROXY TCP4 {ip} {} {port} {}\r\n",
-            listener.ip(),
-            listener.port()
-        ),
-        IpAddr::V6(ip) => format!("PROXY TCP6 {ip} ::1 {port} {}\r\n", listener.port()),
+        IpAddr::V4(ip) => format!("PROXY TCP4 {ip} 127.0.0.1 {port} {DESTINATION_PORT}\r\n"),
+        IpAddr::V6(ip) => format!("PROXY TCP6 {ip} ::1 {port} {DESTINATION_PORT}\r\n"),
     }
 }
 
+/// The port of the harness's default `destination.address`.
+const DESTINATION_PORT: u16 = 10000;
+
 /// The listener of a scenario of connections: the module as `envoy.filters.network.wasm`, then
-/// `tcp_proxy` to the upstream's cluster; with `proxy_protocol`, the listener filter that reads
-/// the client's address from a PROXY header; with `tls_inspector`, the one that reads the
+/// `tcp_proxy` to the upstream's cluster; the listener filter that reads the client's address
+/// from the PROXY header every client sends; with `tls_inspector`, the one that reads the
 /// server name of a TLS `ClientHello` (a client that sends something else is let through
 /// without one).
-fn network_bootstrap(
-    mut bootstrap: Value,
-    filter: &WasmFilter,
-    proxy_protocol: bool,
-    tls_inspector: bool,
-) -> Value {
+fn network_bootstrap(mut bootstrap: Value, filter: &WasmFilter, tls_inspector: bool) -> Value {
     let config = filter.to_envoy_json()["typed_config"]["config"].clone();
     if let Some(listener) = bootstrap
         .pointer_mut("/static_resources/listeners/0")
@@ -695,15 +671,12 @@ fn network_bootstrap(
                 },
             ] }]),
         );
-        let mut listener_filters = Vec::new();
-        if proxy_protocol {
-            listener_filters.push(json!({
-                "name": "envoy.filters.listener.proxy_protocol",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
-                },
-            }));
-        }
+        let mut listener_filters = vec![json!({
+            "name": "envoy.filters.listener.proxy_protocol",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+            },
+        })];
         if tls_inspector {
             listener_filters.push(json!({
                 "name": "envoy.filters.listener.tls_inspector",
@@ -712,9 +685,7 @@ fn network_bootstrap(
                 },
             }));
         }
-        if !listener_filters.is_empty() {
-            listener.insert("listener_filters".to_string(), json!(listener_filters));
-        }
+        listener.insert("listener_filters".to_string(), json!(listener_filters));
     }
     bootstrap
 }

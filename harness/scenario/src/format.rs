@@ -511,10 +511,10 @@ pub struct Connection {
     /// How the upstream answers (default: it echoes every read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<TcpUpstream>,
-    /// The client's address (`source.address`): an IP, or `IP:port`. The Envoy judge binds its
-    /// client socket to the IP when it is a loopback address (`127.0.0.0/8`), on a port of the
-    /// system's choosing; another IP, or a port, is harness only. The harness sets
-    /// `source.address` (port 40000 when none is given) and `source.port`.
+    /// The client's address (`source.address`, `source.port`): an IP, or `IP:port` (port 40000
+    /// when none is given). Default: the harness's `127.0.0.1:40000`. The Envoy judge's client
+    /// tells Envoy its address in a PROXY protocol header (Envoy's `proxy_protocol` listener
+    /// filter), with the destination `127.0.0.1:10000`, the harness's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_address: Option<String>,
     /// A TLS server name (SNI): the client opens with a TLS `ClientHello` naming it (fixed

@@ -3,7 +3,9 @@
 ;; - each connection counts in `tcp_gate.connections`; its client address (`source.address`),
 ;;   when the host has one, is logged as `from <address>`;
 ;; - a client from 10.9.0.0/16 is denied: its first bytes close the connection
-;;   (`proxy_close_stream`), logged `denied`;
+;;   (`proxy_close_stream`), logged `denied`; one from 10.8.0.0/16 is stopped when it is
+;;   accepted (StopIteration from `proxy_on_new_connection`, logged `stop`): Envoy connects no
+;;   upstream and hands the filter nothing more;
 ;; - client bytes are wrapped in `<`...`>` on their way up; bytes ending in `+` are held
 ;;   (StopIteration, logged `hold`) until more arrive; bytes holding `CLOSE` close the connection;
 ;; - upstream bytes get a `u:` prefix on their way down;
@@ -34,6 +36,8 @@
   (data (i32.const 1184) "downstream closed 0")   ;; 19, the digit at 1202
   (data (i32.const 1216) "upstream closed 0")     ;; 17, the digit at 1232
   (data (i32.const 1248) "log")                   ;; 3
+  (data (i32.const 1256) "10.8.")                 ;; 5
+  (data (i32.const 1264) "stop")                  ;; 4
   (func $malloc (export "malloc") (param $size i32) (result i32)
     (local $p i32)
     (local.set $p (global.get $heap))
@@ -79,7 +83,15 @@
               (i32.and
                 (i32.eq (i32.load (local.get $p)) (i32.load (i32.const 1104)))
                 (i32.eq (i32.load8_u offset=4 (local.get $p)) (i32.const 46))))
-          (then (global.set $denied (i32.const 1))))))
+          (then (global.set $denied (i32.const 1))))
+        (if (i32.and
+              (i32.ge_u (local.get $len) (i32.const 5))
+              (i32.and
+                (i32.eq (i32.load (local.get $p)) (i32.load (i32.const 1256)))
+                (i32.eq (i32.load8_u offset=4 (local.get $p)) (i32.const 46))))
+          (then
+            (call $info (i32.const 1264) (i32.const 4))
+            (return (i32.const 1))))))
     (i32.const 0))
   (func (export "proxy_on_downstream_data") (param $ctx i32) (param $len i32) (param $eos i32) (result i32)
     (local $p i32)
