@@ -299,6 +299,10 @@ pub struct LogOutput {
     pub level: String,
     /// The message.
     pub message: String,
+    /// Whether one of the VMs Envoy runs on its main thread beside the workers logged it (their
+    /// start-ups and ticks; they never see a request). Left out for a worker's line.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub main_thread: bool,
 }
 
 /// Pretty JSON, fields in declaration order, with arrays of scalars on one line so that
@@ -353,6 +357,23 @@ mod tests {
     fn parse(json: &str) -> Result<ExchangeInput, String> {
         let mut deserializer = serde_json::Deserializer::from_str(json);
         serde_path_to_error::deserialize(&mut deserializer).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn a_log_line_says_main_thread_only_when_the_main_thread_logged_it() {
+        let line = |main_thread| LogOutput {
+            level: "info".to_string(),
+            message: "started".to_string(),
+            main_thread,
+        };
+        assert_eq!(
+            serde_json::to_value(line(false)).ok(),
+            Some(serde_json::json!({"level": "info", "message": "started"}))
+        );
+        assert_eq!(
+            serde_json::to_value(line(true)).ok(),
+            Some(serde_json::json!({"level": "info", "message": "started", "main_thread": true}))
+        );
     }
 
     #[test]

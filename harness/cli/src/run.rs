@@ -249,6 +249,7 @@ fn execute(
             .map(|entry| LogOutput {
                 level: level_name(entry.level).to_string(),
                 message: entry.message,
+                main_thread: entry.main_thread,
             })
             .collect(),
         vm_failure,
