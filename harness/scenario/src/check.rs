@@ -563,6 +563,48 @@ mod tests {
     }
 
     #[test]
+    fn connection_facts_are_checked_and_who_closed_may_be_unobservable() {
+        let expect = Expect {
+            connection: Some(ConnectionExpect {
+                upstream_connected: Some(true),
+                upstream_received: Some("<a>".into()),
+                client_received_base64: Some("dTo8YT4=".into()),
+                client_got_end: Some(false),
+                closed: Some(ClosedBy::Client),
+                ..ConnectionExpect::default()
+            }),
+            ..Expect::default()
+        };
+        let mut seen = StepObservation {
+            connection: Some(ConnectionSeen {
+                upstream_connected: true,
+                upstream_received: b"<a>".to_vec(),
+                client_received: b"u:<a>".to_vec(),
+                client_got_end: true,
+                closed: Some(ClosedBy::Proxy),
+            }),
+            ..StepObservation::default()
+        };
+        let checks = check(&expect, &seen);
+        assert_eq!(checks.len(), 5);
+        assert_eq!(
+            failures(&checks),
+            ["connection.client_got_end", "connection.closed"]
+        );
+        if let Some(connection) = seen.connection.as_mut() {
+            connection.closed = None;
+        }
+        let checks = check(&expect, &seen);
+        assert!(matches!(
+            checks.last().map(|check| &check.verdict),
+            Some(Verdict::Unobservable(_))
+        ));
+        // A step that saw no connection fails once.
+        let checks = check(&expect, &StepObservation::default());
+        assert_eq!(failures(&checks), ["connection"]);
+    }
+
+    #[test]
     fn bytes_show_as_text_or_escapes() {
         assert_eq!(show_bytes(b"ok"), "\"ok\"");
         assert_eq!(show_bytes(&[0xc2]), "b\"\\xc2\"");

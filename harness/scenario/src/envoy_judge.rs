@@ -646,7 +646,11 @@ const DESTINATION_PORT: u16 = 10000;
 /// server name of a TLS `ClientHello` (a client that sends something else is let through
 /// without one).
 fn network_bootstrap(mut bootstrap: Value, filter: &WasmFilter, tls_inspector: bool) -> Value {
-    let config = filter.to_envoy_json()["typed_config"]["config"].clone();
+    let config = filter
+        .to_envoy_json()
+        .pointer("/typed_config/config")
+        .cloned()
+        .unwrap_or_default();
     if let Some(listener) = bootstrap
         .pointer_mut("/static_resources/listeners/0")
         .and_then(Value::as_object_mut)
@@ -1218,6 +1222,90 @@ mod tests {
             Err(ScenarioError::Io { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn who_closed_a_connection_is_read_from_envoys_debug_lines() {
+        let line = |thread: &str, id: &str, text: &str| {
+            format!(
+                "[2026-12-08 00:13:51.561][{thread}][debug][connection] [source/common/network/connection_impl.cc:358] [Tags: \"ConnectionId\":\"{id}\"] {text}\n"
+            )
+        };
+        let accepted = line("7", "5", "new connection from 10.0.0.1:40000");
+        let log = [
+            line("1", "4", "closing socket: 1"),
+            accepted.clone(),
+            line("7", "6", "connecting to 127.0.0.1:3000"),
+            line("7", "6", "closing socket: 0"),
+            line("7", "5", "closing socket: 1"),
+        ]
+        .concat();
+        assert_eq!(
+            closed_by(&log, "10.0.0.1:40000", "1"),
+            Some(ClosedBy::Proxy)
+        );
+        let log = [accepted.clone(), line("7", "5", "closing socket: 0")].concat();
+        assert_eq!(
+            closed_by(&log, "10.0.0.1:40000", "1"),
+            Some(ClosedBy::Client)
+        );
+        assert_eq!(
+            closed_by(&accepted, "10.0.0.1:40000", "1"),
+            Some(ClosedBy::Open)
+        );
+        // Closed while Envoy accepted it: no accept line; the admin's (main thread) and the
+        // upstream's connections are not it.
+        let log = [
+            line("1", "4", "closing socket: 1"),
+            line("7", "5", "closing data_to_write=0 type=0"),
+            line("7", "5", "closing socket: 1"),
+        ]
+        .concat();
+        assert_eq!(
+            closed_by(&log, "10.0.0.1:40000", "1"),
+            Some(ClosedBy::Proxy)
+        );
+        assert_eq!(closed_by("", "10.0.0.1:40000", "1"), None);
+        assert_eq!(
+            main_thread("[2026-12-08 00:00:28.243][13412][info][main] [server.cc:1098] starting main dispatch loop\n"),
+            "13412"
+        );
+    }
+
+    #[test]
+    fn the_proxy_header_gives_the_scenario_s_address_or_the_harness_s() {
+        assert_eq!(
+            proxy_protocol_header(None),
+            "PROXY TCP4 127.0.0.1 127.0.0.1 40000 10000\r\n"
+        );
+        assert_eq!(
+            proxy_protocol_header(Some("10.1.2.3")),
+            "PROXY TCP4 10.1.2.3 127.0.0.1 40000 10000\r\n"
+        );
+        assert_eq!(
+            proxy_protocol_header(Some("[2001:db8::1]:5")),
+            "PROXY TCP6 2001:db8::1 ::1 5 10000\r\n"
+        );
+    }
+
+    #[test]
+    fn a_network_listener_runs_the_module_before_tcp_proxy() {
+        let filter = WasmFilter::new("m.wasm");
+        let bootstrap = network_bootstrap(EnvoyBuilder::new().bootstrap(), &filter, true);
+        let listener = &bootstrap["static_resources"]["listeners"][0];
+        let filters = &listener["filter_chains"][0]["filters"];
+        assert_eq!(filters[0]["name"], "envoy.filters.network.wasm");
+        assert_eq!(filters[1]["name"], "envoy.filters.network.tcp_proxy");
+        assert_eq!(filters[1]["typed_config"]["cluster"], UPSTREAM_CLUSTER);
+        let listener_filters = &listener["listener_filters"];
+        assert_eq!(
+            listener_filters[0]["name"],
+            "envoy.filters.listener.proxy_protocol"
+        );
+        assert_eq!(
+            listener_filters[1]["name"],
+            "envoy.filters.listener.tls_inspector"
+        );
     }
 
     #[test]

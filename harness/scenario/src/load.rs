@@ -592,6 +592,105 @@ mod tests {
     }
 
     #[test]
+    fn connection_faults_name_their_field() {
+        let check = |steps: &str| {
+            let text = format!("format: 1\nmodule: {{path: m.wasm}}\nsteps:\n{steps}");
+            validate(&yaml(&text).unwrap()).unwrap_err()
+        };
+        let fault = check("  - connection: {}\n  - request: {}\n");
+        assert_eq!(fault.0, "steps[1].request");
+        assert!(fault.1.contains("steps[0] is a connection"), "{}", fault.1);
+        assert_eq!(
+            check("  - request: {}\n  - connection: {}\n").0,
+            "steps[1].connection"
+        );
+        for (step, field) in [
+            (
+                "connection: {client: [{send: a, end: true}]}",
+                "steps[0].connection.client[0]",
+            ),
+            (
+                "connection: {client: [{}]}",
+                "steps[0].connection.client[0]",
+            ),
+            (
+                "connection: {client: [{end: true}, {send: a}]}",
+                "steps[0].connection.client[1]",
+            ),
+            (
+                "connection: {client: [{send_base64: '!!'}]}",
+                "steps[0].connection.client[0].send_base64",
+            ),
+            (
+                "connection: {upstream: {replies: [{end: true}, {send: a}]}}",
+                "steps[0].connection.upstream.replies[1]",
+            ),
+            (
+                "connection: {upstream: {replies: [{send: a, send_base64: YQ==}]}}",
+                "steps[0].connection.upstream.replies[0]",
+            ),
+            (
+                "connection: {source_address: somewhere}",
+                "steps[0].connection.source_address",
+            ),
+            ("connection: {sni: 'a b'}", "steps[0].connection.sni"),
+            (
+                "{connection: {}, advance_ms: 5}",
+                "steps[0].advance_ms",
+            ),
+            ("{connection: {}, upstream: {}}", "steps[0].upstream"),
+            (
+                "{connection: {}, expect: {status: 200}}",
+                "steps[0].expect.status",
+            ),
+            (
+                "{request: {}, expect: {connection: {}}}",
+                "steps[0].expect.connection",
+            ),
+            (
+                "{connection: {}, expect: {connection: {client_received: a, client_received_base64: YQ==}}}",
+                "steps[0].expect.connection.client_received_base64",
+            ),
+        ] {
+            assert_eq!(check(&format!("  - {step}\n")).0, field, "{step}");
+        }
+        // Addresses with or without a port, a server name, properties on a connection.
+        let fine = yaml(
+            "format: 1\nmodule: {path: m.wasm}\nsteps:\n\
+             - connection: {source_address: 10.0.0.1, sni: api.example.com}\n\
+             - connection: {source_address: '[::1]:5'}\n  properties: [{path: [a], value: b}]\n",
+        )
+        .unwrap();
+        assert_eq!(validate(&fine), Ok(()));
+        assert_eq!(
+            source_ip("10.0.0.1:80"),
+            Some(("10.0.0.1".parse().unwrap(), Some(80)))
+        );
+    }
+
+    #[test]
+    fn a_connection_typo_names_file_line_and_field() {
+        let error = yaml(
+            "format: 1\nmodule: {path: m.wasm}\nsteps:\n  - connection:\n      client:\n        - sned: hi\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.starts_with("s.yaml:6: steps[0].connection.client[0].sned: unknown field `sned`"),
+            "{error}"
+        );
+        let error = yaml(
+            "format: 1\nmodule: {path: m.wasm}\nsteps:\n  - connection: {}\n    expect:\n      connection: {closed: maybe}\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.starts_with(
+                "s.yaml:6: steps[0].expect.connection.closed: unknown variant `maybe`"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn null_and_absent_mean_different_things() {
         let scenario = yaml(
             "format: 1\nmodule: {path: m.wasm}\nsteps:\n  - request: {}\n    expect: {details: null, upstream: null}\n  - request: {}\n    expect: {}\n",

@@ -558,6 +558,57 @@ mod tests {
     }
 
     #[test]
+    fn judges_disagree_on_connections() {
+        let connection = |client: &[u8], closed| StepObservation {
+            connection: Some(crate::observe::ConnectionSeen {
+                upstream_connected: true,
+                upstream_received: b"a".to_vec(),
+                client_received: client.to_vec(),
+                client_got_end: false,
+                closed,
+            }),
+            ..StepObservation::default()
+        };
+        let blind = Blind::default();
+        use crate::format::ClosedBy::{Client, Proxy};
+        assert!(disagreements(
+            &connection(b"x", Some(Client)),
+            &connection(b"x", Some(Client)),
+            &blind
+        )
+        .is_empty());
+        assert_eq!(
+            disagreements(
+                &connection(b"x", Some(Client)),
+                &connection(b"y", Some(Proxy)),
+                &blind
+            ),
+            [
+                "client received: harness \"x\", envoy \"y\"",
+                "closed: harness client, envoy proxy"
+            ]
+        );
+        // A judge that cannot tell who closed is not a disagreement.
+        assert!(disagreements(
+            &connection(b"x", Some(Client)),
+            &connection(b"x", None),
+            &blind
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn a_connection_step_is_named_by_what_the_client_does() {
+        let step: Step =
+            serde_yaml::from_str("connection: {client: [{send: a}, {send: b}, {end: true}]}")
+                .unwrap();
+        assert_eq!(
+            step_name(0, &step),
+            "a connection: the client sends 2 time(s), then ends its side"
+        );
+    }
+
+    #[test]
     fn manifests_name_their_package() {
         let manifest = "[package]\nname = \"wasmesh-rbac\"\nversion.workspace = true\n";
         assert_eq!(package_name(manifest).as_deref(), Some("wasmesh-rbac"));
