@@ -1285,7 +1285,8 @@ pub(crate) fn normalize(pairs: &[(String, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A running plugin: one VM per worker, sharing a clock, stats, shared data and queues.
+/// A running plugin: one VM per worker, and the VMs Envoy runs on its main thread
+/// ([`PluginBuilder::main_thread_vms`]), sharing a clock, stats, shared data and queues.
 /// Cheap to clone (all clones drive the same plugin). Not thread-safe.
 #[derive(Clone)]
 pub struct Plugin {
