@@ -22,6 +22,16 @@
 //!   ticks fire on their own (a call made from a tick lands in whichever step is running);
 //! - Envoy picks the worker itself (`worker` is ignored) and has no scenario properties,
 //!   `start_time` or `seed`.
+//!
+//! A scenario of connections runs the module as `envoy.filters.network.wasm` before
+//! `envoy.filters.network.tcp_proxy`, whose cluster is a local TCP server playing each step's
+//! upstream (echo, or scripted replies per read). The listener reads a PROXY header every client
+//! sends (the step's `source_address`, else the harness's default client and listener
+//! addresses) and, when a step names an `sni`, the TLS `ClientHello` the client opens with
+//! (`tls_inspector`). After each client action the judge waits until nothing moves (bytes either
+//! way, Envoy's log); who closed the connection is read from Envoy's `connection` and
+//! `conn_handler` debug lines. A connection the filter stops when it is accepted stays open (Envoy
+//! 1.40 hands it nothing more).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -2,8 +2,8 @@
 //! a real Envoy. `wasmesh test` is a thin command over this crate.
 //!
 //! A scenario (YAML, or JSON) names a module and its configuration, the clusters it may call
-//! with their answers, then steps: requests, clock advances, concurrent requests, each with what
-//! must hold afterwards. The format is [`format::Scenario`]; its JSON Schema is [`schema`].
+//! with their answers, then steps: requests, clock advances, concurrent requests, or TCP
+//! connections through a network filter, each with what must hold afterwards. The format is [`format::Scenario`]; its JSON Schema is [`schema`].
 //!
 //! Each step is run by a judge and observed in one shape ([`observe::StepObservation`]), then
 //! checked against the step's expectations ([`check::check`]):

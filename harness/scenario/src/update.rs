@@ -1,7 +1,8 @@
 //! `wasmesh test --update`: rewrites each step's expectations from what the harness saw, for the
 //! author to review (a snapshot). What the author chose to check stays checked, with the values
 //! seen; facts the step changed are added: the status, details and body of the response, the
-//! calls made, the metrics that moved, and for a concurrent step its statuses. Log patterns are
+//! calls made, the metrics that moved, for a concurrent step its statuses, and for a
+//! connection every fact of it (bytes as text, or base64 when they are not UTF-8). Log patterns are
 //! the author's and are kept as written.
 
 use std::collections::BTreeMap;
