@@ -343,6 +343,8 @@ impl EnvoyJudge {
         let upstream_before = server.connections();
         server.stage(connection.upstream.clone().unwrap_or_default());
         let log_before = self.envoy.log().len();
+        let mut reading = ClientReading::default();
+        let mut before = self.progress(&reading, server);
         let listener = self.envoy.listener_addr();
         let mut client = TcpStream::connect(listener).map_err(|error| {
             self.step_error(
@@ -359,14 +361,14 @@ impl EnvoyJudge {
             .and_then(source_ip)
             .unwrap_or((IpAddr::from([127, 0, 0, 1]), None));
         let client_address = SocketAddr::new(ip, port.unwrap_or(SOURCE_PORT)).to_string();
-        let mut reading = ClientReading::default();
         if let Some(sni) = &connection.sni {
             // Envoy's `tls_inspector` reads the name from it; the filter sees it as data.
             let _ = client.write_all(&client_hello(sni));
         }
-        self.settle(&mut client, &mut reading, server);
+        self.settle(&mut client, &mut reading, server, before);
         let mut ended = false;
         for action in &connection.client {
+            before = self.progress(&reading, server);
             if action.end {
                 let _ = client.shutdown(Shutdown::Write);
                 ended = true;
@@ -378,7 +380,7 @@ impl EnvoyJudge {
                     break;
                 }
             }
-            self.settle(&mut client, &mut reading, server);
+            self.settle(&mut client, &mut reading, server, before);
         }
         let log = self.envoy.log();
         let stretch = log.get(log_before..).unwrap_or_default();
@@ -389,9 +391,11 @@ impl EnvoyJudge {
             client_got_end: reading.ended,
             closed: closed_by(stretch, &client_address, &main_thread(&log)),
         };
-        if !ended {
+        let closed = matches!(seen.closed, Some(ClosedBy::Client | ClosedBy::Proxy));
+        if !ended && !closed {
+            let before = self.progress(&reading, server);
             let _ = client.shutdown(Shutdown::Write);
-            self.settle(&mut client, &mut reading, server);
+            self.settle(&mut client, &mut reading, server, before);
         }
         drop(client);
         self.settle_log();
@@ -401,16 +405,20 @@ impl EnvoyJudge {
     /// Waits until nothing moves for [`IDLE`]: the client reads nothing more (or read the
     /// connection's end), the upstream receives nothing more, Envoy's log stays the same.
     /// Bounded by [`SETTLE_CONNECTION_LIMIT`]; a wait, never a timing assertion.
+    /// `before`: the [`Self::progress`] before the action waited for.
     fn settle(
         &self,
         client: &mut TcpStream,
         reading: &mut ClientReading,
         server: &TcpUpstreamServer,
+        before: Progress,
     ) {
         let _ = client.set_read_timeout(Some(POLL_EVERY));
         let deadline = Instant::now() + SETTLE_CONNECTION_LIMIT;
+        let start = Instant::now();
+        let mut moved = false;
         let mut last = (usize::MAX, usize::MAX, usize::MAX);
-        let mut still_since = Instant::now();
+        let mut still_since = start;
         let mut buffer = [0u8; 4096];
         while Instant::now() < deadline {
             if reading.ended {
@@ -429,18 +437,29 @@ impl EnvoyJudge {
                     Err(_) => reading.ended = true,
                 }
             }
-            let now = (
-                reading.received.len() + usize::from(reading.ended),
-                server.total(),
-                self.envoy.log().len(),
-            );
+            let now = self.progress(reading, server);
+            moved |= now != before;
             if now != last {
                 last = now;
                 still_since = Instant::now();
-            } else if still_since.elapsed() >= IDLE {
+            } else if still_since.elapsed() >= IDLE
+                && (moved || start.elapsed() >= FIRST_MOVE_LIMIT)
+            {
+                // Nothing at all may have moved only because Envoy is slow: that is waited
+                // for longer than a pause between two moves.
                 return;
             }
         }
+    }
+
+    /// How far a connection got: what the client read (and its end), what the upstream
+    /// received, how long Envoy's log is.
+    fn progress(&self, reading: &ClientReading, server: &TcpUpstreamServer) -> Progress {
+        (
+            reading.received.len() + usize::from(reading.ended),
+            server.total(),
+            self.envoy.log().len(),
+        )
     }
 
     /// Waits until Envoy's log stays the same for [`IDLE`] (the filter's last callbacks after a
@@ -606,9 +625,15 @@ fn envoy_io(context: impl Into<String>, source: std::io::Error) -> EnvoyError {
 }
 
 /// How long nothing may move on a connection before the Envoy judge takes it as settled.
-const IDLE: Duration = Duration::from_millis(400);
+const IDLE: Duration = Duration::from_millis(500);
+/// How long a wait on a connection gives Envoy to show a first move (bytes either way, a log
+/// line) before taking a still connection as settled.
+const FIRST_MOVE_LIMIT: Duration = Duration::from_millis(1500);
 /// How long one wait on a connection may last at most.
 const SETTLE_CONNECTION_LIMIT: Duration = Duration::from_secs(10);
+
+/// See [`EnvoyJudge::progress`].
+type Progress = (usize, usize, usize);
 
 /// What the client of a connection step read so far.
 #[derive(Debug, Default)]
