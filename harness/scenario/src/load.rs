@@ -80,7 +80,7 @@ pub fn load(path: &Path) -> Result<ScenarioFile, ScenarioError> {
     };
     validate(&file.scenario).map_err(|(field, message)| ScenarioError::Invalid {
         file: path.display().to_string(),
-        line: None,
+        line: line_of(path, &text, &field),
         field,
         message,
     })?;
@@ -122,6 +122,184 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                 message,
             }
         })
+    }
+}
+
+/// One step of a field path as [`validate`] names fields: a key, or an index in a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// `steps[2].connection.client[0]` as segments.
+fn segments(field: &str) -> Vec<Segment> {
+    let mut segments = Vec::new();
+    for part in field.split('.').filter(|part| !part.is_empty()) {
+        let mut pieces = part.split('[');
+        if let Some(key) = pieces.next().filter(|key| !key.is_empty()) {
+            segments.push(Segment::Key(key.to_string()));
+        }
+        for index in pieces {
+            match index.trim_end_matches(']').parse() {
+                Ok(index) => segments.push(Segment::Index(index)),
+                Err(_) => return Vec::new(),
+            }
+        }
+    }
+    segments
+}
+
+/// What the search for a field raises once it stands on the field's value: the parser's error
+/// then carries the value's line.
+const FOUND: &str = "wasmesh: the field is here";
+
+/// The line (1-based) of the value at `field` in the text of `path`: the document is read
+/// again, down to that value, where the search stops with an error that the parser locates.
+/// `None` when the field is not in the text (a default), or its path is empty.
+pub fn line_of(path: &Path, text: &str, field: &str) -> Option<usize> {
+    let target = segments(field);
+    if target.is_empty() {
+        return None;
+    }
+    let seek = Seek { target: &target };
+    let is_json = path
+        .extension()
+        .is_some_and(|extension| extension == "json");
+    if is_json {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let error = serde::de::DeserializeSeed::deserialize(seek, &mut deserializer).err()?;
+        error.to_string().contains(FOUND).then(|| error.line())
+    } else {
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let error = serde::de::DeserializeSeed::deserialize(seek, deserializer).err()?;
+        if !error.to_string().contains(FOUND) {
+            return None;
+        }
+        error.location().map(|location| location.line())
+    }
+}
+
+/// Walks a document down `target`, ignoring everything else.
+struct Seek<'a> {
+    target: &'a [Segment],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Seek<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Seek<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("any value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Some((Segment::Key(wanted), rest)) = self.target.split_first() else {
+            // The document's shape differs from the path: the field is not in the text.
+            return Ok(());
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            if &key == wanted {
+                return match rest {
+                    [] => map.next_value_seed(Here),
+                    _ => map.next_value_seed(Seek { target: rest }),
+                };
+            }
+            map.next_value::<serde::de::IgnoredAny>()?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Some((Segment::Index(wanted), rest)) = self.target.split_first() else {
+            // The document's shape differs from the path: the field is not in the text.
+            return Ok(());
+        };
+        for _ in 0..*wanted {
+            if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                return Ok(());
+            }
+        }
+        match rest {
+            [] => seq.next_element_seed(Here).map(drop),
+            _ => seq.next_element_seed(Seek { target: rest }).map(drop),
+        }
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// Stands on the wanted value: raises [`FOUND`] whatever the value is.
+struct Here;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Here {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Here {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(FOUND)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(serde::de::Error::custom(FOUND))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(serde::de::Error::custom(FOUND))
     }
 }
 
@@ -688,6 +866,38 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_semantic_fault_names_its_line() {
+        let dir = std::env::temp_dir().join(format!("wasmesh-load-lines-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("s.scenario.yaml");
+        std::fs::write(
+            &file,
+            "format: 1\nmodule: {path: m.wasm}\nsteps:\n  - connection: {}\n  - connection:\n      client:\n        - send: a\n        - {send: b, end: true}\n",
+        )
+        .unwrap();
+        let error = load(&file).unwrap_err().to_string();
+        assert!(
+            error.ends_with("s.scenario.yaml:8: steps[1].connection.client[1]: give exactly one of `send`, `send_base64` or `end: true`"),
+            "{error}"
+        );
+        let json = dir.join("s.scenario.json");
+        std::fs::write(
+            &json,
+            "{\"format\": 1,\n \"module\": {\"path\": \"m.wasm\"},\n \"steps\": [\n  {\"request\": {}},\n  {\"connection\": {}}\n ]\n}\n",
+        )
+        .unwrap();
+        let error = load(&json).unwrap_err().to_string();
+        assert!(
+            error.contains("s.scenario.json:5: steps[1].connection: "),
+            "{error}"
+        );
+        // A field the text does not hold (a default) has no line.
+        assert_eq!(line_of(&file, "format: 1\n", "workers"), None);
+        assert_eq!(line_of(&file, "format: 1\n", "format"), Some(1));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
