@@ -1,4 +1,5 @@
-//! Every scenario file shipped with the filters and examples passes under the harness and, unless
+//! Every scenario file shipped with the filters and examples (and the connection scenarios of
+//! `harness/scenario/tests/scenarios`) passes under the harness and, unless
 //! `WASMESH_SKIP_ENVOY=1`, under a real Envoy, with no place where the two judges disagree.
 
 use std::path::{Path, PathBuf};
