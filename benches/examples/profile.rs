@@ -15,6 +15,8 @@
 //!   run the scenario's requests through the no-op filter instead (its baseline).
 //! * `profile load <package> <times>`: loads the package's module from the harness's compile
 //!   cache `<times>` times (inside [`measured`] too).
+//! * `profile hostcalls <filter/case> <requests>`: the hostcalls the wasm module makes per
+//!   request, by name (each one a VM exit in Envoy), after the warm-up requests.
 //!
 //! `WASMESH_PROFILE_MODULE=<path>` loads another build of the scenario's module, e.g. one built
 //! with `CARGO_PROFILE_RELEASE_STRIP=false`, whose name section names the JIT frames in a
@@ -87,6 +89,25 @@ fn run(mode: &str, id: &str, requests: usize) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// Prints the hostcalls per request of the scenario's wasm module, by name.
+fn hostcalls(id: &str, requests: usize) -> Result<(), BenchError> {
+    let all = scenarios::all()?;
+    let Some(scenario) = all.iter().find(|scenario| scenario.id() == id) else {
+        return Err(BenchError(format!("no scenario {id:?}")));
+    };
+    let mut wasm = match std::env::var_os(MODULE_OVERRIDE) {
+        Some(path) => scenario.wasm_from(Path::new(&path))?,
+        None => scenario.wasm()?,
+    };
+    scenario.check(WARM_UP, || wasm.run_once())?;
+    let total = wasm.hostcalls_per_request(requests)?;
+    println!("{id}: {total:.2} hostcalls per request");
+    for (name, count) in wasm.plugin().hostcall_counts() {
+        println!("  {name}: {:.2}", count as f64 / requests.max(1) as f64);
+    }
+    Ok(())
+}
+
 /// Loads the release build of `package` `times` times from the harness's module cache.
 fn load(package: &str, times: usize) -> Result<(), BenchError> {
     let bytes = std::fs::read(wasmesh_harness::build::wasm(package)?)?;
@@ -112,12 +133,14 @@ fn main() -> ExitCode {
         }),
         [mode, id, count] => match count.parse::<usize>() {
             Ok(count) if mode == "load" => load(id, count),
+            Ok(count) if mode == "hostcalls" => hostcalls(id, count),
             Ok(count) => run(mode, id, count),
             Err(_) => Err(BenchError(format!("not a number: {count:?}"))),
         },
         _ => {
             eprintln!("usage: profile native|wasm|noop-native|noop-wasm <filter/case> <requests>");
             eprintln!("       profile load <package> <times>");
+            eprintln!("       profile hostcalls <filter/case> <requests>");
             eprintln!("       profile list");
             return ExitCode::from(2);
         }

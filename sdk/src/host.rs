@@ -13,6 +13,7 @@
 //! calling the host — the proxy-wasm Rust SDK panics (and so aborts the VM) when Envoy answers
 //! such calls with `BadArgument`.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 
 pub use proxy_wasm::types::LogLevel;
@@ -23,8 +24,8 @@ use crate::error::Error;
 use crate::metrics::MetricSink;
 use crate::properties::{Properties, PropertyCache};
 use crate::request::{
-    apply_mutation, mutation, validate_header_name, validate_header_value, Header, HeaderMapKind,
-    MutationKind, Request,
+    apply_mutation, first_value, mutation, validate_header_name, validate_header_value, Header,
+    HeaderMapKind, MutationKind, Request,
 };
 use crate::shared::SharedData;
 
@@ -58,6 +59,11 @@ pub enum Phase {
 pub trait HeaderBackend {
     /// Every header of `map`, in order.
     fn get_headers(&self, map: HeaderMapKind) -> Result<Vec<Header>, Error>;
+    /// The first value of `name` in `map` (`proxy_get_header_map_value`), `None` if absent.
+    fn get_header(&self, map: HeaderMapKind, name: &str) -> Result<Option<String>, Error> {
+        let headers = self.get_headers(map)?;
+        Ok(first_value(&headers, name).map(str::to_string))
+    }
     /// A property, `None` if absent.
     fn get_property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, Error>;
     /// Replaces every value of `name`.
@@ -211,6 +217,20 @@ impl<B: HeaderBackend> Request for HostRequest<B> {
         self.headers(HeaderMapKind::Response)
     }
 
+    fn first_header(&self, name: &str) -> Option<Cow<'_, str>> {
+        let map = HeaderMapKind::Request;
+        match self.request_headers.get() {
+            Some(headers) => first_value(headers, name).map(Cow::Borrowed),
+            // A failed read is served as an absent header, as for the whole map.
+            None if self.map_readable(map) => self
+                .backend
+                .get_header(map, name)
+                .unwrap_or(None)
+                .map(Cow::Owned),
+            None => None,
+        }
+    }
+
     fn set_request_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
         self.mutate(
             HeaderMapKind::Request,
@@ -356,6 +376,12 @@ mod wasm {
     impl HeaderBackend for ProxyWasmHost {
         fn get_headers(&self, map: HeaderMapKind) -> Result<Vec<Header>, Error> {
             read_map(map_type(map))
+        }
+
+        fn get_header(&self, map: HeaderMapKind, name: &str) -> Result<Option<String>, Error> {
+            let value = hostcalls::get_map_value_bytes(map_type(map), name)
+                .map_err(|status| Error::host("proxy_get_header_map_value", status))?;
+            Ok(value.map(utf8_lossy))
         }
 
         fn get_property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, Error> {
@@ -669,6 +695,7 @@ pub(crate) mod tests {
         pub(crate) request: RefCell<Vec<Header>>,
         response: RefCell<Vec<Header>>,
         pub(crate) header_reads: Cell<u32>,
+        value_reads: Cell<u32>,
         property_reads: Cell<u32>,
         writes: RefCell<Vec<String>>,
     }
@@ -680,6 +707,14 @@ pub(crate) mod tests {
                 HeaderMapKind::Request => self.request.borrow().clone(),
                 HeaderMapKind::Response => self.response.borrow().clone(),
             })
+        }
+        fn get_header(&self, map: HeaderMapKind, name: &str) -> Result<Option<String>, Error> {
+            self.value_reads.set(self.value_reads.get() + 1);
+            let headers = match map {
+                HeaderMapKind::Request => self.request.borrow(),
+                HeaderMapKind::Response => self.response.borrow(),
+            };
+            Ok(first_value(&headers, name).map(str::to_string))
         }
         fn get_property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, Error> {
             self.property_reads.set(self.property_reads.get() + 1);
@@ -745,6 +780,33 @@ pub(crate) mod tests {
             backend.header_reads.get(),
             1,
             "response map not readable in request phase"
+        );
+    }
+
+    #[test]
+    fn a_first_value_is_read_alone_until_the_map_is_read() {
+        let backend = backend();
+        let request = HostRequest::new(&backend, Phase::RequestHeaders, None);
+        assert_eq!(request.first_header("A").as_deref(), Some("1"));
+        assert_eq!(request.first_header("missing"), None);
+        assert_eq!(
+            (backend.value_reads.get(), backend.header_reads.get()),
+            (2, 0)
+        );
+        // Once the whole map is read, it serves first values too.
+        assert_eq!(request.header("a").as_deref(), Some("1,2"));
+        assert_eq!(request.first_header("a").as_deref(), Some("1"));
+        assert_eq!(
+            (backend.value_reads.get(), backend.header_reads.get()),
+            (2, 1)
+        );
+        // Where the host no longer exposes the map, the snapshot answers.
+        let snapshot = vec![("a".to_string(), "kept".to_string())];
+        let request = HostRequest::new(&backend, Phase::ResponseHeaders, Some(snapshot));
+        assert_eq!(request.first_header("a").as_deref(), Some("kept"));
+        assert_eq!(
+            (backend.value_reads.get(), backend.header_reads.get()),
+            (2, 1)
         );
     }
 

@@ -136,7 +136,8 @@ pub fn query_params(path: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn first_value<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
+/// The first value of `name` in `headers` (case-insensitive name).
+pub fn first_value<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(key, _)| key.eq_ignore_ascii_case(name))
@@ -226,6 +227,15 @@ pub trait Request: Properties {
     /// A request header, all values joined with `","` (case-insensitive name).
     fn header(&self, name: &str) -> Option<Cow<'_, str>> {
         joined_value(self.request_headers(), name)
+    }
+
+    /// The first value of a request header (case-insensitive name), as Envoy's
+    /// `proxy_get_header_map_value` answers: for logic that, like Envoy's own filter, looks at
+    /// the first value only (the rate limit `request_headers` action). The host-backed request
+    /// reads it with one small hostcall when the whole map was not read already, instead of
+    /// having the host serialize every header and the guest parse them.
+    fn first_header(&self, name: &str) -> Option<Cow<'_, str>> {
+        first_value(self.request_headers(), name).map(Cow::Borrowed)
     }
 
     /// Every value of a request header, in order.

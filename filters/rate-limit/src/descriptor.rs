@@ -92,9 +92,9 @@ fn evaluate(action: &Action, request: &dyn Request) -> Entry {
             header_name,
             descriptor_key,
             skip_if_absent,
-        } => match request.header_values(header_name).first() {
+        } => match request.first_header(header_name) {
             // Envoy takes the first value of a repeated header.
-            Some(value) => Entry::Append(descriptor_key.clone(), (*value).to_string()),
+            Some(value) => Entry::Append(descriptor_key.clone(), value.into_owned()),
             None => absent(*skip_if_absent),
         },
         Action::RemoteAddress => match remote_ip(request) {
