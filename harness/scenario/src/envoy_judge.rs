@@ -624,11 +624,12 @@ fn envoy_io(context: impl Into<String>, source: std::io::Error) -> EnvoyError {
     }
 }
 
-/// How long nothing may move on a connection before the Envoy judge takes it as settled.
-const IDLE: Duration = Duration::from_millis(500);
+/// How long nothing may move on a connection before the Envoy judge takes it as settled:
+/// generous, so that an Envoy slowed down by a loaded machine is waited for.
+const IDLE: Duration = Duration::from_millis(1000);
 /// How long a wait on a connection gives Envoy to show a first move (bytes either way, a log
 /// line) before taking a still connection as settled.
-const FIRST_MOVE_LIMIT: Duration = Duration::from_millis(1500);
+const FIRST_MOVE_LIMIT: Duration = Duration::from_millis(3000);
 /// How long one wait on a connection may last at most.
 const SETTLE_CONNECTION_LIMIT: Duration = Duration::from_secs(10);
 
