@@ -61,12 +61,16 @@ pub const BUDGETS: &[Budget] = &[
     },
     Budget {
         package: "wasmesh-rate-limit",
-        release_bytes: 770048,
+        // Raised from 770048 for opt-level 3 on the filter crate (issue 20): 7.9% fewer
+        // instructions per request; the shipped (`wasm-opt -Oz`) module grew 1.4% only.
+        release_bytes: 897024,
         optimized_bytes: 643072,
     },
     Budget {
         package: "wasmesh-rbac",
-        release_bytes: 864256,
+        // Raised from 864256 for opt-level 3 on the filter crate (issue 20): 11.6% fewer
+        // instructions per request; the shipped (`wasm-opt -Oz`) module grew 0.7% only.
+        release_bytes: 991232,
         optimized_bytes: 720896,
     },
     Budget {
