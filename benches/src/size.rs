@@ -46,7 +46,9 @@ pub const BUDGETS: &[Budget] = &[
     },
     Budget {
         package: "wasmesh-fault",
-        release_bytes: 602112,
+        // Raised from 602112 for opt-level 3 on the filter crate (issue 20): 6.9% fewer
+        // instructions per request; the shipped (`wasm-opt -Oz`) module grew 2.6% only.
+        release_bytes: 724992,
         optimized_bytes: 499712,
     },
     Budget {
@@ -75,7 +77,9 @@ pub const BUDGETS: &[Budget] = &[
     },
     Budget {
         package: "wasmesh-telemetry",
-        release_bytes: 503808,
+        // Raised from 503808 for opt-level 3 on the filter crate (issue 20): 19.4% fewer
+        // instructions per request; the shipped (`wasm-opt -Oz`) module grew 2.0% only.
+        release_bytes: 606208,
         optimized_bytes: 421888,
     },
 ];
