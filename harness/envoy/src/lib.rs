@@ -973,6 +973,25 @@ impl Envoy {
     pub fn workdir(&self) -> &Path {
         &self.workdir.path
     }
+
+    /// Envoy's resident memory now, in bytes (`VmRSS` of `/proc/<pid>/status`; Linux only).
+    pub fn resident_memory(&self) -> Result<u64, EnvoyError> {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status =
+            std::fs::read_to_string(&path).map_err(|error| EnvoyError::io(path.clone(), error))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().strip_suffix("kB"))
+            .and_then(|kib| kib.trim().parse::<u64>().ok())
+            .map(|kib| kib.saturating_mul(1024))
+            .ok_or_else(|| {
+                EnvoyError::io(
+                    path,
+                    io::Error::new(io::ErrorKind::InvalidData, "no VmRSS line"),
+                )
+            })
+    }
 }
 
 impl Drop for Envoy {

@@ -72,6 +72,10 @@ struct Args {
     /// Concurrent connections of the load generator.
     #[arg(long, default_value_t = 16)]
     connections: u32,
+    /// Envoy's worker threads (`--concurrency`): one VM each, plus the main thread's. Memory
+    /// grows with them; throughput is compared at 1.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
     /// Only these (comma-separated: "proxy-wasm floor", rbac, rate-limit, jwt-authn, fault,
     /// ext_authz).
     #[arg(long, value_delimiter = ',')]
@@ -117,6 +121,8 @@ struct Scenario {
 #[derive(Debug, Default, Clone)]
 struct Series {
     runs: Vec<LoadResult>,
+    /// Envoy's resident memory after the last round, in bytes.
+    resident_memory: u64,
 }
 
 fn main() {
@@ -143,7 +149,7 @@ fn run(args: &Args) -> Result<(), E2eError> {
     let authz = TestServer::start(|request: &ReceivedRequest| {
         authz_decision(&request.path, &request.headers).to_http()
     })?;
-    let baseline = base_builder().start()?;
+    let baseline = base_builder(args.workers).start()?;
 
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|only| only == name);
     let mut scenarios = Vec::new();
@@ -157,7 +163,7 @@ fn run(args: &Args) -> Result<(), E2eError> {
     ] {
         if wanted(name) {
             eprintln!("starting the Envoys of {name}");
-            scenarios.push(scenario(name, &tokens, &authz)?);
+            scenarios.push(scenario(name, &tokens, &authz, args.workers)?);
         }
     }
 
@@ -196,10 +202,11 @@ fn envoy_version() -> Result<String, E2eError> {
         .map_or_else(|| text.trim().to_string(), str::to_string))
 }
 
-/// Envoy for benchmarking: one worker, quiet logs, no local-reply mapper, direct response.
-fn base_builder() -> EnvoyBuilder {
+/// Envoy for benchmarking: `workers` workers, quiet logs, no local-reply mapper, direct
+/// response.
+fn base_builder(workers: u32) -> EnvoyBuilder {
     EnvoyBuilder::new()
-        .concurrency(1)
+        .concurrency(workers)
         .log_level("warn")
         .component_log_levels("wasm:warn")
         .report_response_code_details(false)
@@ -262,7 +269,13 @@ fn native_variant(
     })
 }
 
-fn scenario(name: &'static str, tokens: &Tokens, authz: &TestServer) -> Result<Scenario, E2eError> {
+fn scenario(
+    name: &'static str,
+    tokens: &Tokens,
+    authz: &TestServer,
+    workers: u32,
+) -> Result<Scenario, E2eError> {
+    let base_builder = || base_builder(workers);
     let header = |name: &str, value: &str| vec![(name.to_string(), value.to_string())];
     Ok(match name {
         "proxy-wasm floor" => {
@@ -540,6 +553,9 @@ fn measure(
             measured.runs.push(result);
         }
     }
+    for ((_, envoy), (_, measured)) in configurations.iter().zip(series.iter_mut()) {
+        measured.resident_memory = envoy.resident_memory()?;
+    }
     Ok(series)
 }
 
@@ -604,15 +620,17 @@ fn render(
     out.push_str("\n\n");
     out.push_str(&format!(
         "Measured on {} with `cargo run -p wasmesh-e2e --bin overhead` \
-         (`harness/e2e/src/bin/overhead.rs`). Envoy {envoy_version} (V8), one worker \
-         (`--concurrency 1`), direct-response route (no upstream), logs at `warn`; the wasm \
+         (`harness/e2e/src/bin/overhead.rs`). Envoy {envoy_version} (V8), {} worker(s) \
+         (`--concurrency {}`), direct-response route (no upstream), logs at `warn`; the wasm \
          filters are the release builds through `wasm-opt`. Load from `wrk` in a second process \
          on loopback: 1 thread, {} connections, {} round(s) of {} s per configuration after a \
          {} s warm-up, configurations rotated each round; every response was a 2xx. The \
          machine has {} cores and was shared with other builds (1-minute load average {load_average} \
          at the start): absolute figures are noisy, ratios are paired within a round and shown \
-         as median (min–max over rounds).\n\n",
+         as median (min–max over rounds). Memory is Envoy's resident set after the last round.\n\n",
         today(),
+        args.workers,
+        args.workers,
         args.connections,
         args.rounds,
         args.seconds,
@@ -620,9 +638,9 @@ fn render(
         std::thread::available_parallelism().map_or(0, usize::from),
     ));
     out.push_str(
-        "| Filter | Configuration | req/s, median (min–max) | p50 ms | p99 ms | vs no filter |\n",
+        "| Filter | Configuration | req/s, median (min–max) | p50 ms | p99 ms | vs no filter | memory MiB |\n",
     );
-    out.push_str("|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|\n");
     for (scenario, series) in scenarios.iter().zip(results) {
         let Some((_, baseline)) = series.first() else {
             continue;
@@ -633,12 +651,13 @@ fn render(
             let p50 = median(runs.runs.iter().map(|r| millis(r.p50)).collect());
             let p99 = median(runs.runs.iter().map(|r| millis(r.p99)).collect());
             out.push_str(&format!(
-                "| {} | {label} | {:.0} ({:.0}–{:.0}) | {p50:.2} | {p99:.2} | {} |\n",
+                "| {} | {label} | {:.0} ({:.0}–{:.0}) | {p50:.2} | {p99:.2} | {} | {:.0} |\n",
                 scenario.name,
                 median(rates.clone()),
                 lo,
                 hi,
                 ratio_cell(&paired_ratios(runs, baseline)),
+                mebibytes(runs.resident_memory),
             ));
         }
     }
@@ -714,6 +733,12 @@ fn floor_reading(scenarios: &[Scenario], results: &[Vec<(String, Series)>]) -> O
         kept("wasm, no-op module")?,
         kept("wasm, SDK no-op")?,
     ))
+}
+
+/// Bytes in MiB.
+fn mebibytes(bytes: u64) -> f64 {
+    // Exact for any resident set below 2^53 bytes.
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// Today's date (UTC), `YYYY-MM-DD`.
