@@ -29,49 +29,32 @@ const VM_ID: &str = "sq";
 const SERVICE_CONFIG: &str = "svc-config";
 const PATHS: [&str; 3] = ["/a", "/bb", "/ccc"];
 
+/// The events the module logs, each as a data-segment string.
+const TAGS: [&str; 13] = [
+    "context_create",
+    "vm_start",
+    "configure",
+    "register",
+    "tick_period",
+    "tick",
+    "queue_ready",
+    "dequeue",
+    "resolve",
+    "resolve_empty_vm_id",
+    "resolve_other_vm_id",
+    "enqueue",
+    "done",
+];
+
 fn module() -> String {
     let mut t = Strings::new();
     let q = t.s("q");
     let vm_id = t.s(VM_ID);
     let other = t.s("other");
     let path = t.s(":path");
-    let tags: Vec<String> = [
-        "context_create",
-        "vm_start",
-        "configure",
-        "register",
-        "tick_period",
-        "tick",
-        "queue_ready",
-        "dequeue",
-        "resolve",
-        "resolve_empty_vm_id",
-        "resolve_other_vm_id",
-        "enqueue",
-        "done",
-    ]
-    .iter()
-    .map(|tag| t.s(tag))
-    .collect();
+    let tags: Vec<String> = TAGS.iter().map(|tag| t.s(tag)).collect();
     let tag = |name: &str| -> &str {
-        let index = [
-            "context_create",
-            "vm_start",
-            "configure",
-            "register",
-            "tick_period",
-            "tick",
-            "queue_ready",
-            "dequeue",
-            "resolve",
-            "resolve_empty_vm_id",
-            "resolve_other_vm_id",
-            "enqueue",
-            "done",
-        ]
-        .iter()
-        .position(|t| *t == name)
-        .unwrap();
+        let index = TAGS.iter().position(|t| *t == name).unwrap();
         &tags[index]
     };
     module_body(format!(
